@@ -1,0 +1,36 @@
+# attnviz: two commands for a newcomer.
+#   make lab    create .venv if needed, install attnviz with its notebook extras, open JupyterLab
+#   make test   create .venv if needed and run the whole test suite
+# Other targets: make lint, make bench, make clean-venv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.attnviz-installed
+PYTEST_ARGS ?=
+
+.PHONY: lab test lint bench venv clean-venv
+
+venv: $(STAMP)
+
+# Re-installs when pyproject.toml changes. pip honours PIP_CONSTRAINT if CI sets one.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e ".[notebooks,dev]"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(PY) -m ipykernel install --user --name attnviz --display-name "Python (attnviz)"
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m attnviz.bench
+
+clean-venv:
+	rm -rf $(VENV)

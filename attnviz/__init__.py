@@ -1,0 +1,54 @@
+"""attnviz: see the attention inside image CNNs.
+
+    import attnviz
+    with attnviz.capture(model) as rec:
+        model(x)
+    rec.select(kind="spatial")
+
+Public API, re-exported here and cheap to import.
+"""
+
+from .capture import (
+    ChannelRecord,
+    Record,
+    Recording,
+    SelfAttentionRecord,
+    SpatialRecord,
+    TransformRecord,
+    capture,
+)
+from .modules import CBAM, ChannelGate, SpatialGate, SpatialTransformer, SqueezeExcitation
+from .registry import (
+    KINDS,
+    AttentionSpec,
+    find_attention_modules,
+    register,
+    register_attention,
+    registered,
+    unregister,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CBAM",
+    "KINDS",
+    "AttentionSpec",
+    "ChannelGate",
+    "ChannelRecord",
+    "Record",
+    "Recording",
+    "SelfAttentionRecord",
+    "SpatialGate",
+    "SpatialRecord",
+    "SpatialTransformer",
+    "SqueezeExcitation",
+    "TransformRecord",
+    "__version__",
+    "capture",
+    "find_attention_modules",
+    "register",
+    "register_attention",
+    "registered",
+    "unregister",
+]

@@ -1,0 +1,11 @@
+"""Attention modules, one paper per file.
+
+Each module's attention tensor is the output of a named submodule, so a forward
+hook (and :func:`attnviz.capture`) sees exactly what the network applied.
+"""
+
+from .cbam import CBAM, ChannelGate, SpatialGate
+from .se import SqueezeExcitation
+from .stn import SpatialTransformer
+
+__all__ = ["CBAM", "ChannelGate", "SpatialGate", "SpatialTransformer", "SqueezeExcitation"]

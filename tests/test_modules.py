@@ -1,0 +1,162 @@
+"""Each module against its paper's equations, written out by hand on small tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnviz import CBAM, ChannelGate, SpatialGate, SpatialTransformer, SqueezeExcitation
+
+
+def _sigmoid(t):
+    return 1.0 / (1.0 + torch.exp(-t))
+
+
+def test_se_matches_equations_2_to_4():
+    se = SqueezeExcitation(8, reduction=4)
+    u = torch.randn(3, 8, 5, 4, dtype=torch.float64)
+    se = se.double()
+    # eq. 2: z_c = 1/(HW) sum_ij u_c(i, j), written as an explicit loop
+    z = torch.zeros(3, 8, dtype=torch.float64)
+    for i in range(5):
+        for j in range(4):
+            z += u[:, :, i, j]
+    z /= 20
+    # eq. 3: s = sigmoid(W2 relu(W1 z))
+    w1, b1, w2, b2 = se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias
+    h = torch.clamp(z @ w1.T + b1, min=0)
+    s = _sigmoid(h @ w2.T + b2)
+    # eq. 4: x~_c = s_c u_c
+    expected = u * s[:, :, None, None]
+    assert se.fc1.weight.shape == (2, 8) and se.fc2.weight.shape == (8, 2)
+    torch.testing.assert_close(se(u), expected, rtol=0, atol=1e-12)
+
+
+def test_se_hidden_size_and_errors():
+    assert SqueezeExcitation(8, reduction=16).fc1.out_features == 1
+    with pytest.raises(ValueError, match="channels"):
+        SqueezeExcitation(0)
+    with pytest.raises(ValueError, match="reduction"):
+        SqueezeExcitation(8, reduction=0)
+
+
+def test_cbam_matches_equations_1_to_3():
+    cbam = CBAM(8, reduction=2, spatial_kernel=3).double()
+    f = torch.randn(2, 8, 6, 5, dtype=torch.float64)
+    lin1, lin2 = cbam.channel_gate.mlp[0], cbam.channel_gate.mlp[2]
+
+    def mlp(v):
+        return torch.clamp(v @ lin1.weight.T + lin1.bias, min=0) @ lin2.weight.T + lin2.bias
+
+    avg = f.sum(dim=(2, 3)) / 30
+    mx = f.flatten(2).max(dim=2).values
+    mc = _sigmoid(mlp(avg) + mlp(mx))  # eq. 2
+    f1 = f * mc[:, :, None, None]
+    # eq. 3 with an explicit 3x3 correlation, zero padding 1
+    pooled = torch.stack([f1.mean(dim=1), f1.max(dim=1).values], dim=1)
+    padded = F.pad(pooled, (1, 1, 1, 1))
+    w, b = cbam.spatial_gate.conv.weight[0], cbam.spatial_gate.conv.bias[0]
+    conv = torch.zeros(2, 6, 5, dtype=torch.float64)
+    for y in range(6):
+        for x in range(5):
+            conv[:, y, x] = (padded[:, :, y : y + 3, x : x + 3] * w).sum(dim=(1, 2, 3)) + b
+    ms = _sigmoid(conv)
+    expected = f1 * ms[:, None]
+    torch.testing.assert_close(cbam(f), expected, rtol=0, atol=1e-12)
+
+
+def test_cbam_order_is_channel_then_spatial():
+    cbam = CBAM(4, reduction=2)
+    names = [n for n, _ in cbam.named_children()]
+    assert names == ["channel_gate", "spatial_gate"]
+    x = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(cbam(x), cbam.spatial_gate(cbam.channel_gate(x)))
+
+
+def test_spatial_gate_batch_norm_option_keeps_paper_default():
+    assert isinstance(SpatialGate().bn, nn.Identity)
+    assert SpatialGate().conv.bias is not None
+    g = SpatialGate(batch_norm=True)
+    assert isinstance(g.bn, nn.BatchNorm2d) and g.conv.bias is None
+    assert g.bn.momentum == 0.01 and g.bn.eps == 1e-5
+    with pytest.raises(ValueError, match="odd"):
+        SpatialGate(kernel_size=4)
+
+
+def test_channel_gate_uses_one_shared_mlp():
+    gate = ChannelGate(8, reduction=2)
+    linears = [m for m in gate.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2
+
+
+def _loc():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU())
+
+
+def test_stn_identity_initialisation_returns_the_input():
+    stn = SpatialTransformer(_loc())
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(stn.head.weight, torch.zeros(6, 5))
+    torch.testing.assert_close(stn.head.bias, torch.tensor([1.0, 0, 0, 0, 1, 0]))
+    torch.testing.assert_close(stn(x), x, atol=1e-6, rtol=0)
+    theta = stn.regress(x)
+    torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(3, 2, 3))
+
+
+def test_stn_samples_with_eq_1_grid():
+    stn = SpatialTransformer(_loc(), output_size=(4, 4))
+    with torch.no_grad():
+        stn.head.bias.copy_(torch.tensor([0.5, 0, 0.25, 0, 0.5, -0.25]))
+    x = torch.rand(2, 1, 8, 8)
+    theta = torch.tensor([[0.5, 0, 0.25], [0, 0.5, -0.25]]).expand(2, 2, 3)
+    # eq. 1 by hand: target pixel centres in [-1, 1] (align_corners=False)
+    t = (torch.arange(4) + 0.5) / 4 * 2 - 1
+    ys, xs = torch.meshgrid(t, t, indexing="ij")
+    src = torch.stack([0.5 * xs + 0.25, 0.5 * ys - 0.25], dim=-1).expand(2, 4, 4, 2)
+    expected = F.grid_sample(x, src, align_corners=False)
+    torch.testing.assert_close(stn(x), expected)
+    torch.testing.assert_close(stn.regress(x), theta)
+
+
+def test_stn_attention_transform_is_isotropic_scale_and_translation():
+    stn = SpatialTransformer(_loc(), transform="attention")
+    assert stn.head.out_features == 3
+    with torch.no_grad():
+        stn.head.bias.copy_(torch.tensor([0.5, 0.1, -0.2]))
+    theta = stn.regress(torch.rand(2, 1, 8, 8))
+    torch.testing.assert_close(theta[0], torch.tensor([[0.5, 0, 0.1], [0, 0.5, -0.2]]))
+
+
+def test_stn_padding_value_fills_outside_the_image():
+    stn = SpatialTransformer(_loc(), padding_value=-0.42)
+    with torch.no_grad():
+        stn.head.bias.copy_(torch.tensor([1.0, 0, 5.0, 0, 1.0, 0]))  # look far to the right
+    out = stn(torch.rand(1, 1, 8, 8))
+    torch.testing.assert_close(out, torch.full_like(out, -0.42))
+
+
+def test_stn_resamples_a_higher_resolution_source():
+    stn = SpatialTransformer(_loc(), output_size=(16, 16))
+    low = torch.rand(1, 1, 8, 8)
+    high = F.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
+    out = stn(low, source=high)
+    assert out.shape == (1, 1, 16, 16)
+    torch.testing.assert_close(
+        out,
+        F.interpolate(high, size=(16, 16), mode="bilinear", align_corners=False, antialias=False),
+        atol=0.05,
+        rtol=0,
+    )
+
+
+def test_stn_errors_name_the_fix():
+    with pytest.raises(ValueError, match="in_features"):
+        SpatialTransformer(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Flatten()))
+    with pytest.raises(ValueError, match="transform must be one of"):
+        SpatialTransformer(_loc(), transform="tps")
+    with pytest.raises(TypeError, match="nn.Module"):
+        SpatialTransformer(lambda x: x)
+    with pytest.raises(ValueError, match="B x C x H x W"):
+        SpatialTransformer(_loc())(torch.rand(1, 8, 8))
