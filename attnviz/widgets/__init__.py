@@ -1,0 +1,9 @@
+"""Interactive apps built from standard ipywidgets 8 widgets (no CDN, no extensions).
+
+Each app is a small class with ``.root`` (its box), ``close()`` and
+``_repr_mimebundle_``, so leaving it last in a cell displays it.
+"""
+
+from .stn import STNInspector
+
+__all__ = ["STNInspector"]

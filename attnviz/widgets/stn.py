@@ -1,0 +1,290 @@
+"""Explore what a spatial transformer samples, image by image and snapshot by snapshot.
+
+Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015: A_theta (eq. 1)
+maps the output grid onto the input, so each theta draws as a quadrilateral on the
+input U, and V is the bilinear sample of U inside it (eq. 5). ``STNInspector``
+shows both, with the decomposition of theta (``maps.decompose_theta``), for each
+image and each saved training snapshot. Built only from core ipywidgets 8 widgets
+and PNG images, so it renders in JupyterLab, VS Code and Colab, offline.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import torch
+
+from .. import maps, render
+
+__all__ = ["STNInspector"]
+
+_ROWS = (  # (label, key in the decomposition, format)
+    ("scale x", "scale_x", "{:.3f}"),
+    ("scale y", "scale_y", "{:.3f}"),
+    ("rotation", "rotation_deg", "{:.1f}°"),
+    ("shear", "shear", "{:.3f}"),
+    ("translation x", "tx", "{:+.3f}"),
+    ("translation y", "ty", "{:+.3f}"),
+    ("zoom", "zoom", "{:.2f}×"),
+)
+
+
+def _as_list(values: Any, name: str, length: int) -> list:
+    out = values.tolist() if hasattr(values, "tolist") else list(values)
+    if len(out) != length:
+        raise ValueError(f"{name} must hold {length} entries, got {len(out)}")
+    return out
+
+
+def _check_images(t: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(t).detach().cpu()
+    if t.dim() != 4 or t.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must be (N, C, H, W) with C = 1 or 3, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got {t.dtype}")
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ValueError(f"{name} must lie in [0, 1]; undo the normalisation (x * std + mean)")
+    return t
+
+
+def _check_thetas(thetas: Any, n: int) -> torch.Tensor:
+    thetas = torch.as_tensor(thetas).detach().cpu()
+    if thetas.dim() == 3:
+        thetas = thetas.unsqueeze(0)
+    if thetas.dim() != 4 or tuple(thetas.shape[1:]) != (n, 2, 3):
+        raise ValueError(
+            f"thetas must be (E, N, 2, 3) (or (N, 2, 3) for one snapshot) with N = {n} "
+            f"images, got {tuple(thetas.shape)}"
+        )
+    if not thetas.is_floating_point():
+        raise TypeError(f"thetas must be a float tensor, got {thetas.dtype}")
+    return thetas
+
+
+class STNInspector:
+    """Slide through images and training snapshots of an STN's A_theta.
+
+    Left: the input U with the quadrilateral that A_theta samples
+    (``render.QUAD_COLOR``) and the ground-truth box (``render.BOX_COLOR``); middle:
+    the crop V re-sampled with that theta; right: theta's decomposition, the IoU of
+    the quadrilateral with the box, the label and the prediction.
+
+    Args:
+        images: U, (N, C, H, W), float in [0, 1] (what the STN saw), C = 1 or 3.
+        thetas: A_theta of each image at each of E snapshots, (E, N, 2, 3), or
+            (N, 2, 3) for one snapshot.
+        epochs: names of the E snapshots (default 0 .. E-1).
+        labels: optional N true labels.
+        predictions: optional (E, N) predicted labels.
+        boxes: optional (N, 4) ground-truth boxes x0, y0, x1, y1 in pixels of ``images``.
+        output_size: (H', W') of V; default the H x W it is sampled from (``source``
+            when given, else ``images``).
+        source: optional higher-resolution originals (N, C, Hs, Ws) in [0, 1] to
+            sample V from (theta is resolution independent); the quadrilateral is
+            still drawn on ``images``.
+        scale: integer upscaling of the input panel.
+
+    Raises:
+        ValueError: shapes that do not match (images vs thetas, epochs, labels,
+            predictions, boxes, source), values outside [0, 1], a bad scale or size.
+        TypeError: integer images or thetas.
+
+    Display it by leaving it last in a cell; ``.root`` is the ``VBox``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        thetas: torch.Tensor,
+        *,
+        epochs: Sequence[Any] | None = None,
+        labels: Sequence[Any] | None = None,
+        predictions: Any | None = None,
+        boxes: torch.Tensor | None = None,
+        output_size: Sequence[int] | int | None = None,
+        source: torch.Tensor | None = None,
+        scale: int = 4,
+    ) -> None:
+        self.images = _check_images(images, "images")
+        n, (h, w) = len(self.images), self.images.shape[-2:]
+        self.thetas = _check_thetas(thetas, n)
+        e = len(self.thetas)
+        self.epochs = list(range(e)) if epochs is None else _as_list(epochs, "epochs", e)
+        self.labels = None if labels is None else _as_list(labels, "labels", n)
+        self.predictions = self._check_predictions(predictions, e, n)
+        self.boxes = self._check_boxes(boxes, n)
+        self.source = self._check_source(source, n)
+        sampled = self.images if self.source is None else self.source
+        size = sampled.shape[-2:] if output_size is None else output_size
+        self.output_size = maps._as_size(size, "output_size")
+        self.scale = render._check_scale(scale)
+        self._crop_scale = max(1, round(h * self.scale / self.output_size[0]))
+        self._input_size = (h, w)
+        self._build(n, e)
+        self._redraw()
+
+    # -- validation ----------------------------------------------------------------------
+    @staticmethod
+    def _check_predictions(predictions: Any, e: int, n: int) -> list | None:
+        if predictions is None:
+            return None
+        rows = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+        if e == 1 and len(rows) == n and not isinstance(rows[0], (list, tuple)):
+            rows = [rows]
+        if len(rows) != e or any(len(r) != n for r in rows):
+            raise ValueError(f"predictions must be (E, N) = ({e}, {n}), one row per snapshot")
+        return [list(r) for r in rows]
+
+    @staticmethod
+    def _check_boxes(boxes: Any, n: int) -> torch.Tensor | None:
+        if boxes is None:
+            return None
+        boxes = torch.as_tensor(boxes).detach().cpu().double()
+        if tuple(boxes.shape) != (n, 4):
+            raise ValueError(f"boxes must be ({n}, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}")
+        return boxes
+
+    def _check_source(self, source: Any, n: int) -> torch.Tensor | None:
+        if source is None:
+            return None
+        source = _check_images(source, "source")
+        if len(source) != n or source.shape[1] != self.images.shape[1]:
+            raise ValueError(
+                f"source must hold the same {n} images with {self.images.shape[1]} channels, "
+                f"got {tuple(source.shape)}"
+            )
+        return source
+
+    # -- widgets -------------------------------------------------------------------------
+    def _build(self, n: int, e: int) -> None:
+        self._image = widgets.IntSlider(value=0, min=0, max=n - 1, description="image")
+        options = [(str(label), k) for k, label in enumerate(self.epochs)]
+        self._snapshot = widgets.SelectionSlider(
+            options=options, value=0, description="snapshot", disabled=e == 1
+        )
+        self._play = widgets.Play(value=0, min=0, max=e - 1, interval=600, disabled=e == 1)
+        self._link = widgets.link((self._play, "value"), (self._snapshot, "index"))
+        self._input_png = widgets.Image(format="png")
+        self._crop_png = widgets.Image(format="png")
+        self._table = widgets.HTML()
+        self.log = widgets.Output()
+        self.root = widgets.VBox(
+            [
+                widgets.HBox([self._image, self._play, self._snapshot]),
+                widgets.HBox([self._input_png, self._crop_png, self._table]),
+                self.log,
+            ]
+        )
+        self._image.observe(self._on_change, names="value")
+        self._snapshot.observe(self._on_change, names="value")
+
+    def _on_change(self, _change: dict) -> None:
+        try:
+            self._redraw()
+        except Exception:  # shown in the app's Output, where the user is looking
+            self.log.append_stderr(traceback.format_exc())
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def index(self) -> int:
+        """The image shown (0 .. N-1); setting it moves the slider and redraws."""
+        return self._image.value
+
+    @index.setter
+    def index(self, value: int) -> None:
+        if not 0 <= value < len(self.images):
+            raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
+        self._image.value = value
+
+    @property
+    def snapshot(self) -> int:
+        """The snapshot shown (0 .. E-1, position in ``epochs``); settable."""
+        return self._snapshot.value
+
+    @snapshot.setter
+    def snapshot(self, value: int) -> None:
+        if not 0 <= value < len(self.thetas):
+            raise ValueError(f"snapshot must be in [0, {len(self.thetas) - 1}], got {value}")
+        self._snapshot.value = value
+
+    def current(self) -> dict[str, Any]:
+        """The numbers shown for the current image and snapshot.
+
+        Returns:
+            ``index``, ``snapshot``, ``epoch``, ``theta`` (2 x 3 tensor), ``corners``
+            (4 x 2 tensor, ``maps.theta_corners``), ``decomposition`` (floats of
+            ``maps.decompose_theta``, rotation in radians), ``iou`` (float, or None
+            without boxes), ``label`` and ``prediction`` (None when not given).
+        """
+        i, k = self.index, self.snapshot
+        theta = self.thetas[k, i]
+        parts = maps.decompose_theta(theta)
+        corners = maps.theta_corners(theta, self._input_size)[0]
+        iou = None
+        if self.boxes is not None:
+            iou = float(maps.polygon_iou(corners, self.boxes[i])[0])
+        return {
+            "index": i,
+            "snapshot": k,
+            "epoch": self.epochs[k],
+            "theta": theta.clone(),
+            "corners": corners,
+            "decomposition": {key: float(v[0]) for key, v in parts.items()},
+            "iou": iou,
+            "label": None if self.labels is None else self.labels[i],
+            "prediction": None if self.predictions is None else self.predictions[k][i],
+        }
+
+    # -- drawing -------------------------------------------------------------------------
+    def _render_input(self, state: dict) -> bytes:
+        canvas = render.draw_quad(self.images[state["index"]], state["corners"], scale=self.scale)
+        if self.boxes is not None:
+            canvas = render.draw_box(canvas, self.boxes[state["index"]], scale=self.scale)
+        return render.png_bytes(canvas)
+
+    def _render_crop(self, state: dict) -> bytes:
+        sampled = self.images if self.source is None else self.source
+        crop = maps.resample(sampled[state["index"]], state["theta"], self.output_size)
+        return render.png_bytes(render.upscale(crop.clamp(0, 1), self._crop_scale))
+
+    def _html(self, state: dict) -> str:
+        parts = state["decomposition"]
+        parts = dict(parts, rotation_deg=math.degrees(parts["rotation"]))
+        rows = [("snapshot", html.escape(str(state["epoch"])))]
+        rows += [(label, fmt.format(parts[key])) for label, key, fmt in _ROWS]
+        if state["iou"] is not None:
+            rows.append(("IoU with box", f"{state['iou']:.3f}"))
+        for key in ("label", "prediction"):
+            if state[key] is not None:
+                rows.append((key, html.escape(str(state[key]))))
+        cells = "".join(
+            f"<tr><td style='padding-right:1em'>{a}</td><td style='text-align:right'>{b}</td></tr>"
+            for a, b in rows
+        )
+        return f"<table style='font-family:monospace'>{cells}</table>"
+
+    def _redraw(self) -> None:
+        state = self.current()
+        self._input_png.value = self._render_input(state)
+        self._crop_png.value = self._render_crop(state)
+        self._table.value = self._html(state)
+
+    # -- display and clean-up ------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.root._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Unlink the Play widget and close every widget of the app; safe to call twice."""
+        if self._link is not None:
+            self._link.unlink()
+            self._link = None
+        for box in self.root.children:
+            for w in box.children if isinstance(box, widgets.Box) else ():
+                w.close()
+            box.close()
+        self.root.close()

@@ -1,0 +1,180 @@
+"""fit(): learns, is seeded, snapshots attention, and checkpoints atomically and safely."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from attnviz.models import STCNN, SmallCNN, TutorialSTN, stn_localization
+from attnviz.train import (
+    History,
+    evaluate,
+    fit,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    snapshot_attention,
+)
+
+
+class _Toy(torch.utils.data.Dataset):
+    """Class = which half of the image is bright: learnable in a few steps."""
+
+    def __init__(self, n=512, size=16, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+        self.images = torch.rand(n, 1, size, size, generator=g) * 0.3
+        half = size // 2
+        for i, c in enumerate(self.labels.tolist()):
+            self.images[i, 0, :, half * c : half * (c + 1)] += 0.7
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def _tiny_stcnn():
+    return STCNN(input_size=(16, 16), output_size=(12, 12), classes=2, width=4)
+
+
+def test_fit_learns_and_returns_history_as_data():
+    model = _tiny_stcnn()
+    h = fit(model, _Toy(seed=0), _Toy(seed=1), epochs=4, batch_size=32, lr=3e-3, progress=False)
+    assert [e.epoch for e in h.epochs] == [0, 1, 2, 3, 4]
+    assert h.final.test_acc > 0.95 and h.epochs[0].test_acc < 0.8
+    assert h.train_seconds > 0 and h.device == "cpu"
+    assert "| epoch |" in h.table()
+    assert not model.training
+
+
+def test_fit_is_seeded_and_accepts_a_data_loader_style_dataset():
+    class ItemsOnly(torch.utils.data.Dataset):  # no images/labels attributes: DataLoader path
+        def __init__(self):
+            self.toy = _Toy()
+
+        def __len__(self):
+            return len(self.toy)
+
+        def __getitem__(self, i):
+            return self.toy[i]
+
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(123)  # different global state must not matter
+        model = SmallCNN(1, 2, width=4)
+        fit(model, ItemsOnly(), epochs=1, batch_size=64, seed=7, progress=False)
+        weights.append(model.classifier.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_callable_train_gets_each_epoch_and_snapshots_theta():
+    seen = []
+
+    def data(epoch):
+        seen.append(epoch)
+        return _Toy(seed=epoch)
+
+    model = _tiny_stcnn()
+    probe = _Toy(8, seed=99).images
+    h = fit(model, data, epochs=3, batch_size=64, progress=False,
+            snapshot=snapshot_attention(probe, "theta"))  # fmt: skip
+    assert seen == [0, 1, 2]
+    theta = h.snapshot("stn")
+    assert theta.shape == (4, 8, 2, 3)
+    identity = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    torch.testing.assert_close(theta[0], identity.expand(8, 2, 3))
+    assert not torch.equal(theta[-1], theta[0])  # the transformer moved
+    with pytest.raises(KeyError, match="have"):
+        h.snapshot("nope")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = _tiny_stcnn()
+    probe = _Toy(4).images
+    h = fit(model, _Toy(), _Toy(seed=1), epochs=1, batch_size=64, progress=False,
+            checkpoint=tmp_path / "ck.pt", snapshot=snapshot_attention(probe, "theta"))  # fmt: skip
+    fresh = _tiny_stcnn()
+    state = load_checkpoint(tmp_path / "ck.pt", fresh)
+    x = _Toy(8, seed=5).images
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    hist = state["history"]
+    assert isinstance(hist, History) and hist.final.test_acc == h.final.test_acc
+    torch.testing.assert_close(hist.snapshot("stn"), h.snapshot("stn"))
+    assert state["optimizer"] is not None
+    assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    model = SmallCNN(1, 2, width=4)
+    path = save_checkpoint(tmp_path / "ck.pt", model, note="first")
+    before = path.read_bytes()
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint(path, model, note=Unsaveable())
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
+    assert load_checkpoint(path)["meta"] == {"note": "first"}
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": SmallCNN(1, 2, 4).state_dict(), "extra": _Evil()}, path)
+    with pytest.raises(ValueError, match="refuses"):
+        load_checkpoint(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises((ValueError, pickle.UnpicklingError)):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_plain_state_dict_loads_too(tmp_path):
+    model = SmallCNN(1, 2, width=4)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    fresh = SmallCNN(1, 2, width=4)
+    load_checkpoint(tmp_path / "sd.pt", fresh)
+    assert torch.equal(fresh.classifier.weight, model.classifier.weight)
+
+
+def test_pick_device_and_bad_arguments():
+    assert pick_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else pick_device().type
+    assert pick_device().type == expected
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(SmallCNN(1, 2, 4), _Toy(), epochs=1, optimizer="lbfgs", progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        fit(SmallCNN(1, 2, 4), _Toy(), epochs=0, progress=False)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (42, 42), (60, 60)])
+def test_models_are_sized_for_their_input(size):
+    x = torch.rand(2, 1, *size)
+    assert STCNN(size, (28, 28))(x).shape == (2, 10)
+    assert SmallCNN()(x).shape == (2, 10)
+    assert TutorialSTN(size)(x).shape == (2, 10)
+    loc = stn_localization(1, size)
+    assert isinstance(loc[-2], nn.Linear) and loc(x).shape == (2, 64)
+
+
+def test_stcnn_starts_as_the_identity_transform():
+    model = STCNN((42, 42), None).eval()
+    x = torch.rand(3, 1, 42, 42)
+    torch.testing.assert_close(model.stn(x), x, atol=1e-5, rtol=0)  # up to interpolation
+    loss, acc = evaluate(model, _Toy(16, size=42))
+    assert 0 <= acc <= 1 and loss > 0
