@@ -21,9 +21,12 @@ from .modules import CBAM, ChannelGate, SpatialGate, SpatialTransformer, Squeeze
 from .registry import (
     KINDS,
     AttentionSpec,
+    attention_layers,
     find_attention_modules,
+    make_attention,
     register,
     register_attention,
+    register_layer,
     registered,
     unregister,
 )
@@ -45,10 +48,13 @@ __all__ = [
     "SqueezeExcitation",
     "TransformRecord",
     "__version__",
+    "attention_layers",
     "capture",
     "find_attention_modules",
+    "make_attention",
     "register",
     "register_attention",
+    "register_layer",
     "registered",
     "unregister",
 ]

@@ -25,9 +25,12 @@ from torch import nn
 __all__ = [
     "KINDS",
     "AttentionSpec",
+    "attention_layers",
     "find_attention_modules",
+    "make_attention",
     "register",
     "register_attention",
+    "register_layer",
     "registered",
     "spec_for",
     "unregister",
@@ -129,6 +132,50 @@ def find_attention_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, A
             yield name, module, spec
 
 
+# -- attention layers by name, for models that take ``attention="se"`` ----------------------
+_LAYERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_layer(
+    name: str, factory: Callable[..., nn.Module], *, overwrite: bool = False
+) -> Callable[..., nn.Module]:
+    """Make an attention layer buildable by name, e.g. ``attention="se"`` in attnviz's models.
+
+    Args:
+        name: the name models accept.
+        factory: called as ``factory(channels, **kwargs)`` (the channel count first, as
+            timm's ``create_attn`` does), returning an ``nn.Module`` that keeps the shape.
+        overwrite: replace an existing entry instead of refusing it.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable as factory(channels, **kwargs), got {factory!r}")
+    if name in _LAYERS and not overwrite:
+        raise ValueError(
+            f"attention layer {name!r} exists already; pass overwrite=True to replace it"
+        )
+    _LAYERS[name] = factory
+    return factory
+
+
+def attention_layers() -> list[str]:
+    """Names accepted by :func:`make_attention` (and by ``attention=`` in attnviz's models)."""
+    return sorted(_LAYERS)
+
+
+def make_attention(name: str | None, channels: int, **kwargs) -> nn.Module:
+    """Build the attention layer ``name`` for ``channels`` channels (``None``: identity)."""
+    if name is None:
+        return nn.Identity()
+    if name not in _LAYERS:
+        raise ValueError(
+            f"unknown attention {name!r}; known: {attention_layers()} (or None). "
+            "Add one with attnviz.register_layer(name, factory)."
+        )
+    return _LAYERS[name](channels, **kwargs)
+
+
 def _register_builtins() -> None:
     from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
 
@@ -139,6 +186,10 @@ def _register_builtins() -> None:
     register(SpatialGate, "spatial", "gate")
     register(SpatialTransformer, "transform", "theta")
     register(TVSqueezeExcitation, "channel", "scale_activation")
+    from .modules import CBAM
+
+    register_layer("se", SqueezeExcitation)
+    register_layer("cbam", CBAM)
 
 
 _register_builtins()

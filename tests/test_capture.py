@@ -285,3 +285,19 @@ def test_memory_stays_flat_across_1000_captures():
     assert grown < 40 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 1000 captures"
     assert all(r() is None for r in refs)
     assert _hook_count(model) == 0
+
+
+def test_layer_registry_builds_attention_by_name():
+    assert {"se", "cbam"} <= set(attnviz.attention_layers())
+    assert isinstance(attnviz.make_attention("se", 32), SqueezeExcitation)
+    assert isinstance(attnviz.make_attention("cbam", 32, reduction=8), CBAM)
+    assert isinstance(attnviz.make_attention(None, 32), nn.Identity)
+    with pytest.raises(ValueError, match="unknown attention 'eca'.*register_layer"):
+        attnviz.make_attention("eca", 32)
+    with pytest.raises(ValueError, match="exists already"):
+        attnviz.register_layer("se", SqueezeExcitation)
+    attnviz.register_layer("timm_se", _TimmStyleSE)
+    try:
+        assert isinstance(attnviz.make_attention("timm_se", 6), _TimmStyleSE)
+    finally:
+        attnviz.registry._LAYERS.pop("timm_se")
