@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "EpochStats",
     "History",
+    "compare",
     "evaluate",
     "fit",
     "load_checkpoint",
@@ -170,20 +171,37 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def snapshot_attention(probe: torch.Tensor, field: str = "data", **capture_kwargs: Any):
+def snapshot_attention(
+    probe: torch.Tensor, field: str = "data", *, predictions: bool = True, **capture_kwargs: Any
+):
     """A ``snapshot`` callable for :func:`fit`: the captured attention on fixed probe images.
 
     Returns ``model -> {record name: tensor}`` (``field`` of each record, e.g. ``"theta"``
-    or ``"output"``), captured in eval mode under ``no_grad``; the model is left as it was.
+    or ``"output"``), plus ``"predictions"`` (the predicted class of each probe image)
+    when ``predictions`` is true. Captured in eval mode under ``no_grad``; the model is
+    left as it was.
     """
     from .capture import capture
 
     def take(model: nn.Module) -> dict[str, torch.Tensor]:
         with torch.no_grad(), capture(model, **capture_kwargs) as rec:
-            model(probe.to(_model_device(model)))
-        return {name: getattr(r, field) for name, r in rec.items()}
+            logits = model(probe.to(_model_device(model)))
+        out = {name: getattr(r, field) for name, r in rec.items()}
+        if predictions:
+            out["predictions"] = logits.argmax(1).cpu()
+        return out
 
     return take
+
+
+def compare(histories: Mapping[str, History]) -> str:
+    """A Markdown table comparing trained models: epochs, training seconds, test accuracy."""
+    rows = ["| model | epochs | train seconds | test accuracy | test error |",
+            "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, h in histories.items():
+        e, secs, acc = h.final, h.train_seconds, h.final.test_acc
+        rows.append(f"| {name} | {e.epoch} | {secs:.1f} | {acc:.2%} | {1 - acc:.2%} |")
+    return "\n".join(rows)
 
 
 def stn_param_groups(model: nn.Module, lr: float = 3e-3, stn_lr: float = 3e-4) -> list[dict]:

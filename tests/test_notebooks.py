@@ -1,0 +1,73 @@
+"""Committed notebooks: paired with jupytext scripts, free of outputs, runnable in QUICK mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from attnviz.nbrun import NotebookError, execute_notebook, inject_parameters
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no numbered notebooks found in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_is_paired_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    script = path.with_suffix(".py")
+    assert script.exists(), f"{path.name} has no paired jupytext script {script.name}"
+    paired = jupytext.read(script)
+    assert [(c.cell_type, c.source) for c in nb.cells] == [
+        (c.cell_type, c.source) for c in paired.cells
+    ], f"{path.name} and {script.name} differ: run `jupytext --sync {script}`"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "QUICK" in tagged[0].source
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_parameters_are_injected_after_the_parameters_cell():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("a = 1"),
+                nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("b = 2")]  # fmt: skip
+    inject_parameters(nb, {"QUICK": True, "NAME": "x"})
+    assert nb.cells[2].source.endswith("QUICK = True\nNAME = 'x'")
+    assert nb.cells[3].source == "b = 2"
+    with pytest.raises(ValueError, match="tagged 'parameters'"):
+        inject_parameters(nbformat.v4.new_notebook(), {"QUICK": True})
+
+
+def test_a_failing_cell_is_reported_with_its_number(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("1 / 0")]  # fmt: skip
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError) as err:
+        execute_notebook(path, {"QUICK": True}, timeout=120, output=tmp_path / "out.ipynb")
+    assert err.value.cell == 2 and err.value.ename == "ZeroDivisionError"
+    assert (tmp_path / "out.ipynb").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
+    out = execute_notebook(path, {"QUICK": True}, timeout=600, output=tmp_path / path.name)
+    errors = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]  # fmt: skip
+    assert not errors
+    widgets = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]  # fmt: skip
+    images = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]  # fmt: skip
+    assert widgets and images, "a notebook should show at least one widget and one picture"
