@@ -75,6 +75,19 @@ class Record:
         return self._get(self._main)
 
     @property
+    def features(self) -> torch.Tensor:
+        """The module's input (B x C x H x W), what the attention was applied to.
+
+        Recorded only by ``capture(..., features=True)``; for channel attention the module's
+        output is ``features * weights``, for spatial attention ``features * map``.
+        """
+        if "features" not in self._parts:
+            raise AttributeError(
+                f"{self.name}: no features recorded; use capture(..., features=True)"
+            )
+        return self._get("features")
+
+    @property
     def batch_size(self) -> int:
         return sum(p.shape[0] for p in self._parts.get(self._main, []))
 
@@ -220,6 +233,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         dtype: store records in this floating dtype (e.g. ``torch.float16``); ``None`` keeps it.
         eval: put the model in eval mode inside the ``with`` (maps differ between train and
             eval); every module's flag is restored on exit.
+        features: also keep each channel/spatial/self-attention module's input feature map
+            (``record.features``), e.g. to show a channel before and after scaling. Costs
+            memory: B x C x H x W per module.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or ``dtype`` is not floating.
@@ -236,6 +252,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         device: str | torch.device | None = "cpu",
         dtype: torch.dtype | None = None,
         eval: bool = True,
+        features: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"capture() needs a torch.nn.Module, got {type(model).__name__}")
@@ -247,6 +264,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self.device = torch.device(device) if device is not None else None
         self.dtype = dtype
         self.eval = eval
+        self.features = features
         self.targets = self._select(model, kinds, _as_patterns(names))
         self._handles: list[Any] = []
         self._modes: list[tuple[nn.Module, bool]] = []
@@ -334,6 +352,12 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
 
         return hook
 
+    def _features_hook(self, name: str, kind: str):
+        def hook(module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
+            self._record(name, module, kind)._append("features", self._store(args[0]))
+
+        return hook
+
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recording:
         if self._handles:
@@ -351,6 +375,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                             self._transform_output_hook(name), with_kwargs=True
                         )
                     )
+                elif self.features:
+                    hook = self._features_hook(name, spec.kind)
+                    self._handles.append(module.register_forward_hook(hook))
             if self.eval:
                 self._modes = [(m, m.training) for m in self.model.modules()]
                 self.model.eval()

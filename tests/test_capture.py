@@ -301,3 +301,22 @@ def test_layer_registry_builds_attention_by_name():
         assert isinstance(attnviz.make_attention("timm_se", 6), _TimmStyleSE)
     finally:
         attnviz.registry._LAYERS.pop("timm_se")
+
+
+def test_features_are_the_maps_the_attention_scaled(tiny_net):
+    seen, handles = _io_hooks(tiny_net, (SqueezeExcitation, ChannelGate, SpatialGate))
+    with attnviz.capture(tiny_net, features=True) as rec:
+        tiny_net(torch.rand(3, 3, 16, 16))
+    for h in handles:
+        h.remove()
+    for name in ("se", "cbam.channel_gate"):
+        ((inp, out),) = seen[name]
+        r = rec[name]
+        assert torch.equal(r.features, inp)
+        torch.testing.assert_close(r.features * r.weights[:, :, None, None], out, atol=1e-6, rtol=0)
+    r = rec["cbam.spatial_gate"]
+    torch.testing.assert_close(r.features * r.map[:, None], seen["cbam.spatial_gate"][0][1])
+    with attnviz.capture(tiny_net) as rec:
+        tiny_net(torch.rand(1, 3, 16, 16))
+    with pytest.raises(AttributeError, match="features=True"):
+        rec["se"].features  # noqa: B018
