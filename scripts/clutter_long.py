@@ -17,7 +17,7 @@ for out, aware, stn_lr in [(20, True, 3e-4), (28, False, 3e-4), (20, True, 1e-4)
     m = STCNN((60, 60), (out, out), transform="attention", position_aware=aware)
     ious = []
 
-    def snap(model):
+    def snap(model, ious=ious):
         iou = sampled_box_iou(model, test.images[:500], test.boxes[:500]).mean().item()
         ious.append(round(iou, 3))
         return {}
