@@ -1,0 +1,344 @@
+"""The class-wise picture of channel attention: mean excitation per class, block by block.
+
+Hu, Shen, Albanie, Sun and Wu, "Squeeze-and-Excitation Networks", CVPR 2018 / TPAMI
+2020, section 7.2 ("Role of excitation"): the mean excitation s_c (eq. 3) of each
+channel, over the images of one class, plotted for several classes and for all
+images. Early blocks excite channels the same way for every class (shared low-level
+features); late blocks become class-specific; the very last blocks saturate (most
+s_c near 1) and matter less.
+
+    stats = channel_stats(model, images, labels)     # one pass, memory flat in N
+    stats.specificity()                              # {block: F-ratio-like score}
+    plot_class_excitation(stats)                     # the paper's figure, as a Figure
+
+Works for every channel attention :func:`attnviz.capture` knows (SE, CBAM's Mc,
+torchvision's ``SqueezeExcitation``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+
+from .capture import capture
+
+__all__ = ["ChannelStats", "channel_stats", "plot_class_excitation"]
+
+_EPS = 1e-12
+
+
+@dataclass
+class ChannelStats:
+    """Per-class moments of the excitation s (B x C) of every channel-attention block.
+
+    Attributes:
+        names: block (record) names, in forward order.
+        mean: name -> (K x C) mean excitation of each class; NaN rows for empty classes.
+        var_within: name -> (K x C) within-class (population) variance; NaN for empty
+            classes.
+        overall_mean: name -> (C,) mean excitation over all images.
+        counts: (K,) images per class.
+        class_names: K names, for legends (default ``"0"`` .. ``"K-1"``).
+    """
+
+    names: list[str]
+    mean: dict[str, torch.Tensor]
+    var_within: dict[str, torch.Tensor]
+    overall_mean: dict[str, torch.Tensor]
+    counts: torch.Tensor
+    class_names: list[str] = field(default_factory=list)
+
+    def channels(self, name: str) -> int:
+        """C, the number of channels of block ``name``."""
+        return self.mean[name].shape[1]
+
+    def specificity(self) -> dict[str, float]:
+        """How class-specific each block's excitation is: an F-ratio-like number.
+
+        Over the K' classes with at least one image, for channel c of a block::
+
+            between_c = 1/K' sum_k (m_kc - mean_k' m_k'c)^2     (variance of class means)
+            within_c  = 1/K' sum_k v_kc                          (mean within-class var.)
+            S = mean_c between_c / (mean_c within_c + 1e-12)
+
+        m_kc and v_kc are :attr:`mean` and :attr:`var_within`. S is 0 when every class
+        has the same mean excitation (exactly 0.0 when the excitation does not depend
+        on the image at all) and grows as classes separate relative to the spread
+        inside a class. NaN with fewer than two non-empty classes.
+
+        Returns:
+            block name -> S, in forward order.
+        """
+        keep = self.counts > 0
+        if int(keep.sum()) < 2:
+            return {name: math.nan for name in self.names}
+        return {
+            name: _f_ratio(self.mean[name][keep], self.var_within[name][keep])
+            for name in self.names
+        }
+
+    def to_table(self) -> str:
+        """A Markdown table: block, channels, specificity."""
+        spec = self.specificity()
+        rows = ["| block | channels | specificity |", "|---|---:|---:|"]
+        rows += [f"| {n} | {self.channels(n)} | {spec[n]:.4g} |" for n in self.names]
+        return "\n".join(rows)
+
+
+def _f_ratio(means: torch.Tensor, within: torch.Tensor) -> float:
+    """mean_c var_k(means) / (mean_c mean_k(within) + eps), shift-exact for equal rows."""
+    centred = means - means[:1]  # exactly 0 where every class has the same mean
+    between = centred.var(dim=0, unbiased=False).mean()
+    return float(between / (within.mean() + _EPS))
+
+
+class _Moments:
+    """Per-class sums of s - shift and (s - shift)^2 in float64, grown as labels appear.
+
+    The shift (the first image's weights) keeps the variance numerically stable and
+    makes weights that never change give means and variances that are exact.
+    """
+
+    def __init__(self, classes: int) -> None:
+        self.shift: torch.Tensor | None = None
+        self.sum = self.sumsq = None
+        self.classes = classes
+
+    def add(self, weights: torch.Tensor, labels: torch.Tensor) -> None:
+        w = weights.detach().to("cpu", torch.float64)
+        if self.shift is None:
+            self.shift = w[0].clone()
+            self.sum = torch.zeros(self.classes, w.shape[1], dtype=torch.float64)
+            self.sumsq = torch.zeros_like(self.sum)
+        self._grow(int(labels.max()) + 1)
+        d = w - self.shift
+        self.sum.index_add_(0, labels, d)
+        self.sumsq.index_add_(0, labels, d * d)
+
+    def _grow(self, k: int) -> None:
+        if k > self.sum.shape[0]:
+            pad = torch.zeros(k - self.sum.shape[0], self.sum.shape[1], dtype=torch.float64)
+            self.sum, self.sumsq = torch.cat([self.sum, pad]), torch.cat([self.sumsq, pad])
+
+    def finish(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean K x C, within-class variance K x C, overall mean C)."""
+        self._grow(len(counts))
+        n = counts.to(torch.float64)[:, None]
+        d_mean = self.sum / n  # NaN for empty classes
+        var = (self.sumsq / n - d_mean * d_mean).clamp_min(0.0)
+        overall = self.shift + self.sum.sum(0) / counts.sum()
+        return self.shift + d_mean, var, overall
+
+
+def _check_labels(labels: Any, n: int | None, classes: int | None) -> torch.Tensor:
+    y = torch.as_tensor(labels).detach().cpu()
+    if y.dim() != 1 or (n is not None and len(y) != n):
+        raise ValueError(
+            f"labels must be a 1-D sequence of {n or 'B'} class indices, got shape {tuple(y.shape)}"
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {y.dtype}")
+    if len(y) and (y.min() < 0 or (classes is not None and y.max() >= classes)):
+        raise ValueError(
+            f"labels must lie in [0, {classes or 'K'}), got [{int(y.min())}, {int(y.max())}]"
+        )
+    return y.long()
+
+
+def _batches(images: Any, labels: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, Any]]:
+    """(images, labels) batches from a tensor and labels, or from an iterable of pairs."""
+    if labels is None:
+        if isinstance(images, torch.Tensor):
+            raise ValueError("labels are needed with an image tensor (or pass (x, y) batches)")
+        yield from images
+        return
+    images = torch.as_tensor(images)
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    labels = _check_labels(labels, len(images), None)
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size], labels[start : start + batch_size]
+
+
+def _batch_weights(model: nn.Module, x: torch.Tensor, names: Any) -> dict[str, torch.Tensor]:
+    """One forward pass; the excitation of every block (B x C). The records die here."""
+    with torch.no_grad(), capture(model, kinds="channel", names=names) as rec:
+        model(x)
+    out = {}
+    for name, r in rec.items():
+        if r.calls != 1:
+            raise ValueError(
+                f"{name} ran {r.calls} times in one forward pass; select blocks that run "
+                "once (names=)"
+            )
+        out[name] = r.weights
+    return out
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _class_names(classes: int | Sequence[Any] | None) -> tuple[int | None, list[str] | None]:
+    if classes is None:
+        return None, None
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if classes < 1:
+            raise ValueError(f"classes must be a positive number of classes, got {classes}")
+        return classes, None
+    names = [str(c) for c in classes]
+    if not names:
+        raise ValueError("classes must name at least one class")
+    return len(names), names
+
+
+def channel_stats(
+    model: nn.Module,
+    images: torch.Tensor | Iterable[tuple[torch.Tensor, Any]],
+    labels: Sequence[int] | torch.Tensor | None,
+    *,
+    batch_size: int = 256,
+    names: str | Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    classes: int | Sequence[Any] | None = None,
+) -> ChannelStats:
+    """Mean and within-class variance of the excitation, per class and block, in one pass.
+
+    The data run through ``model`` batch by batch, each batch under its own
+    ``attnviz.capture(model, kinds="channel", names=names)``; only per-class sums of s
+    and s^2 (float64) are kept, so memory does not grow with the number of images. The
+    model runs in eval mode under ``torch.no_grad()``; its train/eval flags are restored.
+
+    Args:
+        model: a network with channel attention (SE, CBAM, torchvision SE).
+        images: network inputs (N, C, H, W); or an iterable of ``(x, y)`` batches (e.g. a
+            ``DataLoader``) when ``labels`` is None.
+        labels: N integer class indices, or None with batches.
+        batch_size: images per forward pass (tensor input).
+        names: glob pattern(s) selecting blocks, as in ``capture`` (default all).
+        device: where the model runs (default: its parameters' device).
+        classes: K, the number of classes, or K class names (default: max label + 1).
+
+    Returns:
+        The :class:`ChannelStats`.
+
+    Raises:
+        ValueError: no images, bad shapes or labels, a block that runs twice per pass.
+        TypeError: non-integer labels.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    k, class_names = _class_names(classes)
+    device = torch.device(device) if device is not None else _model_device(model)
+    moments: dict[str, _Moments] = {}
+    counts = torch.zeros(k or 0, dtype=torch.long)
+    for x, y in _batches(images, labels, batch_size):
+        y = _check_labels(y, len(x), k)
+        for name, w in _batch_weights(model, x.to(device), names).items():
+            moments.setdefault(name, _Moments(k or 0)).add(w, y)
+        counts = _add_counts(counts, y)
+    if not moments:
+        raise ValueError("images must hold at least one image")
+    return _finish(moments, counts, class_names)
+
+
+def _add_counts(counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    new = torch.bincount(y, minlength=len(counts))
+    if len(new) > len(counts):
+        counts = torch.cat([counts, counts.new_zeros(len(new) - len(counts))])
+    return counts + new
+
+
+def _finish(
+    moments: dict[str, _Moments], counts: torch.Tensor, names: list[str] | None
+) -> ChannelStats:
+    mean, var, overall = {}, {}, {}
+    for name, m in moments.items():
+        mean[name], var[name], overall[name] = m.finish(counts)
+    class_names = names or [str(c) for c in range(len(counts))]
+    return ChannelStats(list(moments), mean, var, overall, counts, class_names)
+
+
+# -- the paper's figure ----------------------------------------------------------------------
+def _select_blocks(stats: ChannelStats, blocks: str | Sequence[str] | None) -> list[str]:
+    if blocks is None:
+        return list(stats.names)
+    patterns = [blocks] if isinstance(blocks, str) else list(blocks)
+    out = [n for n in stats.names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not out:
+        raise ValueError(f"blocks {patterns} match none of {stats.names}")
+    return out
+
+
+def _channel_index(channels: int | Sequence[int] | None, c: int) -> torch.Tensor:
+    if channels is None:
+        return torch.arange(c)
+    if isinstance(channels, int):
+        return torch.arange(min(channels, c))
+    idx = torch.as_tensor(list(channels), dtype=torch.long)
+    idx = idx[idx < c]
+    if len(idx) == 0:
+        raise ValueError(f"channels select none of the {c} channels")
+    return idx
+
+
+def plot_class_excitation(
+    stats: ChannelStats,
+    *,
+    blocks: str | Sequence[str] | None = None,
+    channels: int | Sequence[int] | None = None,
+    ncols: int | None = None,
+) -> Figure:
+    """Mean excitation per class, one panel per block, as in fig. 7 of the SE paper.
+
+    x is the channel index, y the mean excitation over the images of a class; one thin
+    line per class and a thick grey line for all images; each title gives the block and
+    its :meth:`ChannelStats.specificity`. Pure: the Figure is returned, never shown.
+
+    Args:
+        stats: from :func:`channel_stats`.
+        blocks: block names or glob patterns (default all), drawn in forward order.
+        channels: the first n channels (int) or a sequence of channel indices (default
+            all; the paper plots the first 50).
+        ncols: panels per row (default up to 3).
+
+    Returns:
+        A ``matplotlib.figure.Figure`` with one axes per block.
+
+    Raises:
+        ValueError: ``blocks`` or ``channels`` that select nothing, a bad ``ncols``.
+    """
+    names = _select_blocks(stats, blocks)
+    ncols = min(len(names), 3) if ncols is None else ncols
+    if not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+    spec = stats.specificity()
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        _panel(ax, stats, name, _channel_index(channels, stats.channels(name)), spec[name])
+        if i == 0 and len(stats.counts) <= 20:
+            ax.legend(fontsize="x-small", ncols=2 if len(stats.counts) > 6 else 1)
+    return fig
+
+
+def _panel(ax: Any, stats: ChannelStats, name: str, idx: torch.Tensor, spec: float) -> None:
+    x = idx.numpy()
+    for k, label in enumerate(stats.class_names):
+        if stats.counts[k] > 0:
+            ax.plot(x, stats.mean[name][k, idx].numpy(), lw=0.9, label=label)
+    ax.plot(x, stats.overall_mean[name][idx].numpy(), color="0.45", lw=3, alpha=0.8, label="all")
+    ax.set_title(f"{name}\nspecificity {spec:.3g}", fontsize="small")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("channel index")
+    ax.set_ylabel("mean excitation")
