@@ -29,12 +29,13 @@
 # CPU or GPU.
 
 # %% tags=["parameters"]
-QUICK = False  # True: two epochs per model (a smoke test); False: the full run
+QUICK = False  # True: one epoch per model (a smoke test); False: the full run
 SEED = 0
 
 # %%
 import torch
 from IPython.display import Markdown, display
+from PIL import Image
 
 import attnviz
 from attnviz import render
@@ -44,7 +45,7 @@ from attnviz.models import STCNN, SmallCNN
 from attnviz.train import compare, fit, pick_device, snapshot_attention, stn_param_groups
 from attnviz.widgets import STNInspector
 
-EPOCHS = 2 if QUICK else 16
+EPOCHS = 1 if QUICK else 16
 torch.manual_seed(SEED)
 print("training on", pick_device(), "with", torch.get_num_threads(), "CPU threads")
 
@@ -64,7 +65,7 @@ def train_rts(epoch):
 
 test_rts = distorted_mnist("RTS", "test", seed=SEED)
 examples = [render.draw_box(test_rts.images[i], test_rts.boxes[i], scale=3) for i in range(16)]
-render.montage(examples, ncols=8)
+Image.fromarray(render.montage(examples, ncols=8))
 
 # %% [markdown]
 # ## Train both networks with the same budget
