@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import maps
+from . import maps, render
 from .capture import capture
 
-__all__ = ["sampled_box_iou"]
+__all__ = [
+    "cbam_spatial_maps",
+    "centre_prior",
+    "energy_pointing_game",
+    "mask_iou",
+    "pointing_game",
+    "sampled_box_iou",
+    "score_maps",
+]
 
 
 def sampled_box_iou(
@@ -60,3 +69,364 @@ def _one(records: list[Any]) -> list[Any]:
         names = [r.name for r in records]
         raise ValueError(f"the model has several spatial transformers {names}; pass name=")
     return records
+
+
+# -- spatial maps against ground truth (CBAM's Ms, Grad-CAM) ---------------------------------
+# Conventions shared by every score below (those of render.upsample_map): a map of h x w
+# cells covers an image of H x W pixels; cell (i, j) owns the pixel block with edges
+# i * H/h .. (i + 1) * H/h and j * W/w .. (j + 1) * W/w, and its value sits at the block's
+# centre ((j + 0.5) W/w, (i + 0.5) H/h). Boxes are (x0, y0, x1, y1) in edge-based pixel
+# coordinates of the image (0 = left edge of the first pixel), as PhotoDigits.boxes.
+# Maps are processed in chunks at their own resolution, so a batch of small maps never
+# becomes a batch of image-sized float32 maps (only mask_iou upsamples, one chunk at a time).
+
+_CHUNK = 256
+
+
+def _map_batch(maps: Any, name: str = "maps") -> torch.Tensor:
+    """An N x h x w float tensor (any float dtype kept; moved to the CPU per chunk later)."""
+    t = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3 or 0 in t.shape:
+        raise ValueError(f"{name} must be N x h x w (or one h x w map), got {tuple(t.shape)}")
+    return t
+
+
+def _finite(chunk: torch.Tensor, name: str = "maps") -> torch.Tensor:
+    """The chunk as float64 on the CPU, refused with a clear message if not finite."""
+    m = chunk.detach().to("cpu", torch.float64)
+    if not torch.isfinite(m).all():
+        n_nan, n_inf = int(m.isnan().sum()), int(m.isinf().sum())
+        raise ValueError(f"{name} contain {n_nan} NaN and {n_inf} inf values; maps must be finite")
+    return m
+
+
+def _box_batch(boxes: Any, n: int) -> torch.Tensor:
+    b = torch.as_tensor(boxes).detach().to("cpu", torch.float64)
+    if b.dim() == 1:
+        b = b[None]
+    if tuple(b.shape) != (n, 4):
+        raise ValueError(
+            f"boxes must be ({n}, 4) as x0, y0, x1, y1 (one per map), got {tuple(b.shape)}"
+        )
+    return b
+
+
+def _image_size(image_size: Any, maps: torch.Tensor) -> tuple[int, int]:
+    if image_size is None:
+        return tuple(maps.shape[-2:])
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be (H, W) of positive ints, got {image_size!r}")
+    return size
+
+
+def _centres(cells: int, pixels: int) -> torch.Tensor:
+    """Pixel coordinate of each cell's centre: (k + 0.5) * pixels / cells."""
+    return (torch.arange(cells, dtype=torch.float64) + 0.5) * (pixels / cells)
+
+
+def _chunks(n: int, chunk: int) -> range:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    return range(0, n, chunk)
+
+
+def pointing_game(
+    maps: torch.Tensor,
+    boxes: torch.Tensor,
+    *,
+    tolerance: float = 0,
+    image_size: int | tuple[int, int] | None = None,
+    chunk: int = _CHUNK,
+) -> torch.Tensor:
+    """Pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop",
+    ECCV 2016): does the map's maximum fall on the object?
+
+    A map scores a hit when the centre of its maximal cell, mapped to image pixels (see
+    the conventions above), lies inside the box grown by ``tolerance`` pixels on every side
+    (closed intervals: the border counts). Ties: a hit needs *every* cell that attains the
+    maximum inside the grown box, so a flat map (all cells tied) only hits a box that
+    covers the whole image, and a map cannot score by saturating everywhere.
+
+    Args:
+        maps: N x h x w (or h x w) finite maps covering the images.
+        boxes: N x 4 ground-truth boxes (x0, y0, x1, y1) in image pixels.
+        tolerance: pixels the box grows by (>= 0); 15 in the paper's 224 x 224 setting.
+        image_size: (H, W) of the images; ``None`` means the maps are at image resolution.
+        chunk: maps processed at a time.
+
+    Returns:
+        N bools (a bool tensor); ``.float().mean()`` is the pointing-game accuracy.
+
+    Raises:
+        ValueError: bad shapes, a negative tolerance, NaN or inf in the maps.
+    """
+    maps = _map_batch(maps)
+    n, h, w = maps.shape
+    b = _box_batch(boxes, n)
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
+    big_h, big_w = _image_size(image_size, maps)
+    cx, cy = _centres(w, big_w), _centres(h, big_h)
+    hits = []
+    for i in _chunks(n, chunk):
+        m, bb = _finite(maps[i : i + chunk]), b[i : i + chunk]
+        in_x = (cx >= bb[:, 0:1] - tolerance) & (cx <= bb[:, 2:3] + tolerance)  # c x w
+        in_y = (cy >= bb[:, 1:2] - tolerance) & (cy <= bb[:, 3:4] + tolerance)  # c x h
+        inside = in_y[:, :, None] & in_x[:, None, :]
+        is_max = m == m.amax(dim=(1, 2), keepdim=True)
+        hits.append((~is_max | inside).all(dim=2).all(dim=1))
+    return torch.cat(hits)
+
+
+def _overlaps(lo: torch.Tensor, hi: torch.Tensor, cells: int, pixels: int) -> torch.Tensor:
+    """Length of each cell's pixel interval [k, k + 1] * pixels / cells inside [lo, hi]."""
+    edges = torch.arange(cells + 1, dtype=torch.float64) * (pixels / cells)
+    left = torch.maximum(edges[:-1], lo[:, None])
+    right = torch.minimum(edges[1:], hi[:, None])
+    return (right - left).clamp_min(0.0)
+
+
+def energy_pointing_game(
+    maps: torch.Tensor,
+    boxes: torch.Tensor,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    chunk: int = _CHUNK,
+) -> torch.Tensor:
+    """Energy-based pointing game (Wang et al., "Score-CAM", CVPRW 2020): the share of a
+    map's mass that falls inside the box.
+
+    Computed exactly with cell-area weighting, no upsampling: each cell's (non-negative)
+    value is spread evenly over the pixel block it owns, and the box takes the part of
+    each block it covers, ``sum_ij m_ij |cell_ij ∩ box| / (sum_ij m_ij |cell_ij|)``. So a
+    uniform map scores exactly the box's share of the image area, at any resolution, and
+    fractional boxes are handled exactly. Negative values count as zero (ReLU, as
+    Grad-CAM's own maps). A map with no positive mass scores 0.
+
+    Args:
+        maps: N x h x w (or h x w) finite maps covering the images.
+        boxes: N x 4 (x0, y0, x1, y1) in image pixels (parts outside the image add nothing).
+        image_size: (H, W) of the images; ``None``: the maps are at image resolution.
+        chunk: maps processed at a time.
+
+    Returns:
+        N float64 shares in [0, 1].
+
+    Raises:
+        ValueError: bad shapes, NaN or inf in the maps.
+    """
+    maps = _map_batch(maps)
+    n, h, w = maps.shape
+    b = _box_batch(boxes, n)
+    big_h, big_w = _image_size(image_size, maps)
+    out = []
+    for i in _chunks(n, chunk):
+        m, bb = _finite(maps[i : i + chunk]).clamp_min(0.0), b[i : i + chunk]
+        ox = _overlaps(bb[:, 0], bb[:, 2], w, big_w)
+        oy = _overlaps(bb[:, 1], bb[:, 3], h, big_h)
+        inside = torch.einsum("nhw,nh,nw->n", m, oy, ox)
+        total = m.sum(dim=(1, 2)) * (big_h / h) * (big_w / w)
+        out.append(torch.where(total > 0, inside / total.clamp_min(1e-300), 0.0))
+    return torch.cat(out)
+
+
+def _mask_batch(masks: Any, n: int) -> torch.Tensor:
+    t = torch.as_tensor(masks)
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3 or len(t) != n:
+        raise ValueError(f"masks must be ({n}, H, W) (one per map), got {tuple(t.shape)}")
+    return t
+
+
+def mask_iou(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    normalise: str = "per_map",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """IoU of the thresholded map with the object's mask.
+
+    Each map is normalised to [0, 1] at its own resolution (``render.normalise_map``),
+    upsampled stride-aligned to the mask's H x W (``render.upsample_map``), and the pixels
+    with value >= ``threshold`` are compared with the mask: |map ∩ mask| / |map ∪ mask|.
+    When both are empty the IoU is 1 (they agree); a constant map normalises to zeros and
+    so selects no pixel for any threshold > 0.
+
+    Args:
+        maps: N x h x w (or h x w) finite maps covering the images.
+        masks: N x H x W masks (bool, or anything non-zero = object).
+        threshold: in [0, 1], on the normalised map.
+        normalise, vmin, vmax: as for ``render.normalise_map``; ``"shared"`` takes one range
+            over all N maps (computed first, then applied chunk by chunk).
+        chunk: maps upsampled at a time (memory: chunk x H x W float32).
+
+    Returns:
+        N float64 IoUs in [0, 1].
+
+    Raises:
+        ValueError: bad shapes, a threshold outside [0, 1], NaN or inf in the maps.
+    """
+    maps = _map_batch(maps)
+    n = len(maps)
+    masks = _mask_batch(masks, n)
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    if normalise == "shared" and (vmin is None or vmax is None):
+        ranges = [_finite(maps[i : i + chunk]).aminmax() for i in _chunks(n, chunk)]
+        lo, hi = min(float(r.min) for r in ranges), max(float(r.max) for r in ranges)
+        vmin, vmax = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
+    out = []
+    for i in _chunks(n, chunk):
+        unit = render.normalise_map(_finite(maps[i : i + chunk]).numpy(), normalise, vmin, vmax)
+        up = torch.from_numpy(render.upsample_map(unit, tuple(masks.shape[-2:])))
+        pred, truth = up >= threshold, masks[i : i + chunk].to("cpu").bool()
+        inter = (pred & truth).sum(dim=(1, 2)).double()
+        union = (pred | truth).sum(dim=(1, 2)).double()
+        out.append(torch.where(union > 0, inter / union.clamp_min(1.0), 1.0))
+    return torch.cat(out)
+
+
+def centre_prior(n: int, size: int | tuple[int, int], *, sigma: float = 0.25) -> torch.Tensor:
+    """Gaussian centre-bias maps: the baseline a map must beat to show it looks at objects.
+
+    ``exp(-((x - W/2)^2 / (2 (sigma W)^2) + (y - H/2)^2 / (2 (sigma H)^2)))`` at each
+    cell's centre (the conventions above), the same for all n images.
+
+    Args:
+        n: number of maps.
+        size: (h, w) of the maps (e.g. the image size, or a CBAM map's size), or one int.
+        sigma: the Gaussian's standard deviation as a fraction of the side.
+
+    Returns:
+        n x h x w float32, a broadcast view of one map (no n-fold memory); ``.clone()``
+        before writing into it.
+
+    Raises:
+        ValueError: n < 1, a bad size or sigma <= 0.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ValueError(f"sigma must be > 0 (a fraction of the side), got {sigma!r}")
+    h, w = _image_size(size, torch.empty(0))
+    x = (_centres(w, w) - w / 2) / (sigma * w)
+    y = (_centres(h, h) - h / 2) / (sigma * h)
+    prior = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).float()
+    return prior.expand(n, h, w)
+
+
+def score_maps(
+    maps_by_method: dict[str, torch.Tensor],
+    boxes: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    tolerance: float = 0,
+    threshold: float = 0.5,
+    chunk: int = _CHUNK,
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """Score several kinds of map against the same ground truth, as a Markdown table.
+
+    For every method: the pointing-game accuracy (:func:`pointing_game`), the mean energy
+    share inside the box (:func:`energy_pointing_game`) and the mean mask IoU at
+    ``threshold`` of the per-map normalised map (:func:`mask_iou`). Maps of any
+    resolution and float dtype (e.g. float16 CBAM maps at their native h x w) are scored
+    chunk by chunk, never all upsampled at once.
+
+    Args:
+        maps_by_method: name -> N x h x w maps (h x w may differ between methods), e.g.
+            ``{"CBAM layer4": ..., "Grad-CAM": ..., "centre prior": centre_prior(N, 64)}``.
+        boxes: N x 4 (x0, y0, x1, y1) in image pixels.
+        masks: N x H x W object masks; H x W is the image size.
+        tolerance: of the pointing game, in pixels.
+        threshold: of the mask IoU.
+        chunk: maps processed at a time.
+
+    Returns:
+        (table, scores): a Markdown table, one row per method, and
+        ``{method: {"pointing_game", "energy", "mask_iou": means, "n": N}}``.
+
+    Raises:
+        ValueError: no methods, maps whose count differs from the boxes', and the errors
+            of the three scores.
+    """
+    if not maps_by_method:
+        raise ValueError("maps_by_method must name at least one method's maps")
+    size = tuple(torch.as_tensor(masks).shape[-2:])
+    scores: dict[str, dict[str, float]] = {}
+    for name, method_maps in maps_by_method.items():
+        m = _map_batch(method_maps, f"maps of {name!r}")
+        hits = pointing_game(m, boxes, tolerance=tolerance, image_size=size, chunk=chunk)
+        energy = energy_pointing_game(m, boxes, image_size=size, chunk=chunk)
+        iou = mask_iou(m, masks, threshold=threshold, chunk=min(chunk, 64))
+        scores[name] = {
+            "pointing_game": float(hits.double().mean()),
+            "energy": float(energy.mean()),
+            "mask_iou": float(iou.mean()),
+            "n": len(m),
+        }
+    return _markdown(scores, tolerance, threshold), scores
+
+
+def _markdown(scores: dict[str, dict[str, float]], tolerance: float, threshold: float) -> str:
+    tol = f", ±{tolerance:g} px" if tolerance else ""
+    lines = [
+        f"| method | n | pointing game{tol} | energy in box | mask IoU (>= {threshold:g}, "
+        "per-map) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, s in scores.items():
+        lines.append(
+            f"| {name} | {s['n']} | {s['pointing_game']:.3f} | {s['energy']:.3f} | "
+            f"{s['mask_iou']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def cbam_spatial_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 64,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every spatial gate's map Ms (CBAM, Woo et al. 2018, eq. 3) for a set of images.
+
+    Forward passes of ``batch_size`` images under one :func:`attnviz.capture` with
+    ``kinds="spatial"`` (eval mode, no gradients; the model's flags are restored).
+
+    Args:
+        model: a network with CBAM (or other spatial) attention.
+        images: N x C x H x W network inputs.
+        batch_size: images per forward pass.
+        dtype: store the maps in this dtype (``torch.float16`` halves the memory); None
+            keeps float32.
+        device: where the model runs (default: its parameters' device); maps end on the CPU.
+
+    Returns:
+        record name (e.g. ``"layer4.0.attention.spatial_gate"``) -> N x h x w maps at their
+        native resolution, in forward order.
+
+    Raises:
+        ValueError: bad image shape or batch size, or no spatial attention in the model.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be N x C x H x W, got {tuple(images.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad(), capture(model, kinds="spatial", dtype=dtype) as rec:
+        for i in range(0, len(images), batch_size):
+            model(images[i : i + batch_size].to(device))
+    return {name: r.map for name, r in rec.items()}

@@ -5,6 +5,9 @@ Each app is a small class with ``.root`` (its box), ``close()`` and
 """
 
 from .channels import ChannelExplorer
+from .query import QueryExplorer
+from .spatial import SpatialExplorer
 from .stn import STNInspector
+from .upload import PhotoPicker
 
-__all__ = ["ChannelExplorer", "STNInspector"]
+__all__ = ["ChannelExplorer", "PhotoPicker", "QueryExplorer", "STNInspector", "SpatialExplorer"]

@@ -1,0 +1,316 @@
+"""Pick a query pixel and see where it looks: self-attention (non-local blocks) image by image.
+
+Wang et al., "Non-local Neural Networks", CVPR 2018: a non-local block's response at
+position i is a weighted average of all positions j, y_i = sum_j A_ij g(x_j) (eq. 1), with
+A = softmax(theta^T phi) for the embedded Gaussian (eq. 3). Row i of A is where query i
+looks. ``QueryExplorer`` shows that row for the query cell under a chosen image pixel,
+laid out on the key grid, upsampled to the image and overlaid on it, with the pixel
+marked by a crosshair and its cell by a box; a toggle shows instead the attention each
+position receives, averaged over all queries.
+
+The query pixel is chosen with two sliders: core ``ipywidgets.Image`` sends no click
+events, and click support would need a browser extension (ipyevents, ipycanvas), which
+breaks offline and in some front ends. One forward pass per image (under
+:func:`attnviz.capture`) fills a cache of every block's record; moving the query, the
+block, the toggle or the opacity only re-renders from it.
+"""
+
+from __future__ import annotations
+
+import html
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .. import render
+from ..capture import SelfAttentionRecord, capture
+from .channels import _check_images, _display_images
+
+__all__ = ["QueryExplorer"]
+
+_CROSS = (0, 255, 255)  # the crosshair, over a dark outline
+_CELL = (255, 255, 255)  # the query cell's box
+_CMAP = "inferno"
+
+
+def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int) -> np.ndarray:
+    """A crosshair centred on canvas pixel (cx, cy), 1 pixel wide with a dark outline."""
+    out = canvas.copy()
+    h, w = out.shape[:2]
+    for colour, width in (((0, 0, 0), 1), (_CROSS, 0)):
+        y0, y1 = max(cy - width, 0), min(cy + width + 1, h)
+        x0, x1 = max(cx - width, 0), min(cx + width + 1, w)
+        out[y0:y1, max(cx - arm, 0) : min(cx + arm + 1, w)] = colour
+        out[max(cy - arm, 0) : min(cy + arm + 1, h), x0:x1] = colour
+    return out
+
+
+class QueryExplorer:
+    """Choose an image, a self-attention block and a query pixel; see where that pixel looks.
+
+    The panel shows the image with the attention map overlaid (inferno, normalised to its
+    own range; the line below gives the range and the uniform level 1 / K), the query
+    pixel as a crosshair and the query cell (the feature-grid cell the pixel falls in,
+    whose row of the matrix is shown) as a box. "where the whole image looks" switches to
+    the attention each key receives, averaged over all queries (``record.received()``).
+
+    Args:
+        model: a network with self-attention that :func:`attnviz.capture` recognises
+            (e.g. ``small_resnet(attention="nonlocal")``).
+        images: network inputs (N, C, H, W), C = 1 or 3, float.
+        mean, std: per-channel normalisation to undo for display (x * std + mean); by
+            default the images are shown as they are and must lie in [0, 1].
+        device: where the model runs (default: its parameters' device).
+        scale: integer upscaling of the panel (default about 256 pixels wide).
+
+    Raises:
+        ValueError: bad shapes, display values outside [0, 1], no self-attention.
+        TypeError: integer images, or ``model`` not an ``nn.Module``.
+
+    The query is chosen with the x and y sliders (image pixels): core ipywidgets images
+    send no clicks. The model's train/eval flags are left as they were (forward passes run
+    in eval mode under ``torch.no_grad()``). ``.root`` is the ``VBox``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        *,
+        mean: Sequence[float] | torch.Tensor | None = None,
+        std: Sequence[float] | torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+        scale: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.images = _check_images(images)
+        n, _, h, w = self.images.shape
+        self.image_size = (h, w)
+        self._shown = _display_images(self.images, mean, std)
+        param = next(model.parameters(), None)
+        self.device = (
+            torch.device(device) if device is not None else getattr(param, "device", "cpu")
+        )
+        self.scale = render._check_scale(max(1, round(256 / max(h, w))) if scale is None else scale)
+        self._cache: dict[str, Any] = {}
+        self._load(0)
+        self._build(n)
+        self._redraw()
+
+    # -- capture and cache ---------------------------------------------------------------
+    def _load(self, index: int) -> None:
+        """One forward pass of image ``index``; keep every self-attention record."""
+        x = self.images[index : index + 1].to(self.device)
+        with torch.no_grad(), capture(self.model, kinds="self") as rec:
+            self.model(x)
+        blocks: dict[str, SelfAttentionRecord] = dict(rec.items())
+        if not blocks:
+            raise ValueError("no self-attention block ran in the forward pass")
+        self._cache = {
+            "index": index,
+            "blocks": blocks,
+            "image": render.to_uint8_rgb(self._shown[index]),
+        }
+
+    # -- widgets -------------------------------------------------------------------------
+    def _build(self, n: int) -> None:
+        h, w = self.image_size
+        self._image = widgets.IntSlider(value=0, min=0, max=n - 1, description="image")
+        self._block = widgets.Dropdown(options=self._block_options(), description="block")
+        self._x = widgets.IntSlider(value=w // 2, min=0, max=w - 1, description="query x")
+        self._y = widgets.IntSlider(value=h // 2, min=0, max=h - 1, description="query y")
+        self._received = widgets.ToggleButton(
+            value=False, description="where the whole image looks"
+        )
+        self._received.layout.width = "auto"
+        self._opacity = widgets.FloatSlider(
+            value=0.6, min=0, max=1, step=0.05, description="opacity"
+        )
+        self._png = widgets.Image(format="png")
+        self._info = widgets.HTML()
+        self.log = widgets.Output()
+        self.root = widgets.VBox(
+            [
+                widgets.HBox([self._image, self._block, self._opacity]),
+                widgets.HBox([self._x, self._y, self._received]),
+                widgets.HBox([self._png]),
+                self._info,
+                self.log,
+            ]
+        )
+        self._image.observe(self._guard(self._on_image), names="value")
+        for wid in (self._block, self._x, self._y, self._received, self._opacity):
+            wid.observe(self._guard(lambda _change: self._redraw()), names="value")
+
+    def _block_options(self) -> list[tuple[str, str]]:
+        out = []
+        for name, r in self._cache["blocks"].items():
+            (hq, wq), (hk, wk) = r.query_size, r.key_size
+            out.append((f"{name} ({hq}x{wq} -> {hk}x{wk})", name))
+        return out
+
+    def _guard(self, callback: Any) -> Any:
+        """Run ``callback``; errors go to ``log``, where the user is looking."""
+
+        def run(arg: Any) -> None:
+            try:
+                callback(arg)
+            except Exception:
+                self.log.append_stderr(traceback.format_exc())
+
+        return run
+
+    def _on_image(self, change: dict) -> None:
+        block = self.block
+        self._load(change["new"])
+        options = self._block_options()
+        if options != [tuple(o) for o in self._block.options]:
+            self._block.options = options  # may redraw with the first block ...
+            if block in self._cache["blocks"]:
+                self._block.value = block
+        self._redraw()
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def index(self) -> int:
+        """The image shown (0 .. N-1); setting it runs one forward pass and redraws."""
+        return self._image.value
+
+    @index.setter
+    def index(self, value: int) -> None:
+        if not 0 <= value < len(self.images):
+            raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
+        self._image.value = value
+
+    @property
+    def block(self) -> str:
+        """The self-attention block shown (a record name); settable."""
+        return self._block.value
+
+    @block.setter
+    def block(self, name: str) -> None:
+        if name not in self._cache["blocks"]:
+            raise ValueError(f"block must be one of {list(self._cache['blocks'])}, got {name!r}")
+        self._block.value = name
+
+    @property
+    def query(self) -> tuple[int, int]:
+        """The query pixel (x, y) in image pixels; settable (one redraw per slider)."""
+        return self._x.value, self._y.value
+
+    @query.setter
+    def query(self, xy: Sequence[int]) -> None:
+        x, y = (int(v) for v in xy)
+        h, w = self.image_size
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"query must lie in the {w} x {h} image, got ({x}, {y})")
+        self._x.value, self._y.value = x, y
+
+    @property
+    def received(self) -> bool:
+        """Whether the map is the attention received (mean over queries); settable."""
+        return self._received.value
+
+    @received.setter
+    def received(self, value: bool) -> None:
+        self._received.value = bool(value)
+
+    def record(self) -> SelfAttentionRecord:
+        """The cached record (batch of one) of the block shown."""
+        return self._cache["blocks"][self.block]
+
+    def current(self) -> dict[str, Any]:
+        """The numbers shown.
+
+        Returns:
+            ``index``, ``block``, ``query`` ((x, y) pixel), ``cell`` ((i, j) on the query
+            grid), ``query_size``, ``key_size``, ``received`` (the toggle), ``map`` (H x W
+            float32 tensor over the image: ``record.query_map(query, image_size)[0]``, or
+            ``record.received()[0]`` upsampled bilinearly), ``key_map`` (the same on the key
+            grid, Hk x Wk), ``peak`` ((row, col) key cell of the largest weight) and
+            ``uniform`` (1 / K, the weight of a query that looks everywhere alike).
+        """
+        r = self.record()
+        hk, wk = r.key_size
+        cell = r.query_cell(self.query, self.image_size)
+        if self.received:
+            key_map = r.received()[0]
+            up = F.interpolate(
+                key_map[None, None], size=self.image_size, mode="bilinear", align_corners=False
+            )
+            shown = up[0, 0]
+        else:
+            key_map = r.matrix[0, cell[0] * r.query_size[1] + cell[1]].float().reshape(hk, wk)
+            shown = r.query_map(self.query, self.image_size)[0]
+        peak = int(key_map.argmax())
+        return {
+            "index": self._cache["index"],
+            "block": self.block,
+            "query": self.query,
+            "cell": cell,
+            "query_size": r.query_size,
+            "key_size": r.key_size,
+            "received": self.received,
+            "map": shown,
+            "key_map": key_map,
+            "peak": (peak // wk, peak % wk),
+            "uniform": 1.0 / (hk * wk),
+        }
+
+    # -- drawing -------------------------------------------------------------------------
+    def _panel(self, s: dict) -> np.ndarray:
+        image, k = self._cache["image"], self.scale
+        blended = render.overlay(image, s["map"].numpy(), alpha=self._opacity.value, cmap=_CMAP)
+        canvas = render.upscale(blended, k)
+        if s["received"]:
+            return canvas
+        (i, j), (hq, wq), (h, w) = s["cell"], s["query_size"], self.image_size
+        box = (j * w / wq, i * h / hq, (j + 1) * w / wq, (i + 1) * h / hq)
+        canvas = np.asarray(render.draw_box(Image.fromarray(canvas), box, scale=k, color=_CELL))
+        x, y = s["query"]
+        return _crosshair(canvas, int((x + 0.5) * k), int((y + 0.5) * k), arm=max(3, 2 * k))
+
+    def _html(self, s: dict) -> str:
+        m = s["key_map"]
+        what = (
+            "attention received, mean over all queries"
+            if s["received"]
+            else f"query pixel ({s['query'][0]}, {s['query'][1]}) &rarr; cell {s['cell']}"
+        )
+        parts = [
+            f"<b>{html.escape(s['block'])}</b>",
+            what,
+            f"queries {s['query_size'][0]}x{s['query_size'][1]}, "
+            f"keys {s['key_size'][0]}x{s['key_size'][1]}",
+            f"peak at key cell {s['peak']}",
+            f"range [{float(m.min()):.3g}, {float(m.max()):.3g}] (per map; uniform "
+            f"{s['uniform']:.3g})",
+        ]
+        return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
+
+    def _redraw(self) -> None:
+        s = self.current()
+        self._png.value = render.png_bytes(self._panel(s))
+        self._info.value = self._html(s)
+
+    # -- display and clean-up ------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.root._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Close every widget of the app and drop the cached records; safe to call twice."""
+        for box in self.root.children:
+            for w in box.children if isinstance(box, widgets.Box) else ():
+                w.close()
+            box.close()
+        self.root.close()
+        self._cache = {"blocks": {}}

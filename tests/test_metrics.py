@@ -1,0 +1,173 @@
+"""Spatial maps against ground truth (metrics.py) on constructed maps, boxes and masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnviz
+from attnviz import metrics
+from attnviz.models import small_resnet
+
+
+def _peak(h: int, w: int, *cells: tuple[int, int]) -> torch.Tensor:
+    m = torch.zeros(1, h, w)
+    for i, j in cells:
+        m[0, i, j] = 1.0
+    return m
+
+
+def _box(*xyxy: float) -> torch.Tensor:
+    return torch.tensor([xyxy], dtype=torch.float64)
+
+
+# -- pointing game ---------------------------------------------------------------------------
+def test_peak_inside_the_box_hits_and_outside_misses():
+    m = _peak(8, 8, (2, 5))  # cell centre in a 32 x 32 image: x = 5.5 * 4 = 22, y = 2.5 * 4 = 10
+    size = (32, 32)
+    assert metrics.pointing_game(m, _box(20, 8, 24, 12), image_size=size).tolist() == [True]
+    assert metrics.pointing_game(m, _box(0, 0, 16, 16), image_size=size).tolist() == [False]
+    assert metrics.pointing_game(m, _box(22, 10, 30, 30), image_size=size).tolist() == [True]
+
+
+def test_tolerance_grows_the_box_in_pixels():
+    m, box = _peak(8, 8, (2, 5)), _box(0, 0, 20, 16)  # the peak is 2 pixels right of the box
+    hit = [bool(metrics.pointing_game(m, box, tolerance=t, image_size=32)) for t in (0, 1.9, 2, 5)]
+    assert hit == [False, False, True, True]
+    with pytest.raises(ValueError, match="tolerance"):
+        metrics.pointing_game(m, box, tolerance=-1)
+
+
+def test_ties_hit_only_when_every_maximum_is_inside():
+    box = _box(0, 0, 4, 4)  # the top-left 2 x 2 cells at image resolution 8 = 2 x map
+    inside = _peak(4, 4, (0, 0), (1, 1))
+    split = _peak(4, 4, (0, 0), (3, 3))
+    flat = torch.full((1, 4, 4), 0.3)
+    got = metrics.pointing_game(torch.cat([inside, split, flat]), box.repeat(3, 1), image_size=8)
+    assert got.tolist() == [True, False, False]
+    assert bool(metrics.pointing_game(flat, _box(0, 0, 8, 8), image_size=8))  # whole image
+
+
+def test_pointing_game_batches_chunks_and_refuses_nan():
+    maps = torch.rand(10, 4, 4)
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]]).repeat(10, 1) * torch.arange(1, 11)[:, None]
+    whole = metrics.pointing_game(maps, boxes)
+    assert torch.equal(metrics.pointing_game(maps, boxes, chunk=3), whole)
+    maps[4, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN"):
+        metrics.pointing_game(maps, boxes)
+    with pytest.raises(ValueError, match=r"boxes must be \(10, 4\)"):
+        metrics.pointing_game(maps, boxes[:3])
+
+
+# -- energy-based pointing game --------------------------------------------------------------
+@pytest.mark.parametrize(("h", "w"), [(4, 4), (3, 5), (32, 32), (7, 2)])
+def test_uniform_map_energy_equals_the_box_area_share(h, w):
+    boxes = torch.tensor([[3.0, 5.0, 19.0, 30.0], [0.0, 0.0, 32.0, 32.0], [10.0, 10.0, 11.0, 12.0]])
+    share = metrics.energy_pointing_game(torch.full((3, h, w), 0.25), boxes, image_size=32)
+    expected = torch.tensor([16 * 25, 32 * 32, 1 * 2], dtype=torch.float64) / (32 * 32)
+    torch.testing.assert_close(share, expected, atol=1e-12, rtol=0)
+
+
+def test_energy_weights_cells_by_their_area_inside_the_box():
+    m = _peak(4, 4, (1, 2))  # cell (1, 2) owns pixels x 8..12, y 4..8 of a 16 x 16 image
+    cases = {(8, 4, 12, 8): 1.0, (10, 0, 16, 16): 0.5, (0, 0, 8, 16): 0.0, (9, 5, 11, 7): 0.25}
+    for box, expected in cases.items():
+        got = float(metrics.energy_pointing_game(m, _box(*box), image_size=16))
+        assert got == pytest.approx(expected, abs=1e-12), box
+    negative = m - 1.0  # only the peak is >= 0: ReLU leaves no mass
+    assert float(metrics.energy_pointing_game(negative, _box(8, 4, 12, 8), image_size=16)) == 0
+    zero = torch.zeros(1, 4, 4)
+    assert float(metrics.energy_pointing_game(zero, _box(0, 0, 16, 16), image_size=16)) == 0
+
+
+# -- mask IoU ---------------------------------------------------------------------------------
+def test_mask_iou_at_mask_resolution():
+    m = torch.zeros(1, 4, 4)
+    m[0, :2, :2] = 1.0  # selects 4 pixels
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :3] = True  # 6 pixels, 4 of them shared
+    assert float(metrics.mask_iou(m, mask)) == pytest.approx(4 / 6)
+    graded = torch.linspace(0, 1, 16).reshape(1, 4, 4)
+    top = torch.zeros(1, 4, 4, dtype=torch.bool)
+    top[0, 2:] = True  # the 8 largest values
+    assert float(metrics.mask_iou(graded, top, threshold=0.5)) == 1.0
+    assert float(metrics.mask_iou(graded, top, threshold=0.8)) == pytest.approx(4 / 8)
+
+
+def test_mask_iou_upsamples_stride_aligned():
+    m = _peak(2, 2, (0, 0))
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, :4, :4] = True  # the cell's own pixel block
+    # bilinear weights per axis 1, 1, 0.875, 0.625 inside the block, 0.375 next to it: only
+    # (3, 3) = 0.625^2 = 0.39 is < 0.5, and every block pixel beats every other (<= 0.375)
+    assert float(metrics.mask_iou(m, mask)) == pytest.approx(15 / 16)
+    assert float(metrics.mask_iou(m, mask, threshold=0.38)) == 1.0
+
+
+def test_mask_iou_constant_and_empty_cases():
+    flat = torch.full((2, 4, 4), 0.5)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    assert metrics.mask_iou(flat, mask).tolist() == [0.0, 1.0]  # nothing selected; both empty
+    shared = metrics.mask_iou(torch.stack([flat[0], flat[0] * 2]), mask, normalise="shared")
+    assert shared.tolist() == [0.0, 0.0]  # one range: the second map is all 1 -> union 16
+    with pytest.raises(ValueError, match="threshold"):
+        metrics.mask_iou(flat, mask, threshold=2)
+    with pytest.raises(ValueError, match=r"masks must be \(2, H, W\)"):
+        metrics.mask_iou(flat, mask[:1])
+
+
+# -- centre prior and the table --------------------------------------------------------------
+def test_centre_prior_peaks_in_the_middle_and_costs_one_map():
+    prior = metrics.centre_prior(5, (6, 8))
+    assert prior.shape == (5, 6, 8) and prior.stride(0) == 0
+    assert torch.equal(prior[0], prior[0].flip(0)) and torch.equal(prior[0], prior[0].flip(1))
+    assert float(prior.max()) < 1 and prior[0, 2:4, 3:5].eq(prior.max()).all()
+    centre = torch.tensor([[16.0, 16.0, 32.0, 32.0]] * 5)  # the four tied centre cells inside
+    assert metrics.pointing_game(prior, centre, image_size=48).all()
+    with pytest.raises(ValueError, match="sigma"):
+        metrics.centre_prior(1, 8, sigma=0)
+
+
+def test_score_maps_table_matches_the_single_scores():
+    gen = torch.Generator().manual_seed(0)
+    n = 6
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0]]).repeat(n, 1)
+    masks = torch.zeros(n, 32, 32, dtype=torch.bool)
+    masks[:, 6:18, 6:18] = True
+    native = torch.rand(n, 4, 4, generator=gen).half()
+    full = torch.rand(n, 32, 32, generator=gen)
+    table, scores = metrics.score_maps(
+        {"cbam": native, "gradcam": full, "centre": metrics.centre_prior(n, 32)}, boxes, masks,
+        chunk=4,
+    )  # fmt: skip
+    assert list(scores) == ["cbam", "gradcam", "centre"]
+    expected = metrics.energy_pointing_game(native.float(), boxes, image_size=32).mean()
+    assert scores["cbam"]["energy"] == pytest.approx(float(expected))
+    hits = metrics.pointing_game(full, boxes).double().mean()
+    assert scores["gradcam"]["pointing_game"] == pytest.approx(float(hits))
+    iou = metrics.mask_iou(native.float(), masks).mean()
+    assert scores["cbam"]["mask_iou"] == pytest.approx(float(iou))
+    assert scores["centre"]["n"] == n
+    lines = table.splitlines()
+    assert lines[0].startswith("| method | n | pointing game") and len(lines) == 5
+    assert lines[2].startswith(f"| cbam | {n} | ")
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.score_maps({}, boxes, masks)
+
+
+def test_cbam_spatial_maps_are_the_captured_records():
+    model = small_resnet(10, attention="cbam", width=8)
+    model.train()
+    x = torch.rand(5, 3, 32, 32)
+    got = metrics.cbam_spatial_maps(model, x, batch_size=2)
+    assert model.training and all(m.training for m in model.modules())
+    with torch.no_grad(), attnviz.capture(model, kinds="spatial") as rec:
+        model(x)
+    assert list(got) == list(rec) == [f"layer{k}.0.attention.spatial_gate" for k in (1, 2, 3, 4)]
+    for name, maps in got.items():
+        torch.testing.assert_close(maps, rec[name].map, atol=1e-6, rtol=0)
+    assert got["layer4.0.attention.spatial_gate"].shape == (5, 4, 4)
+    half = metrics.cbam_spatial_maps(model, x, dtype=torch.float16)
+    assert half["layer1.0.attention.spatial_gate"].dtype == torch.float16
