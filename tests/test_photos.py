@@ -1,0 +1,339 @@
+"""Photos in: every odd mode to the right RGB pixels, EXIF orientation, big photos, clear errors."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnviz import render
+from attnviz.photos import (
+    ImageLoadError,
+    display_copy,
+    load_image,
+    load_sample,
+    prepare,
+    sample_path,
+    sample_photos,
+)
+
+WHITE = (255, 255, 255)
+
+
+def _pixels(image: Image.Image) -> list[tuple[int, ...]]:
+    assert image.mode == "RGB"
+    return [tuple(int(v) for v in p) for p in np.asarray(image).reshape(-1, 3)]
+
+
+def _palette_image(transparent: int | None = None) -> Image.Image:
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30, 200, 100, 50])
+    image.putdata([0, 1])
+    if transparent is not None:
+        image.info["transparency"] = transparent
+    return image
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (Image.new("L", (1, 1), 100), [(100, 100, 100)]),
+        (Image.new("1", (1, 1), 1), [WHITE]),
+        (Image.new("LA", (1, 1), (100, 255)), [(100, 100, 100)]),
+        (Image.new("LA", (1, 1), (100, 0)), [WHITE]),
+        (_palette_image(), [(10, 20, 30), (200, 100, 50)]),
+        (_palette_image(transparent=0), [WHITE, (200, 100, 50)]),
+        (Image.new("RGBA", (1, 1), (255, 0, 0, 255)), [(255, 0, 0)]),
+        (Image.new("RGBA", (1, 1), (255, 0, 0, 0)), [WHITE]),
+        (Image.new("CMYK", (1, 1), (0, 0, 0, 0)), [WHITE]),
+        (Image.new("CMYK", (1, 1), (0, 0, 0, 255)), [(0, 0, 0)]),
+        (Image.new("CMYK", (1, 1), (255, 0, 0, 0)), [(0, 255, 255)]),
+    ],
+    ids=[
+        "L",
+        "1",
+        "LA-opaque",
+        "LA-clear",
+        "P",
+        "P-transparency",
+        "RGBA-opaque",
+        "RGBA-clear",
+        "CMYK-white",
+        "CMYK-black",
+        "CMYK-cyan",
+    ],
+)
+def test_modes_convert_to_the_rgb_a_viewer_shows(image, expected):
+    assert _pixels(load_image(image)) == expected
+
+
+def test_half_transparent_red_is_composited_over_white():
+    # rgb * a + 255 * (1 - a) with a = 128 / 255: (255, 127, 127), Pillow rounds within 1
+    [(r, g, b)] = _pixels(load_image(Image.new("RGBA", (1, 1), (255, 0, 0, 128))))
+    assert r == 255 and abs(g - 127) <= 1 and abs(b - 127) <= 1
+
+
+def test_sixteen_bit_images_are_divided_by_257():
+    values = np.array([[0, 257, 32896, 65535]], np.uint16)
+    expected = [(v, v, v) for v in (0, 1, 128, 255)]
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    assert _pixels(load_image(image)) == expected
+    assert _pixels(load_image(values)) == expected  # the same from a uint16 array
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    assert _pixels(load_image(png.getvalue())) == expected  # and from a 16-bit PNG file
+
+
+def test_mode_I_reads_0_to_65535_as_16_bit_and_stretches_other_ranges():
+    as_16bit = Image.fromarray(np.array([[0, 257, 65535]], np.int32))
+    assert as_16bit.mode == "I"
+    assert _pixels(load_image(as_16bit)) == [(0, 0, 0), (1, 1, 1), WHITE]
+    signed = Image.fromarray(np.array([[-100, 0, 100]], np.int32))
+    assert _pixels(load_image(signed)) == [(0, 0, 0), (128, 128, 128), WHITE]
+
+
+def test_float_images_in_0_1_are_intensities_and_other_ranges_are_stretched():
+    unit = Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32))
+    assert unit.mode == "F"
+    assert _pixels(load_image(unit)) == [(0, 0, 0), (128, 128, 128), WHITE]
+    wide = Image.fromarray(np.array([[10.0, 20.0, 30.0]], np.float32))
+    assert _pixels(load_image(wide)) == [(0, 0, 0), (128, 128, 128), WHITE]
+    rgb = np.zeros((1, 1, 3), np.float64)
+    rgb[..., 0] = 1.0
+    assert _pixels(load_image(rgb)) == [(255, 0, 0)]
+
+
+def test_arrays_bytes_files_and_paths_read_the_same(tmp_path):
+    arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    path = tmp_path / "tiny.png"
+    Image.fromarray(arr).save(path)
+    for source in (arr, path, str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
+        assert np.array_equal(np.asarray(load_image(source)), arr), type(source)
+
+
+def test_the_callers_image_is_neither_returned_nor_changed():
+    image = Image.new("RGB", (400, 200), (1, 2, 3))
+    out = load_image(image, max_side=100)
+    assert out is not image and image.size == (400, 200) and out.size == (100, 50)
+
+
+def _two_colour_jpeg(orientation: int) -> bytes:
+    """Stored 40 wide x 20 high: left half red, right half blue, with an EXIF orientation."""
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95, exif=exif)
+    return out.getvalue()
+
+
+def _colour_at(image: Image.Image, x: int, y: int) -> str:
+    r, g, b = image.getpixel((x, y))
+    return "red" if r > 200 and b < 60 else "blue" if b > 200 and r < 60 else f"{(r, g, b)}"
+
+
+@pytest.mark.parametrize(
+    ("orientation", "top", "bottom"),
+    [(6, "red", "blue"), (8, "blue", "red")],  # 6: turn 90 degrees clockwise; 8: anticlockwise
+)
+def test_exif_orientation_is_honoured(orientation, top, bottom):
+    stored = Image.open(io.BytesIO(_two_colour_jpeg(orientation)))
+    assert stored.size == (40, 20) and stored.getexif()[0x0112] == orientation
+    shown = load_image(_two_colour_jpeg(orientation))
+    assert shown.size == (20, 40)  # upright: 20 wide, 40 high
+    assert (_colour_at(shown, 10, 5), _colour_at(shown, 10, 35)) == (top, bottom)
+
+
+def test_exif_orientation_is_honoured_for_an_opened_pil_image():
+    shown = load_image(Image.open(io.BytesIO(_two_colour_jpeg(6))))
+    assert shown.size == (20, 40) and _colour_at(shown, 10, 5) == "red"
+
+
+def test_a_truncated_jpeg_names_the_file_and_says_truncated(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, format="JPEG")
+    path = tmp_path / "holiday.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageLoadError, match=r"(?s)holiday\.jpg.*truncated") as info:
+        load_image(path)
+    assert isinstance(info.value, OSError) and isinstance(info.value, ValueError)
+
+
+def test_a_text_file_names_the_file_and_says_not_an_image(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a photo at all\n")
+    with pytest.raises(ValueError, match=r"notes\.txt.*not an image"):
+        load_image(path)
+    with pytest.raises(OSError, match="not an image"):
+        load_image(b"plain bytes")
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="source must be"):
+        load_image(42)
+    with pytest.raises(ValueError, match="max_side"):
+        load_image(Image.new("RGB", (2, 2)), max_side=0)
+    with pytest.raises(ValueError, match="shape"):
+        load_image(np.zeros((2, 2, 5), np.uint8))
+    with pytest.raises(FileNotFoundError):
+        load_image("/no/such/photo.jpg")
+
+
+def test_sample_photos_load_and_are_licensed():
+    names = sample_photos()
+    assert {"astronaut", "chelsea", "coffee", "rocket"} <= set(names)
+    licence = (sample_path("chelsea").parent / "LICENSE.md").read_text()
+    for name in names:
+        assert f"`{name}.jpg`" in licence
+        assert sample_path(name).stat().st_size < 200_000
+    cat = load_sample("chelsea")
+    assert cat.mode == "RGB" and cat.size == (451, 300)
+    assert max(load_sample("coffee", max_side=128).size) == 128
+    with pytest.raises(ValueError, match="chelsea"):
+        load_sample("dog")
+
+
+def test_prepare_gives_a_batch_of_one():
+    from torchvision.models import MobileNet_V3_Small_Weights
+
+    x = prepare(load_sample("chelsea"), MobileNet_V3_Small_Weights.DEFAULT.transforms())
+    assert x.shape == (1, 3, 224, 224) and x.dtype == torch.float32
+    with pytest.raises(TypeError, match="transforms must"):
+        prepare(load_sample("chelsea"), np.asarray)
+
+
+class _PeakRSS:
+    """Samples this process's resident memory every few milliseconds."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.base = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __enter__(self) -> _PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def _overlay(image: Image.Image, attention: torch.Tensor) -> np.ndarray:
+    """render.overlay where this checkout has it, else the same blend written out."""
+    if hasattr(render, "overlay"):
+        return render.overlay(image, attention)
+    heat = torch.nn.functional.interpolate(
+        attention, size=image.size[::-1], mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    base = render.to_uint8_rgb(image).astype(np.float32)
+    return (0.5 * base + 0.5 * 255 * heat[..., None]).astype(np.uint8)
+
+
+def test_a_24_megapixel_photo_is_prepared_and_overlaid_at_display_size(tmp_path):
+    pytest.importorskip("psutil")
+    from torchvision.models import MobileNet_V3_Small_Weights
+
+    path = tmp_path / "big.jpg"
+    ramp = Image.linear_gradient("L").resize((6000, 4000))
+    Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.ROTATE_180), ramp)).save(path)
+    del ramp
+    gc.collect()
+    transforms = MobileNet_V3_Small_Weights.DEFAULT.transforms()
+    with _PeakRSS() as memory:
+        photo = load_image(path)
+        x = prepare(photo, transforms)
+        shown = display_copy(photo, max_side=1024)
+        straight = display_copy(path, max_side=1024)  # a JPEG decoded at reduced scale
+        attention = torch.rand(1, 1, 7, 7)  # e.g. a CBAM map of the last stage
+        overlay = _overlay(shown, attention)
+    assert photo.size == (6000, 4000)
+    assert x.shape == (1, 3, 224, 224)
+    assert shown.size == straight.size == (1024, 683)
+    assert overlay.shape == (683, 1024, 3)
+    assert memory.peak - memory.base < 600 * 2**20
+
+
+# -- attnviz.widgets.PhotoPicker -------------------------------------------------------------
+def _upload(picker, name: str, content: bytes, mime: str = "image/jpeg") -> None:
+    """Set the FileUpload's value as ipywidgets 8 does when a user picks a file."""
+    picker._upload.value = (
+        {
+            "name": name,
+            "type": mime,
+            "size": len(content),
+            "content": memoryview(content),
+            "last_modified": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc),
+        },
+    )
+
+
+def test_photo_picker_starts_with_a_sample_and_switches_to_an_upload_and_back():
+    from attnviz.widgets import PhotoPicker
+
+    picker = PhotoPicker(value="coffee")
+    seen = []
+    picker.on_change(seen.append)
+    assert picker.source == "sample:coffee" and picker.image.size == (600, 400)
+    assert picker._upload.accept == "image/*" and not picker._upload.multiple
+    assert picker._preview.value[:4] == b"\x89PNG"
+
+    _upload(picker, "phone.jpg", _two_colour_jpeg(6))
+    assert picker.source == "upload:phone.jpg" and picker.image.size == (20, 40)  # upright
+    assert picker._sample.value is None and seen == [picker.image]
+
+    picker._sample.value = "chelsea"
+    assert picker.source == "sample:chelsea" and picker._upload.value == ()
+    assert len(seen) == 2 and seen[-1].size == (451, 300)
+    picker.close()
+    picker.close()
+
+
+def test_photo_picker_reports_a_bad_upload_and_keeps_the_photo():
+    from attnviz.widgets import PhotoPicker
+
+    picker = PhotoPicker(["astronaut"])
+    before = picker.image
+    _upload(picker, "notes.txt", b"hello", mime="text/plain")
+    assert picker.image is before and picker.source == "sample:astronaut"
+    text = "".join(o.get("text", "") for o in picker.log.outputs)
+    assert "notes.txt" in text and "not an image" in text and "Traceback" not in text
+    with pytest.raises(ValueError, match="unknown sample"):
+        PhotoPicker(["dog"])
+    picker.close()
+
+
+def test_photo_picker_routes_callback_errors_to_its_output():
+    from attnviz.widgets import PhotoPicker
+
+    picker = PhotoPicker()
+
+    @picker.on_change
+    def broken(image):
+        raise RuntimeError("boom")
+
+    picker._sample.value = "rocket"
+    assert picker.source == "sample:rocket"
+    assert "boom" in "".join(o.get("text", "") for o in picker.log.outputs)
+    picker.on_change(broken, remove=True)
+    picker.close()
