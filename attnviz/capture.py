@@ -12,6 +12,7 @@ qualified name, in the order the modules ran. Several forward passes inside one
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -154,7 +155,14 @@ class TransformRecord(Record):
 
 
 class SelfAttentionRecord(Record):
-    """A self-attention matrix (B x Q x K, rows sum to one) and its query/key grids."""
+    """A self-attention matrix (B x Q x K, rows sum to one) and its query/key grids.
+
+    Row q of ``matrix`` is where query position q looks: one weight per key position.
+    Positions are row-major on their grids, ``query_size`` (Hq, Wq) and ``key_size``
+    (Hk, Wk), which a module states by setting attributes of those names in its forward
+    (:class:`attnviz.modules.NonLocal` does); otherwise square grids are assumed. A module
+    with a ``values`` submodule that outputs the values (B x K x D) has them recorded too.
+    """
 
     kind = "self"
     _main = "matrix"
@@ -162,6 +170,79 @@ class SelfAttentionRecord(Record):
     @property
     def matrix(self) -> torch.Tensor:
         return self._get("matrix")
+
+    @property
+    def values(self) -> torch.Tensor:
+        """What the matrix averages (B x K x D): ``matrix @ values`` is the module's y."""
+        return self._get("values")
+
+    @property
+    def query_size(self) -> tuple[int, int]:
+        """(Hq, Wq): the grid of the queries, the rows of ``matrix``."""
+        return self._grid("query_size", 1)
+
+    @property
+    def key_size(self) -> tuple[int, int]:
+        """(Hk, Wk): the grid of the keys, the columns of ``matrix``."""
+        return self._grid("key_size", 2)
+
+    def _grid(self, key: str, dim: int) -> tuple[int, int]:
+        n = self.matrix.shape[dim]
+        size = self.meta.get(key)
+        if size is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(
+                    f"{self.name}: {n} positions are no square grid and the module did not "
+                    f"state its {key}; set self.{key} = (H, W) in its forward"
+                )
+            size = (side, side)
+        if size[0] * size[1] != n:
+            raise ValueError(f"{self.name}: {key} {size} does not fit {n} positions")
+        return size
+
+    def query_cell(self, query_xy: Sequence[float], image_size: Sequence[int]) -> tuple[int, int]:
+        """The query cell (i, j) under image pixel (x, y): (floor(y Hq / H), floor(x Wq / W)).
+
+        Raises:
+            ValueError: a bad ``image_size``, or (x, y) outside the image.
+        """
+        h, w = _image_size(image_size)
+        x, y = (float(v) for v in query_xy)
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"query_xy must lie in the {w} x {h} image, got ({x:g}, {y:g})")
+        hq, wq = self.query_size
+        return min(math.floor(y * hq / h), hq - 1), min(math.floor(x * wq / w), wq - 1)
+
+    def query_map(self, query_xy: Sequence[float], image_size: Sequence[int]) -> torch.Tensor:
+        """Where the query under image pixel (x, y) looks, as a map over the image.
+
+        The row of the query cell (:meth:`query_cell`), laid out on the key grid and
+        upsampled bilinearly (``align_corners=False``) to ``image_size``.
+
+        Args:
+            query_xy: (x, y) in pixels of the image, 0 <= x < W, 0 <= y < H.
+            image_size: (H, W) of the image.
+
+        Returns:
+            (B, H, W) float32 tensor.
+        """
+        i, j = self.query_cell(query_xy, image_size)
+        hk, wk = self.key_size
+        row = self.matrix[:, i * self.query_size[1] + j].float().reshape(-1, 1, hk, wk)
+        size = _image_size(image_size)
+        return F.interpolate(row, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    def received(self) -> torch.Tensor:
+        """Attention each key receives, averaged over all queries: (B, Hk, Wk) float32."""
+        return self.matrix.float().mean(dim=1).reshape(-1, *self.key_size)
+
+
+def _image_size(size: Sequence[int]) -> tuple[int, int]:
+    out = tuple(int(s) for s in size)
+    if len(out) != 2 or min(out) < 1:
+        raise ValueError(f"image_size must be (H, W) of positive ints, got {size!r}")
+    return out
 
 
 _RECORD_TYPES: dict[str, type[Record]] = {
@@ -338,6 +419,15 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 r.meta.setdefault("align_corners", getattr(parent, "align_corners", False))
             else:
                 r._append("matrix", self._store(output))
+                for key in ("query_size", "key_size"):
+                    if getattr(parent, key, None) is not None:
+                        r.meta[key] = tuple(int(s) for s in getattr(parent, key))
+
+        return hook
+
+    def _values_hook(self, name: str, parent: nn.Module):
+        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+            self._record(name, parent, "self")._append("values", self._store(output))
 
         return hook
 
@@ -378,6 +468,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 elif self.features:
                     hook = self._features_hook(name, spec.kind)
                     self._handles.append(module.register_forward_hook(hook))
+                if spec.kind == "self" and isinstance(getattr(module, "values", None), nn.Module):
+                    hook = self._values_hook(name, module)
+                    self._handles.append(module.values.register_forward_hook(hook))
             if self.eval:
                 self._modes = [(m, m.training) for m in self.model.modules()]
                 self.model.eval()

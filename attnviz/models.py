@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from .modules import SpatialTransformer
+from .modules import NonLocal, SpatialTransformer
 from .registry import make_attention
 
 __all__ = [
@@ -248,18 +248,50 @@ class AttnBottleneck(tv_resnet.Bottleneck):
 
 _ATTENTION_BLOCKS = (AttnBasicBlock, AttnBottleneck)
 
+# Layers placed once at the end of chosen stages instead of in every block: the non-local
+# paper (Wang et al., CVPR 2018, Sec. 4.1 and Table 2) adds a few blocks to res3/res4, not
+# one per residual block. res2..res5 are torchvision's layer1..layer4; the paper's single
+# block goes to res4 (layer3). It inserts the block before a stage's last residual block;
+# here it follows the last one, so the stage's block indices (layerN.0, layerN.1, ...)
+# stay torchvision's and a plain ResNet's state dict still loads.
+_STAGE_ATTENTION = ("nonlocal",)
+_STAGE_NAME = "non_local"  # layerN.non_local ("nonlocal" is a Python keyword)
+
+
+def _check_stages(attention: str | None, stages: Sequence[int] | None) -> tuple[int, ...]:
+    if attention not in _STAGE_ATTENTION:
+        if stages is not None:
+            raise ValueError(
+                f"nonlocal_stages applies only with attention='nonlocal', got attention="
+                f"{attention!r}"
+            )
+        return ()
+    stages = (3,) if stages is None else tuple(stages)
+    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) < len(stages):
+        raise ValueError(f"nonlocal_stages must be distinct stages 1-4, e.g. (3,), got {stages!r}")
+    return stages
+
 
 def _attach_attention(
-    model: nn.Module, attention: str | None, attention_kwargs: Mapping[str, Any] | None
+    model: nn.Module,
+    attention: str | None,
+    attention_kwargs: Mapping[str, Any] | None,
+    stages: Sequence[int] = (),
 ) -> None:
-    """Give every attention block of ``model`` its layer A.
+    """Give every attention block of ``model`` its layer A, or the chosen stages theirs.
 
     Called after the backbone's weight initialisation (torchvision's ResNet re-initialises
     every ``Conv2d`` and ``BatchNorm2d`` it contains), so each attention layer keeps the
     initialisation its own class gives it.
     """
+    per_block = None if attention in _STAGE_ATTENTION else attention
     for block in [m for m in model.modules() if isinstance(m, _ATTENTION_BLOCKS)]:
-        block.attention = _attention_layer(attention, block.out_channels, attention_kwargs)
+        block.attention = _attention_layer(per_block, block.out_channels, attention_kwargs)
+    for s in stages:
+        layer = getattr(model, f"layer{s}")
+        layer.add_module(
+            _STAGE_NAME, _attention_layer(attention, layer[-1].out_channels, attention_kwargs)
+        )
 
 
 def _load_backbone(
@@ -284,7 +316,8 @@ def _load_backbone(
         f"{name}.attention." if name else "attention."
         for name, m in model.named_modules()
         if isinstance(m, _ATTENTION_BLOCKS)
-    ) + tuple(fresh)
+    ) + tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, NonLocal))
+    allowed += tuple(fresh)
     missing = [k for k in own if k not in state_dict]
     not_allowed = [k for k in missing if not k.startswith(allowed)]
     unexpected = [k for k in state_dict if k not in own]
@@ -336,6 +369,7 @@ def resnet(
     num_classes: int = 1000,
     weights: Any = None,
     attention_kwargs: Mapping[str, Any] | None = None,
+    nonlocal_stages: Sequence[int] | None = None,
 ) -> tv_resnet.ResNet:
     """torchvision's ResNet with an attention layer in every block (SE-/CBAM-ResNet).
 
@@ -357,6 +391,10 @@ def resnet(
             stays freshly initialised too (fine-tuning on a new label set).
         attention_kwargs: keyword arguments for every attention layer, e.g.
             ``{"reduction": 16}`` (r of the SE and CBAM papers); ``None``: the layer's defaults.
+        nonlocal_stages: with ``attention="nonlocal"``, the stages (1-4 for layer1-layer4)
+            that end in one :class:`attnviz.modules.NonLocal` block, ``layerN.non_local``,
+            instead of an attention layer in every block; ``None``: ``(3,)``, the paper's
+            res4.
 
     Returns:
         The model, in training mode.
@@ -371,8 +409,9 @@ def resnet(
     _check_positive_int(num_classes, "num_classes")
     block, layers, weights_enum = _RESNETS[name]
     weights = _verify_weights(weights_enum, weights)
+    stages = _check_stages(attention, nonlocal_stages)
     model = tv_resnet.ResNet(block, layers, num_classes=num_classes)
-    _attach_attention(model, attention, attention_kwargs)
+    _attach_attention(model, attention, attention_kwargs, stages)
     if weights is not None:
         state_dict = weights.get_state_dict(progress=True, check_hash=True)
         new_head = num_classes != len(weights.meta["categories"])
@@ -397,10 +436,12 @@ class SmallResNet(nn.Module):
         width: channels of ``layer1``.
         in_channels: image channels.
         stem_stride: stride of the stem convolution, 1 or 2.
+        nonlocal_stages: as for :func:`resnet` (only with ``attention="nonlocal"``).
 
     Submodules:
         conv1, bn1, relu: the stem. layer1 ... layer4: ``nn.Sequential`` of blocks, so the
-        attention of block i of stage n is ``layerN.i.attention``. avgpool, fc.
+        attention of block i of stage n is ``layerN.i.attention`` (a non-local block at the
+        end of stage n: ``layerN.non_local``). avgpool, fc.
     """
 
     def __init__(
@@ -413,8 +454,10 @@ class SmallResNet(nn.Module):
         width: int = 16,
         in_channels: int = 3,
         stem_stride: int = 1,
+        nonlocal_stages: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        stages = _check_stages(attention, nonlocal_stages)
         if len(layers) != 4:
             raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
         _check_positive_int(num_classes, "num_classes")
@@ -438,7 +481,7 @@ class SmallResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        _attach_attention(self, attention, attention_kwargs)
+        _attach_attention(self, attention, attention_kwargs, stages)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         _check_positive_int(blocks, "blocks per stage")
@@ -470,6 +513,7 @@ def small_resnet(
     in_channels: int = 3,
     attention_kwargs: Mapping[str, Any] | None = None,
     stem_stride: int = 1,
+    nonlocal_stages: Sequence[int] | None = None,
 ) -> SmallResNet:
     """A :class:`SmallResNet` for 64 x 64 images that trains on a 2-core CPU.
 
@@ -481,6 +525,8 @@ def small_resnet(
             ``{"reduction": 4}``: the papers' r = 16 would leave a hidden size of 1 in a
             16-channel stage, r = 4 keeps it >= 4 for ``width >= 16``. Pass ``{}`` for the
             layer's own defaults (needed for a layer that takes no ``reduction``).
+            With ``attention="nonlocal"``, ``None`` means the block's defaults.
+        nonlocal_stages: as for :func:`resnet`; ``None``: ``(3,)``, one block after layer3.
 
     Raises:
         ValueError: unsupported ``depth``, unknown ``attention``, bad sizes.
@@ -490,9 +536,12 @@ def small_resnet(
     return SmallResNet(
         _SMALL_DEPTHS[depth],
         attention=attention,
-        attention_kwargs={"reduction": 4} if attention_kwargs is None else attention_kwargs,
+        attention_kwargs={"reduction": 4}
+        if attention_kwargs is None and attention not in _STAGE_ATTENTION
+        else attention_kwargs,
         num_classes=num_classes,
         width=width,
         in_channels=in_channels,
         stem_stride=stem_stride,
+        nonlocal_stages=nonlocal_stages,
     )

@@ -186,10 +186,12 @@ def _register_builtins() -> None:
     register(SpatialGate, "spatial", "gate")
     register(SpatialTransformer, "transform", "theta")
     register(TVSqueezeExcitation, "channel", "scale_activation")
-    from .modules import CBAM
+    from .modules import CBAM, NonLocal
 
+    register(NonLocal, "self", "attend")
     register_layer("se", SqueezeExcitation)
     register_layer("cbam", CBAM)
+    register_layer("nonlocal", NonLocal)
 
 
 _register_builtins()

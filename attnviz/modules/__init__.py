@@ -5,7 +5,15 @@ hook (and :func:`attnviz.capture`) sees exactly what the network applied.
 """
 
 from .cbam import CBAM, ChannelGate, SpatialGate
+from .nonlocal_block import NonLocal
 from .se import SqueezeExcitation
 from .stn import SpatialTransformer
 
-__all__ = ["CBAM", "ChannelGate", "SpatialGate", "SpatialTransformer", "SqueezeExcitation"]
+__all__ = [
+    "CBAM",
+    "ChannelGate",
+    "NonLocal",
+    "SpatialGate",
+    "SpatialTransformer",
+    "SqueezeExcitation",
+]

@@ -1,0 +1,124 @@
+"""QueryExplorer: the map shown is the captured row of the query's cell; moves need no forward."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import attnviz
+from attnviz.models import small_resnet
+from attnviz.widgets import QueryExplorer
+from attnviz.widgets import query as qw
+
+N, SIZE = 3, 32
+BLOCKS = ["layer2.non_local", "layer3.non_local"]
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return small_resnet(attention="nonlocal", nonlocal_stages=(2, 3), width=8, num_classes=3)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(N, 3, SIZE, SIZE)
+
+
+@pytest.fixture
+def app(model, images):
+    explorer = QueryExplorer(model, images)
+    yield explorer
+    explorer.close()
+
+
+@pytest.fixture
+def forwards(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def _record(model, image, block):
+    with torch.no_grad(), attnviz.capture(model, kinds="self") as rec:
+        model(image[None])
+    return rec[block]
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_blocks_are_the_self_attention_records(app):
+    assert [value for _label, value in app._block.options] == BLOCKS
+    assert "16x16 -> 16x16" in app._block.options[0][0]
+
+
+def test_the_map_shown_is_query_map_of_the_chosen_pixel(model, images, app):
+    app.index = 1
+    app.block = "layer3.non_local"
+    app.query = (20, 7)
+    s = app.current()
+    r = _record(model, images[1], "layer3.non_local")
+    assert s["cell"] == (7 * 8 // SIZE, 20 * 8 // SIZE) == r.query_cell((20, 7), (SIZE, SIZE))
+    torch.testing.assert_close(s["map"], r.query_map((20, 7), (SIZE, SIZE))[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(s["key_map"].sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
+    panel = _decode(app._png.value)
+    k = app.scale
+    assert panel.shape == (SIZE * k, SIZE * k, 3)
+    assert tuple(panel[int(7.5 * k), int(20.5 * k)]) == qw._CROSS  # the crosshair's centre
+
+
+def test_the_toggle_shows_the_attention_received(model, images, app):
+    app.received = True
+    s = app.current()
+    r = _record(model, images[0], app.block)
+    expected = F.interpolate(r.received()[None], size=(SIZE, SIZE), mode="bilinear")[0, 0]
+    torch.testing.assert_close(s["map"], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(s["key_map"], r.received()[0], atol=1e-6, rtol=0)
+
+
+def test_moves_re_render_without_a_forward_and_images_take_one(app, forwards):
+    pngs = [app._png.value]
+    app.query = (3, 29)
+    pngs.append(app._png.value)
+    app.block = BLOCKS[1]
+    pngs.append(app._png.value)
+    app.received = True
+    pngs.append(app._png.value)
+    app._opacity.value = 0.2
+    pngs.append(app._png.value)
+    assert not forwards and len(set(pngs)) == len(pngs)
+    app.index = 2
+    assert len(forwards) == 1 and app.current()["index"] == 2 and app.block == BLOCKS[1]
+
+
+def test_leaves_the_model_as_it_was(model, images):
+    model.train()
+    app = QueryExplorer(model, images[:1], scale=2)
+    assert model.training and all(not m._forward_hooks for m in model.modules())
+    assert app._png.value and app.scale == 2
+    app.close()
+    app.close()
+
+
+def test_clear_errors(model, images):
+    app = QueryExplorer(model, images[:2])
+    with pytest.raises(ValueError, match="query must lie in the 32 x 32 image"):
+        app.query = (32, 0)
+    with pytest.raises(ValueError, match="block must be one of"):
+        app.block = "layer4"
+    with pytest.raises(ValueError, match="index must be in"):
+        app.index = 5
+    app.close()
+    with pytest.raises(ValueError, match="no attention module of kind"):
+        QueryExplorer(small_resnet(attention="se", width=8), images)
+    with pytest.raises(ValueError, match="images"):
+        QueryExplorer(model, images[0])
