@@ -25,9 +25,11 @@ __all__ = [
     "BOX_COLOR",
     "NORMALISE_MODES",
     "QUAD_COLOR",
+    "as_pil",
     "colorize",
     "draw_box",
     "draw_quad",
+    "figure_to_image",
     "montage",
     "normalise_map",
     "overlay",
@@ -286,6 +288,25 @@ def png_bytes(image: ImageLike, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def as_pil(image: ImageLike) -> Image.Image:
+    """Any image this module accepts, as an RGB PIL image (displays as a PNG in notebooks)."""
+    return (
+        image.convert("RGB")
+        if isinstance(image, Image.Image)
+        else Image.fromarray(to_uint8_rgb(image))
+    )
+
+
+def figure_to_image(figure: Any, dpi: int = 100) -> Image.Image:
+    """Render a matplotlib ``Figure`` to a PIL image without pyplot (no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(dpi)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
 def _fit_height(image: ImageLike, height: int) -> np.ndarray:

@@ -190,3 +190,18 @@ def test_stn_grid_pairs_inputs_with_their_crops():
         render.stn_grid(images, thetas[:2], outputs)
     with pytest.raises(ValueError, match=r"boxes must be \(3, 4\)"):
         render.stn_grid(images, thetas, outputs, boxes[:, :2])
+
+
+def test_as_pil_and_figure_to_image():
+    from matplotlib.figure import Figure
+
+    from attnviz.render import as_pil, figure_to_image
+
+    img = as_pil(np.zeros((4, 5, 3), np.uint8))
+    assert img.size == (5, 4) and img.mode == "RGB"
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [0, 1], color="red")
+    pic = np.asarray(figure_to_image(fig, dpi=50))
+    assert pic.shape == (50, 100, 3)
+    red = (pic[..., 0] > 200) & (pic[..., 1] < 80) & (pic[..., 2] < 80)
+    assert red.sum() > 20

@@ -291,6 +291,10 @@ class ChannelExplorer:
                 self.log,
             ]
         )
+        # stable handles for browser tests and user CSS
+        self.root.add_class("attnviz-channel-explorer")
+        self._channel.add_class("attnviz-channel")
+        self._bars_png.add_class("attnviz-bars")
         self._observe()
 
     def _observe(self) -> None:

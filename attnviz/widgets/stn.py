@@ -182,6 +182,10 @@ class STNInspector:
         )
         self._image.observe(self._on_change, names="value")
         self._snapshot.observe(self._on_change, names="value")
+        # stable handles for browser tests and user CSS
+        self.root.add_class("attnviz-stn-inspector")
+        self._snapshot.add_class("attnviz-snapshot")
+        self._input_png.add_class("attnviz-input")
 
     def _on_change(self, _change: dict) -> None:
         try:

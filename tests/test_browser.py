@@ -1,0 +1,153 @@
+"""Every notebook in real JupyterLab, in headless Chromium: run all cells, move a slider,
+and check on pixels that the picture changed where it should.
+
+Needs Debian's Chromium (.ci/run installs it). Without it the tests are skipped on a
+developer's machine and fail in CI (CI=true), so a missing browser never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from labtools import (
+    CHROMIUM,
+    LabBrowser,
+    LabServer,
+    copy_notebooks,
+    move_slider,
+    open_and_run,
+    screenshot,
+    wait_for_change,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.browser
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(
+            f"CI needs Chromium at {CHROMIUM} for the browser tests (.ci/run installs it)"
+        )
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+def _fixture_notebook(path: Path, broken: bool) -> None:
+    """A slider that moves a white square across a black image; ``broken``: the callback raises."""
+    code = f"""
+import io, ipywidgets as w, numpy as np
+from PIL import Image
+
+def png(x):
+    a = np.zeros((40, 200, 3), np.uint8)
+    a[10:30, x:x + 20] = 255
+    buf = io.BytesIO(); Image.fromarray(a).save(buf, format="png"); return buf.getvalue()
+
+img = w.Image(value=png(0), format="png")
+img.add_class("fixture-image")
+slider = w.IntSlider(0, 0, 9)
+slider.add_class("fixture-slider")
+
+def redraw(change):
+    {"raise RuntimeError('broken callback')" if broken else "pass"}
+    img.value = png(20 * change["new"])
+
+slider.observe(redraw, names="value")
+w.VBox([slider, img])
+"""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(code)]  # fmt: skip
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    copy_notebooks(notebooks, root, {"QUICK": True})
+    _fixture_notebook(root / "fixture_ok.ipynb", broken=False)
+    _fixture_notebook(root / "fixture_broken.ipynb", broken=True)
+    server = LabServer(root, tmp_path_factory.mktemp("jupyter-home"))
+    browser = None
+    try:
+        browser = LabBrowser(tmp_path_factory.mktemp("chromium-profile"))
+        yield server, browser
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()
+    assert not browser.blocked, f"requests tried to leave 127.0.0.1: {browser.blocked}"
+
+
+def _fixture_check(page, server, name):
+    open_and_run(page, server, name)
+    image = page.locator(".fixture-image").first
+    before = screenshot(image)
+    move_slider(page.locator(".fixture-slider").first, steps=2)
+    after = wait_for_change(image, before, timeout=10)
+    middle = after[after.shape[0] // 2]  # a row through the square, away from the element's edges
+    return np.flatnonzero(middle.sum(-1) > 600)
+
+
+def test_fixture_slider_moves_the_square_right(lab):
+    server, browser = lab
+    page = browser.context.new_page()
+    cols = _fixture_check(page, server, "fixture_ok.ipynb")
+    # the square moved from columns 0..19 to 40..59 of the 200-pixel-wide image
+    scale = page.locator(".fixture-image").first.bounding_box()["width"] / 200
+    assert cols.min() > 30 * scale and cols.max() < 70 * scale
+    page.close()
+
+
+def test_a_broken_callback_fails_the_check(lab):
+    server, browser = lab
+    page = browser.context.new_page()
+    with pytest.raises(AssertionError, match="did not change"):
+        _fixture_check(page, server, "fixture_broken.ipynb")
+    page.close()
+
+
+def _orange(a):
+    """Pixels of render.QUAD_COLOR (255, 64, 0) / the channel explorer's marker, roughly."""
+    return (a[..., 0] > 200) & (a[..., 1] > 30) & (a[..., 1] < 150) & (a[..., 2] < 80)
+
+
+def test_01_spatial_transformer_snapshot_slider_moves_the_box(lab):
+    server, browser = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, "01_spatial_transformer.ipynb")
+    app = page.locator(".attnviz-stn-inspector").first
+    panel = app.locator(".attnviz-input").first
+    before = screenshot(panel)
+    move_slider(app.locator(".attnviz-snapshot").first)
+    after = wait_for_change(panel, before)
+    # epoch 0 is the identity: the box is the image border; after training it moves inside
+    h, w = before.shape[:2]
+    inner = (slice(h // 10, h - h // 10), slice(w // 10, w - w // 10))
+    assert _orange(before)[inner].sum() == 0
+    assert _orange(after).sum() > 0 and not np.array_equal(_orange(after), _orange(before))
+    page.close()
+
+
+def test_02_squeeze_excitation_channel_slider_moves_the_marker(lab):
+    server, browser = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, "02_squeeze_excitation.ipynb")
+    app = page.locator(".attnviz-channel-explorer").first
+    bars = app.locator(".attnviz-bars").first
+    before = screenshot(bars)
+    move_slider(app.locator(".attnviz-channel").first, steps=3)
+    after = wait_for_change(bars, before)
+    x_before = np.flatnonzero(_orange(before).any(0)).mean()
+    x_after = np.flatnonzero(_orange(after).any(0)).mean()
+    assert x_after > x_before, "the selected-channel marker should move right"
+    page.close()
