@@ -1,7 +1,7 @@
 # attnviz: two commands for a newcomer.
 #   make lab    create .venv if needed, install attnviz with its notebook extras, open JupyterLab
 #   make test   create .venv if needed and run the whole test suite
-# Other targets: make lint, make bench, make clean-venv.
+# Other targets: make demo (HTML gallery of every notebook), make bench, make lint, make clean-venv.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnviz-installed
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint bench venv clean-venv
+.PHONY: lab test lint bench demo venv clean-venv
 
 venv: $(STAMP)
 
@@ -30,7 +30,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) -m attnviz.bench
+	$(PY) benchmarks/run.py
+
+# Runs every notebook headless (QUICK = True; DEMO_ARGS=--full for the full runs) and
+# writes the executed notebooks and an HTML gallery to build/demo/.
+demo: $(STAMP)
+	$(VENV)/bin/attnviz demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

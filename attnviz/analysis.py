@@ -30,7 +30,7 @@ from torch import nn
 
 from .capture import capture
 
-__all__ = ["ChannelStats", "channel_stats", "plot_class_excitation"]
+__all__ = ["ChannelStats", "channel_stats", "forward_cost", "plot_class_excitation"]
 
 _EPS = 1e-12
 
@@ -342,3 +342,43 @@ def _panel(ax: Any, stats: ChannelStats, name: str, idx: torch.Tensor, spec: flo
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("channel index")
     ax.set_ylabel("mean excitation")
+
+
+# -- cost of a forward pass ------------------------------------------------------------------
+def forward_cost(model: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
+    """Median time (ms) of ``reps`` forwards of ``x`` and the peak memory (MiB) of one.
+
+    Eval mode under ``torch.no_grad()`` (the model's mode is restored). Peak memory is
+    the high-water mark of the allocations the torch profiler records during one
+    forward (``profile_memory=True``), summed in time order; the input and the weights,
+    allocated before, are not included.
+    """
+    import statistics
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)  # warm-up
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                model(x)
+    finally:
+        model.train(was)
+    events = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage)
+        for e in prof.events()
+        if e.self_cpu_memory_usage
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return {"ms": 1000 * statistics.median(times), "peak_mib": peak / 2**20}

@@ -34,6 +34,7 @@ __all__ = [
     "polygon_iou",
     "resample",
     "theta_corners",
+    "weighted_activation",
 ]
 
 #: the output frame's corners in normalised coordinates: top-left, top-right,
@@ -314,3 +315,18 @@ def resample(
     grid = F.affine_grid(theta, size, align_corners=False)
     out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0] if single else out
+
+
+def weighted_activation(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Where the channels a block emphasises fire: sum_c s_c * u_c (B x H x W).
+
+    For an SE block (Hu et al., eq. 4) this is the channel sum of its output, the
+    spatial view of the excitation. ``features`` is the block's input U (B x C x H x W,
+    ``record.features`` of ``capture(..., features=True)``), ``weights`` its s (B x C).
+    """
+    if features.dim() != 4 or weights.shape != features.shape[:2]:
+        raise ValueError(
+            f"features must be B x C x H x W and weights B x C, got {tuple(features.shape)} "
+            f"and {tuple(weights.shape)}"
+        )
+    return torch.einsum("bchw,bc->bhw", features.float(), weights.float())

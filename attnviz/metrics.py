@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import maps, render
 from .capture import capture
 
 __all__ = [
+    "attention_on_object",
     "cbam_spatial_maps",
     "centre_prior",
     "energy_pointing_game",
@@ -67,7 +69,7 @@ def sampled_box_iou(
 def _one(records: list[Any]) -> list[Any]:
     if len(records) != 1:
         names = [r.name for r in records]
-        raise ValueError(f"the model has several spatial transformers {names}; pass name=")
+        raise ValueError(f"the model has several attention blocks of this kind {names}; pass name=")
     return records
 
 
@@ -430,3 +432,49 @@ def cbam_spatial_maps(
         for i in range(0, len(images), batch_size):
             model(images[i : i + batch_size].to(device))
     return {name: r.map for name, r in rec.items()}
+
+
+# -- self-attention -------------------------------------------------------------------------
+def attention_on_object(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    name: str | None = None,
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """For queries on the object, the share of their attention that lands on the object.
+
+    The object mask is averaged onto the self-attention block's query and key grids.
+    Queries are the cells at least half covered by the object; for each, the attention
+    mass on the object is sum_k A[q, k] * cover[k] (cover: the object's share of key
+    cell k). Compare with ``area``, the object's share of the key grid: the share a
+    query would give the object by attending uniformly.
+
+    Args:
+        model: a model with one self-attention block (or pick one with ``name``).
+        images: N x C x H x W network inputs.
+        masks: N x H x W object masks (bool or [0, 1]).
+
+    Returns:
+        ``{"on_object": N, "area": N}``; images with no query on the object give NaN.
+    """
+    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"masks must be N x H x W like images {tuple(images.shape)}, got {tuple(masks.shape)}"
+        )
+    device = next(model.parameters()).device
+    on, area = [], []
+    for i in range(0, len(images), batch_size):
+        with torch.no_grad(), capture(model, kinds="self", names=name) as rec:
+            model(images[i : i + batch_size].to(device))
+        (r,) = _one(rec.select(kind="self"))
+        m = masks[i : i + batch_size].float()[:, None]
+        q_cover = F.adaptive_avg_pool2d(m, r.query_size).flatten(1)  # B x Q
+        k_cover = F.adaptive_avg_pool2d(m, r.key_size).flatten(1)  # B x K
+        mass = torch.einsum("bqk,bk->bq", r.matrix.float(), k_cover)
+        queries = q_cover >= 0.5
+        share = (mass * queries).sum(1) / queries.sum(1)  # NaN where no query is on the object
+        on.append(share)
+        area.append(k_cover.mean(1))
+    return {"on_object": torch.cat(on), "area": torch.cat(area)}

@@ -28,6 +28,7 @@ __all__ = [
     "display_copy",
     "load_image",
     "load_sample",
+    "network_view",
     "prepare",
     "sample_path",
     "sample_photos",
@@ -254,6 +255,25 @@ def prepare(image: Any, transforms: Callable[[Image.Image], torch.Tensor]) -> to
             f"{tuple(getattr(x, 'shape', ()))}"
         )
     return x.unsqueeze(0)
+
+
+def network_view(image: Any, transforms: Any, max_side: int = 448) -> Image.Image:
+    """The part of the photo the network sees, at display resolution.
+
+    torchvision's classification transforms resize the shorter side to
+    ``resize_size`` and take a centred ``crop_size`` square; maps computed on the network
+    input therefore belong to that centred region, which this returns (shrunk so its
+    longer side is at most ``max_side``). Transforms without those attributes are
+    taken to use the whole photo.
+    """
+    img = load_image(image)
+    crop, resize = getattr(transforms, "crop_size", None), getattr(transforms, "resize_size", None)
+    if crop and resize:
+        w, h = img.size
+        side = min(w, h) * (crop[0] / resize[0])
+        left, top = (w - side) / 2, (h - side) / 2
+        img = img.crop((round(left), round(top), round(left + side), round(top + side)))
+    return display_copy(img, max_side=max_side)
 
 
 # -- sample photos ---------------------------------------------------------------------------

@@ -252,7 +252,9 @@ def fit(
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0 as in the PyTorch tutorial).
         schedule: ``"onecycle"`` (cosine one-cycle over all steps) or ``None`` (constant).
         device: ``None`` picks CUDA, then MPS, then CPU.
-        seed: seeds the weights' random stream, dropout and the batch order.
+        seed: seeds the weights' random stream, dropout and the batch order. On the CPU two
+            runs with the same seed give the same weights bit for bit; cuDNN kernels on a GPU
+            are not bitwise deterministic unless ``torch.use_deterministic_algorithms(True)``.
         snapshot: called with the model before training and after each epoch; the
             tensors it returns are kept in ``history.snapshots`` (e.g.
             :func:`snapshot_attention` for the theta of fixed probe images).

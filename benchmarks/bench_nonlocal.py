@@ -11,66 +11,35 @@ weights, allocated before, are not included.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import attnviz
+from attnviz.analysis import forward_cost
 from attnviz.modules import NonLocal
 
 CHANNELS = 64
 SIZES = (16, 32, 64)
 
 
-def _median_ms(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def _peak_mib(block: NonLocal, x: torch.Tensor) -> float:
-    """High-water mark of the allocations (and frees) of one forward, in MiB."""
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        block(x)
-    events = sorted(
-        (e.time_range.start, e.self_cpu_memory_usage)
-        for e in prof.events()
-        if e.self_cpu_memory_usage
-    )
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak / 2**20
-
-
 def _measure(size: int, subsample: bool, reps: int) -> dict:
     block = NonLocal(CHANNELS, subsample=subsample).eval()
     x = torch.randn(1, CHANNELS, size, size)
 
-    def plain():
-        with torch.no_grad():
-            block(x)
+    class Captured(torch.nn.Module):  # the same forward, with every record copied out
+        def forward(self, t):
+            with attnviz.capture(block):
+                return block(t)
 
-    def captured():
-        with torch.no_grad(), attnviz.capture(block):
-            block(x)
-
+    plain, captured = forward_cost(block, x, reps), forward_cost(Captured(), x, reps)
     keys = (size // 2) ** 2 if subsample else size * size
     return {
         "size": size,
         "subsample": subsample,
         "queries": size * size,
         "keys": keys,
-        "forward_ms": _median_ms(plain, reps),
-        "capture_ms": _median_ms(captured, reps),
-        "peak_mib": _peak_mib(block, x),
+        "forward_ms": plain["ms"],
+        "capture_ms": captured["ms"],
+        "peak_mib": plain["peak_mib"],
         "matrix_mib": size * size * keys * 4 / 2**20,
     }
 

@@ -90,7 +90,7 @@ def run(quick: bool = False) -> dict:
             "iou_rts": iou_rts, "notes": notes}  # fmt: skip
 
 
-CLUTTER_OUTPUT = (20, 20)
+CLUTTER_OUTPUT = (28, 28)  # as in notebook 01
 
 
 def cluttered(quick: bool) -> dict:

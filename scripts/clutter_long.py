@@ -23,9 +23,23 @@ for out, aware, stn_lr in [(20, True, 3e-4), (28, False, 3e-4), (20, True, 1e-4)
         return {}
 
     t = time.time()
-    h = fit(m, lambda e: train[e % 80], test, epochs=80, batch_size=64,
-            param_groups=stn_param_groups(m, stn_lr=stn_lr), progress=False, snapshot=snap)
-    print(f"out={out} aware={aware} stn_lr={stn_lr} {time.time() - t:.0f}s",
-          "acc", [round(e.test_acc, 3) for e in h.epochs][::5], "iou", ious[::5], ious[-1],
-          flush=True)
+    h = fit(
+        m,
+        lambda e: train[e % 80],
+        test,
+        epochs=80,
+        batch_size=64,
+        param_groups=stn_param_groups(m, stn_lr=stn_lr),
+        progress=False,
+        snapshot=snap,
+    )
+    print(
+        f"out={out} aware={aware} stn_lr={stn_lr} {time.time() - t:.0f}s",
+        "acc",
+        [round(e.test_acc, 3) for e in h.epochs][::5],
+        "iou",
+        ious[::5],
+        ious[-1],
+        flush=True,
+    )
     sys.stdout.flush()

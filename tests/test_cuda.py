@@ -51,3 +51,30 @@ def test_stn_capture_and_training_on_cuda(tmp_path):
     load_checkpoint(tmp_path / "ck.pt", fresh)
     model.eval(), fresh.eval()
     torch.testing.assert_close(fresh(images[:8]), model(images[:8].cuda()).cpu(), atol=1e-4, rtol=0)
+
+
+def test_gradcam_on_cuda_matches_cpu_and_restores_state():
+    from attnviz.cam import gradcam
+    from attnviz.models import small_resnet
+
+    model = small_resnet(10, attention="cbam", width=8).eval()
+    x = torch.rand(4, 3, 32, 32)
+    cpu = gradcam(model, x, targets=[1, 2, 3, 4])
+    model.cuda().train()
+    grads = [p.grad for p in model.parameters()]
+    gpu = gradcam(model, x.cuda(), targets=[1, 2, 3, 4])
+    assert model.training and all(p.grad is g for p, g in zip(model.parameters(), grads))
+    # cuDNN may use TF32 convolutions: maps (normalised to [0, 1]) agree to a few 1e-3
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=5e-3, rtol=0)
+
+
+def test_torchvision_se_capture_on_cuda():
+    import torchvision
+    from torchvision.ops import SqueezeExcitation as TVSE
+
+    model = torchvision.models.efficientnet_b0(weights=None).cuda().eval()
+    with torch.no_grad(), attnviz.capture(model, features=True) as rec:
+        out = model(torch.rand(2, 3, 64, 64, device="cuda"))
+    assert out.is_cuda and len(rec) == sum(isinstance(m, TVSE) for m in model.modules())
+    for r in rec.values():
+        assert r.weights.device.type == "cpu" and r.features.shape[:2] == r.weights.shape

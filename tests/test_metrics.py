@@ -171,3 +171,30 @@ def test_cbam_spatial_maps_are_the_captured_records():
     assert got["layer4.0.attention.spatial_gate"].shape == (5, 4, 4)
     half = metrics.cbam_spatial_maps(model, x, dtype=torch.float16)
     assert half["layer1.0.attention.spatial_gate"].dtype == torch.float16
+
+
+def test_attention_on_object_on_a_constructed_block():
+    """A non-local block whose every query looks at itself: on-object share = the query's cover."""
+    from attnviz.metrics import attention_on_object
+    from attnviz.modules import NonLocal
+
+    class Pos(torch.nn.Module):  # one-hot positional features, then the block
+        def __init__(self):
+            super().__init__()
+            self.block = NonLocal(16, inner=16)
+            with torch.no_grad():
+                for conv in (self.block.theta, self.block.phi):
+                    conv.weight.copy_(10 * torch.eye(16)[:, :, None, None])
+                    conv.bias.zero_()
+
+        def forward(self, x):
+            return self.block(torch.eye(16).reshape(1, 16, 4, 4).expand(len(x), -1, -1, -1))
+
+    model = Pos()
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True  # covers query/key cells (0..1, 0..1) fully
+    images = torch.zeros(2, 3, 8, 8)
+    out = attention_on_object(model, images, masks)
+    assert out["on_object"][0] > 0.99  # self-attention on object cells stays on the object
+    torch.testing.assert_close(out["area"], torch.tensor([0.25, 0.0]))
+    assert torch.isnan(out["on_object"][1])  # no query on an empty mask

@@ -45,7 +45,16 @@ def _tiny_stcnn():
 
 def test_fit_learns_and_returns_history_as_data():
     model = _tiny_stcnn()
-    h = fit(model, _Toy(seed=0), _Toy(seed=1), epochs=4, batch_size=32, lr=3e-3, progress=False)
+    h = fit(
+        model,
+        _Toy(seed=0),
+        _Toy(seed=1),
+        epochs=4,
+        batch_size=32,
+        lr=3e-3,
+        progress=False,
+        device="cpu",
+    )
     assert [e.epoch for e in h.epochs] == [0, 1, 2, 3, 4]
     assert h.final.test_acc > 0.95 and h.epochs[0].test_acc < 0.8
     assert h.train_seconds > 0 and h.device == "cpu"
@@ -68,7 +77,7 @@ def test_fit_is_seeded_and_accepts_a_data_loader_style_dataset():
     for _ in range(2):
         torch.manual_seed(123)  # different global state must not matter
         model = SmallCNN(1, 2, width=4)
-        fit(model, ItemsOnly(), epochs=1, batch_size=64, seed=7, progress=False)
+        fit(model, ItemsOnly(), epochs=1, batch_size=64, seed=7, progress=False, device="cpu")
         weights.append(model.classifier.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
 
@@ -82,7 +91,7 @@ def test_callable_train_gets_each_epoch_and_snapshots_theta():
 
     model = _tiny_stcnn()
     probe = _Toy(8, seed=99).images
-    h = fit(model, data, epochs=3, batch_size=64, progress=False,
+    h = fit(model, data, epochs=3, batch_size=64, progress=False, device="cpu",
             snapshot=snapshot_attention(probe, "theta"))  # fmt: skip
     assert seen == [0, 1, 2]
     theta = h.snapshot("stn")
@@ -97,7 +106,7 @@ def test_callable_train_gets_each_epoch_and_snapshots_theta():
 def test_checkpoint_round_trip(tmp_path):
     model = _tiny_stcnn()
     probe = _Toy(4).images
-    h = fit(model, _Toy(), _Toy(seed=1), epochs=1, batch_size=64, progress=False,
+    h = fit(model, _Toy(), _Toy(seed=1), epochs=1, batch_size=64, progress=False, device="cpu",
             checkpoint=tmp_path / "ck.pt", snapshot=snapshot_attention(probe, "theta"))  # fmt: skip
     fresh = _tiny_stcnn()
     state = load_checkpoint(tmp_path / "ck.pt", fresh)
@@ -157,9 +166,9 @@ def test_pick_device_and_bad_arguments():
     expected = "cuda" if torch.cuda.is_available() else pick_device().type
     assert pick_device().type == expected
     with pytest.raises(ValueError, match="optimizer"):
-        fit(SmallCNN(1, 2, 4), _Toy(), epochs=1, optimizer="lbfgs", progress=False)
+        fit(SmallCNN(1, 2, 4), _Toy(), epochs=1, optimizer="lbfgs", progress=False, device="cpu")
     with pytest.raises(ValueError, match="positive"):
-        fit(SmallCNN(1, 2, 4), _Toy(), epochs=0, progress=False)
+        fit(SmallCNN(1, 2, 4), _Toy(), epochs=0, progress=False, device="cpu")
 
 
 @pytest.mark.parametrize("size", [(28, 28), (42, 42), (60, 60)])

@@ -5,9 +5,17 @@ Each app is a small class with ``.root`` (its box), ``close()`` and
 """
 
 from .channels import ChannelExplorer
+from .photo import PhotoExplainer
 from .query import QueryExplorer
 from .spatial import SpatialExplorer
 from .stn import STNInspector
 from .upload import PhotoPicker
 
-__all__ = ["ChannelExplorer", "PhotoPicker", "QueryExplorer", "STNInspector", "SpatialExplorer"]
+__all__ = [
+    "ChannelExplorer",
+    "PhotoExplainer",
+    "PhotoPicker",
+    "QueryExplorer",
+    "STNInspector",
+    "SpatialExplorer",
+]

@@ -1,0 +1,167 @@
+"""The ``attnviz`` command: the notebook gallery and the core picture without Jupyter.
+
+attnviz demo [--full] [--out build/demo]       run every notebook, write an HTML gallery
+attnviz overlay PHOTO --model NAME -o out.png  Grad-CAM and SE maps of a photo
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+# -- demo -----------------------------------------------------------------------------------
+def _html(nb, path: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    path.write_text(body, encoding="utf-8")
+
+
+def _index(results: list[dict], out: Path, quick: bool) -> Path:
+    rows = "\n".join(
+        f"<tr><td><a href='{html.escape(r['html'])}'>{html.escape(r['name'])}</a></td>"
+        f"<td class='{'ok' if r['ok'] else 'bad'}'>{'ok' if r['ok'] else 'FAILED'}</td>"
+        f"<td>{r['seconds']:.0f} s</td><td><pre>{html.escape(r['error'])}</pre></td></tr>"
+        for r in results
+    )
+    mode, when = "quick" if quick else "full", time.strftime("%Y-%m-%d %H:%M")
+    style = ("body{font-family:sans-serif;margin:2em} td{padding:.3em 1em;vertical-align:top} "
+             ".ok{color:#070} .bad{color:#b00;font-weight:bold} "
+             "pre{max-width:60em;white-space:pre-wrap}")  # fmt: skip
+    page = (
+        f"<!doctype html><meta charset='utf-8'><title>attnviz gallery</title><style>{style}</style>"
+        f"<h1>attnviz notebooks</h1><p>Mode: {mode}; run {when}.</p><table><tr><th>notebook</th>"
+        f"<th>status</th><th>time</th><th>error</th></tr>{rows}</table>"
+    )
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Execute every notebook headless, keep going past failures, write the gallery."""
+    import nbformat
+
+    from .nbrun import NotebookError, execute_notebook
+
+    src = Path(args.notebooks)
+    paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        print(f"no notebooks in {src}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, path in enumerate(paths, 1):
+        print(
+            f"[{i}/{len(paths)}] {path.name} ({'full' if args.full else 'quick'}) ...", flush=True
+        )
+        start, error = time.perf_counter(), ""
+        executed = out / path.name
+        try:
+            nb = execute_notebook(path, {"QUICK": not args.full}, timeout=args.timeout,
+                                  output=executed)  # fmt: skip
+        except NotebookError as e:
+            error = f"cell {e.cell}: {e.ename}: {e.evalue}\n{e.traceback}"
+            nb = nbformat.read(executed, as_version=4)
+        seconds = time.perf_counter() - start
+        page = out / (path.stem + ".html")
+        _html(nb, page)
+        status = "ok" if not error else "FAILED, " + error.splitlines()[0]
+        print(f"    {status} in {seconds:.0f} s -> {page}", flush=True)
+        if error:
+            print(error, file=sys.stderr)
+        results.append({"name": path.stem, "html": page.name, "ok": not error,
+                        "seconds": seconds, "error": error})  # fmt: skip
+    index = _index(results, out, quick=not args.full)
+    failed = [r["name"] for r in results if not r["ok"]]
+    print(f"gallery: {index.resolve()}" + (f"  ({len(failed)} failed: {failed})" if failed else ""))
+    return 1 if failed else 0
+
+
+# -- overlay --------------------------------------------------------------------------------
+def overlay(args: argparse.Namespace) -> int:
+    """Grad-CAM of the target class and the SE-weighted map of a block, side by side."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    from . import capture, maps, render
+    from .cam import gradcam
+    from .photos import load_image, network_view, prepare
+    from .zoo import pretrained
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    try:
+        pre = pretrained(args.model, weights=weights)
+    except Exception as e:  # no network and no cached file, most often
+        print(f"could not load {args.model} with weights {args.weights!r}: {e}\n"
+              "Offline? Put the file in $TORCH_HOME/hub/checkpoints or use --weights none.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    photo = load_image(args.image)
+    x = prepare(photo, pre.transforms)
+    with torch.no_grad(), capture(pre.model, kinds="channel", features=True) as rec:
+        logits = pre.model(x)
+    blocks = list(rec)
+    block = args.block or blocks[-1]
+    if block not in rec:
+        print(f"no SE block {block!r}; blocks: {blocks}", file=sys.stderr)
+        return 2
+    probs = logits.softmax(1)[0]
+    target = int(probs.argmax()) if args.target is None else args.target
+    cam = gradcam(pre.model, x, targets=[target])[0]
+    se = {n: maps.weighted_activation(r.features, r.weights)[0] for n, r in rec.items()}
+    view = network_view(photo, pre.transforms, max_side=args.size)
+    panels = [render.to_uint8_rgb(view), render.overlay(view, cam), render.overlay(view, se[block])]
+    title = (f"{pre.categories[target]} (P={probs[target]:.2f})  |  Grad-CAM  |  SE map {block}"
+             + ("" if pre.pretrained else "  |  RANDOM WEIGHTS"))  # fmt: skip
+    strip = Image.fromarray(render.montage(panels, ncols=3, pad=4))
+    canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")
+    canvas.paste(strip, (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
+    canvas.save(args.output)
+    print(f"wrote {args.output}")
+    if args.npz:
+        arrays = {"gradcam": cam.numpy(), "probs": probs.numpy(), "target": np.array(target)}
+        for n, r in rec.items():
+            arrays[f"se_weights/{n}"] = r.weights[0].numpy()
+            arrays[f"se_map/{n}"] = se[n].numpy()
+        np.savez_compressed(args.npz, **arrays)
+        print(f"wrote {args.npz}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attnviz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run every notebook headless and write an HTML gallery")
+    d.add_argument("--full", action="store_true", help="full runs (default: QUICK = True)")
+    d.add_argument("--out", default="build/demo", help="gallery folder")
+    d.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of numbered notebooks")
+    d.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    d.set_defaults(run=demo)
+    o = sub.add_parser("overlay", help="Grad-CAM and SE maps of a photo, as a PNG")
+    o.add_argument("image", help="a photo (any format Pillow reads)")
+    o.add_argument("--model", default="mobilenet_v3_large", help="a torchvision SE network")
+    o.add_argument("--weights", default="DEFAULT", help="weights name, or 'none' for random")
+    o.add_argument("--block", help="SE block (default: the last)")
+    o.add_argument("--target", type=int, help="class index to explain (default: predicted)")
+    o.add_argument("--size", type=int, default=384, help="longer side of each panel")
+    o.add_argument("-o", "--output", default="overlay.png", help="PNG to write")
+    o.add_argument("--npz", help="also export the captured weights and maps to this .npz")
+    o.set_defaults(run=overlay)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Explain a photo with a pretrained SE network: top-5, Grad-CAM, SE-weighted maps.
+
+The photo comes from a :class:`~attnviz.widgets.PhotoPicker` (sample photos or an
+upload, no URL). One forward pass per photo records every SE block's excitation s
+and input U (``capture(features=True)``); the SE-weighted activation of a block,
+sum_c s_c u_c (Hu et al., eq. 4), shows where the channels it emphasises fire.
+Grad-CAM of the chosen class is computed by the ``grad-cam`` package on demand and
+cached per class. Overlays are drawn on the region the network sees, at display
+resolution, whatever the photo's size.
+"""
+
+from __future__ import annotations
+
+import html
+import traceback
+from typing import Any
+
+import ipywidgets as widgets
+import torch
+
+from .. import maps, render
+from ..cam import gradcam
+from ..capture import capture
+from ..photos import network_view, prepare
+from .upload import PhotoPicker
+
+__all__ = ["PhotoExplainer"]
+
+
+class PhotoExplainer:
+    """Pick or upload a photo; see the top-5, Grad-CAM of a chosen class and SE maps.
+
+    Args:
+        pre: an :class:`attnviz.zoo.Pretrained` (model, transforms, categories).
+        picker: the photo source (default: a :class:`PhotoPicker` over the sample photos).
+        display_side: longer side of the pictures, in pixels.
+        alpha: overlay opacity.
+
+    ``.current()`` returns what is shown (top-5, target, block, the maps) for tests.
+    """
+
+    def __init__(
+        self, pre: Any, *, picker: PhotoPicker | None = None, display_side: int = 320,
+        alpha: float = 0.5,
+    ) -> None:  # fmt: skip
+        self.pre = pre
+        self.picker = picker if picker is not None else PhotoPicker(preview_size=160)
+        self.display_side, self.alpha = display_side, alpha
+        self._cams: dict[int, torch.Tensor] = {}
+        self._loading = False
+        self._target = widgets.Dropdown(description="explain")
+        self._block = widgets.Dropdown(description="SE block")
+        self._cam_png = widgets.Image(format="png")
+        self._se_png = widgets.Image(format="png")
+        self._info = widgets.HTML()
+        self.log = widgets.Output()
+        banner = "" if pre.pretrained else (
+            "<b style='color:#b00'>Random weights</b>: this network was not loaded with "
+            "pretrained weights, so its predictions and maps mean nothing yet."
+        )  # fmt: skip
+        self.root = widgets.VBox([
+            widgets.HTML(banner), self.picker.root,
+            widgets.HBox([self._target, self._block]),
+            widgets.HBox([self._cam_png, self._se_png]), self._info, self.log,
+        ])  # fmt: skip
+        self.root.add_class("attnviz-photo-explainer")
+        self._target.observe(self._safe(self._redraw_cam), names="value")
+        self._block.observe(self._safe(self._redraw_se), names="value")
+        self.picker.on_change(self._safe(lambda _image: self._load()))
+        if self.picker.image is not None:
+            self._load()
+
+    def _safe(self, fn):
+        def run(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception:  # shown where the user is looking
+                self.log.append_stderr(traceback.format_exc())
+
+        return run
+
+    # -- one forward per photo -----------------------------------------------------------
+    def _load(self) -> None:
+        image = self.picker.image
+        model = self.pre.model
+        device = next(model.parameters()).device
+        self.x = prepare(image, self.pre.transforms).to(device)
+        with torch.no_grad(), capture(model, kinds="channel", features=True) as rec:
+            logits = model(self.x)
+        self.probs = logits.softmax(1)[0].cpu()
+        self.se_maps = {n: maps.weighted_activation(r.features, r.weights) for n, r in rec.items()}
+        self.view = network_view(image, self.pre.transforms, max_side=self.display_side)
+        self._cams = {}
+        top = self.probs.topk(5)
+        self.top5 = [
+            (self.pre.categories[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())
+        ]
+        self._loading = True  # option changes below must not redraw half-loaded state
+        try:
+            self._target.options = [(f"{n} ({p:.1%})", int(i)) for (n, p), i in
+                                    zip(self.top5, top.indices.tolist())]  # fmt: skip
+            self._target.value = int(top.indices[0])
+            names = list(self.se_maps)
+            self._block.options = names
+            self._block.value = names[-1] if names else None
+        finally:
+            self._loading = False
+        self._info.value = "<b>top-5</b>: " + ", ".join(
+            f"{html.escape(n)} {p:.1%}" for n, p in self.top5
+        )
+        self._redraw_cam()
+        self._redraw_se()
+
+    # -- drawing ----------------------------------------------------------------------------
+    def _overlay(self, m: torch.Tensor) -> bytes:
+        return render.png_bytes(render.overlay(self.view, m, alpha=self.alpha))
+
+    def _redraw_cam(self, *_: Any) -> None:
+        t = self._target.value
+        if t is None or self._loading:
+            return
+        if t not in self._cams:
+            self._cams[t] = gradcam(self.pre.model, self.x, targets=[t])[0]
+        self._cam_png.value = self._overlay(self._cams[t])
+
+    def _redraw_se(self, *_: Any) -> None:
+        if self._block.value is not None and not self._loading:
+            self._se_png.value = self._overlay(self.se_maps[self._block.value][0])
+
+    # -- state ------------------------------------------------------------------------------
+    def current(self) -> dict[str, Any]:
+        t, b = self._target.value, self._block.value
+        return {"top5": self.top5, "target": t, "block": b,
+                "gradcam": self._cams.get(t), "se_map": self.se_maps.get(b, [None])[0]}  # fmt: skip
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.root._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        self.root.close()
