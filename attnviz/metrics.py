@@ -26,6 +26,7 @@ __all__ = [
     "pointing_game",
     "sampled_box_iou",
     "score_maps",
+    "transform_agreement",
 ]
 
 
@@ -478,3 +479,35 @@ def attention_on_object(
         on.append(share)
         area.append(k_cover.mean(1))
     return {"on_object": torch.cat(on), "area": torch.cat(area)}
+
+
+# -- spatial transformer: does the learned transform undo the distortion? --------------------
+def transform_agreement(theta: torch.Tensor, transforms: torch.Tensor) -> dict[str, float]:
+    """How well learned thetas follow the transform that would undo each distortion.
+
+    ``transforms`` are the data set's canvas -> digit maps (``DistortedDigits.transforms``);
+    the theta that would recover the upright digit is the affine part of their inverse.
+    Both are decomposed (:func:`attnviz.maps.decompose_theta`) and compared over the set:
+    the correlation of rotations, of zooms and of translations (1: the transformer undoes
+    that part of the distortion image by image; 0: it ignores it), and the mean absolute
+    rotation of each, in degrees.
+    """
+    if theta.dim() != 3 or theta.shape[1:] != (2, 3) or transforms.shape != (len(theta), 3, 3):
+        raise ValueError(
+            f"theta must be N x 2 x 3 and transforms N x 3 x 3, got {tuple(theta.shape)} and "
+            f"{tuple(transforms.shape)}"
+        )
+    got = maps.decompose_theta(theta.double())
+    ideal = maps.decompose_theta(torch.linalg.inv(transforms.double())[:, :2])
+
+    def corr(key: str) -> float:
+        return torch.corrcoef(torch.stack([got[key], ideal[key]]))[0, 1].item()
+
+    deg = 180 / np.pi
+    return {
+        "rotation_corr": corr("rotation"),
+        "zoom_corr": corr("zoom"),
+        "translation_corr": (corr("tx") + corr("ty")) / 2,
+        "rotation_deg": got["rotation"].abs().mean().item() * deg,
+        "ideal_rotation_deg": ideal["rotation"].abs().mean().item() * deg,
+    }

@@ -198,3 +198,19 @@ def test_attention_on_object_on_a_constructed_block():
     assert out["on_object"][0] > 0.99  # self-attention on object cells stays on the object
     torch.testing.assert_close(out["area"], torch.tensor([0.25, 0.0]))
     assert torch.isnan(out["on_object"][1])  # no query on an empty mask
+
+
+def test_transform_agreement_is_one_for_the_ideal_theta_and_low_for_identity():
+    from attnviz.data import distort, mnist_split
+    from attnviz.metrics import transform_agreement
+
+    x, y = mnist_split()["test"]
+    d = distort(x[:200], y[:200], "RTS", seed=0)
+    ideal = torch.linalg.inv(d.transforms)[:, :2]
+    perfect = transform_agreement(ideal, d.transforms)
+    assert perfect["rotation_corr"] > 0.999 and perfect["zoom_corr"] > 0.999
+    assert abs(perfect["rotation_deg"] - perfect["ideal_rotation_deg"]) < 1e-6
+    noisy = transform_agreement(ideal + 0.3 * torch.randn_like(ideal), d.transforms)
+    assert noisy["rotation_corr"] < 0.9
+    with pytest.raises(ValueError, match="N x 2 x 3"):
+        transform_agreement(ideal[:, :1], d.transforms)
