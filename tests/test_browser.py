@@ -138,10 +138,8 @@ def test_01_spatial_transformer_snapshot_slider_moves_the_box(lab):
     page.close()
 
 
-def test_02_squeeze_excitation_channel_slider_moves_the_marker(lab):
-    server, browser = lab
-    page = browser.context.new_page()
-    open_and_run(page, server, "02_squeeze_excitation.ipynb")
+def _marker_moves_right(page):
+    """The channel explorer: three steps right on the channel slider move the orange bar right."""
     app = page.locator(".attnviz-channel-explorer").first
     bars = app.locator(".attnviz-bars").first
     before = screenshot(bars)
@@ -150,4 +148,43 @@ def test_02_squeeze_excitation_channel_slider_moves_the_marker(lab):
     x_before = np.flatnonzero(_orange(before).any(0)).mean()
     x_after = np.flatnonzero(_orange(after).any(0)).mean()
     assert x_after > x_before, "the selected-channel marker should move right"
+
+
+@pytest.mark.parametrize("name", ["02_squeeze_excitation", "04_photos"])
+def test_channel_slider_moves_the_marker(lab, name):
+    server, browser = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, f"{name}.ipynb")
+    _marker_moves_right(page)
+    page.close()
+
+
+def test_03_cbam_image_slider_changes_the_overlay(lab):
+    server, browser = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, "03_cbam.ipynb")
+    app = page.locator(".attnviz-spatial-explorer").first
+    panel = app.locator(".attnviz-cbam").first
+    before = screenshot(panel)
+    move_slider(app.locator(".attnviz-image").first)
+    after = wait_for_change(panel, before)
+    changed = np.abs(after - before).sum(-1) > 30
+    assert changed.mean() > 0.2, "a new image should change most of the overlay panel"
+    page.close()
+
+
+def test_05_query_slider_moves_the_crosshair(lab):
+    server, browser = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, "05_self_attention.ipynb")
+    app = page.locator(".attnviz-query-explorer").first
+    panel = app.locator(".attnviz-query").first
+    before = screenshot(panel)
+    move_slider(app.locator(".attnviz-query-x").first, steps=8)
+    after = wait_for_change(panel, before)
+
+    def cyan_x(a):  # the crosshair's colour, (0, 255, 255)
+        return np.flatnonzero(((a[..., 0] < 80) & (a[..., 1] > 200) & (a[..., 2] > 200)).any(0))
+
+    assert np.median(cyan_x(after)) > np.median(cyan_x(before)), "the crosshair should move right"
     page.close()

@@ -171,3 +171,18 @@ def test_bad_construction_raises_a_clear_error(parts, change, error, match):
     kwargs = {"images": parts["images"], "thetas": parts["thetas"], **change}
     with pytest.raises(error, match=match):
         STNInspector(kwargs.pop("images"), kwargs.pop("thetas"), **kwargs)
+
+
+def test_panels_keep_their_pixel_size_in_the_browser():
+    """Image widgets are pinned to the PNG size: front ends neither stretch nor squeeze them."""
+    import io
+
+    from PIL import Image
+
+    from attnviz.widgets import STNInspector
+
+    app = STNInspector(torch.rand(2, 1, 20, 30), torch.eye(2, 3).expand(2, 2, 3), scale=2)
+    png = app._input_png
+    w, h = Image.open(io.BytesIO(png.value)).size
+    assert (png.layout.width, png.layout.height) == (f"{w}px", f"{h}px") == ("60px", "40px")
+    app.close()

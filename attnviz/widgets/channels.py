@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import render
 from ..capture import capture
+from ._png import show_png
 
 __all__ = ["ChannelExplorer"]
 
@@ -482,11 +483,11 @@ class ChannelExplorer:
     def _redraw(self) -> None:
         s = self.current()
         base, x0, _ = self._chart(s["block"])
-        self._bars_png.value = render.png_bytes(_mark(base, x0, s["channel"]))
+        show_png(self._bars_png, render.png_bytes(_mark(base, x0, s["channel"])))
         lo, hi = s["scale"]
         image, alpha = self._cache["image"], self._opacity.value
-        self._before_png.value = render.png_bytes(_overlay(image, s["before"], lo, hi, alpha))
-        self._after_png.value = render.png_bytes(_overlay(image, s["after"], lo, hi, alpha))
+        show_png(self._before_png, render.png_bytes(_overlay(image, s["before"], lo, hi, alpha)))
+        show_png(self._after_png, render.png_bytes(_overlay(image, s["after"], lo, hi, alpha)))
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

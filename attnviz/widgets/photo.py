@@ -22,6 +22,7 @@ from .. import maps, render
 from ..cam import gradcam
 from ..capture import capture
 from ..photos import network_view, prepare
+from ._png import show_png
 from .upload import PhotoPicker
 
 __all__ = ["PhotoExplainer"]
@@ -121,11 +122,11 @@ class PhotoExplainer:
             return
         if t not in self._cams:
             self._cams[t] = gradcam(self.pre.model, self.x, targets=[t])[0]
-        self._cam_png.value = self._overlay(self._cams[t])
+        show_png(self._cam_png, self._overlay(self._cams[t]))
 
     def _redraw_se(self, *_: Any) -> None:
         if self._block.value is not None and not self._loading:
-            self._se_png.value = self._overlay(self.se_maps[self._block.value][0])
+            show_png(self._se_png, self._overlay(self.se_maps[self._block.value][0]))
 
     # -- state ------------------------------------------------------------------------------
     def current(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import render
 from ..capture import SelfAttentionRecord, capture
+from ._png import show_png
 from .channels import _check_images, _display_images
 
 __all__ = ["QueryExplorer"]
@@ -147,6 +148,10 @@ class QueryExplorer:
                 self.log,
             ]
         )
+        # stable handles for browser tests and user CSS
+        self.root.add_class("attnviz-query-explorer")
+        self._x.add_class("attnviz-query-x")
+        self._png.add_class("attnviz-query")
         self._image.observe(self._guard(self._on_image), names="value")
         for wid in (self._block, self._x, self._y, self._received, self._opacity):
             wid.observe(self._guard(lambda _change: self._redraw()), names="value")
@@ -299,7 +304,7 @@ class QueryExplorer:
 
     def _redraw(self) -> None:
         s = self.current()
-        self._png.value = render.png_bytes(self._panel(s))
+        show_png(self._png, render.png_bytes(self._panel(s)))
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

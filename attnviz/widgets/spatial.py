@@ -34,6 +34,7 @@ from torch import nn
 from .. import render
 from ..cam import default_target_layer, gradcam, resolve_layer
 from ..capture import capture
+from ._png import show_png
 from .channels import _as_list, _bar_chart, _check_images, _display_images
 
 __all__ = ["SpatialExplorer"]
@@ -231,6 +232,10 @@ class SpatialExplorer:
                 self.log,
             ]
         )
+        # stable handles for browser tests and user CSS
+        self.root.add_class("attnviz-spatial-explorer")
+        self._image.add_class("attnviz-image")
+        self._cbam_png.add_class("attnviz-cbam")
         self._image.observe(self._guard(self._on_image), names="value")
         self._mode.observe(self._guard(self._on_mode), names="value")
         for w in (self._block, self._target, self._cmap, self._range, self._opacity):
@@ -421,11 +426,11 @@ class SpatialExplorer:
             image = self._forwards[s["index"]]["image"]
             cbam = render.overlay(image, s["map"], alpha=alpha, cmap=cmap, **self._norm())
             cam = render.overlay(image, s["gradcam"], alpha=alpha, cmap=cmap, vmin=0, vmax=1)
-            self._cbam_png.value = render.png_bytes(cbam)
-            self._cam_png.value = render.png_bytes(cam)
-            self._gate_png.value = render.png_bytes(self._chart(s["index"], s["channel_block"]))
+            show_png(self._cbam_png, render.png_bytes(cbam))
+            show_png(self._cam_png, render.png_bytes(cam))
+            show_png(self._gate_png, render.png_bytes(self._chart(s["index"], s["channel_block"])))
         else:
-            self._grid_png.value = render.png_bytes(self.overview_image())
+            show_png(self._grid_png, render.png_bytes(self.overview_image()))
         self._info.value = self._html(s)
 
     # -- display and clean-up --------------------------------------------------------------

@@ -20,6 +20,7 @@ import ipywidgets as widgets
 import torch
 
 from .. import maps, render
+from ._png import show_png
 
 __all__ = ["STNInspector"]
 
@@ -274,8 +275,8 @@ class STNInspector:
 
     def _redraw(self) -> None:
         state = self.current()
-        self._input_png.value = self._render_input(state)
-        self._crop_png.value = self._render_crop(state)
+        show_png(self._input_png, self._render_input(state))
+        show_png(self._crop_png, self._render_crop(state))
         self._table.value = self._html(state)
 
     # -- display and clean-up ------------------------------------------------------------

@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import render
 from ..photos import ImageLoadError, display_copy, load_image, load_sample, sample_photos
+from ._png import show_png
 
 __all__ = ["PhotoPicker"]
 
@@ -131,7 +132,7 @@ class PhotoPicker:
 
     def _set(self, image: Image.Image, source: str) -> None:
         self.image, self.source = image, source
-        self._preview.value = render.png_bytes(display_copy(image, self.preview_size))
+        show_png(self._preview, render.png_bytes(display_copy(image, self.preview_size)))
 
     def _notify(self) -> None:
         for callback in list(self._callbacks):
