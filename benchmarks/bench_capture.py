@@ -20,14 +20,13 @@ on both sides).
 from __future__ import annotations
 
 import io
-import os
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
-import psutil
 import torch
+from _common import Contention
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon, Rectangle
 from torchvision.models import mobilenet_v3_small
@@ -41,39 +40,6 @@ from attnviz.widgets import ChannelExplorer, STNInspector
 SEED = 0
 SNAPSHOTS = 5  # STN snapshots: identity .. the true transform
 STN_OUTPUT = (28, 28)
-
-
-class _Contention:
-    """CPU seconds that other processes used while the benchmark ran (machine-wide busy
-    time minus this process's), the sign that a timing was slowed by a neighbour."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter(), _busy(psutil.cpu_times()), _own()
-
-    def note(self) -> str:
-        wall, busy, own = self.start
-        wall = time.perf_counter() - wall
-        other = max(0.0, _busy(psutil.cpu_times()) - busy - (_own() - own))
-        verdict = (
-            "a neighbour competed for the cores, so the timings are slowed: rerun on a quiet "
-            "machine"
-            if other > 0.1 * wall
-            else "the machine was quiet"
-        )
-        return (
-            f"Other processes used {other:.1f} CPU-seconds during these {wall:.0f} s "
-            f"({other / wall:.0%} of one core; {os.cpu_count()} cores, this run at "
-            f"{torch.get_num_threads()} torch threads): {verdict}."
-        )
-
-
-def _busy(t) -> float:
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def _own() -> float:
-    t = psutil.Process().cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def _ms(fn: Callable[[], object]) -> float:
@@ -245,7 +211,7 @@ def _stn_steps(steps: int) -> list[dict]:
 
 
 def run(quick: bool = False) -> dict:
-    contention = _Contention()
+    contention = Contention()
     reps = 3 if quick else 20
     steps = 5 if quick else 30
     torch.manual_seed(SEED)

@@ -17,12 +17,11 @@ centre prior (the baseline).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
-import psutil
 import torch
+from _common import Contention
 
 from attnviz.cam import gradcam
 from attnviz.data import digits_on_photos
@@ -34,39 +33,6 @@ SEED = 0
 COST_BATCH = 64
 POINTING_TARGET = 0.90  # the issue: CBAM's last-block Ms hits the digit's box in >= 90%
 MODELS = (("plain", None), ("+SE", "se"), ("+CBAM", "cbam"))
-
-
-class _Contention:
-    """CPU seconds that other processes used while the benchmark ran (machine-wide busy
-    time minus this process's), the sign that a timing was slowed by a neighbour."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter(), _busy(psutil.cpu_times()), _own()
-
-    def note(self) -> str:
-        wall, busy, own = self.start
-        wall = time.perf_counter() - wall
-        other = max(0.0, _busy(psutil.cpu_times()) - busy - (_own() - own))
-        verdict = (
-            "a neighbour competed for the cores, so the timings are slowed: rerun on a quiet "
-            "machine"
-            if other > 0.1 * wall
-            else "the machine was quiet"
-        )
-        return (
-            f"Other processes used {other:.1f} CPU-seconds during these {wall:.0f} s "
-            f"({other / wall:.0%} of one core; {os.cpu_count()} cores, this run at "
-            f"{torch.get_num_threads()} torch threads): {verdict}."
-        )
-
-
-def _busy(t) -> float:
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def _own() -> float:
-    t = psutil.Process().cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def _train(attention: str | None, train, test, epochs: int):
@@ -113,7 +79,7 @@ def _scores(nets: dict, test) -> tuple[str, dict, str]:
 
 
 def run(quick: bool = False) -> dict:
-    contention = _Contention()
+    contention = Contention()
     n_train, n_test, epochs = (500, 200, 1) if quick else (10000, 2000, 4)
     reps = 3 if quick else 7
     train = digits_on_photos("train", n=n_train, seed=SEED)
