@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 lab: $(STAMP)
 	$(PY) -m ipykernel install --user --name attnviz --display-name "Python (attnviz)"
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
