@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import render
 from ..capture import capture
+from ._app import App, ImageIndex
 from ._png import show_png
 
 __all__ = ["ChannelExplorer"]
@@ -170,7 +171,7 @@ def _overlay(
 
 
 # -- the app ---------------------------------------------------------------------------------
-class ChannelExplorer:
+class ChannelExplorer(App, ImageIndex):
     """Slide through images, blocks and channels of channel attention (SE, CBAM's Mc).
 
     Top: a bar chart of the C weights s of the chosen image and block (the selected
@@ -387,17 +388,6 @@ class ChannelExplorer:
         self._channel.value = int((order == channel).nonzero()[0, 0])
 
     @property
-    def index(self) -> int:
-        """The image shown (0 .. N-1); setting it runs one forward pass and redraws."""
-        return self._image.value
-
-    @index.setter
-    def index(self, value: int) -> None:
-        if not 0 <= value < len(self.images):
-            raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
-        self._image.value = value
-
-    @property
     def block(self) -> str:
         """The channel-attention block shown (a record name); settable."""
         return self._block.value
@@ -491,16 +481,7 @@ class ChannelExplorer:
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.root._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the app and drop the cached maps; safe to call twice."""
-        for box in self.root.children:
-            for w in box.children if isinstance(box, widgets.Box) else ():
-                w.close()
-            box.close()
-        self.root.close()
+    def _release(self) -> None:
         self._cache = {"blocks": {}}
 
 

@@ -22,13 +22,14 @@ from .. import maps, render
 from ..cam import gradcam
 from ..capture import capture
 from ..photos import network_view, prepare
+from ._app import App
 from ._png import show_png
 from .upload import PhotoPicker
 
 __all__ = ["PhotoExplainer"]
 
 
-class PhotoExplainer:
+class PhotoExplainer(App):
     """Pick or upload a photo; see the top-5, Grad-CAM of a chosen class and SE maps.
 
     Args:
@@ -134,8 +135,5 @@ class PhotoExplainer:
         return {"top5": self.top5, "target": t, "block": b,
                 "gradcam": self._cams.get(t), "se_map": self.se_maps.get(b, [None])[0]}  # fmt: skip
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.root._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        self.root.close()
+    def _release(self) -> None:
+        self._cams = {}

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import render
 from ..capture import SelfAttentionRecord, capture
+from ._app import App, ImageIndex
 from ._png import show_png
 from .channels import _check_images, _display_images
 
@@ -53,7 +54,7 @@ def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int) -> np.ndarray:
     return out
 
 
-class QueryExplorer:
+class QueryExplorer(App, ImageIndex):
     """Choose an image, a self-attention block and a query pixel; see where that pixel looks.
 
     The panel shows the image with the attention map overlaid (inferno, normalised to its
@@ -186,17 +187,6 @@ class QueryExplorer:
 
     # -- state ---------------------------------------------------------------------------
     @property
-    def index(self) -> int:
-        """The image shown (0 .. N-1); setting it runs one forward pass and redraws."""
-        return self._image.value
-
-    @index.setter
-    def index(self, value: int) -> None:
-        if not 0 <= value < len(self.images):
-            raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
-        self._image.value = value
-
-    @property
     def block(self) -> str:
         """The self-attention block shown (a record name); settable."""
         return self._block.value
@@ -308,14 +298,5 @@ class QueryExplorer:
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.root._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the app and drop the cached records; safe to call twice."""
-        for box in self.root.children:
-            for w in box.children if isinstance(box, widgets.Box) else ():
-                w.close()
-            box.close()
-        self.root.close()
+    def _release(self) -> None:
         self._cache = {"blocks": {}}

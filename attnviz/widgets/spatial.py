@@ -34,6 +34,7 @@ from torch import nn
 from .. import render
 from ..cam import default_target_layer, gradcam, resolve_layer
 from ..capture import capture
+from ._app import App, ImageIndex
 from ._png import show_png
 from .channels import _as_list, _bar_chart, _check_images, _display_images
 
@@ -60,7 +61,7 @@ def _note(text: str, width: int = 200, height: int = 40) -> np.ndarray:
     return np.asarray(pil)
 
 
-class SpatialExplorer:
+class SpatialExplorer(App, ImageIndex):
     """Slide through images and CBAM blocks; compare the spatial gate Ms with Grad-CAM.
 
     Single mode: Ms of the chosen block over the image (colormap, opacity and range
@@ -266,17 +267,6 @@ class SpatialExplorer:
 
     # -- state -----------------------------------------------------------------------------
     @property
-    def index(self) -> int:
-        """The image shown (0 .. N-1); settable (one forward pass the first time)."""
-        return self._image.value
-
-    @index.setter
-    def index(self, value: int) -> None:
-        if not 0 <= value < len(self.images):
-            raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
-        self._image.value = value
-
-    @property
     def block(self) -> str:
         """The spatial-attention record shown (e.g. ``layer3.0.attention.spatial_gate``)."""
         return self._block.value
@@ -434,14 +424,5 @@ class SpatialExplorer:
         self._info.value = self._html(s)
 
     # -- display and clean-up --------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.root._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the app and drop the caches; safe to call twice."""
-        for box in self.root.children:
-            for w in box.children if isinstance(box, widgets.Box) else ():
-                w.close()
-            box.close()
-        self.root.close()
+    def _release(self) -> None:
         self._cams, self._charts = {}, {}

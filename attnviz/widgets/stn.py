@@ -20,6 +20,7 @@ import ipywidgets as widgets
 import torch
 
 from .. import maps, render
+from ._app import App, ImageIndex
 from ._png import show_png
 
 __all__ = ["STNInspector"]
@@ -67,7 +68,7 @@ def _check_thetas(thetas: Any, n: int) -> torch.Tensor:
     return thetas
 
 
-class STNInspector:
+class STNInspector(App, ImageIndex):
     """Slide through images and training snapshots of an STN's A_theta.
 
     Left: the input U with the quadrilateral that A_theta samples
@@ -196,17 +197,6 @@ class STNInspector:
 
     # -- state ---------------------------------------------------------------------------
     @property
-    def index(self) -> int:
-        """The image shown (0 .. N-1); setting it moves the slider and redraws."""
-        return self._image.value
-
-    @index.setter
-    def index(self, value: int) -> None:
-        if not 0 <= value < len(self.images):
-            raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
-        self._image.value = value
-
-    @property
     def snapshot(self) -> int:
         """The snapshot shown (0 .. E-1, position in ``epochs``); settable."""
         return self._snapshot.value
@@ -280,16 +270,7 @@ class STNInspector:
         self._table.value = self._html(state)
 
     # -- display and clean-up ------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.root._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Unlink the Play widget and close every widget of the app; safe to call twice."""
+    def _release(self) -> None:
         if self._link is not None:
             self._link.unlink()
             self._link = None
-        for box in self.root.children:
-            for w in box.children if isinstance(box, widgets.Box) else ():
-                w.close()
-            box.close()
-        self.root.close()

@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import render
 from ..photos import ImageLoadError, display_copy, load_image, load_sample, sample_photos
+from ._app import App
 from ._png import show_png
 
 __all__ = ["PhotoPicker"]
@@ -28,7 +29,7 @@ __all__ = ["PhotoPicker"]
 _UPLOADED = "(your photo)"
 
 
-class PhotoPicker:
+class PhotoPicker(App):
     """A sample photo or an uploaded one, as an RGB PIL image in ``.image``.
 
     Choosing a sample loads it; uploading a file loads that instead (the dropdown then
@@ -167,12 +168,5 @@ class PhotoPicker:
             self._callbacks.append(callback)
         return callback
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.root._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the app and drop the callbacks; safe to call twice."""
+    def _release(self) -> None:
         self._callbacks.clear()
-        for w in (self._sample, self._upload, self._preview, self.log, *self.root.children):
-            w.close()
-        self.root.close()
