@@ -166,7 +166,34 @@ def _attention_layer(
     return make_attention(attention, channels, **dict(attention_kwargs or {}))
 
 
-class AttnBasicBlock(tv_resnet.BasicBlock):
+class _WithAttention:
+    """torchvision's block arguments plus ``attention``: builds ``self.attention`` over the
+    block's output channels (``planes * expansion``) through the registry."""
+
+    expansion: int
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        *,
+        attention: str | None = None,
+        attention_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
+        )
+        self.out_channels = planes * self.expansion
+        self.attention = _attention_layer(attention, self.out_channels, attention_kwargs)
+
+
+class AttnBasicBlock(_WithAttention, tv_resnet.BasicBlock):
     """torchvision's ``BasicBlock`` with an attention layer A on the residual branch.
 
     ``out = relu(A(bn2(conv2(relu(bn1(conv1(x)))))) + shortcut(x))``. With
@@ -184,26 +211,6 @@ class AttnBasicBlock(tv_resnet.BasicBlock):
         attention: A, built as ``make_attention(attention, planes, **attention_kwargs)``.
     """
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        dilation: int = 1,
-        norm_layer: Callable[..., nn.Module] | None = None,
-        *,
-        attention: str | None = None,
-        attention_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
-        )
-        self.out_channels = planes * self.expansion
-        self.attention = _attention_layer(attention, self.out_channels, attention_kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.attention(self.bn2(self.conv2(out)))
@@ -211,32 +218,12 @@ class AttnBasicBlock(tv_resnet.BasicBlock):
         return self.relu(out + identity)
 
 
-class AttnBottleneck(tv_resnet.Bottleneck):
+class AttnBottleneck(_WithAttention, tv_resnet.Bottleneck):
     """torchvision's ``Bottleneck`` with an attention layer A on the residual branch.
 
     ``out = relu(A(bn3(conv3(...))) + shortcut(x))``, A over ``planes * 4`` channels.
     Arguments and submodules as for :class:`AttnBasicBlock` (plus conv3, bn3).
     """
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        dilation: int = 1,
-        norm_layer: Callable[..., nn.Module] | None = None,
-        *,
-        attention: str | None = None,
-        attention_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
-        )
-        self.out_channels = planes * self.expansion
-        self.attention = _attention_layer(attention, self.out_channels, attention_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
