@@ -51,3 +51,21 @@ class ImageIndex:
         if not 0 <= value < len(self.images):
             raise ValueError(f"index must be in [0, {len(self.images) - 1}], got {value}")
         self._image.value = value
+
+
+class BlockChoice:
+    """The ``block`` property of apps whose ``self._block`` dropdown picks a cached record."""
+
+    _block: widgets.Dropdown
+    _cache: dict[str, Any]
+
+    @property
+    def block(self) -> str:
+        """The attention block shown (a record name); settable."""
+        return self._block.value
+
+    @block.setter
+    def block(self, name: str) -> None:
+        if name not in self._cache["blocks"]:
+            raise ValueError(f"block must be one of {list(self._cache['blocks'])}, got {name!r}")
+        self._block.value = name

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import render
 from ..capture import capture
-from ._app import App, ImageIndex
+from ._app import App, BlockChoice, ImageIndex
 from ._png import show_png
 
 __all__ = ["ChannelExplorer"]
@@ -171,7 +171,7 @@ def _overlay(
 
 
 # -- the app ---------------------------------------------------------------------------------
-class ChannelExplorer(App, ImageIndex):
+class ChannelExplorer(App, ImageIndex, BlockChoice):
     """Slide through images, blocks and channels of channel attention (SE, CBAM's Mc).
 
     Top: a bar chart of the C weights s of the chosen image and block (the selected
@@ -386,17 +386,6 @@ class ChannelExplorer(App, ImageIndex):
     def _set_channel(self, channel: int) -> None:
         order = self._order(self.block, self._sort.value)
         self._channel.value = int((order == channel).nonzero()[0, 0])
-
-    @property
-    def block(self) -> str:
-        """The channel-attention block shown (a record name); settable."""
-        return self._block.value
-
-    @block.setter
-    def block(self, name: str) -> None:
-        if name not in self._cache["blocks"]:
-            raise ValueError(f"block must be one of {list(self._cache['blocks'])}, got {name!r}")
-        self._block.value = name
 
     @property
     def channel(self) -> int:

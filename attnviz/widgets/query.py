@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import render
 from ..capture import SelfAttentionRecord, capture
-from ._app import App, ImageIndex
+from ._app import App, BlockChoice, ImageIndex
 from ._png import show_png
 from .channels import _check_images, _display_images
 
@@ -54,7 +54,7 @@ def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int) -> np.ndarray:
     return out
 
 
-class QueryExplorer(App, ImageIndex):
+class QueryExplorer(App, ImageIndex, BlockChoice):
     """Choose an image, a self-attention block and a query pixel; see where that pixel looks.
 
     The panel shows the image with the attention map overlaid (inferno, normalised to its
@@ -186,17 +186,6 @@ class QueryExplorer(App, ImageIndex):
         self._redraw()
 
     # -- state ---------------------------------------------------------------------------
-    @property
-    def block(self) -> str:
-        """The self-attention block shown (a record name); settable."""
-        return self._block.value
-
-    @block.setter
-    def block(self, name: str) -> None:
-        if name not in self._cache["blocks"]:
-            raise ValueError(f"block must be one of {list(self._cache['blocks'])}, got {name!r}")
-        self._block.value = name
-
     @property
     def query(self) -> tuple[int, int]:
         """The query pixel (x, y) in image pixels; settable (one redraw per slider)."""
