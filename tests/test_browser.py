@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 from labtools import (
@@ -23,6 +22,7 @@ from labtools import (
     screenshot,
     wait_for_change,
 )
+from nbfixtures import write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.browser
@@ -58,15 +58,7 @@ def redraw(change):
 slider.observe(redraw, names="value")
 w.VBox([slider, img])
 """
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(code)]  # fmt: skip
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
+    write_notebook(path, code)
 
 
 @pytest.fixture(scope="module")

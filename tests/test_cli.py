@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import nbformat
 import numpy as np
+from nbfixtures import write_notebook
 from PIL import Image
 
 from attnviz.cli import main
 from attnviz.photos import sample_path, sample_photos
 
 
-def _notebook(path, code):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(code)]  # fmt: skip
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-
-
 def test_demo_reports_a_broken_notebook_and_still_renders_the_others(tmp_path, capsys):
     src = tmp_path / "nbs"
     src.mkdir()
-    _notebook(src / "01_ok.ipynb", "print('quick' if QUICK else 'full')")
-    _notebook(src / "02_broken.ipynb", "raise ValueError('deliberately broken')")
-    _notebook(src / "03_after.ipynb", "x = 1 + 1\nx")
+    write_notebook(src / "01_ok.ipynb", "print('quick' if QUICK else 'full')")
+    write_notebook(src / "02_broken.ipynb", "raise ValueError('deliberately broken')")
+    write_notebook(src / "03_after.ipynb", "x = 1 + 1\nx")
     out = tmp_path / "gallery"
     code = main(["demo", "--notebooks", str(src), "--out", str(out), "--timeout", "120"])
     assert code == 1

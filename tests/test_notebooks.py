@@ -7,6 +7,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+from nbfixtures import write_notebook
 
 from attnviz.nbrun import NotebookError, execute_notebook, inject_parameters
 
@@ -48,11 +49,7 @@ def test_parameters_are_injected_after_the_parameters_cell():
 
 
 def test_a_failing_cell_is_reported_with_its_number(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("1 / 0")]  # fmt: skip
-    path = tmp_path / "broken.ipynb"
-    nbformat.write(nb, path)
+    path = write_notebook(tmp_path / "broken.ipynb", "1 / 0")
     with pytest.raises(NotebookError) as err:
         execute_notebook(path, {"QUICK": True}, timeout=120, output=tmp_path / "out.ipynb")
     assert err.value.cell == 2 and err.value.ename == "ZeroDivisionError"
