@@ -17,7 +17,14 @@ from .capture import (
     TransformRecord,
     capture,
 )
-from .modules import CBAM, ChannelGate, SpatialGate, SpatialTransformer, SqueezeExcitation
+from .modules import (
+    CBAM,
+    ChannelGate,
+    HeatmapHead,
+    SpatialGate,
+    SpatialTransformer,
+    SqueezeExcitation,
+)
 from .registry import (
     KINDS,
     AttentionSpec,
@@ -39,6 +46,7 @@ __all__ = [
     "AttentionSpec",
     "ChannelGate",
     "ChannelRecord",
+    "HeatmapHead",
     "Record",
     "Recording",
     "SelfAttentionRecord",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from .modules import NonLocal, SpatialTransformer
+from .modules import HeatmapHead, NonLocal, SpatialTransformer
 from .registry import make_attention
 
 __all__ = [
@@ -34,36 +34,52 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    """A VGG-style digit classifier that accepts any input size (global average pool).
+    """A VGG-style digit classifier that accepts any input size (adaptive average pool).
 
     Args:
         in_channels: image channels.
         classes: number of classes.
         width: channels of the first stage (doubled twice).
+        pool: side of the adaptive average pool before the classifier. 1 (global
+            pooling) makes the classifier blind to where a feature is; 3 or 4 keeps a
+            coarse layout, like the fully connected layers of the STN paper's CNN.
     """
 
-    def __init__(self, in_channels: int = 1, classes: int = 10, width: int = 16) -> None:
+    def __init__(
+        self, in_channels: int = 1, classes: int = 10, width: int = 16, pool: int = 1
+    ) -> None:
         super().__init__()
+        _check_positive_int(pool, "pool")
         w = width
         self.features = nn.Sequential(
             *_conv_bn(in_channels, w), *_conv_bn(w, w), nn.MaxPool2d(2),
             *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
         )  # fmt: skip
-        self.classifier = nn.Linear(4 * w, classes)
+        self.classifier = nn.Linear(4 * w * pool * pool, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
 def stn_localization(
-    in_channels: int = 1, input_size: Sequence[int] = (42, 42), features: int = 64
+    in_channels: int = 1,
+    input_size: Sequence[int] = (42, 42),
+    features: int | None = 64,
 ) -> nn.Sequential:
     """A localisation network f_loc sized for the input: three conv/pool stages and an FC.
 
     The size of the flattened features is computed from ``input_size``, so the same
-    call serves 28 x 28, 42 x 42 RTS and 60 x 60 cluttered digits.
+    call serves 28 x 28, 42 x 42 RTS and 60 x 60 cluttered digits. ``features=None``
+    returns the fully convolutional part only (32 channels at 1/4 of the input's size),
+    for a :class:`~attnviz.modules.stn.HeatmapHead`.
     """
+    if features is None:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
     body = nn.Sequential(
         nn.Conv2d(in_channels, 16, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(16, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
@@ -82,8 +98,12 @@ class STCNN(nn.Module):
         input_size: (H, W) of the images.
         output_size: (H', W') the transformer samples; the classifier reads this.
         transform: ``"affine"`` or ``"attention"`` (scale + translation).
-        in_channels, classes, width: as for :class:`SmallCNN`.
+        in_channels, classes, width, pool: as for :class:`SmallCNN`.
         padding_value: background value outside the image (0 for [0, 1] digits).
+        head: ``"linear"`` (the paper's FC regression layer, identity at the start) or
+            ``"heatmap"`` (:class:`~attnviz.modules.stn.HeatmapHead`: translation from a
+            soft-argmax over a fully convolutional f_loc; finds digits in clutter).
+        init_scale: the zoom the heat-map head starts from (1: the identity).
     """
 
     def __init__(
@@ -95,15 +115,29 @@ class STCNN(nn.Module):
         classes: int = 10,
         width: int = 16,
         padding_value: float | None = None,
+        *,
+        pool: int = 1,
+        head: str = "linear",
+        init_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if head == "linear":
+            if init_scale != 1.0:
+                raise ValueError("init_scale needs head='heatmap' (the linear head starts at 1)")
+            loc, regress = stn_localization(in_channels, input_size), None
+        elif head == "heatmap":
+            loc = stn_localization(in_channels, input_size, features=None)
+            regress = HeatmapHead(32, transform, scale=init_scale)
+        else:
+            raise ValueError(f"head must be 'linear' or 'heatmap', got {head!r}")
         self.stn = SpatialTransformer(
-            stn_localization(in_channels, input_size),
+            loc,
             output_size=output_size,
             transform=transform,
             padding_value=padding_value,
+            head=regress,
         )
-        self.cnn = SmallCNN(in_channels, classes, width)
+        self.cnn = SmallCNN(in_channels, classes, width, pool=pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cnn(self.stn(x))

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnviz import CBAM, ChannelGate, SpatialGate, SpatialTransformer, SqueezeExcitation
+from attnviz import (
+    CBAM,
+    ChannelGate,
+    HeatmapHead,
+    SpatialGate,
+    SpatialTransformer,
+    SqueezeExcitation,
+)
 
 
 def _sigmoid(t):
@@ -149,6 +156,90 @@ def test_stn_resamples_a_higher_resolution_source():
         atol=0.05,
         rtol=0,
     )
+
+
+def _conv_loc():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+
+
+@pytest.mark.parametrize("transform", ["affine", "attention"])
+def test_heatmap_head_starts_at_the_identity_or_at_its_scale(transform):
+    stn = SpatialTransformer(_conv_loc(), transform=transform, head=HeatmapHead(4, transform))
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(stn(x), x, atol=1e-6, rtol=0)
+    zoomed = SpatialTransformer(
+        _conv_loc(), transform=transform, head=HeatmapHead(4, transform, scale=0.5)
+    )
+    torch.testing.assert_close(
+        zoomed.regress(x), torch.tensor([[0.5, 0, 0], [0, 0.5, 0]]).expand(3, 2, 3)
+    )
+
+
+def test_heatmap_head_translation_is_the_soft_argmax_of_its_scores():
+    head = HeatmapHead(2, "attention", scale=0.5).double()
+    with torch.no_grad():
+        head.score.weight.copy_(torch.tensor([1.0, -2.0]).view(1, 2, 1, 1))
+    f = torch.rand(2, 2, 3, 5, dtype=torch.float64)
+    params = head(f)
+    # by hand: scores s_ij = f0 - 2 f1, p = softmax over the 15 cells, t = sum p * centre
+    scores = (f[:, 0] - 2 * f[:, 1]).reshape(2, -1)
+    p = torch.exp(scores) / torch.exp(scores).sum(dim=1, keepdim=True)
+    xs = torch.tensor([-0.8, -0.4, 0.0, 0.4, 0.8], dtype=torch.float64)  # 5 cell centres
+    ys = torch.tensor([-2 / 3, 0.0, 2 / 3], dtype=torch.float64)
+    cx = xs.repeat(3)
+    cy = ys.repeat_interleave(5)
+    torch.testing.assert_close(params[:, 1], (p * cx).sum(1))
+    torch.testing.assert_close(params[:, 2], (p * cy).sum(1))
+    torch.testing.assert_close(params[:, 0], torch.full((2,), 0.5, dtype=torch.float64))
+    # a sharply peaked score map puts the window's centre on that cell
+    with torch.no_grad():
+        head.score.weight.fill_(0).view(-1)[0] = 100.0
+    f = torch.zeros(1, 2, 3, 5, dtype=torch.float64)
+    f[0, 0, 2, 1] = 1.0  # row 2, column 1
+    torch.testing.assert_close(head(f)[0, 1:], torch.tensor([-0.4, 2 / 3], dtype=torch.float64))
+
+
+def test_heatmap_head_learns_where_from_gradients():
+    # a bright dot at a random place; the loss asks the window's centre to sit on it
+    torch.manual_seed(0)
+    stn = SpatialTransformer(_conv_loc(), transform="attention",
+                             head=HeatmapHead(4, "attention", scale=0.5))  # fmt: skip
+    opt = torch.optim.Adam(stn.parameters(), lr=0.05)
+
+    def batch(n=64):
+        x = torch.zeros(n, 1, 8, 8)
+        r, c = torch.randint(0, 8, (2, n))
+        x[torch.arange(n), 0, r, c] = 1.0
+        return x, torch.stack([(c + 0.5) / 4 - 1, (r + 0.5) / 4 - 1], dim=1)
+
+    x, target = batch()
+    before = (stn.regress(x)[:, :, 2] - target).abs().mean().item()
+    for _ in range(150):
+        x, target = batch()
+        loss = (stn.regress(x)[:, :, 2] - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, target = batch()
+    after = (stn.regress(x)[:, :, 2] - target).abs().mean().item()
+    assert after < 0.25 * before, (before, after)
+
+
+def test_custom_heads_are_checked():
+    with pytest.raises(ValueError, match="feature map"):
+        SpatialTransformer(_loc(), head=HeatmapHead(5))(torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="same transform"):
+        SpatialTransformer(_conv_loc(), head=HeatmapHead(4, "attention"))
+    with pytest.raises(ValueError, match="out_features=6"):
+        SpatialTransformer(_loc(), head=nn.Linear(5, 4))
+    with pytest.raises(ValueError, match="B x 6 parameters"):
+        SpatialTransformer(_loc(), head=nn.Sequential(nn.Linear(5, 4)))(torch.rand(1, 1, 8, 8))
+    with pytest.raises(TypeError, match="reset_head"):
+        SpatialTransformer(_loc(), head=nn.Sequential(nn.Linear(5, 6))).reset_head()
+    with pytest.raises(TypeError, match="nn.Module or None"):
+        SpatialTransformer(_loc(), head="linear")
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        HeatmapHead(4, scale=0)
 
 
 def test_stn_errors_name_the_fix():

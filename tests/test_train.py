@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import attnviz
 from attnviz.models import STCNN, SmallCNN, TutorialSTN, stn_localization
 from attnviz.train import (
     History,
@@ -187,3 +188,34 @@ def test_stcnn_starts_as_the_identity_transform():
     torch.testing.assert_close(model.stn(x), x, atol=1e-5, rtol=0)  # up to interpolation
     loss, acc = evaluate(model, _Toy(16, size=42))
     assert 0 <= acc <= 1 and loss > 0
+
+
+@pytest.mark.parametrize("transform", ["affine", "attention"])
+def test_stcnn_heatmap_head_starts_where_it_is_told(transform):
+    x = torch.rand(3, 1, 60, 60)
+    model = STCNN((60, 60), None, transform=transform, head="heatmap").eval()
+    torch.testing.assert_close(model.stn(x), x, atol=1e-5, rtol=0)
+    zoomed = STCNN((60, 60), (12, 12), transform=transform, head="heatmap", init_scale=0.5)
+    with attnviz.capture(zoomed) as rec:
+        assert zoomed(x).shape == (3, 10)
+    theta = rec["stn"].theta
+    torch.testing.assert_close(theta, torch.tensor([[0.5, 0, 0], [0, 0.5, 0]]).expand(3, 2, 3))
+    # the heat map is a hookable B x h x w probability map over f_loc's 15 x 15 cells
+    seen = []
+    zoomed.stn.head.heatmap.register_forward_hook(lambda m, a, out: seen.append(out))
+    zoomed(x)
+    assert seen[0].shape == (3, 15, 15)
+    torch.testing.assert_close(seen[0].sum(dim=(1, 2)), torch.ones(3))
+
+
+def test_pooled_classifier_keeps_a_coarse_layout():
+    cnn = SmallCNN(pool=3)
+    assert cnn.classifier.in_features == 64 * 9
+    assert cnn(torch.rand(2, 1, 42, 42)).shape == (2, 10)
+    assert STCNN((42, 42), (28, 28), pool=3)(torch.rand(2, 1, 42, 42)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pool"):
+        SmallCNN(pool=0)
+    with pytest.raises(ValueError, match="head must be"):
+        STCNN(head="conv")
+    with pytest.raises(ValueError, match="init_scale needs head='heatmap'"):
+        STCNN(init_scale=0.5)

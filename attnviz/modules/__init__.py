@@ -7,11 +7,12 @@ hook (and :func:`attnviz.capture`) sees exactly what the network applied.
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .nonlocal_block import NonLocal
 from .se import SqueezeExcitation
-from .stn import SpatialTransformer
+from .stn import HeatmapHead, SpatialTransformer
 
 __all__ = [
     "CBAM",
     "ChannelGate",
+    "HeatmapHead",
     "NonLocal",
     "SpatialGate",
     "SpatialTransformer",
