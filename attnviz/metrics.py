@@ -26,6 +26,7 @@ __all__ = [
     "pointing_game",
     "sampled_box_iou",
     "score_maps",
+    "square_window_ceiling",
     "transform_agreement",
 ]
 
@@ -65,6 +66,30 @@ def sampled_box_iou(
         corners = maps.theta_corners(r.theta.float(), r.input_size)
         out.append(maps.polygon_iou(corners, boxes[i : i + batch_size]))
     return torch.cat(out)
+
+
+def square_window_ceiling(boxes: torch.Tensor) -> torch.Tensor:
+    """The best IoU an axis-aligned square window can reach with each box.
+
+    The attention transform (isotropic scale + translation) samples a square, so a
+    box of w x h (w <= h) caps its IoU: a centred square of side s in [w, h] gives
+    ws / (s^2 + wh - ws), largest at s = sqrt(wh), where it equals 1 / (2r - 1) with
+    r = sqrt(h / w). Use it beside :func:`sampled_box_iou` to read what is reachable.
+
+    Args:
+        boxes: N x 4 boxes (x0, y0, x1, y1) with positive width and height.
+
+    Returns:
+        N ceilings in (0, 1] (float64).
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be N x 4, got {tuple(boxes.shape)}")
+    b = boxes.double()
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    if (w <= 0).any() or (h <= 0).any():
+        raise ValueError("every box needs a positive width and height (x1 > x0, y1 > y0)")
+    r = torch.sqrt(torch.maximum(w, h) / torch.minimum(w, h))
+    return 1.0 / (2.0 * r - 1.0)
 
 
 def _one(records: list[Any]) -> list[Any]:

@@ -2,18 +2,22 @@
 
 The tutorial network is trained the tutorial's way (SGD, lr 0.01, batch 64, 20
 epochs, inputs normalised with MNIST's mean and std) on one fixed RTS-distorted
-copy of the 4,000 training digits. Ours (ST-CNN) and the same CNN without the
-transformer train with Adam and a one-cycle schedule on fresh distortions of the
-same digits every epoch. All are tested on the same 1,000 held-out RTS digits.
+copy of the 4,000 training digits. Ours (``STCNN.for_rts``: a heat-map transformer
+in front of the tutorial-sized TinyCNN) and the same TinyCNN without the
+transformer -- for the same epochs and for the same seconds -- train with Adam and
+a one-cycle schedule on fresh distortions of the same digits every epoch; so do the
+paper's linear-head transformer with the bigger SmallCNN and SmallCNN alone. All
+are tested on the same 1,000 held-out RTS digits.
 """
 
 from __future__ import annotations
 
 import torch
 
+import attnviz
 from attnviz.data import distorted_mnist
-from attnviz.metrics import sampled_box_iou
-from attnviz.models import STCNN, SmallCNN, TutorialSTN
+from attnviz.metrics import sampled_box_iou, square_window_ceiling
+from attnviz.models import STCNN, SmallCNN, TinyCNN, TutorialSTN
 from attnviz.train import fit, stn_param_groups
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -51,13 +55,23 @@ def run(quick: bool = False) -> dict:
             epochs=epochs_tut, batch_size=64, lr=0.01, optimizer="sgd", schedule=None,
             progress=False)  # fmt: skip
     rows.append(("PyTorch tutorial STN (SGD, fixed distortions)", h))
-    st = STCNN((42, 42), (28, 28))
-    h = fit(st, fresh, test, epochs=epochs_ours, param_groups=stn_param_groups(st), progress=False)
-    rows.append(("attnviz ST-CNN", h))
+    st = STCNN.for_rts()
+    h_st = fit(st, fresh, test, epochs=epochs_ours, param_groups=stn_param_groups(st, stn_lr=1e-3),
+               progress=False)  # fmt: skip
+    rows.append(("attnviz ST-CNN (heat-map transformer + TinyCNN)", h_st))
     iou_rts = sampled_box_iou(st, test.images, test.boxes).mean().item()
-    cnn = SmallCNN()
-    h = fit(cnn, fresh, test, epochs=epochs_ours, lr=3e-3, progress=False)
-    rows.append(("same CNN without the transformer", h))
+    h = fit(TinyCNN((42, 42)), fresh, test, epochs=epochs_ours, lr=3e-3, progress=False)
+    rows.append(("same TinyCNN without the transformer, same epochs", h))
+    # the same seconds: as many epochs as the transformer's training time buys
+    same_time = max(1, round(h_st.train_seconds / (h.train_seconds / epochs_ours)))
+    h = fit(TinyCNN((42, 42)), fresh, test, epochs=same_time, lr=3e-3, progress=False)
+    rows.append(("same TinyCNN without the transformer, same seconds", h))
+    big = STCNN((42, 42), (28, 28))
+    h = fit(big, fresh, test, epochs=epochs_ours, param_groups=stn_param_groups(big),
+            progress=False)  # fmt: skip
+    rows.append(("paper's linear-head transformer + SmallCNN (batch-norm, global pool)", h))
+    h = fit(SmallCNN(), fresh, test, epochs=epochs_ours, lr=3e-3, progress=False)
+    rows.append(("SmallCNN without the transformer", h))
 
     table = ["| model | epochs | train seconds | test accuracy | test error | seconds to 97% |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -76,10 +90,13 @@ def run(quick: bool = False) -> dict:
     table += [
         "",
         "| cluttered MNIST (60x60) | epochs | train seconds | test accuracy "
-        "| mean IoU sampled box vs digit box | untrained IoU (floor) |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| attnviz ST-CNN, attention transform | {c['epochs']} | {c['train_seconds']:.1f} "
-        f"| {c['test_acc']:.2%} | {c['iou']:.3f} | {c['iou_floor']:.3f} |",
+        "| mean IoU sampled box vs digit box | untrained IoU (floor) | best square window "
+        "(ceiling) | mean zoom | corr(window x, digit x) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| attnviz ST-CNN for clutter (heat-map head) | {c['epochs']} "
+        f"| {c['train_seconds']:.1f} | {c['test_acc']:.2%} | {c['iou']:.3f} "
+        f"| {c['iou_floor']:.3f} | {c['iou_ceiling']:.3f} | {c['zoom']:.2f} "
+        f"| {c['centre_corr']:.2f} |",
     ]
     notes = [
         f"RTS: mean IoU of the ST-CNN's sampled region with the digit box {iou_rts:.3f}.",
@@ -90,16 +107,22 @@ def run(quick: bool = False) -> dict:
             "iou_rts": iou_rts, "notes": notes}  # fmt: skip
 
 
-CLUTTER_OUTPUT = (28, 28)  # as in notebook 01
-
-
 def cluttered(quick: bool) -> dict:
-    epochs = 2 if quick else 20
+    """STCNN.for_clutter (heat-map head, 10x10 output) on 60x60 cluttered MNIST."""
+    epochs = 2 if quick else 30
     test = distorted_mnist("cluttered", "test", seed=0)
-    model = STCNN((60, 60), CLUTTER_OUTPUT, transform="attention")
-    floor = sampled_box_iou(model, test.images, test.boxes).mean().item()
+    model = STCNN.for_clutter()
+    floor = sampled_box_iou(STCNN((60, 60), transform="attention"), test.images, test.boxes)
     h = fit(model, lambda e: distorted_mnist("cluttered", "train", seed=1000 + e), test,
-            epochs=epochs, param_groups=stn_param_groups(model), progress=False)  # fmt: skip
+            epochs=epochs, param_groups=stn_param_groups(model, stn_lr=1e-3),
+            progress=False)  # fmt: skip
     iou = sampled_box_iou(model, test.images, test.boxes).mean().item()
+    with torch.no_grad(), attnviz.capture(model) as rec:
+        model(test.images)
+    theta = rec["stn"].theta
+    centre_x = (test.boxes[:, 0] + test.boxes[:, 2]) / 60 - 1
+    follow = torch.corrcoef(torch.stack([theta[:, 0, 2], centre_x]))[0, 1].item()
     return {"epochs": epochs, "train_seconds": h.train_seconds, "test_acc": h.final.test_acc,
-            "iou": iou, "iou_floor": floor}  # fmt: skip
+            "iou": iou, "iou_floor": floor.mean().item(), "zoom": theta[:, 0, 0].mean().item(),
+            "iou_ceiling": square_window_ceiling(test.boxes).mean().item(),
+            "centre_corr": follow}  # fmt: skip

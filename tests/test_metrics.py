@@ -214,3 +214,25 @@ def test_transform_agreement_is_one_for_the_ideal_theta_and_low_for_identity():
     assert noisy["rotation_corr"] < 0.9
     with pytest.raises(ValueError, match="N x 2 x 3"):
         transform_agreement(ideal[:, :1], d.transforms)
+
+
+def test_square_window_ceiling_matches_a_search_over_square_windows():
+    boxes = torch.tensor([[10.0, 5, 30, 25], [0, 0, 4, 20], [3, 7, 20, 12]])
+    got = metrics.square_window_ceiling(boxes)
+    assert got[0] == 1.0  # a square box: a square window fits it exactly
+    # brute force: square sides on a fine grid, centred and shifted, exact IoU by polygon area
+    from attnviz import maps
+
+    best = torch.zeros(3, dtype=torch.float64)
+    for side in torch.linspace(1, 30, 233):
+        for dx in torch.linspace(-3, 3, 5):
+            for dy in torch.linspace(-3, 3, 5):
+                c = (boxes[:, :2] + boxes[:, 2:]) / 2 + torch.stack([dx, dy])
+                lo, hi = c - side / 2, c + side / 2
+                quad = torch.stack([lo, torch.stack([hi[:, 0], lo[:, 1]], 1), hi,
+                                    torch.stack([lo[:, 0], hi[:, 1]], 1)], 1)  # fmt: skip
+                best = torch.maximum(best, maps.polygon_iou(quad, boxes))
+    assert torch.all(best <= got + 1e-9)  # nothing beats the ceiling ...
+    torch.testing.assert_close(best, got, atol=2e-3, rtol=0)  # ... and it is reached
+    with pytest.raises(ValueError, match="positive width"):
+        metrics.square_window_ceiling(torch.tensor([[0.0, 0, 0, 5]]))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import attnviz
-from attnviz.models import STCNN, SmallCNN, TutorialSTN, stn_localization
+from attnviz.models import STCNN, SmallCNN, TinyCNN, TutorialSTN, stn_localization
 from attnviz.train import (
     History,
     evaluate,
@@ -219,3 +219,20 @@ def test_pooled_classifier_keeps_a_coarse_layout():
         STCNN(head="conv")
     with pytest.raises(ValueError, match="init_scale needs head='heatmap'"):
         STCNN(init_scale=0.5)
+
+
+def test_tiny_cnn_is_the_tutorial_classifier_sized_for_its_input():
+    for size in [(16, 16), (28, 28), (42, 42), (20, 30)]:
+        assert TinyCNN(size)(torch.rand(2, 1, *size)).shape == (2, 10)
+    # the tutorial's layers: conv 10 and 20 (5 x 5), FC 50, no batch-norm, no dropout
+    net = TinyCNN((28, 28))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(10, (5, 5)), (20, (5, 5))]
+    assert net.classifier[0].in_features == 320 and net.classifier[0].out_features == 50
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Dropout, nn.Dropout2d)) for m in net.modules())
+    st = STCNN((42, 42), (20, 20), classifier="tiny", head="heatmap")
+    assert isinstance(st.cnn, TinyCNN) and st(torch.rand(2, 1, 42, 42)).shape == (2, 10)
+    with pytest.raises(ValueError, match="at least 16 x 16"):
+        TinyCNN((12, 12))
+    with pytest.raises(ValueError, match="classifier must be"):
+        STCNN(classifier="vgg")
