@@ -7,6 +7,7 @@ frame under A_theta, Jaderberg et al. 2015, eq. 1) with the ground-truth box.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "centre_prior",
     "energy_pointing_game",
     "mask_iou",
+    "mask_share_maps",
     "pointing_game",
     "sampled_box_iou",
     "score_maps",
@@ -358,7 +360,7 @@ def score_maps(
     boxes: torch.Tensor,
     masks: torch.Tensor,
     *,
-    tolerance: float = 0,
+    tolerance: float | Sequence[float] = 0,
     threshold: float = 0.5,
     chunk: int = _CHUNK,
 ) -> tuple[str, dict[str, dict[str, float]]]:
@@ -375,13 +377,16 @@ def score_maps(
             ``{"CBAM layer4": ..., "Grad-CAM": ..., "centre prior": centre_prior(N, 64)}``.
         boxes: N x 4 (x0, y0, x1, y1) in image pixels.
         masks: N x H x W object masks; H x W is the image size.
-        tolerance: of the pointing game, in pixels.
+        tolerance: of the pointing game, in pixels; a sequence (e.g. ``(0, 4)``) scores it
+            at each, one column per tolerance.
         threshold: of the mask IoU.
         chunk: maps processed at a time.
 
     Returns:
         (table, scores): a Markdown table, one row per method, and
-        ``{method: {"pointing_game", "energy", "mask_iou": means, "n": N}}``.
+        ``{method: {"pointing_game", "energy", "mask_iou": means, "n": N}}``, where
+        ``"pointing_game"`` is at the first tolerance; with several tolerances each also
+        has ``"pointing_game_<t>px"``.
 
     Raises:
         ValueError: no methods, maps whose count differs from the boxes', and the errors
@@ -389,35 +394,74 @@ def score_maps(
     """
     if not maps_by_method:
         raise ValueError("maps_by_method must name at least one method's maps")
+    tolerances = [tolerance] if isinstance(tolerance, (int, float)) else list(tolerance)
+    if not tolerances:
+        raise ValueError("tolerance must be a number of pixels or a non-empty sequence of them")
     size = tuple(torch.as_tensor(masks).shape[-2:])
     scores: dict[str, dict[str, float]] = {}
     for name, method_maps in maps_by_method.items():
         m = _map_batch(method_maps, f"maps of {name!r}")
-        hits = pointing_game(m, boxes, tolerance=tolerance, image_size=size, chunk=chunk)
+        row: dict[str, float] = {}
+        for t in tolerances:
+            hits = pointing_game(m, boxes, tolerance=t, image_size=size, chunk=chunk)
+            row[f"pointing_game_{t:g}px"] = float(hits.double().mean())
+        row["pointing_game"] = row[f"pointing_game_{tolerances[0]:g}px"]
+        if len(tolerances) == 1:
+            del row[f"pointing_game_{tolerances[0]:g}px"]
         energy = energy_pointing_game(m, boxes, image_size=size, chunk=chunk)
         iou = mask_iou(m, masks, threshold=threshold, chunk=min(chunk, 64))
-        scores[name] = {
-            "pointing_game": float(hits.double().mean()),
-            "energy": float(energy.mean()),
-            "mask_iou": float(iou.mean()),
-            "n": len(m),
-        }
-    return _markdown(scores, tolerance, threshold), scores
+        row.update(energy=float(energy.mean()), mask_iou=float(iou.mean()), n=len(m))
+        scores[name] = row
+    return _markdown(scores, tolerances, threshold), scores
 
 
-def _markdown(scores: dict[str, dict[str, float]], tolerance: float, threshold: float) -> str:
-    tol = f", ±{tolerance:g} px" if tolerance else ""
+def _markdown(
+    scores: dict[str, dict[str, float]], tolerances: list[float], threshold: float
+) -> str:
+    if len(tolerances) == 1:
+        t = tolerances[0]
+        heads, keys = [f"pointing game{f', ±{t:g} px' if t else ''}"], ["pointing_game"]
+    else:
+        heads = [f"pointing game ±{t:g} px" for t in tolerances]
+        keys = [f"pointing_game_{t:g}px" for t in tolerances]
     lines = [
-        f"| method | n | pointing game{tol} | energy in box | mask IoU (>= {threshold:g}, "
+        f"| method | n | {' | '.join(heads)} | energy in box | mask IoU (>= {threshold:g}, "
         "per-map) |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|" + "---:|" * len(heads) + "---:|---:|",
     ]
     for name, s in scores.items():
-        lines.append(
-            f"| {name} | {s['n']} | {s['pointing_game']:.3f} | {s['energy']:.3f} | "
-            f"{s['mask_iou']:.3f} |"
-        )
+        cells = " | ".join(f"{s[k]:.3f}" for k in keys)
+        lines.append(f"| {name} | {s['n']} | {cells} | {s['energy']:.3f} | {s['mask_iou']:.3f} |")
     return "\n".join(lines)
+
+
+def mask_share_maps(masks: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """The ideal map at a given resolution: the share of each cell covered by the object.
+
+    A map of h x w cells cannot point more precisely than its cells (see the conventions
+    above). Scoring these maps with :func:`pointing_game` gives the best a map of that
+    resolution can do, the ceiling to read a coarse attention map against: on 64 x 64
+    images a 4 x 4 map's cells are 16 pixels wide, and even this map's maximum can sit in
+    a cell whose centre misses a small object's box.
+
+    Args:
+        masks: N x H x W object masks (bool or float in [0, 1]); H and W divisible by h, w.
+        size: (h, w) of the maps, or one int for square maps.
+
+    Returns:
+        N x h x w float maps: the mean of the mask over each cell.
+    """
+    m = torch.as_tensor(masks)
+    if m.dim() != 3:
+        raise ValueError(f"masks must be N x H x W, got {tuple(m.shape)}")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    big_h, big_w = m.shape[-2:]
+    if h < 1 or w < 1 or big_h % h or big_w % w:
+        raise ValueError(
+            f"the masks' {big_h} x {big_w} must split into {h} x {w} equal cells; pick a "
+            "size that divides the image size"
+        )
+    return F.avg_pool2d(m.float()[:, None], (big_h // h, big_w // w))[:, 0]
 
 
 def cbam_spatial_maps(

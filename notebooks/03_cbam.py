@@ -38,7 +38,7 @@ from IPython.display import Markdown, display
 from attnviz import render
 from attnviz.cam import gradcam, softmax_scores
 from attnviz.data import digits_on_photos
-from attnviz.metrics import cbam_spatial_maps, centre_prior, score_maps
+from attnviz.metrics import cbam_spatial_maps, centre_prior, mask_share_maps, score_maps
 from attnviz.models import small_resnet
 from attnviz.train import compare, fit, pick_device
 from attnviz.widgets import SpatialExplorer
@@ -57,12 +57,22 @@ test = digits_on_photos("test", n=N_TEST, seed=SEED)
 # ## Plain, SE and CBAM: same network, same budget
 #
 # ResNet-10 (width 16); SE or CBAM on the residual branch of every block.
+#
+# One change from the CBAM paper: the spatial gate's convolution is 3×3, not
+# 7×7. The paper chose 7×7 for ImageNet, where the maps are 56×56 down to 7×7;
+# here they are 32×32 down to 4×4, and on a 4×4 map a 7×7 kernel reads mostly
+# zero padding, so the last block learns *positions* rather than content (in our
+# runs its maximum sat on the map's border in a quarter of the images and on the
+# digit in a third). `attention_kwargs={"spatial_kernel": 7}` restores the paper's
+# gate; the benchmark (`make bench`) scores both.
 
 # %%
 nets, histories = {}, {}
-for name, attention in [("plain", None), ("+SE", "se"), ("+CBAM", "cbam")]:
+for name, attention, kwargs in [("plain", None, None), ("+SE", "se", None),
+                                ("+CBAM", "cbam", {"spatial_kernel": 3})]:  # fmt: skip
     torch.manual_seed(SEED)
-    nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2)
+    nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2,
+                              attention_kwargs=kwargs)  # fmt: skip
     histories[name] = fit(nets[name], train, test, epochs=EPOCHS, lr=3e-3, seed=SEED)
 display(Markdown(compare(histories)))
 cbam = nets["+CBAM"]
@@ -104,11 +114,15 @@ render.overlay_grid(
 # ## Scores against the ground truth
 #
 # Over the test images, for each kind of map: the **pointing game** (is the
-# map's maximum inside the digit's box?), the **energy** share of the map
-# inside the box, and the **IoU** of the map thresholded at half its range with
-# the digit's mask. The centre prior (a Gaussian in the middle) is the
-# baseline any attention should beat; the digit covers a few percent of the
-# image, so the uniform map's energy share is that small.
+# map's maximum inside the digit's box? exactly, and with the box grown by 4 px,
+# the usual 15 px tolerance at 224×224 scaled to these 64×64 images), the
+# **energy** share of the map inside the box, and the **IoU** of the map
+# thresholded at half its range with the digit's mask. The centre prior (a
+# Gaussian in the middle) is the baseline any attention should beat; the digit
+# covers a few percent of the image, so the uniform map's energy share is that
+# small. The *ideal* maps hold, in each cell, the share of it the digit covers:
+# the best a map of that resolution can point, since a 4×4 map's cells are 16
+# pixels wide.
 
 # %%
 spatial = cbam_spatial_maps(cbam, test.images, dtype=torch.float16)
@@ -116,7 +130,10 @@ methods = {f"CBAM Ms {name}": m for name, m in spatial.items()}
 for name, net in nets.items():
     methods[f"Grad-CAM {name}"] = gradcam(net, test.images, targets=test.labels, batch_size=100)
 methods["centre prior"] = centre_prior(len(test), test.images.shape[-2:])
-table, scores = score_maps(methods, test.boxes, test.masks)
+for m in spatial.values():
+    side = m.shape[-1]
+    methods[f"ideal {side}x{side} map"] = mask_share_maps(test.masks, side)
+table, scores = score_maps(methods, test.boxes, test.masks, tolerance=(0, 4))
 display(Markdown(table))
 
 # %% [markdown]
@@ -126,6 +143,9 @@ display(Markdown(table))
 #   is an *explanation* computed afterwards from gradients. They answer
 #   different questions and need not agree.
 # * Which block's map finds the object is an empirical question, answered by
-#   the scores table. In our longer runs (README) the second block's 16×16 map
-#   points at the digit in about 90% of test images while the last block's
-#   coarse map does not; after a short run none of them does yet.
+#   the scores table. In our full runs (6 epochs on a CPU, README) the first two
+#   blocks' maps point at the digit in 95–99% of test images, the third in
+#   about 87–92% and the last, 4×4 one in 77–79% exactly and 94–95% within
+#   4 px (its ideal map: 91% exactly). With the paper's 7×7 kernel the last
+#   block scored 33%.
+# * Grad-CAM is computed on the last block, so it is as coarse as that block.

@@ -157,6 +157,44 @@ def test_score_maps_table_matches_the_single_scores():
         metrics.score_maps({}, boxes, masks)
 
 
+def test_score_maps_at_several_tolerances():
+    boxes = torch.tensor([[10.0, 10.0, 20.0, 20.0]]).repeat(2, 1)
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[:, 10:20, 10:20] = True
+    maps = torch.zeros(2, 32, 32)
+    maps[0, 14, 14] = 1  # inside the box
+    maps[1, 14, 22] = 1  # centre x = 22.5: 2.5 px right of the box
+    table, scores = metrics.score_maps({"m": maps}, boxes, masks, tolerance=(0, 4))
+    assert scores["m"]["pointing_game_0px"] == scores["m"]["pointing_game"] == 0.5
+    assert scores["m"]["pointing_game_4px"] == 1.0
+    assert "| pointing game ±0 px | pointing game ±4 px |" in table.splitlines()[0]
+    assert table.splitlines()[2].startswith("| m | 2 | 0.500 | 1.000 |")
+    with pytest.raises(ValueError, match="non-empty"):
+        metrics.score_maps({"m": maps}, boxes, masks, tolerance=())
+
+
+def test_mask_share_maps_are_the_ceiling_of_a_resolution():
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[0, 0:16, 0:16] = True  # exactly cell (0, 0) of a 4 x 4 map
+    masks[1, 20:28, 40:60] = True
+    masks[2, 30:34, 30:34] = True  # a small object across four cells
+    share = metrics.mask_share_maps(masks, 4)
+    assert share.shape == (3, 4, 4)
+    assert share[0, 0, 0] == 1 and share[0].sum() == 1
+    # each cell holds the fraction of its 256 pixels the object covers
+    torch.testing.assert_close(share[1].sum() * 256, masks[1].sum().float())
+    assert share[2, 1:3, 1:3].eq(4 / 256).all() and share[2].sum() == 16 / 256
+    torch.testing.assert_close(metrics.mask_share_maps(masks, 64), masks.float())
+    # the 4 x 4 ideal map of the small object ties four cells whose centres miss its box:
+    # a coarse map cannot point at it however good it is
+    boxes = torch.tensor([[0.0, 0, 16, 16], [40, 20, 60, 28], [30, 30, 34, 34]])
+    hits = metrics.pointing_game(share, boxes, image_size=64)
+    assert hits.tolist() == [True, True, False]
+    assert metrics.pointing_game(metrics.mask_share_maps(masks, 16), boxes, image_size=64).all()
+    with pytest.raises(ValueError, match="equal cells"):
+        metrics.mask_share_maps(masks, 5)
+
+
 def test_cbam_spatial_maps_are_the_captured_records():
     model = small_resnet(10, attention="cbam", width=8)
     model.train()
