@@ -81,8 +81,7 @@ def _costs(cbam: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int) -
 def _scores(nets: dict, test) -> tuple[str, dict, str]:
     methods = {}
     for net_name in ("+CBAM", "+CBAM 7x7"):
-        spatial = cbam_spatial_maps(nets[net_name], test.images, batch_size=64,
-                                    dtype=torch.float16)  # fmt: skip
+        spatial = cbam_spatial_maps(nets[net_name], test.images, batch_size=64)
         tag = net_name.removeprefix("+CBAM").strip()
         methods.update({f"CBAM{' ' + tag if tag else ''} Ms {k}": m for k, m in spatial.items()})
     sizes = sorted({m.shape[-1] for m in spatial.values()}, reverse=True)
@@ -153,7 +152,8 @@ def run(quick: bool = False) -> dict:
         "digit's box grown by 0 or 4 px; 4 px is the pointing game's usual 15 px at 224 x 224 "
         "scaled to 64 x 64), mean share of the map's energy inside the box, mean IoU "
         "of the map thresholded at half its per-map range with the digit's mask. CBAM maps "
-        "at their native resolution (float16), Grad-CAM at 64 x 64 (targets = true labels, "
+        "at their native resolution (float32: in float16 near-saturated values tie), "
+        "Grad-CAM at 64 x 64 (targets = true labels, "
         "last block); centre prior: Gaussian, sigma = 0.25 of the side. 'ideal h x h map': "
         "each cell holds the share of it the digit's mask covers -- the best a map of that "
         "resolution can point (a 4 x 4 map's cells are 16 px wide).",

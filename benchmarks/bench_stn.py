@@ -42,7 +42,7 @@ def _time_to(history, target):
 
 
 def run(quick: bool = False) -> dict:
-    epochs_ours = 2 if quick else 20
+    epochs_ours = 2 if quick else 30
     epochs_tut = 2 if quick else 20
     test = distorted_mnist("RTS", "test", seed=0)
 

@@ -46,7 +46,7 @@ from attnviz.models import STCNN, TinyCNN
 from attnviz.train import compare, fit, pick_device, snapshot_attention, stn_param_groups
 from attnviz.widgets import STNInspector
 
-EPOCHS = 1 if QUICK else 20
+EPOCHS = 1 if QUICK else 30
 CLUTTER_EPOCHS = 1 if QUICK else 20
 torch.manual_seed(SEED)
 print("training on", pick_device(), "with", torch.get_num_threads(), "CPU threads")

@@ -1,6 +1,6 @@
 """Render the README's pictures from the showcase checkpoints (scripts/train_showcase.py).
 
-    python scripts/readme_pictures.py build/showcase assets/readme
+    python scripts/readme_pictures.py build/showcase assets/readme [stn|resnets]
 
 Every picture is drawn by attnviz itself: the widgets' own panels, the render module
 and the class-wise plot, on test images the models never saw.
@@ -31,20 +31,29 @@ def png(widget_image):
     return np.asarray(Image.open(io.BytesIO(widget_image.value)).convert("RGB"))
 
 
-# 1. spatial transformer: sampled region and straightened crop
-rts = distorted_mnist("RTS", "test", seed=0)
-st = STCNN((42, 42), (28, 28))
-load_checkpoint(src / "stcnn_rts.pt", st)
-with torch.no_grad(), attnviz.capture(st) as rec:
-    st(rts.images[:8])
-render.stn_grid(rts.images[:8], rec["stn"].theta, rec["stn"].output, boxes=rts.boxes[:8],
-                scale=3, ncols=4).save(out / "stn.png")  # fmt: skip
+parts = sys.argv[3:] or ["stn", "resnets"]
+if "stn" in parts:
+    # 1. spatial transformers: sampled region and crop, RTS and cluttered
+    for kind, model, name in [("RTS", STCNN.for_rts(), "stn"),
+                              ("cluttered", STCNN.for_clutter(), "stn_clutter")]:  # fmt: skip
+        data = distorted_mnist(kind, "test", seed=0)
+        load_checkpoint(src / f"stcnn_{'rts' if kind == 'RTS' else 'clutter'}.pt", model)
+        with torch.no_grad(), attnviz.capture(model) as rec:
+            model(data.images[:8])
+        render.stn_grid(data.images[:8], rec["stn"].theta, rec["stn"].output,
+                        boxes=data.boxes[:8], scale=3 if kind == "RTS" else 2,
+                        ncols=4).save(out / f"{name}.png")  # fmt: skip
+if "resnets" not in parts:
+    print("wrote", sorted(p.name for p in out.iterdir()))
+    sys.exit(0)
 
 # 2. the channel explorer's panels for one image
 test = digits_on_photos("test", n=2000, seed=0)
 nets = {}
 for name, attention in [("plain", None), ("+SE", "se"), ("+CBAM", "cbam")]:
-    nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2)
+    kwargs = {"spatial_kernel": 3} if attention == "cbam" else None
+    nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2,
+                              attention_kwargs=kwargs)  # fmt: skip
     load_checkpoint(src / f"resnet10_{attention or 'plain'}.pt", nets[name])
 explorer = ChannelExplorer(nets["+SE"], test.images[:8], labels=test.labels[:8].tolist())
 explorer.block = "layer3.0.attention"

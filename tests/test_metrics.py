@@ -48,6 +48,17 @@ def test_ties_hit_only_when_every_maximum_is_inside():
     assert bool(metrics.pointing_game(flat, _box(0, 0, 8, 8), image_size=8))  # whole image
 
 
+def test_float16_maps_tie_near_saturation_and_are_warned_about():
+    # two cells of a sigmoid map, 0.9996 inside the box and 0.9993 outside: distinct in
+    # float32, the same float16 number, so the tie (one maximum outside) misses
+    maps = torch.zeros(1, 2, 2)
+    maps[0, 0, 0], maps[0, 1, 1] = 0.9996, 0.9993
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0]])  # holds cell (0, 0) of a 2 x 2 image
+    assert metrics.pointing_game(maps, box, image_size=2).item()
+    with pytest.warns(UserWarning, match="Score float32 maps"):
+        assert not metrics.pointing_game(maps.half(), box, image_size=2).item()
+
+
 def test_pointing_game_batches_chunks_and_refuses_nan():
     maps = torch.rand(10, 4, 4)
     boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]]).repeat(10, 1) * torch.arange(1, 11)[:, None]
@@ -136,18 +147,18 @@ def test_score_maps_table_matches_the_single_scores():
     boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0]]).repeat(n, 1)
     masks = torch.zeros(n, 32, 32, dtype=torch.bool)
     masks[:, 6:18, 6:18] = True
-    native = torch.rand(n, 4, 4, generator=gen).half()
+    native = torch.rand(n, 4, 4, generator=gen)
     full = torch.rand(n, 32, 32, generator=gen)
     table, scores = metrics.score_maps(
         {"cbam": native, "gradcam": full, "centre": metrics.centre_prior(n, 32)}, boxes, masks,
         chunk=4,
     )  # fmt: skip
     assert list(scores) == ["cbam", "gradcam", "centre"]
-    expected = metrics.energy_pointing_game(native.float(), boxes, image_size=32).mean()
+    expected = metrics.energy_pointing_game(native, boxes, image_size=32).mean()
     assert scores["cbam"]["energy"] == pytest.approx(float(expected))
     hits = metrics.pointing_game(full, boxes).double().mean()
     assert scores["gradcam"]["pointing_game"] == pytest.approx(float(hits))
-    iou = metrics.mask_iou(native.float(), masks).mean()
+    iou = metrics.mask_iou(native, masks).mean()
     assert scores["cbam"]["mask_iou"] == pytest.approx(float(iou))
     assert scores["centre"]["n"] == n
     lines = table.splitlines()
