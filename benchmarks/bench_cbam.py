@@ -78,6 +78,15 @@ def _costs(cbam: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _flatness(name: str, maps: torch.Tensor) -> str:
+    """How much a gate modulates: its spread and the share of cells near its maximum."""
+    f = maps.float().flatten(1)
+    top = f.amax(dim=1, keepdim=True)
+    spread = (top[:, 0] - f.amin(dim=1)).median().item()
+    near = (f >= 0.99 * top).float().mean().item()
+    return f"| {name} | {f.mean().item():.3f} | {spread:.3f} | {near:.0%} |"
+
+
 def _scores(nets: dict, test) -> tuple[str, dict, str]:
     methods = {}
     for net_name in ("+CBAM", "+CBAM 7x7"):
@@ -94,7 +103,10 @@ def _scores(nets: dict, test) -> tuple[str, dict, str]:
             test.masks, size
         )
     table, scores = score_maps(methods, test.boxes, test.masks, tolerance=TOLERANCES)
-    return table, scores, list(spatial)[-1]
+    flat = ["", "| CBAM Ms | mean value | median max - min | cells within 1% of the map's max |",
+            "|---|---:|---:|---:|"]  # fmt: skip
+    flat += [_flatness(k, m) for k, m in methods.items() if k.startswith("CBAM")]
+    return table + "\n".join(flat), scores, list(spatial)[-1]
 
 
 def run(quick: bool = False) -> dict:
@@ -156,7 +168,9 @@ def run(quick: bool = False) -> dict:
         "Grad-CAM at 64 x 64 (targets = true labels, "
         "last block); centre prior: Gaussian, sigma = 0.25 of the side. 'ideal h x h map': "
         "each cell holds the share of it the digit's mask covers -- the best a map of that "
-        "resolution can point (a 4 x 4 map's cells are 16 px wide).",
+        "resolution can point (a 4 x 4 map's cells are 16 px wide). Flatness: a gate near 1 "
+        "everywhere passes the whole image; its maximum can sit on the digit while the "
+        "background is hardly suppressed.",
         f"Pointing-game target (issue): the CBAM last-block spatial map ({last}, 4 x 4) hits "
         f"the digit's box in >= {POINTING_TARGET:.0%} of test images. Measured "
         f"{hits[TOLERANCES[-1]]:.1%} at ±{TOLERANCES[-1]} px: {verdict}; {hits[0]:.1%} at "

@@ -43,6 +43,11 @@ class LabServer:
         (notes / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False})
         )
+        # render every cell: windowed (virtual) notebooks re-measure cells while scrolling,
+        # which moves an output between finding it and screenshotting it
+        tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
+        tracker.mkdir(parents=True, exist_ok=True)
+        (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
         env["OMP_NUM_THREADS"] = "1"  # kernels share 2 cores with the browser and server
         self.runtime = home / "runtime"
         self.log = open(home / "lab.log", "w")  # closed in close()
@@ -174,7 +179,16 @@ def open_and_run(page, server: LabServer, name: str, timeout: float = 300) -> No
     assert not errors, f"{name}: cells raised in the browser: {errors}"
 
 
-def screenshot(locator) -> np.ndarray:
+def screenshot(locator, settle: float = 10) -> np.ndarray:
+    """The element's pixels, once its position has stopped moving (outputs above it render)."""
+    locator.scroll_into_view_if_needed()
+    deadline, box = time.monotonic() + settle, None
+    while time.monotonic() < deadline:
+        now = locator.bounding_box()
+        if now is not None and now == box:
+            break
+        box = now
+        time.sleep(0.3)
     return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
 
 
