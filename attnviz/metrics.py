@@ -409,13 +409,15 @@ def score_maps(
     scores: dict[str, dict[str, float]] = {}
     for name, method_maps in maps_by_method.items():
         m = _map_batch(method_maps, f"maps of {name!r}")
-        row: dict[str, float] = {}
-        for t in tolerances:
-            hits = pointing_game(m, boxes, tolerance=t, image_size=size, chunk=chunk)
-            row[f"pointing_game_{t:g}px"] = float(hits.double().mean())
-        row["pointing_game"] = row[f"pointing_game_{tolerances[0]:g}px"]
-        if len(tolerances) == 1:
-            del row[f"pointing_game_{tolerances[0]:g}px"]
+        hits = {
+            t: float(
+                pointing_game(m, boxes, tolerance=t, image_size=size, chunk=chunk).double().mean()
+            )
+            for t in tolerances
+        }
+        row: dict[str, float] = {"pointing_game": hits[tolerances[0]]}
+        if len(tolerances) > 1:
+            row.update({f"pointing_game_{t:g}px": v for t, v in hits.items()})
         energy = energy_pointing_game(m, boxes, image_size=size, chunk=chunk)
         iou = mask_iou(m, masks, threshold=threshold, chunk=min(chunk, 64))
         row.update(energy=float(energy.mean()), mask_iou=float(iou.mean()), n=len(m))

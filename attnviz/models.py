@@ -111,18 +111,15 @@ def stn_localization(
     returns the fully convolutional part only (32 channels at 1/4 of the input's size),
     for a :class:`~attnviz.modules.stn.HeatmapHead`.
     """
+    convs = [nn.Conv2d(in_channels, 16, 5, padding=2), nn.Conv2d(16, 32, 5, padding=2),
+             nn.Conv2d(32, 32, 3, padding=1)]  # fmt: skip
+    layers: list[nn.Module] = []
+    for i, conv in enumerate(convs):  # the fully convolutional part keeps 1/4 resolution
+        pool = [nn.MaxPool2d(2)] if features is not None or i < 2 else []
+        layers += [conv, *pool, nn.ReLU()]
     if features is None:
-        return nn.Sequential(
-            nn.Conv2d(in_channels, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
-    body = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(16, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Flatten(),
-    )  # fmt: skip
+        return nn.Sequential(*layers)
+    body = nn.Sequential(*layers, nn.Flatten())
     with torch.no_grad():
         n = body(torch.zeros(1, in_channels, *input_size)).shape[1]
     return nn.Sequential(*body, nn.Linear(n, features), nn.ReLU())

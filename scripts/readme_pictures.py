@@ -34,10 +34,11 @@ def png(widget_image):
 parts = sys.argv[3:] or ["stn", "resnets"]
 if "stn" in parts:
     # 1. spatial transformers: sampled region and crop, RTS and cluttered
-    for kind, model, name in [("RTS", STCNN.for_rts(), "stn"),
-                              ("cluttered", STCNN.for_clutter(), "stn_clutter")]:  # fmt: skip
+    for kind, model, ckpt, name in [("RTS", STCNN.for_rts(), "stcnn_rts", "stn"),
+                                    ("cluttered", STCNN.for_clutter(), "stcnn_clutter",
+                                     "stn_clutter")]:  # fmt: skip
         data = distorted_mnist(kind, "test", seed=0)
-        load_checkpoint(src / f"stcnn_{'rts' if kind == 'RTS' else 'clutter'}.pt", model)
+        load_checkpoint(src / f"{ckpt}.pt", model)
         with torch.no_grad(), attnviz.capture(model) as rec:
             model(data.images[:8])
         render.stn_grid(data.images[:8], rec["stn"].theta, rec["stn"].output,
