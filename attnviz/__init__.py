@@ -8,15 +8,7 @@
 Public API, re-exported here and cheap to import.
 """
 
-from .capture import (
-    ChannelRecord,
-    Record,
-    Recording,
-    SelfAttentionRecord,
-    SpatialRecord,
-    TransformRecord,
-    capture,
-)
+from .capture import CaptureWarning, FaithfulnessError, capture
 from .modules import (
     CBAM,
     ChannelGate,
@@ -25,12 +17,28 @@ from .modules import (
     SpatialTransformer,
     SqueezeExcitation,
 )
+from .records import (
+    AxialRecord,
+    BilinearAttentionRecord,
+    BranchRecord,
+    ChannelRecord,
+    Check,
+    ContextRecord,
+    ElementwiseRecord,
+    LocalAttentionRecord,
+    Record,
+    Recording,
+    SelfAttentionRecord,
+    SpatialRecord,
+    TransformRecord,
+)
 from .registry import (
     KINDS,
     AttentionSpec,
     attention_layers,
     find_attention_modules,
     make_attention,
+    refuse,
     register,
     register_attention,
     register_layer,
@@ -44,9 +52,18 @@ __all__ = [
     "CBAM",
     "KINDS",
     "AttentionSpec",
+    "AxialRecord",
+    "BilinearAttentionRecord",
+    "BranchRecord",
+    "CaptureWarning",
     "ChannelGate",
     "ChannelRecord",
+    "Check",
+    "ContextRecord",
+    "ElementwiseRecord",
+    "FaithfulnessError",
     "HeatmapHead",
+    "LocalAttentionRecord",
     "Record",
     "Recording",
     "SelfAttentionRecord",
@@ -60,6 +77,7 @@ __all__ = [
     "capture",
     "find_attention_modules",
     "make_attention",
+    "refuse",
     "register",
     "register_attention",
     "register_layer",

@@ -1,29 +1,83 @@
-"""Record the attention that a model applies, with forward hooks that always come off.
+"""Record the attention that a model applies, with hooks that always come off.
 
     with attnviz.capture(model) as rec:
         model(x)
     rec["layer4.1.cbam.spatial_gate"].map      # B x H x W, what the network multiplied by
 
-Records are detached copies (on CPU by default), keyed by the module's
-qualified name, in the order the modules ran. Several forward passes inside one
-``with`` concatenate along the batch.
+Records are detached copies (on CPU by default), keyed by the module's qualified name, in
+the order the modules ran. Several forward passes inside one ``with`` concatenate along
+the batch.
+
+How it reads a module: a :class:`attnviz.probes.Probe` per recognised module sees the
+module's input and output (forward hooks), the outputs of the submodules that compute its
+attention, and, for attention computed by a function inside ``forward``, that function's
+result (a torch function mode active only while the module runs). Every record is checked
+as it is taken: the module's real output must equal its input combined with the recorded
+attention (``input * weights`` for SE, the weighted sum of paths for SKNet,
+``matrix @ values`` for self-attention, ...), on a strided sample of positions, with no
+second forward pass. A disagreement beyond floating-point tolerance is a warning naming the
+module and the error (an error with ``verify="raise"``); ``Recording.checks`` keeps every
+result.
+
+Rules worth knowing:
+
+- **Threads**: a capture records only the forward passes run by the thread that entered
+  it. Two threads capturing one model at once each get exactly their own records. The
+  train/eval flags are shared by all threads, though (they live on the modules): with
+  ``eval=True`` the model is in eval mode for every thread while any capture of it is
+  open, and the flags come back when the last one closes. Put a shared model in eval mode
+  yourself (or pass ``eval=False``) if other threads must not see it switch.
+- **Compiled models**: a ``torch.compile``d model (or one with compiled submodules) runs
+  eagerly inside the capture (``torch.compiler.set_stance("force_eager")``, process-wide
+  while the capture is open), so the hooks see every module; records equal the eager
+  model's. Without ``set_stance`` (torch < 2.6) capture refuses a compiled model and says
+  how to capture its eager module.
+- **Refused modules** (e.g. timm's LambdaLayer, which has no attention map) are listed in
+  ``Recording.refused`` with the reason and never recorded.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .registry import KINDS, AttentionSpec, find_attention_modules, registered
+from .probes import Probe, Refusal
+from .probes.base import Emission, Watch
+from .records import (
+    KINDS,
+    AxialRecord,
+    BilinearAttentionRecord,
+    BranchRecord,
+    ChannelRecord,
+    Check,
+    ContextRecord,
+    ElementwiseRecord,
+    LocalAttentionRecord,
+    Record,
+    Recording,
+    SelfAttentionRecord,
+    SpatialRecord,
+    TransformRecord,
+)
+from .registry import find_attention_modules, registered
 
 __all__ = [
+    "AxialRecord",
+    "BilinearAttentionRecord",
+    "BranchRecord",
+    "CaptureWarning",
     "ChannelRecord",
+    "Check",
+    "ContextRecord",
+    "ElementwiseRecord",
+    "FaithfulnessError",
+    "LocalAttentionRecord",
     "Record",
     "Recording",
     "SelfAttentionRecord",
@@ -32,267 +86,84 @@ __all__ = [
     "capture",
 ]
 
-
-class Record:
-    """What one attention module applied, over every forward pass of a capture.
-
-    Attributes:
-        name: the module's qualified name in the model.
-        module_type: the class name of the module.
-        kind: ``"channel"``, ``"spatial"``, ``"transform"`` or ``"self"``.
-    """
-
-    kind: ClassVar[str] = ""
-    _main: ClassVar[str] = ""
-
-    def __init__(self, name: str, module_type: str) -> None:
-        self.name = name
-        self.module_type = module_type
-        self._parts: dict[str, list[torch.Tensor]] = {}
-        self._cache: dict[str, torch.Tensor] = {}
-        self.meta: dict[str, Any] = {}
-
-    def _append(self, field: str, tensor: torch.Tensor) -> None:
-        self._parts.setdefault(field, []).append(tensor)
-        self._cache.pop(field, None)
-
-    def _get(self, field: str) -> torch.Tensor:
-        if field not in self._cache:
-            parts = self._parts.get(field)
-            if not parts:
-                raise AttributeError(f"{self.name}: no {field!r} was recorded")
-            shapes = {tuple(p.shape[1:]) for p in parts}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"{self.name}: forward passes inside one capture gave {field} of different "
-                    f"shapes {sorted(shapes)}; use one capture per input size"
-                )
-            self._cache[field] = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return self._cache[field]
-
-    @property
-    def data(self) -> torch.Tensor:
-        """The attention tensor itself (weights, map, theta or matrix)."""
-        return self._get(self._main)
-
-    @property
-    def features(self) -> torch.Tensor:
-        """The module's input (B x C x H x W), what the attention was applied to.
-
-        Recorded only by ``capture(..., features=True)``; for channel attention the module's
-        output is ``features * weights``, for spatial attention ``features * map``.
-        """
-        if "features" not in self._parts:
-            raise AttributeError(
-                f"{self.name}: no features recorded; use capture(..., features=True)"
-            )
-        return self._get("features")
-
-    @property
-    def batch_size(self) -> int:
-        return sum(p.shape[0] for p in self._parts.get(self._main, []))
-
-    @property
-    def calls(self) -> int:
-        """How many times the module ran during the capture."""
-        return len(self._parts.get(self._main, []))
-
-    def __repr__(self) -> str:
-        shape = tuple(self.data.shape) if self._parts else ()
-        return f"{type(self).__name__}(name={self.name!r}, type={self.module_type}, shape={shape})"
+#: relative error above which a faithfulness check fails, by the output's dtype
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
-class ChannelRecord(Record):
-    """Channel weights (SE's s, CBAM's Mc): ``weights`` is B x C."""
-
-    kind = "channel"
-    _main = "weights"
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self._get("weights")
+class CaptureWarning(UserWarning):
+    """A capture could not record something faithfully (the message says what and why)."""
 
 
-class SpatialRecord(Record):
-    """A spatial map (CBAM's Ms): ``map`` is B x H x W."""
-
-    kind = "spatial"
-    _main = "map"
-
-    @property
-    def map(self) -> torch.Tensor:
-        return self._get("map")
+class FaithfulnessError(ValueError):
+    """With ``verify="raise"``: a record disagrees with what its module computed."""
 
 
-class TransformRecord(Record):
-    """A spatial transformer's A_theta (B x 2 x 3), its output V and the input's H x W."""
-
-    kind = "transform"
-    _main = "theta"
-
-    @property
-    def theta(self) -> torch.Tensor:
-        return self._get("theta")
-
-    @property
-    def output(self) -> torch.Tensor:
-        """V, the transformed output (B x C x H' x W')."""
-        return self._get("output")
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(H, W) of the image that was sampled."""
-        return self.meta["input_size"]
-
-    @property
-    def align_corners(self) -> bool:
-        return self.meta.get("align_corners", False)
-
-    def grid(self) -> torch.Tensor:
-        """The sampling grid (B x H' x W' x 2, normalised [-1, 1]) that produced ``output``."""
-        out = self.output
-        return F.affine_grid(self.theta.float(), list(out.shape), align_corners=self.align_corners)
+# -- state shared by every capture in the process ------------------------------------------
+_LOCK = threading.Lock()
+_EVAL: dict[int, list[Any]] = {}  # id(module) -> [module, open captures, its saved flag]
+_EAGER: list[Any] = []  # [open captures forcing eager mode, the set_stance object]
 
 
-class SelfAttentionRecord(Record):
-    """A self-attention matrix (B x Q x K, rows sum to one) and its query/key grids.
-
-    Row q of ``matrix`` is where query position q looks: one weight per key position.
-    Positions are row-major on their grids, ``query_size`` (Hq, Wq) and ``key_size``
-    (Hk, Wk), which a module states by setting attributes of those names in its forward
-    (:class:`attnviz.modules.NonLocal` does); otherwise square grids are assumed. A module
-    with a ``values`` submodule that outputs the values (B x K x D) has them recorded too.
-    """
-
-    kind = "self"
-    _main = "matrix"
-
-    @property
-    def matrix(self) -> torch.Tensor:
-        return self._get("matrix")
-
-    @property
-    def values(self) -> torch.Tensor:
-        """What the matrix averages (B x K x D): ``matrix @ values`` is the module's y."""
-        return self._get("values")
-
-    @property
-    def query_size(self) -> tuple[int, int]:
-        """(Hq, Wq): the grid of the queries, the rows of ``matrix``."""
-        return self._grid("query_size", 1)
-
-    @property
-    def key_size(self) -> tuple[int, int]:
-        """(Hk, Wk): the grid of the keys, the columns of ``matrix``."""
-        return self._grid("key_size", 2)
-
-    def _grid(self, key: str, dim: int) -> tuple[int, int]:
-        n = self.matrix.shape[dim]
-        size = self.meta.get(key)
-        if size is None:
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ValueError(
-                    f"{self.name}: {n} positions are no square grid and the module did not "
-                    f"state its {key}; set self.{key} = (H, W) in its forward"
-                )
-            size = (side, side)
-        if size[0] * size[1] != n:
-            raise ValueError(f"{self.name}: {key} {size} does not fit {n} positions")
-        return size
-
-    def query_cell(self, query_xy: Sequence[float], image_size: Sequence[int]) -> tuple[int, int]:
-        """The query cell (i, j) under image pixel (x, y): (floor(y Hq / H), floor(x Wq / W)).
-
-        Raises:
-            ValueError: a bad ``image_size``, or (x, y) outside the image.
-        """
-        h, w = _image_size(image_size)
-        x, y = (float(v) for v in query_xy)
-        if not (0 <= x < w and 0 <= y < h):
-            raise ValueError(f"query_xy must lie in the {w} x {h} image, got ({x:g}, {y:g})")
-        hq, wq = self.query_size
-        return min(math.floor(y * hq / h), hq - 1), min(math.floor(x * wq / w), wq - 1)
-
-    def query_map(self, query_xy: Sequence[float], image_size: Sequence[int]) -> torch.Tensor:
-        """Where the query under image pixel (x, y) looks, as a map over the image.
-
-        The row of the query cell (:meth:`query_cell`), laid out on the key grid and
-        upsampled bilinearly (``align_corners=False``) to ``image_size``.
-
-        Args:
-            query_xy: (x, y) in pixels of the image, 0 <= x < W, 0 <= y < H.
-            image_size: (H, W) of the image.
-
-        Returns:
-            (B, H, W) float32 tensor.
-        """
-        i, j = self.query_cell(query_xy, image_size)
-        hk, wk = self.key_size
-        row = self.matrix[:, i * self.query_size[1] + j].float().reshape(-1, 1, hk, wk)
-        size = _image_size(image_size)
-        return F.interpolate(row, size=size, mode="bilinear", align_corners=False)[:, 0]
-
-    def received(self) -> torch.Tensor:
-        """Attention each key receives, averaged over all queries: (B, Hk, Wk) float32."""
-        return self.matrix.float().mean(dim=1).reshape(-1, *self.key_size)
+def _eval_enter(modules: list[nn.Module]) -> None:
+    with _LOCK:
+        for m in modules:
+            entry = _EVAL.get(id(m))
+            if entry is None:
+                _EVAL[id(m)] = [m, 1, m.training]
+            else:
+                entry[1] += 1
+            m.training = False
 
 
-def _image_size(size: Sequence[int]) -> tuple[int, int]:
-    out = tuple(int(s) for s in size)
-    if len(out) != 2 or min(out) < 1:
-        raise ValueError(f"image_size must be (H, W) of positive ints, got {size!r}")
-    return out
+def _eval_exit(modules: list[nn.Module]) -> None:
+    with _LOCK:
+        for m in modules:
+            entry = _EVAL.get(id(m))
+            if entry is None or entry[0] is not m:
+                continue
+            entry[1] -= 1
+            if entry[1] == 0:
+                m.training = entry[2]
+                del _EVAL[id(m)]
 
 
-_RECORD_TYPES: dict[str, type[Record]] = {
-    r.kind: r for r in (ChannelRecord, SpatialRecord, TransformRecord, SelfAttentionRecord)
-}
+def _compiled(model: nn.Module) -> tuple[nn.Module, bool]:
+    """(the eager root module, whether any part of ``model`` is compiled)."""
+    root = model
+    while type(root).__name__ == "OptimizedModule" and isinstance(
+        getattr(root, "_orig_mod", None), nn.Module
+    ):
+        root = root._orig_mod
+    compiled = root is not model or any(
+        getattr(m, "_compiled_call_impl", None) is not None for m in root.modules()
+    )
+    return root, compiled
 
 
-class Recording(Mapping[str, Record]):
-    """The records of one capture, keyed by qualified module name, in forward order."""
+def _eager_enter() -> None:
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is None:
+        raise RuntimeError(
+            "capture cannot see inside a torch.compile'd model with this torch "
+            f"({torch.__version__}; torch.compiler.set_stance needs 2.6 or newer): capture "
+            "the eager module instead, attnviz.capture(model._orig_mod), and call it"
+        )
+    with _LOCK:
+        if not _EAGER:
+            stance = set_stance("force_eager")
+            _EAGER[:] = [1, stance]
+        else:
+            _EAGER[0] += 1
 
-    def __init__(self) -> None:
-        self._records: dict[str, Record] = {}
 
-    def __getitem__(self, name: str) -> Record:
-        try:
-            return self._records[name]
-        except KeyError:
-            raise KeyError(
-                f"no record named {name!r}; recorded: {list(self._records) or 'nothing yet'}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def select(self, kind: str | None = None, name: str | None = None) -> list[Record]:
-        """Records of one kind and/or whose name matches a glob pattern, in forward order.
-
-        Raises:
-            ValueError: unknown kind, or nothing matches (the message lists the names).
-        """
-        if kind is not None and kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        out = [
-            r
-            for n, r in self._records.items()
-            if (kind is None or r.kind == kind) and (name is None or fnmatch.fnmatchcase(n, name))
-        ]
-        if not out:
-            raise ValueError(
-                f"no record matches kind={kind!r}, name={name!r}; recorded: "
-                f"{[(n, r.kind) for n, r in self._records.items()]}"
-            )
-        return out
-
-    def __repr__(self) -> str:
-        lines = [f"  {r!r}" for r in self._records.values()]
-        return "Recording(\n" + "\n".join(lines) + "\n)" if lines else "Recording()"
+def _eager_exit() -> None:
+    with _LOCK:
+        if not _EAGER:
+            return
+        _EAGER[0] -= 1
+        if _EAGER[0] == 0:
+            _EAGER[1].__exit__(None, None, None)
+            _EAGER.clear()
 
 
 def _as_patterns(names: str | Sequence[str] | None) -> list[str] | None:
@@ -307,21 +178,24 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
     """Context manager that records every recognised attention module of ``model``.
 
     Args:
-        model: any ``nn.Module``.
-        kinds: record only these kinds (``"channel"``, ``"spatial"``, ``"transform"``, ``"self"``).
+        model: any ``nn.Module`` (``torch.compile``d ones too).
+        kinds: record only these kinds (see :data:`attnviz.KINDS`).
         names: glob pattern(s) over qualified module names, e.g. ``"layer4.*"``.
         device: where records are stored (``"cpu"``); ``None`` keeps the model's device.
         dtype: store records in this floating dtype (e.g. ``torch.float16``); ``None`` keeps it.
         eval: put the model in eval mode inside the ``with`` (maps differ between train and
-            eval); every module's flag is restored on exit.
-        features: also keep each channel/spatial/self-attention module's input feature map
-            (``record.features``), e.g. to show a channel before and after scaling. Costs
-            memory: B x C x H x W per module.
+            eval); every module's flag is restored when the last capture of it closes.
+        features: also keep what each attention was applied to (``record.features``), e.g.
+            to show a channel before and after scaling. Costs memory: B x C x H x W per module.
+        verify: check every record against its module's output as it is taken (default):
+            a disagreement warns with :class:`CaptureWarning`; ``"raise"`` makes it a
+            :class:`FaithfulnessError`; ``False`` skips the checks.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or ``dtype`` is not floating.
-        ValueError: no recognised attention module, an unknown kind, or a pattern that
-            matches nothing.
+        TypeError: ``model`` is not an ``nn.Module``, ``dtype`` is not floating, or a bad
+            ``verify``.
+        ValueError: no recognised attention module, an unknown kind, a pattern that
+            matches nothing, or only refused modules selected (the reason is given).
     """
 
     def __init__(
@@ -334,6 +208,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         dtype: torch.dtype | None = None,
         eval: bool = True,
         features: bool = False,
+        verify: bool | str = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"capture() needs a torch.nn.Module, got {type(model).__name__}")
@@ -341,35 +216,33 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             raise TypeError(
                 f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}"
             )
+        if verify not in (True, False, "raise"):
+            raise TypeError(f"verify must be True, False or 'raise', got {verify!r}")
         self.model = model
+        self.root, self.compiled = _compiled(model)
         self.device = torch.device(device) if device is not None else None
         self.dtype = dtype
         self.eval = eval
         self.features = features
-        self.targets = self._select(model, kinds, _as_patterns(names))
+        self.verify = verify
+        self.probes, self.refused = self._select(self.root, kinds, _as_patterns(names))
         self._handles: list[Any] = []
-        self._modes: list[tuple[nn.Module, bool]] = []
+        self._eval_modules: list[nn.Module] = []
+        self._eager = False
+        self._thread: int | None = None
+        self._active: dict[int, Watch | None] = {}
+        self._errors: dict[tuple[str, str], list[Any]] = {}
         self.recording: Recording | None = None
 
     @staticmethod
-    def _select(model, kinds, patterns) -> list[tuple[str, nn.Module, AttentionSpec]]:
+    def _select(model, kinds, patterns) -> tuple[list[Probe], list[Refusal]]:
         found = list(find_attention_modules(model))
         if not found:
             raise ValueError(
                 f"{type(model).__name__} has no recognised attention module. attnviz recognises "
-                f"{sorted(registered())}; teach it another type with "
-                "attnviz.register(ModuleType, kind='channel', submodule='gate')."
+                f"{len(registered())} module types (attnviz.registered() lists them); teach it "
+                "another with attnviz.register(ModuleType, kind='channel', submodule='gate')."
             )
-        if kinds is not None:
-            kinds = {kinds} if isinstance(kinds, str) else set(kinds)
-            bad = kinds - set(KINDS)
-            if bad:
-                raise ValueError(f"unknown kind(s) {sorted(bad)}; kinds are {KINDS}")
-            found = [t for t in found if t[2].kind in kinds]
-            if not found:
-                raise ValueError(
-                    f"{type(model).__name__} has no attention module of kind {sorted(kinds)}"
-                )
         if patterns is not None:
             available = [n for n, _, _ in found]
             for p in patterns:
@@ -378,9 +251,28 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                         f"name pattern {p!r} matches no attention module; available: {available}"
                     )
             found = [t for t in found if any(fnmatch.fnmatchcase(t[0], p) for p in patterns)]
-        return found
+        made = [spec.make(name, module) for name, module, spec in found]
+        probes = [p for p in made if isinstance(p, Probe)]
+        refused = [p for p in made if isinstance(p, Refusal)]
+        if kinds is not None:
+            kinds = {kinds} if isinstance(kinds, str) else set(kinds)
+            bad = kinds - set(KINDS)
+            if bad:
+                raise ValueError(f"unknown kind(s) {sorted(bad)}; kinds are {KINDS}")
+            probes = [p for p in probes if p.kind in kinds]
+            if not probes:
+                raise ValueError(
+                    f"{type(model).__name__} has no attention module of kind {sorted(kinds)}"
+                )
+        if not probes:
+            why = "; ".join(f"{r.name} ({r.module_type}): {r.reason}" for r in refused)
+            raise ValueError(f"nothing to record: every selected module is refused. {why}")
+        return probes, refused
 
     # -- hooks ---------------------------------------------------------------------------
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
     def _store(self, t: torch.Tensor) -> torch.Tensor:
         out = t.detach()
         out = out.to(device=self.device or out.device, dtype=self.dtype or out.dtype)
@@ -388,106 +280,153 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             out = out.clone()
         return out
 
-    def _record(self, name: str, module: nn.Module, kind: str) -> Record:
+    def _begin(self, probe: Probe):
+        def hook(_module: nn.Module, _args: tuple, _kwargs: dict) -> None:
+            if not self._mine():
+                return
+            probe.begin()
+            watch = None
+            if probe.watch:
+                watch = Watch(probe)
+                watch.__enter__()
+            self._active[id(probe)] = watch
+
+        return hook
+
+    def _tap(self, probe: Probe, key: str):
+        def hook(_module: nn.Module, args: tuple, output: Any) -> None:
+            if self._mine() and id(probe) in self._active:
+                probe.tap(key, args, output)
+
+        return hook
+
+    def _end(self, probe: Probe):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if not self._mine() or id(probe) not in self._active:
+                return
+            watch = self._active.pop(id(probe))
+            if watch is not None:
+                watch.__exit__(None, None, None)
+            if output is None:  # the forward raised: nothing to record
+                probe.begin()
+                return
+            emission = probe.end(args, kwargs, output)
+            probe.begin()  # drop references to this call's tensors
+            self._take(probe, emission)
+
+        return hook
+
+    def _take(self, probe: Probe, em: Emission) -> None:
+        if em.problem is not None:
+            self._complain(em.problem)
+            return
         rec = self.recording
-        if name not in rec._records:
-            rec._records[name] = _RECORD_TYPES[kind](name, type(module).__name__)
-        return rec._records[name]
+        r = rec._records.get(probe.name)
+        if r is None:
+            r = rec._records[probe.name] = probe.record_type(
+                probe.name, type(probe.module).__name__
+            )
+        for field, tensor in em.fields.items():
+            r._append(field, self._store(tensor))
+        r.meta.update(em.meta)
+        if self.verify:
+            for what, error in em.checks:
+                key = (probe.name, what)
+                seen = self._errors.get(key)
+                with torch.no_grad():
+                    err = error().detach()
+                if seen is None:
+                    self._errors[key] = [err, 1, self._tolerance(em)]
+                else:
+                    seen[0] = torch.maximum(seen[0], err.to(seen[0].device))
+                    seen[1] += 1
 
-    def _attention_hook(self, name: str, parent: nn.Module, kind: str):
-        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-            r = self._record(name, parent, kind)
-            b = output.shape[0]
-            if kind == "channel":
-                if output.dim() not in (2, 4) or output[0].numel() != output.shape[1]:
-                    raise ValueError(
-                        f"{name}: a channel attention must output B x C or B x C x 1 x 1, "
-                        f"got {tuple(output.shape)}; check its registry entry"
-                    )
-                r._append("weights", self._store(output.reshape(b, -1)))
-            elif kind == "spatial":
-                if output.dim() == 4 and output.shape[1] == 1:
-                    output = output[:, 0]
-                if output.dim() != 3:
-                    raise ValueError(
-                        f"{name}: a spatial attention must output B x 1 x H x W or B x H x W, "
-                        f"got {tuple(output.shape)}; check its registry entry"
-                    )
-                r._append("map", self._store(output))
-            elif kind == "transform":
-                r._append("theta", self._store(output))
-                r.meta.setdefault("align_corners", getattr(parent, "align_corners", False))
-            else:
-                r._append("matrix", self._store(output))
-                for key in ("query_size", "key_size"):
-                    if getattr(parent, key, None) is not None:
-                        r.meta[key] = tuple(int(s) for s in getattr(parent, key))
+    @staticmethod
+    def _tolerance(em: Emission) -> float:
+        dtypes = [t.dtype for t in em.fields.values() if t.is_floating_point()]
+        return max((TOLERANCE.get(d, 1e-4) for d in dtypes), default=1e-4)
 
-        return hook
-
-    def _values_hook(self, name: str, parent: nn.Module):
-        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-            self._record(name, parent, "self")._append("values", self._store(output))
-
-        return hook
-
-    def _transform_output_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-            r = self._record(name, module, "transform")
-            src = kwargs.get("source")
-            if src is None:
-                src = args[1] if len(args) > 1 and args[1] is not None else args[0]
-            r.meta["input_size"] = tuple(src.shape[-2:])
-            r._append("output", self._store(output))
-
-        return hook
-
-    def _features_hook(self, name: str, kind: str):
-        def hook(module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
-            self._record(name, module, kind)._append("features", self._store(args[0]))
-
-        return hook
+    def _complain(self, message: str) -> None:
+        if self.verify == "raise":
+            raise FaithfulnessError(message)
+        warnings.warn(message, CaptureWarning, stacklevel=4)
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recording:
-        if self._handles:
+        if self._handles or self._thread is not None:
             raise RuntimeError("this capture is active already; it cannot be entered twice")
         self.recording = Recording()
+        self.recording.refused = {r.name: r.reason for r in self.refused}
+        self._thread = threading.get_ident()
+        self._errors = {}
         try:
-            for name, module, spec in self.targets:
-                target = module.get_submodule(spec.submodule) if spec.submodule else module
+            if self.compiled:
+                _eager_enter()
+                self._eager = True
+            for probe in self.probes:
+                probe.keep_features = self.features
+                m = probe.module
                 self._handles.append(
-                    target.register_forward_hook(self._attention_hook(name, module, spec.kind))
+                    m.register_forward_pre_hook(self._begin(probe), with_kwargs=True)
                 )
-                if spec.kind == "transform":
-                    self._handles.append(
-                        module.register_forward_hook(
-                            self._transform_output_hook(name), with_kwargs=True
-                        )
-                    )
-                elif self.features:
-                    hook = self._features_hook(name, spec.kind)
-                    self._handles.append(module.register_forward_hook(hook))
-                if spec.kind == "self" and isinstance(getattr(module, "values", None), nn.Module):
-                    hook = self._values_hook(name, module)
-                    self._handles.append(module.values.register_forward_hook(hook))
+                for key, sub in probe.taps().items():
+                    self._handles.append(sub.register_forward_hook(self._tap(probe, key)))
+                self._handles.append(
+                    m.register_forward_hook(self._end(probe), with_kwargs=True, always_call=True)
+                )
             if self.eval:
-                self._modes = [(m, m.training) for m in self.model.modules()]
-                self.model.eval()
+                self._eval_modules = list(self.root.modules())
+                _eval_enter(self._eval_modules)
         except BaseException:
             self.remove()
             raise
+        if self.refused:
+            listed = "; ".join(f"{r.name}: {r.reason}" for r in self.refused[:3])
+            more = f" (and {len(self.refused) - 3} more)" if len(self.refused) > 3 else ""
+            warnings.warn(f"not recorded by design: {listed}{more}", CaptureWarning, stacklevel=2)
         return self.recording
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.remove()
+        checks = self._finish()
+        if exc_type is None:
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                lines = "; ".join(
+                    f"{c.name}: {c.what} off by {c.error:.3g} (tolerance {c.tolerance:g})"
+                    for c in failed
+                )
+                self._complain(
+                    f"captured attention disagrees with what the module computed: {lines}. "
+                    "The registration may name the wrong submodule or kind."
+                )
+
+    def _finish(self) -> list[Check]:
+        if self.recording is None or not self._errors:
+            return []
+        keys = list(self._errors)
+        values = torch.stack([self._errors[k][0].float().cpu() for k in keys]).tolist()
+        checks = [
+            Check(name, what, err, self._errors[(name, what)][2], self._errors[(name, what)][1])
+            for (name, what), err in zip(keys, values)
+        ]
+        self.recording.checks = checks
+        self._errors = {}
+        return checks
 
     def remove(self) -> None:
-        """Remove every hook and restore train/eval flags; safe to call twice."""
+        """Remove every hook, restore train/eval flags and the compile stance; safe twice."""
         try:
             while self._handles:
                 self._handles.pop().remove()
+            for watch in self._active.values():
+                if watch is not None:
+                    watch.__exit__(None, None, None)
+            self._active = {}
         finally:
-            for m, training in self._modes:
-                m.training = training
-            self._modes = []
+            _eval_exit(self._eval_modules)
+            self._eval_modules = []
+            if self._eager:
+                self._eager = False
+                _eager_exit()
+            self._thread = None

@@ -553,7 +553,7 @@ def attention_on_object(
         m = masks[i : i + batch_size].float()[:, None]
         q_cover = F.adaptive_avg_pool2d(m, r.query_size).flatten(1)  # B x Q
         k_cover = F.adaptive_avg_pool2d(m, r.key_size).flatten(1)  # B x K
-        mass = torch.einsum("bqk,bk->bq", r.matrix.float(), k_cover)
+        mass = torch.einsum("bqk,bk->bq", r.head_matrix(), k_cover)
         queries = q_cover >= 0.5
         share = (mass * queries).sum(1) / queries.sum(1)  # NaN where no query is on the object
         on.append(share)

@@ -1,17 +1,33 @@
 """Which module types attnviz understands, and where their attention lives.
 
-A registry entry says, for a module type, which *kind* of attention it applies
-and which submodule's output is that attention::
+A registry entry says, for a module type, which *kind* of attention it applies and where
+capture reads it: the output of a submodule, or a torch function called in the module's
+forward::
 
     attnviz.register(timm.layers.SEModule, kind="channel", submodule="gate")
+    attnviz.register(MyLightGate, kind="channel", function="sigmoid")  # F.sigmoid in forward
 
-Kinds:
+Kinds (:data:`KINDS`, one record class each in :mod:`attnviz.records`):
 
-- ``"channel"``: one weight per channel, submodule output B x C (or B x C x 1 x 1);
-- ``"spatial"``: one weight per position, output B x 1 x H x W (or B x H x W);
-- ``"transform"``: a spatial transformer; submodule output theta (B x 2 x 3), and the
-  module's own output is recorded as the transformed image;
-- ``"self"``: self-attention; submodule output the attention matrix (B x Q x K).
+- ``"channel"``: one weight per channel; the attention is B x C (or B x C x 1 x 1,
+  B x 1 x C) and the module's output is its input times it;
+- ``"spatial"``: one weight per position, B x 1 x H x W (or B x H x W);
+- ``"elementwise"``: one weight per channel and position, B x C x H x W;
+- ``"axial"``: a gate applied along rows and along columns, computed by two calls of the
+  same submodule (B x C x H x 1, then B x C x 1 x W);
+- ``"branch"`` and ``"context"``: attention over paths (SKNet, ResNeSt) and global-context
+  pooling (GCNet), read by module-specific probes;
+- ``"transform"``: a spatial transformer, its submodule output theta (B x 2 x 3);
+- ``"self"``: self-attention, the attention matrix (B x Q x K, B*heads x Q x K or
+  B x heads x Q x K), from a submodule or a ``softmax`` in the forward.
+
+Entries are keyed by the class, or by its qualified name as a string (so that the
+entries for timm's layers cost nothing, and need no timm, until a model holds one).
+Out of the box attnviz knows its own modules, torchvision's ``SqueezeExcitation``
+and every attention layer of timm's ``create_attn`` (:func:`registered` lists them).
+
+For a module whose attention needs more than a submodule or a function (several pieces, a
+composition), write a :class:`attnviz.probes.Probe` and register it with ``probe=``.
 """
 
 from __future__ import annotations
@@ -19,8 +35,19 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Union
 
 from torch import nn
+
+from .probes import (
+    GateProbe,
+    Probe,
+    Refusal,
+    SelfAttentionProbe,
+    TransformProbe,
+)
+from .probes.base import FUNCTIONS
+from .records import KINDS
 
 __all__ = [
     "KINDS",
@@ -28,6 +55,8 @@ __all__ = [
     "attention_layers",
     "find_attention_modules",
     "make_attention",
+    "markdown_table",
+    "refuse",
     "register",
     "register_attention",
     "register_layer",
@@ -36,7 +65,10 @@ __all__ = [
     "unregister",
 ]
 
-KINDS = ("channel", "spatial", "transform", "self")
+ProbeFactory = Callable[[str, nn.Module], Union[Probe, Refusal]]
+ModuleType = Union[type, str]
+
+_GATES = ("channel", "spatial", "elementwise", "axial")
 
 
 @dataclass(frozen=True)
@@ -44,30 +76,103 @@ class AttentionSpec:
     """Where a module type's attention lives.
 
     Attributes:
-        kind: one of :data:`KINDS`.
-        submodule: dotted path, inside the module, of the submodule whose output is
-            the attention (``""`` for the module itself).
+        kind: one of :data:`KINDS` (a probe may decide per instance), or ``"refused"``.
+        submodule: dotted path, inside the module, of the submodule whose output is the
+            attention (``""``: none, or the module itself).
+        function: a torch function family (``"sigmoid"``, ``"softmax"``) whose call in the
+            module's forward computes the attention, when no submodule does.
+        probe: a factory ``(name, module) -> Probe`` for attention that needs more.
+        note: what the module is, for listings (paper, layer name).
+        reason: for a refused type, why capture does not record it.
     """
 
     kind: str
-    submodule: str
+    submodule: str = ""
+    function: str | None = None
+    probe: ProbeFactory | None = None
+    note: str = ""
+    reason: str = ""
+
+    def make(self, name: str, module: nn.Module) -> Probe | Refusal:
+        """The probe that reads ``module`` (or the refusal that says why not)."""
+        if self.kind == "refused":
+            return Refusal(name, type(module).__name__, self.reason)
+        if self.probe is not None:
+            return self.probe(name, module)
+        if self.kind in _GATES:
+            return GateProbe(
+                name, module, self.kind, submodule=self.submodule, function=self.function
+            )
+        if self.kind == "transform":
+            return TransformProbe(name, module, submodule=self.submodule)
+        return SelfAttentionProbe(name, module, submodule=self.submodule, function=self.function)
+
+    def where(self) -> str:
+        """Where the attention is read, in words."""
+        if self.kind == "refused":
+            return "not recorded"
+        if self.function:
+            return f"`{self.function}` in `forward`"
+        if self.submodule:
+            return f"output of `{self.submodule}`"
+        return "module-specific probe" if self.probe else "the module's output"
 
 
-_REGISTRY: dict[type, AttentionSpec] = {}
+_REGISTRY: dict[ModuleType, AttentionSpec] = {}
 
 
-def _qualname(t: type) -> str:
-    return f"{t.__module__}.{t.__qualname__}"
+def _qualname(t: ModuleType) -> str:
+    return t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}"
 
 
-def register(module_type: type, kind: str, submodule: str = "", *, overwrite: bool = False) -> type:
+def _check_type(module_type: ModuleType) -> None:
+    if isinstance(module_type, str):
+        if "." not in module_type or not all(p.isidentifier() for p in module_type.split(".")):
+            raise TypeError(
+                f"a module type given by name must be a qualified class name such as "
+                f"'timm.layers.squeeze_excite.SEModule', got {module_type!r}"
+            )
+    elif not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(
+            f"module_type must be an nn.Module subclass or its qualified name, got {module_type!r}"
+        )
+
+
+def _add(module_type: ModuleType, spec: AttentionSpec, overwrite: bool) -> None:
+    _check_type(module_type)
+    key = _qualname(module_type) if isinstance(module_type, str) else module_type
+    if not overwrite and (key in _REGISTRY or _qualname(module_type) in _REGISTRY):
+        old = _REGISTRY.get(key) or _REGISTRY[_qualname(module_type)]
+        raise ValueError(
+            f"{_qualname(module_type)} is registered already as {old}; "
+            "pass overwrite=True to replace it"
+        )
+    _REGISTRY[key] = spec
+
+
+def register(
+    module_type: ModuleType,
+    kind: str,
+    submodule: str = "",
+    *,
+    function: str | None = None,
+    probe: ProbeFactory | None = None,
+    note: str = "",
+    overwrite: bool = False,
+) -> ModuleType:
     """Teach :func:`attnviz.capture` a new attention module type.
 
     Args:
-        module_type: the ``nn.Module`` subclass (subclasses of it match too).
-        kind: ``"channel"``, ``"spatial"``, ``"transform"`` or ``"self"``.
-        submodule: dotted path of the submodule whose output is the attention,
-            e.g. ``"gate"``; ``""`` means the module's own output.
+        module_type: the ``nn.Module`` subclass (subclasses of it match too), or its
+            qualified name (``"package.module.Class"``), matched without importing it.
+        kind: one of :data:`KINDS`.
+        submodule: dotted path of the submodule whose output is the attention, e.g.
+            ``"gate"``; ``""`` means the module's own output (or see ``function``).
+        function: for attention computed by a function inside ``forward`` (e.g.
+            ``torch.sigmoid(x)`` or ``x.softmax(-1)``): its family, ``"sigmoid"`` or
+            ``"softmax"``. Capture records that call's output, the very tensor used.
+        probe: for anything else, a factory ``(name, module) -> Probe``.
+        note: a short description for listings.
         overwrite: replace an existing entry instead of refusing it.
 
     Returns:
@@ -75,36 +180,57 @@ def register(module_type: type, kind: str, submodule: str = "", *, overwrite: bo
         :func:`register_attention`.
 
     Raises:
-        TypeError: ``module_type`` is not an ``nn.Module`` subclass.
-        ValueError: unknown kind, or the type is registered already.
+        TypeError: ``module_type`` is not an ``nn.Module`` subclass (or qualified name).
+        ValueError: unknown kind or function, a kind that needs a probe, both a submodule
+            and a function, or the type is registered already.
     """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(submodule, str):
         raise TypeError(f"submodule must be a dotted name (str), got {submodule!r}")
-    if module_type in _REGISTRY and not overwrite:
+    if function is not None and function not in FUNCTIONS:
+        raise ValueError(f"function must be one of {sorted(FUNCTIONS)}, got {function!r}")
+    if submodule and function:
         raise ValueError(
-            f"{_qualname(module_type)} is registered already as {_REGISTRY[module_type]}; "
-            "pass overwrite=True to replace it"
+            "give the submodule whose output is the attention, or the function, not both"
         )
-    _REGISTRY[module_type] = AttentionSpec(kind, submodule)
+    if probe is None and kind in ("branch", "context"):
+        raise ValueError(f"kind {kind!r} is read by a probe: pass probe=(name, module) -> Probe")
+    if probe is None and kind == "self" and not (submodule or function):
+        raise ValueError(
+            "self-attention needs submodule= (its output is the matrix) or function='softmax'"
+        )
+    _add(module_type, AttentionSpec(kind, submodule, function, probe, note), overwrite)
     return module_type
 
 
-def register_attention(kind: str, submodule: str = "") -> Callable[[type], type]:
+def refuse(
+    module_type: ModuleType, reason: str, *, note: str = "", overwrite: bool = False
+) -> None:
+    """Recognise a module type that applies no attention a map could honestly show.
+
+    Capture lists such modules in ``Recording.refused`` with ``reason`` and never records
+    them; asking for one by name is an error that gives the reason.
+    """
+    _add(module_type, AttentionSpec("refused", note=note, reason=reason), overwrite)
+
+
+def register_attention(kind: str, submodule: str = "", **kwargs) -> Callable[[type], type]:
     """Class decorator form of :func:`register`."""
 
     def decorate(module_type: type) -> type:
-        return register(module_type, kind, submodule)
+        register(module_type, kind, submodule, **kwargs)
+        return module_type
 
     return decorate
 
 
-def unregister(module_type: type) -> None:
+def unregister(module_type: ModuleType) -> None:
     """Forget a registered type (``KeyError`` if it is not registered)."""
-    del _REGISTRY[module_type]
+    if module_type in _REGISTRY:
+        del _REGISTRY[module_type]
+    else:
+        del _REGISTRY[_qualname(module_type)]
 
 
 def registered(pattern: str = "*") -> dict[str, AttentionSpec]:
@@ -119,8 +245,9 @@ def registered(pattern: str = "*") -> dict[str, AttentionSpec]:
 def spec_for(module: nn.Module) -> AttentionSpec | None:
     """The spec of ``module``'s type (nearest registered class in its MRO), or ``None``."""
     for t in type(module).__mro__:
-        if t in _REGISTRY:
-            return _REGISTRY[t]
+        spec = _REGISTRY.get(t) or _REGISTRY.get(_qualname(t))
+        if spec is not None:
+            return spec
     return None
 
 
@@ -130,6 +257,17 @@ def find_attention_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, A
         spec = spec_for(module)
         if spec is not None:
             yield name, module, spec
+
+
+def markdown_table(pattern: str = "*") -> str:
+    """The registered types as a Markdown table: type, kind, where the attention is read."""
+    lines = ["| module | kind | read from | notes |", "|---|---|---|---|"]
+    for name, spec in sorted(
+        registered(pattern).items(), key=lambda kv: (kv[0].split(".")[0], kv[0])
+    ):
+        notes = spec.reason or spec.note
+        lines.append(f"| `{name}` | {spec.kind} | {spec.where()} | {notes} |")
+    return "\n".join(lines)
 
 
 # -- attention layers by name, for models that take ``attention="se"`` ----------------------
@@ -179,16 +317,28 @@ def make_attention(name: str | None, channels: int, **kwargs) -> nn.Module:
 def _register_builtins() -> None:
     from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
 
-    from .modules import ChannelGate, SpatialGate, SpatialTransformer, SqueezeExcitation
+    from .modules import (
+        CBAM,
+        ChannelGate,
+        NonLocal,
+        SpatialGate,
+        SpatialTransformer,
+        SqueezeExcitation,
+    )
+    from .probes.timm import register_timm
 
-    register(SqueezeExcitation, "channel", "gate")
-    register(ChannelGate, "channel", "gate")
-    register(SpatialGate, "spatial", "gate")
-    register(SpatialTransformer, "transform", "theta")
-    register(TVSqueezeExcitation, "channel", "scale_activation")
-    from .modules import CBAM, NonLocal
-
-    register(NonLocal, "self", "attend")
+    register(SqueezeExcitation, "channel", "gate", note="SE (Hu et al., 2018)")
+    register(ChannelGate, "channel", "gate", note="CBAM's channel gate Mc")
+    register(SpatialGate, "spatial", "gate", note="CBAM's spatial gate Ms")
+    register(SpatialTransformer, "transform", "theta", note="STN (Jaderberg et al., 2015)")
+    register(NonLocal, "self", "attend", note="non-local block (Wang et al., 2018)")
+    register(
+        TVSqueezeExcitation,
+        "channel",
+        "scale_activation",
+        note="MobileNetV3, EfficientNet, RegNetY",
+    )
+    register_timm(register, refuse)
     register_layer("se", SqueezeExcitation)
     register_layer("cbam", CBAM)
     register_layer("nonlocal", NonLocal)

@@ -59,12 +59,12 @@ def test_matrix_is_the_softmax_of_theta_phi_eq3_and_rows_sum_to_one():
     with attnviz.capture(block) as rec:
         block(x)
     r = rec[""]
-    assert r.kind == "self" and r.matrix.shape == (2, 20, 20)
+    assert r.kind == "self" and r.matrix.shape == (2, 1, 20, 20) and r.heads == 1
     theta = block.theta(x).flatten(2)  # B x D x N
     phi = block.phi(x).flatten(2)
     expected = torch.softmax(torch.einsum("bdi,bdj->bij", theta, phi), dim=-1)
-    torch.testing.assert_close(r.matrix, expected.detach(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(r.matrix.sum(-1), torch.ones(2, 20), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.matrix[:, 0], expected.detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.matrix.sum(-1), torch.ones(2, 1, 20), atol=1e-6, rtol=0)
 
 
 def test_dot_product_divides_by_the_number_of_keys_eq4():
@@ -75,7 +75,7 @@ def test_dot_product_divides_by_the_number_of_keys_eq4():
     theta = block.theta(x).flatten(2)
     phi = F.max_pool2d(block.phi(x), 2).flatten(2)  # 9 keys
     expected = torch.einsum("bdi,bdj->bij", theta, phi) / 9
-    torch.testing.assert_close(rec[""].matrix, expected.detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rec[""].matrix[:, 0], expected.detach(), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("subsample", [False, True])
@@ -88,11 +88,11 @@ def test_matrix_times_values_is_y_and_the_output_is_x_plus_wz_y_eq6(subsample):
     handle.remove()
     r = rec[""]
     keys = 9 if subsample else 36
-    assert r.values.shape == (2, keys, 4)
-    y = (r.matrix @ r.values).transpose(1, 2).reshape(2, 4, 6, 6)
+    assert r.values.shape == (2, 1, keys, 4)
+    y = (r.matrix @ r.values)[:, 0].transpose(1, 2).reshape(2, 4, 6, 6)
     torch.testing.assert_close(y, seen["y"], atol=1e-6, rtol=0)
     g = F.max_pool2d(block.g(x), 2) if subsample else block.g(x)
-    torch.testing.assert_close(r.values, g.flatten(2).transpose(1, 2).detach())
+    torch.testing.assert_close(r.values[:, 0], g.flatten(2).transpose(1, 2).detach())
     torch.testing.assert_close(x + block.bn(block.w_z(y)), z, atol=1e-6, rtol=0)
     assert not torch.allclose(z, x)
 
@@ -101,7 +101,7 @@ def test_subsampling_puts_keys_on_a_half_grid():
     with attnviz.capture(block := NonLocal(8, subsample=True)) as rec:
         block(torch.randn(1, 8, 8, 12))
     r = rec[""]
-    assert r.query_size == (8, 12) and r.key_size == (4, 6) and r.matrix.shape == (1, 96, 24)
+    assert r.query_size == (8, 12) and r.key_size == (4, 6) and r.matrix.shape == (1, 1, 96, 24)
     assert r.received().shape == (1, 4, 6)
     with attnviz.capture(block) as rec:
         block(torch.randn(1, 8, 7, 9))  # odd sizes: the pooling floors
@@ -113,7 +113,7 @@ def test_query_map_of_a_block_where_each_position_looks_at_itself():
     with attnviz.capture(block) as rec:
         block(_one_hot_positions(4, 4))
     r = rec[""]
-    torch.testing.assert_close(r.matrix[0], torch.eye(16), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.matrix[0, 0], torch.eye(16), atol=1e-6, rtol=0)
     # image 32 x 32 over the 4 x 4 grid: pixel (x=13, y=22) lies in cell (22 // 8, 13 // 8)
     assert r.query_cell((13, 22), (32, 32)) == (2, 1)
     shown = r.query_map((13, 22), (32, 32))
@@ -131,7 +131,7 @@ def test_query_map_with_subsampling_lights_the_pooled_cell_of_the_query():
         block(_one_hot_positions(8, 8))
     r = rec[""]
     assert r.query_cell((5, 30), (32, 32)) == (7, 1)
-    key_map = r.matrix[0, 7 * 8 + 1].reshape(4, 4)
+    key_map = r.matrix[0, 0, 7 * 8 + 1].reshape(4, 4)
     expected = torch.zeros(4, 4)
     expected[3, 0] = 1  # query cell (7, 1) pools into key cell (3, 0)
     torch.testing.assert_close(key_map, expected, atol=1e-6, rtol=0)
@@ -158,43 +158,45 @@ def test_received_is_the_mean_over_queries():
     with attnviz.capture(block := _eval_block()) as rec:
         block(torch.randn(2, 8, 4, 6))
     r = rec[""]
-    torch.testing.assert_close(r.received(), r.matrix.mean(1).reshape(2, 4, 6))
+    torch.testing.assert_close(r.received(), r.matrix[:, 0].mean(1).reshape(2, 4, 6))
     assert torch.allclose(r.received().sum((1, 2)), torch.ones(2))
 
 
-class _SquareSelfAttention(nn.Module):
-    """A module that states no grids: the record assumes square ones."""
+class _TokenSelfAttention(nn.Module):
+    """Self-attention over a sequence of tokens (B x N x D): no grid to read from the input."""
 
     def __init__(self) -> None:
         super().__init__()
         self.attend = nn.Softmax(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = x.flatten(2).transpose(1, 2)
-        return self.attend(q @ x.flatten(2))
+        return self.attend(x @ x.transpose(1, 2)) @ x
 
 
-def test_grids_default_to_squares_for_modules_that_state_none():
-    attnviz.register(_SquareSelfAttention, "self", "attend")
+def test_grids_come_from_the_input_or_default_to_squares():
+    block = _eval_block()
+    with attnviz.capture(block) as rec:
+        block(torch.randn(1, 8, 2, 3))
+    assert rec[""].query_size == (2, 3) == rec[""].key_size  # NonLocal states its grids
+    attnviz.register(_TokenSelfAttention, "self", "attend")
     try:
-        m = _SquareSelfAttention()
+        m = _TokenSelfAttention()
         with attnviz.capture(m) as rec:
-            m(torch.randn(1, 3, 4, 4))
+            m(torch.randn(1, 16, 3))
         assert rec[""].query_size == (4, 4) and rec[""].key_size == (4, 4)
-        with pytest.raises(AttributeError, match="values"):
-            rec[""].values  # noqa: B018
+        assert rec[""].values.shape == (1, 1, 16, 3)
         with attnviz.capture(m) as rec:
-            m(torch.randn(1, 3, 2, 3))
+            m(torch.randn(1, 6, 3))
         with pytest.raises(ValueError, match="no square grid"):
             rec[""].query_size  # noqa: B018
     finally:
-        attnviz.unregister(_SquareSelfAttention)
+        attnviz.unregister(_TokenSelfAttention)
 
 
 def test_registry_and_arguments():
-    assert attnviz.registered("*NonLocal") == {
-        "attnviz.modules.nonlocal_block.NonLocal": attnviz.AttentionSpec("self", "attend")
-    }
+    ((name, spec),) = attnviz.registered("attnviz.*NonLocal").items()
+    assert name == "attnviz.modules.nonlocal_block.NonLocal"
+    assert (spec.kind, spec.submodule) == ("self", "attend")
     assert isinstance(attnviz.make_attention("nonlocal", 8, subsample=True), NonLocal)
     for kwargs, match in [
         ({"channels": 0}, "channels"),
@@ -227,7 +229,7 @@ def test_small_resnet_has_non_local_blocks_only_in_the_chosen_stages():
         ("layer3.non_local", "self"),
     ]
     assert rec["layer2.non_local"].query_size == (16, 16)
-    assert rec["layer3.non_local"].matrix.shape == (2, 64, 64)
+    assert rec["layer3.non_local"].matrix.shape == (2, 1, 64, 64)
 
 
 def test_plain_and_se_models_are_unchanged():

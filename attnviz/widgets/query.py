@@ -233,7 +233,7 @@ class QueryExplorer(App, ImageIndex, BlockChoice):
             )
             shown = up[0, 0]
         else:
-            key_map = r.matrix[0, cell[0] * r.query_size[1] + cell[1]].float().reshape(hk, wk)
+            key_map = r.key_row(self.query, self.image_size)[0]
             shown = r.query_map(self.query, self.image_size)[0]
         peak = int(key_map.argmax())
         return {

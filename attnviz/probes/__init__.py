@@ -1,0 +1,29 @@
+"""Probes: how :func:`attnviz.capture` reads each kind of attention module.
+
+See :mod:`attnviz.probes.base` for the protocol; :mod:`attnviz.probes.timm` lists timm's
+attention layers and the probe that reads each.
+"""
+
+from .attention import (
+    BilinearAttentionProbe,
+    LocalAttentionProbe,
+    SelfAttentionProbe,
+    TransformProbe,
+)
+from .base import FUNCTIONS, Emission, Probe, Refusal
+from .gates import ContextProbe, GateProbe, SelectiveKernelProbe, SplitAttentionProbe
+
+__all__ = [
+    "FUNCTIONS",
+    "BilinearAttentionProbe",
+    "ContextProbe",
+    "Emission",
+    "GateProbe",
+    "LocalAttentionProbe",
+    "Probe",
+    "Refusal",
+    "SelectiveKernelProbe",
+    "SelfAttentionProbe",
+    "SplitAttentionProbe",
+    "TransformProbe",
+]

@@ -1,0 +1,590 @@
+"""Typed records of what attention modules applied, and the recording that holds them.
+
+A :class:`Record` is filled by :func:`attnviz.capture` (one per attention module, in the
+order the modules ran); each kind has its own class, named for the question it answers:
+
+=============== ===================== ==================================================
+kind            record                the attention, as applied
+=============== ===================== ==================================================
+``channel``     :class:`ChannelRecord`     ``weights`` B x C: one weight per channel
+``spatial``     :class:`SpatialRecord`     ``map`` B x H x W: one weight per position
+``elementwise`` :class:`ElementwiseRecord` ``gate`` B x C x H x W: per channel and position
+``axial``       :class:`AxialRecord`       ``height`` B x C x H and ``width`` B x C x W,
+                                           applied as their product
+``branch``      :class:`BranchRecord`      ``weights`` B x K x C: a choice among K paths
+``context``     :class:`ContextRecord`     ``map`` B x H x W pooling weights, then a
+                                           channel ``scale`` and/or additive ``shift``
+``transform``   :class:`TransformRecord`   ``theta`` B x 2 x 3 and the sampled ``output``
+``self``        :class:`SelfAttentionRecord` ``matrix`` B x heads x Q x K: where each
+                                           query position looks
+=============== ===================== ==================================================
+
+Self-attention comes in three layouts with one interface (``matrix``, ``values``,
+``query_map``, ``received``): dense (non-local, BoTNet), local windows
+(:class:`LocalAttentionRecord`, HaloNet) and separable row/column attention
+(:class:`BilinearAttentionRecord`, BAT).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "KINDS",
+    "AxialRecord",
+    "BilinearAttentionRecord",
+    "BranchRecord",
+    "ChannelRecord",
+    "Check",
+    "ContextRecord",
+    "ElementwiseRecord",
+    "LocalAttentionRecord",
+    "Record",
+    "Recording",
+    "SelfAttentionRecord",
+    "SpatialRecord",
+    "TransformRecord",
+]
+
+#: the kinds of attention a record can hold
+KINDS = ("channel", "spatial", "elementwise", "axial", "branch", "context", "transform", "self")
+
+
+class Record:
+    """What one attention module applied, over every forward pass of a capture.
+
+    Attributes:
+        name: the module's qualified name in the model.
+        module_type: the class name of the module.
+        kind: one of :data:`KINDS`.
+        meta: what the module states about its attention (grids, heads, windows).
+    """
+
+    kind: ClassVar[str] = ""
+    _main: ClassVar[str] = ""
+
+    def __init__(self, name: str, module_type: str) -> None:
+        self.name = name
+        self.module_type = module_type
+        self._parts: dict[str, list[torch.Tensor]] = {}
+        self._cache: dict[str, torch.Tensor] = {}
+        self.meta: dict[str, Any] = {}
+
+    def _append(self, field: str, tensor: torch.Tensor) -> None:
+        self._parts.setdefault(field, []).append(tensor)
+        self._cache.clear()
+
+    def _has(self, field: str) -> bool:
+        return bool(self._parts.get(field))
+
+    def _get(self, field: str) -> torch.Tensor:
+        if field not in self._cache:
+            parts = self._parts.get(field)
+            if not parts:
+                raise AttributeError(f"{self.name}: no {field!r} was recorded")
+            shapes = {tuple(p.shape[1:]) for p in parts}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"{self.name}: forward passes inside one capture gave {field} of different "
+                    f"shapes {sorted(shapes)}; use one capture per input size"
+                )
+            self._cache[field] = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self._cache[field]
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The attention tensor itself (weights, map, gate, theta or matrix)."""
+        return self._get(self._main)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """What the attention was applied to, recorded only by ``capture(..., features=True)``.
+
+        For channel, spatial, elementwise and axial attention the module's input
+        (B x C x H x W): the output is ``features`` times the attention. For branch
+        attention the K paths (B x K x C x H x W); for context attention and self-attention
+        the module's input.
+        """
+        if "features" not in self._parts:
+            raise AttributeError(
+                f"{self.name}: no features recorded; use capture(..., features=True)"
+            )
+        return self._get("features")
+
+    @property
+    def batch_size(self) -> int:
+        """Images recorded: the sum of the batch sizes of every recorded call."""
+        return sum(p.shape[0] for p in self._parts.get(self._main, []))
+
+    @property
+    def calls(self) -> int:
+        """How many times the module ran (and was recorded) during the capture."""
+        return len(self._parts.get(self._main, []))
+
+    def __repr__(self) -> str:
+        parts = self._parts.get(self._main) or []
+        if parts:
+            shape = f"shape=({self.batch_size}, {', '.join(map(str, parts[0].shape[1:]))})"
+        else:
+            shape = "nothing recorded"
+        return f"{type(self).__name__}(name={self.name!r}, type={self.module_type}, {shape})"
+
+
+class ChannelRecord(Record):
+    """Channel weights (SE's s, CBAM's Mc, ECA, ...): ``weights`` is B x C."""
+
+    kind = "channel"
+    _main = "weights"
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._get("weights")
+
+
+class SpatialRecord(Record):
+    """A spatial map (CBAM's Ms): ``map`` is B x H x W."""
+
+    kind = "spatial"
+    _main = "map"
+
+    @property
+    def map(self) -> torch.Tensor:
+        return self._get("map")
+
+
+class ElementwiseRecord(Record):
+    """A gate per channel and position (Gather-Excite with extent, strip attention).
+
+    ``gate`` is B x C x H x W; the module's output is its input times the gate.
+    """
+
+    kind = "elementwise"
+    _main = "gate"
+
+    @property
+    def gate(self) -> torch.Tensor:
+        return self._get("gate")
+
+
+class AxialRecord(Record):
+    """A gate factorised along the two axes (coordinate attention, efficient local attention).
+
+    ``height`` is B x C x H, ``width`` B x C x W; the module multiplies its input by both,
+    so the gate it applied at (c, i, j) is ``height[c, i] * width[c, j]`` (:meth:`gate`).
+    """
+
+    kind = "axial"
+    _main = "height"
+
+    @property
+    def height(self) -> torch.Tensor:
+        return self._get("height")
+
+    @property
+    def width(self) -> torch.Tensor:
+        return self._get("width")
+
+    def gate(self) -> torch.Tensor:
+        """The applied gate, B x C x H x W: ``height[..., :, None] * width[..., None, :]``."""
+        return self.height[..., :, None] * self.width[..., None, :]
+
+
+class BranchRecord(Record):
+    """Attention over K branches per channel (selective kernels, ResNeSt's split attention).
+
+    ``weights`` is B x K x C: for every channel, how much of each path's output goes into
+    the module's output, ``sum_k weights[:, k, c] * path_k[c]``; a softmax over K (a sigmoid
+    when K = 1).
+    """
+
+    kind = "branch"
+    _main = "weights"
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._get("weights")
+
+    @property
+    def paths(self) -> int:
+        """K, the number of branches."""
+        return int(self.weights.shape[1])
+
+    def choice(self) -> torch.Tensor:
+        """The branch each channel weights most: B x C integer indices."""
+        return self.weights.argmax(dim=1)
+
+
+class ContextRecord(Record):
+    """Global-context attention (GCNet): attention pooling, then a scale and/or a shift.
+
+    ``map`` (B x H x W, sums to one per image) is where the context is pooled from:
+    ``context[c] = sum_p map[p] x[c, p]``. The module then applies ``scale`` (B x C, a
+    sigmoid channel gate of the context) and/or adds ``shift`` (B x C, a transform of the
+    context): ``output = x * scale + shift``. A module without one of them records none.
+    """
+
+    kind = "context"
+    _main = "map"
+
+    @property
+    def map(self) -> torch.Tensor:
+        return self._get("map")
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self._get("scale")
+
+    @property
+    def shift(self) -> torch.Tensor:
+        return self._get("shift")
+
+    @property
+    def has_scale(self) -> bool:
+        return self._has("scale")
+
+    @property
+    def has_shift(self) -> bool:
+        return self._has("shift")
+
+
+class TransformRecord(Record):
+    """A spatial transformer's A_theta (B x 2 x 3), its output V and the input's H x W."""
+
+    kind = "transform"
+    _main = "theta"
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self._get("theta")
+
+    @property
+    def output(self) -> torch.Tensor:
+        """V, the transformed output (B x C x H' x W')."""
+        return self._get("output")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the image that was sampled."""
+        return self.meta["input_size"]
+
+    @property
+    def align_corners(self) -> bool:
+        return self.meta.get("align_corners", False)
+
+    def grid(self) -> torch.Tensor:
+        """The sampling grid (B x H' x W' x 2, normalised [-1, 1]) that produced ``output``."""
+        out = self.output
+        return F.affine_grid(self.theta.float(), list(out.shape), align_corners=self.align_corners)
+
+
+class SelfAttentionRecord(Record):
+    """Self-attention: ``matrix`` B x heads x Q x K, one row per query, summing to one.
+
+    Row q of ``matrix[b, h]`` is where query position q looks in head h: one weight per key
+    position. Positions are row-major on their grids, ``query_size`` (Hq, Wq) and
+    ``key_size`` (Hk, Wk). ``values`` (B x heads x K x D) is what the matrix averages:
+    ``matrix @ values`` is what the module computed from them.
+    """
+
+    kind = "self"
+    _main = "matrix"
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self._get("matrix")
+
+    @property
+    def values(self) -> torch.Tensor:
+        """What the matrix averages (B x heads x K x D)."""
+        return self._get("values")
+
+    @property
+    def heads(self) -> int:
+        return int(self._parts[self._main][0].shape[1]) if self._has(self._main) else 0
+
+    @property
+    def query_size(self) -> tuple[int, int]:
+        """(Hq, Wq): the grid of the queries, the rows of ``matrix``."""
+        return self._grid("query_size", 2)
+
+    @property
+    def key_size(self) -> tuple[int, int]:
+        """(Hk, Wk): the grid of the keys, the columns of ``matrix``."""
+        return self._grid("key_size", 3)
+
+    def _positions(self, dim: int) -> int:
+        return int(self.matrix.shape[dim])
+
+    def _grid(self, key: str, dim: int) -> tuple[int, int]:
+        n = self._positions(dim)
+        size = self.meta.get(key)
+        if size is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(
+                    f"{self.name}: {n} positions are no square grid and the module did not "
+                    f"state its {key}; set self.{key} = (H, W) in its forward"
+                )
+            size = (side, side)
+        if size[0] * size[1] != n:
+            raise ValueError(f"{self.name}: {key} {size} does not fit {n} positions")
+        return tuple(size)
+
+    def head_matrix(self, head: int | None = None) -> torch.Tensor:
+        """B x Q x K float32: one head's matrix, or the mean over heads (``head=None``)."""
+        m = self.matrix
+        if head is None:
+            return m.float().mean(dim=1)
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < m.shape[1]:
+            raise ValueError(f"head must be an int in [0, {m.shape[1]}) or None, got {head!r}")
+        return m[:, head].float()
+
+    def query_cell(self, query_xy: Sequence[float], image_size: Sequence[int]) -> tuple[int, int]:
+        """The query cell (i, j) under image pixel (x, y): (floor(y Hq / H), floor(x Wq / W)).
+
+        Raises:
+            ValueError: a bad ``image_size``, or (x, y) outside the image.
+        """
+        h, w = _image_size(image_size)
+        x, y = (float(v) for v in query_xy)
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"query_xy must lie in the {w} x {h} image, got ({x:g}, {y:g})")
+        hq, wq = self.query_size
+        return min(math.floor(y * hq / h), hq - 1), min(math.floor(x * wq / w), wq - 1)
+
+    def key_row(
+        self, query_xy: Sequence[float], image_size: Sequence[int], *, head: int | None = None
+    ) -> torch.Tensor:
+        """Where the query under image pixel (x, y) looks, on the key grid: B x Hk x Wk."""
+        i, j = self.query_cell(query_xy, image_size)
+        row = self.head_matrix(head)[:, i * self.query_size[1] + j]
+        return row.reshape(-1, *self.key_size)
+
+    def query_map(
+        self, query_xy: Sequence[float], image_size: Sequence[int], *, head: int | None = None
+    ) -> torch.Tensor:
+        """Where the query under image pixel (x, y) looks, as a map over the image.
+
+        The row of the query cell (:meth:`query_cell`), laid out on the key grid and
+        upsampled bilinearly (``align_corners=False``) to ``image_size``.
+
+        Args:
+            query_xy: (x, y) in pixels of the image, 0 <= x < W, 0 <= y < H.
+            image_size: (H, W) of the image.
+            head: one head's attention, or ``None`` for the mean over heads.
+
+        Returns:
+            (B, H, W) float32 tensor.
+        """
+        row = self.key_row(query_xy, image_size, head=head)[:, None]
+        size = _image_size(image_size)
+        return F.interpolate(row, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    def received(self, *, head: int | None = None) -> torch.Tensor:
+        """Attention each key receives, averaged over all queries: (B, Hk, Wk) float32."""
+        return self.head_matrix(head).mean(dim=1).reshape(-1, *self.key_size)
+
+
+class LocalAttentionRecord(SelfAttentionRecord):
+    """Self-attention within local windows (HaloNet): each block of queries sees a window.
+
+    The module splits the query grid into ``blocks`` (nh x nw) of ``block`` x ``block``
+    queries; each block attends to the keys of a ``window`` x ``window`` neighbourhood (the
+    block and a ``halo`` around it, zero-padded at the border, where padded keys still take
+    part in the softmax). ``windows`` (B x heads x nh*nw x block^2 x window^2) is the
+    matrix as the module computed and applied it. ``matrix`` lays it out over the whole key
+    grid (B x heads x Q x H*W), exact values, zero outside each window; rows lose the mass
+    that fell on padding, which :meth:`padding_mass` returns.
+    """
+
+    _main = "windows"
+
+    @property
+    def windows(self) -> torch.Tensor:
+        return self._get("windows")
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        if "matrix" not in self._cache:
+            self._cache["matrix"] = self._dense()[0]
+        return self._cache["matrix"]
+
+    def padding_mass(self) -> torch.Tensor:
+        """B x heads x Q: the weight each query put on padded keys outside the image."""
+        return self._dense()[1]
+
+    def _positions(self, dim: int) -> int:
+        m = self.meta
+        if dim == 2:
+            return m["query_size"][0] * m["query_size"][1]
+        return m["key_size"][0] * m["key_size"][1]
+
+    def _dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.windows
+        m = self.meta
+        b, h, _, q, _ = w.shape
+        halo, win = m["halo"], m["window"]
+        (hk, wk), (hq, wq), (nh, nw) = m["key_size"], m["query_size"], m["blocks"]
+        qb = math.isqrt(q)  # queries per block side
+        kv_block = hk // nh  # key pixels per block side (the block before query striding)
+        dense = w.new_zeros(b, h, hq, wq, hk + 2 * halo, wk + 2 * halo)
+        wins = w.reshape(b, h, nh, nw, qb, qb, win, win)
+        for bi in range(nh):
+            for bj in range(nw):
+                r0, c0 = bi * kv_block, bj * kv_block
+                dense[:, :, bi * qb : (bi + 1) * qb, bj * qb : (bj + 1) * qb,
+                      r0 : r0 + win, c0 : c0 + win] = wins[:, :, bi, bj]  # fmt: skip
+        inside = dense[..., halo : halo + hk, halo : halo + wk]
+        lost = dense.sum((-1, -2)) - inside.sum((-1, -2))
+        return inside.reshape(b, h, hq * wq, hk * wk), lost.reshape(b, h, hq * wq)
+
+
+class BilinearAttentionRecord(SelfAttentionRecord):
+    """Bilinear (separable) attention (BAT): rows mix along H, columns along W.
+
+    The module computes ``y = P x Q`` per channel group: ``rows`` P (B x G x H x H, each row
+    sums to one) mixes positions along the height, ``cols`` Q (B x G x W x W, each column
+    sums to one) along the width. Output (i, j) therefore takes input (k, l) with weight
+    ``P[i, k] * Q[l, j]``; ``matrix`` (B x G x HW x HW) holds these products, one "head"
+    per channel group, so every row sums to one.
+    """
+
+    _main = "rows"
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self._get("rows")
+
+    @property
+    def cols(self) -> torch.Tensor:
+        return self._get("cols")
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        if "matrix" not in self._cache:
+            p, q = self.rows, self.cols
+            b, g, h, _ = p.shape
+            w = q.shape[-1]
+            # M[(i, j), (k, l)] = P[i, k] * Q[l, j]
+            dense = p[:, :, :, None, :, None] * q.transpose(-1, -2)[:, :, None, :, None, :]
+            self._cache["matrix"] = dense.reshape(b, g, h * w, h * w)
+        return self._cache["matrix"]
+
+    def _positions(self, dim: int) -> int:
+        return int(self.rows.shape[-1] * self.cols.shape[-1])
+
+    def _groups(self, t: torch.Tensor, head: int | None) -> torch.Tensor:
+        if head is None:
+            return t.float().mean(dim=1)
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < t.shape[1]:
+            raise ValueError(f"head must be an int in [0, {t.shape[1]}) or None, got {head!r}")
+        return t[:, head].float()
+
+    def key_row(
+        self, query_xy: Sequence[float], image_size: Sequence[int], *, head: int | None = None
+    ) -> torch.Tensor:
+        """Where the query under (x, y) looks: ``P[i, :]`` outer ``Q[:, j]``, B x H x W.
+
+        Computed from the two factors, without the dense matrix.
+        """
+        i, j = self.query_cell(query_xy, image_size)
+        outer = self.rows[:, :, i, :, None].float() * self.cols[:, :, None, :, j].float()
+        return self._groups(outer, head)
+
+    def received(self, *, head: int | None = None) -> torch.Tensor:
+        """Mean attention each key receives: (mean_i P[i, k]) (mean_j Q[l, j]), B x H x W."""
+        outer = self.rows.float().mean(2)[..., :, None] * self.cols.float().mean(-1)[..., None, :]
+        return self._groups(outer, head)
+
+
+def _image_size(size: Sequence[int]) -> tuple[int, int]:
+    out = tuple(int(s) for s in size)
+    if len(out) != 2 or min(out) < 1:
+        raise ValueError(f"image_size must be (H, W) of positive ints, got {size!r}")
+    return out
+
+
+@dataclass
+class Check:
+    """The faithfulness check of one record: how far the module's output was from its
+    input combined with the recorded attention, over every recorded call.
+
+    Attributes:
+        name: the record's name.
+        what: the relation checked, e.g. ``"output == input * weights"``.
+        error: the largest relative error seen (max |actual - expected| / max |expected|
+            over the checked entries), or ``None`` before the capture ended.
+        tolerance: the error above which the check fails (set by the dtype).
+        calls: how many calls were checked.
+    """
+
+    name: str
+    what: str
+    error: float | None
+    tolerance: float
+    calls: int
+
+    @property
+    def ok(self) -> bool:
+        return self.error is not None and self.error <= self.tolerance
+
+
+class Recording(Mapping[str, Record]):
+    """The records of one capture, keyed by qualified module name, in forward order.
+
+    Attributes:
+        checks: every faithfulness check run, as :class:`Check` objects (filled when the
+            capture ends).
+        refused: modules recognised but not recorded, with the reason.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self.checks: list[Check] = []
+        self.refused: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> Record:
+        try:
+            return self._records[name]
+        except KeyError:
+            raise KeyError(
+                f"no record named {name!r}; recorded: {list(self._records) or 'nothing yet'}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def select(self, kind: str | None = None, name: str | None = None) -> list[Record]:
+        """Records of one kind and/or whose name matches a glob pattern, in forward order.
+
+        Raises:
+            ValueError: unknown kind, or nothing matches (the message lists the names).
+        """
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        out = [
+            r
+            for n, r in self._records.items()
+            if (kind is None or r.kind == kind) and (name is None or fnmatch.fnmatchcase(n, name))
+        ]
+        if not out:
+            raise ValueError(
+                f"no record matches kind={kind!r}, name={name!r}; recorded: "
+                f"{[(n, r.kind) for n, r in self._records.items()]}"
+            )
+        return out
+
+    def __repr__(self) -> str:
+        lines = [f"  {r!r}" for r in self._records.values()]
+        lines += [f"  refused {n}: {why}" for n, why in self.refused.items()]
+        return "Recording(\n" + "\n".join(lines) + "\n)" if lines else "Recording()"
