@@ -39,6 +39,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import fnmatch
+import math
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
@@ -104,18 +105,24 @@ _EVAL: dict[int, list[Any]] = {}  # id(module) -> [module, open captures, its sa
 _EAGER: list[Any] = []  # [open captures forcing eager mode, the set_stance object]
 
 
-def _eval_enter(modules: list[nn.Module]) -> None:
+def _eval_enter(root: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
+    """Save the flag of every module in training mode or held by another capture (the first
+    capture to change a module saves it), then ``root.eval()``. Returns the modules held."""
     with _LOCK:
-        for m in modules:
+        held = [m for m in modules if m.training or id(m) in _EVAL]
+        for m in held:
             entry = _EVAL.get(id(m))
             if entry is None:
                 _EVAL[id(m)] = [m, 1, m.training]
             else:
                 entry[1] += 1
-            m.training = False
+        if any(m.training for m in held):
+            root.eval()  # through train(False), so modules that override train() are obeyed
+    return held
 
 
 def _eval_exit(modules: list[nn.Module]) -> None:
+    """The last capture of a module to close puts its flag back."""
     with _LOCK:
         for m in modules:
             entry = _EVAL.get(id(m))
@@ -123,21 +130,19 @@ def _eval_exit(modules: list[nn.Module]) -> None:
                 continue
             entry[1] -= 1
             if entry[1] == 0:
-                m.training = entry[2]
+                if m.training != entry[2]:
+                    m.training = entry[2]
                 del _EVAL[id(m)]
 
 
-def _compiled(model: nn.Module) -> tuple[nn.Module, bool]:
-    """(the eager root module, whether any part of ``model`` is compiled)."""
+def _eager_root(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) runs, or ``model``."""
     root = model
     while type(root).__name__ == "OptimizedModule" and isinstance(
         getattr(root, "_orig_mod", None), nn.Module
     ):
         root = root._orig_mod
-    compiled = root is not model or any(
-        getattr(m, "_compiled_call_impl", None) is not None for m in root.modules()
-    )
-    return root, compiled
+    return root
 
 
 def _eager_enter() -> None:
@@ -164,6 +169,45 @@ def _eager_exit() -> None:
         if _EAGER[0] == 0:
             _EAGER[1].__exit__(None, None, None)
             _EAGER.clear()
+
+
+def _worst(checks: list[tuple[list[torch.Tensor], str, float, float]]) -> torch.Tensor:
+    """The worst error of each check over what it measured in each call, in one pass.
+
+    Per call a check kept a 2-vector: ``relative`` or ``product`` [max |a - e|, max |e|]
+    (error: their ratio, 0 where both are 0), ``range`` [min, max] (error: how far they leave
+    [low, high]); or one number: an ``absolute`` error, or an already reduced worst.
+
+    Returns:
+        float64 CPU tensor, one worst error per check.
+    """
+    pairs, singles, owner_p, owner_s, lows, highs, modes = [], [], [], [], [], [], []
+    for i, (values, mode, low, high) in enumerate(checks):
+        for v in values:
+            if v.numel() == 2:
+                pairs.append(v)
+                owner_p.append(i)
+                lows.append(low)
+                highs.append(high)
+                modes.append(mode == "range")
+            else:
+                singles.append(v.reshape(1))
+                owner_s.append(i)
+    worst = torch.zeros(len(checks), dtype=torch.float64)
+    if pairs:
+        v = torch.stack([p.to(pairs[0].device) for p in pairs]).double().cpu()
+        ratio = torch.where(v[:, 0] == 0, torch.zeros(()), v[:, 0] / v[:, 1])
+        low, high = (
+            torch.tensor(lows, dtype=torch.float64),
+            torch.tensor(highs, dtype=torch.float64),
+        )
+        leave = torch.clamp(torch.maximum(low - v[:, 0], v[:, 1] - high), min=0)
+        err = torch.where(torch.tensor(modes), leave, ratio)
+        worst.scatter_reduce_(0, torch.tensor(owner_p), err, reduce="amax")
+    if singles:
+        v = torch.cat([s.to(singles[0].device) for s in singles]).double().cpu()
+        worst.scatter_reduce_(0, torch.tensor(owner_s), v, reduce="amax")
+    return worst
 
 
 def _as_patterns(names: str | Sequence[str] | None) -> list[str] | None:
@@ -219,13 +263,18 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         if verify not in (True, False, "raise"):
             raise TypeError(f"verify must be True, False or 'raise', got {verify!r}")
         self.model = model
-        self.root, self.compiled = _compiled(model)
+        self.root = _eager_root(model)
+        named = list(self.root.named_modules())
+        self._modules = [m for _, m in named]
+        self.compiled = self.root is not model or any(
+            getattr(m, "_compiled_call_impl", None) is not None for m in self._modules
+        )
         self.device = torch.device(device) if device is not None else None
         self.dtype = dtype
         self.eval = eval
         self.features = features
         self.verify = verify
-        self.probes, self.refused = self._select(self.root, kinds, _as_patterns(names))
+        self.probes, self.refused = self._select(named, kinds, _as_patterns(names))
         self._handles: list[Any] = []
         self._eval_modules: list[nn.Module] = []
         self._eager = False
@@ -234,9 +283,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self._errors: dict[tuple[str, str], list[Any]] = {}
         self.recording: Recording | None = None
 
-    @staticmethod
-    def _select(model, kinds, patterns) -> tuple[list[Probe], list[Refusal]]:
-        found = list(find_attention_modules(model))
+    def _select(self, named, kinds, patterns) -> tuple[list[Probe], list[Refusal]]:
+        found = list(find_attention_modules(named))
+        model = self.root
         if not found:
             raise ValueError(
                 f"{type(model).__name__} has no recognised attention module. attnviz recognises "
@@ -274,11 +323,12 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         return threading.get_ident() == self._thread
 
     def _store(self, t: torch.Tensor) -> torch.Tensor:
-        out = t.detach()
-        out = out.to(device=self.device or out.device, dtype=self.dtype or out.dtype)
-        if out.data_ptr() == t.data_ptr():
-            out = out.clone()
-        return out
+        """A detached copy, on ``device`` in ``dtype``: never the live tensor's storage."""
+        device, dtype = self.device or t.device, self.dtype or t.dtype
+        if device == t.device and dtype == t.dtype:
+            return (t.detach() if t.requires_grad else t).clone()
+        out = t.detach().to(device=device, dtype=dtype)
+        return out.clone() if out.data_ptr() == t.data_ptr() else out
 
     def _begin(self, probe: Probe):
         def hook(_module: nn.Module, _args: tuple, _kwargs: dict) -> None:
@@ -330,21 +380,36 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             r._append(field, self._store(tensor))
         r.meta.update(em.meta)
         if self.verify:
-            for what, error in em.checks:
-                key = (probe.name, what)
-                seen = self._errors.get(key)
-                with torch.no_grad():
-                    err = error().detach()
-                if seen is None:
-                    self._errors[key] = [err, 1, self._tolerance(em)]
-                else:
-                    seen[0] = torch.maximum(seen[0], err.to(seen[0].device))
-                    seen[1] += 1
+            with torch.no_grad():
+                for what, mode, fn, low, high in em.checks:
+                    self._note(probe, em, what, mode, low, high, fn())
 
-    @staticmethod
-    def _tolerance(em: Emission) -> float:
-        dtypes = [t.dtype for t in em.fields.values() if t.is_floating_point()]
-        return max((TOLERANCE.get(d, 1e-4) for d in dtypes), default=1e-4)
+    def _note(self, probe: Probe, em: Emission, what: str, mode: str, low: float, high: float,
+              value: Any) -> None:  # fmt: skip
+        """Keep what a check measured in this call, in as few tensor operations as possible
+        (a check runs in every forward); the capture reduces them all when it ends."""
+        if mode in ("relative", "product"):
+            if mode == "relative":
+                actual, expected = value
+                both = torch.stack([actual - expected, expected])
+            else:
+                actual, base, factor = value  # not addcmul: its fused product would differ
+                both = torch.stack(
+                    [actual - base * factor, actual]
+                )  # by rounding from the module's
+            dims = tuple(range(1, both.dim()))
+            value = torch.linalg.vector_norm(both, float("inf"), dim=dims)  # [max|a-e|, max|e|]
+        elif mode == "range":
+            value = torch.stack(torch.aminmax(value.detach()))  # [min, max]
+        seen = self._errors.get((probe.name, what))
+        if seen is None:
+            dtypes = [t.dtype for t in em.fields.values() if t.is_floating_point()]
+            tolerance = max((TOLERANCE.get(d, 1e-4) for d in dtypes), default=1e-4)
+            seen = self._errors[(probe.name, what)] = [[], 0, tolerance, mode, low, high]
+        seen[0].append(value)  # made under no_grad: nothing to detach
+        seen[1] += 1
+        if len(seen[0]) >= 256:  # long captures: keep memory flat
+            seen[0] = [_worst([(seen[0], mode, low, high)])[0].reshape(1)]
 
     def _complain(self, message: str) -> None:
         if self.verify == "raise":
@@ -375,8 +440,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                     m.register_forward_hook(self._end(probe), with_kwargs=True, always_call=True)
                 )
             if self.eval:
-                self._eval_modules = list(self.root.modules())
-                _eval_enter(self._eval_modules)
+                self._eval_modules = _eval_enter(self.root, self._modules)
         except BaseException:
             self.remove()
             raise
@@ -394,6 +458,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             if failed:
                 lines = "; ".join(
                     f"{c.name}: {c.what} off by {c.error:.3g} (tolerance {c.tolerance:g})"
+                    if math.isfinite(c.error)
+                    else f"{c.name}: {c.what} not finite (NaN or infinity in the module's "
+                    "output or attention)"
                     for c in failed
                 )
                 self._complain(
@@ -405,10 +472,10 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         if self.recording is None or not self._errors:
             return []
         keys = list(self._errors)
-        values = torch.stack([self._errors[k][0].float().cpu() for k in keys]).tolist()
+        worst = _worst([(e[0], e[3], e[4], e[5]) for e in self._errors.values()])
         checks = [
             Check(name, what, err, self._errors[(name, what)][2], self._errors[(name, what)][1])
-            for (name, what), err in zip(keys, values)
+            for (name, what), err in zip(keys, worst.tolist())
         ]
         self.recording.checks = checks
         self._errors = {}

@@ -1,7 +1,7 @@
 """The ``attnviz`` command: the notebook gallery and the core picture without Jupyter.
 
 attnviz demo [--full] [--out build/demo]       run every notebook, write an HTML gallery
-attnviz overlay PHOTO --model NAME -o out.png  Grad-CAM and SE maps of a photo
+attnviz overlay PHOTO --model NAME -o out.png  Grad-CAM and attention maps of a photo
 """
 
 from __future__ import annotations
@@ -89,40 +89,50 @@ def demo(args: argparse.Namespace) -> int:
 
 # -- overlay --------------------------------------------------------------------------------
 def overlay(args: argparse.Namespace) -> int:
-    """Grad-CAM of the target class and the SE-weighted map of a block, side by side."""
+    """Grad-CAM of the target class and a block's attention, side by side."""
     import numpy as np
     import torch
     from PIL import Image, ImageDraw
 
-    from . import capture, maps, render
+    from . import capture, render
     from .cam import gradcam
+    from .maps import attention_views
     from .photos import load_image, network_view, prepare
     from .zoo import pretrained
 
     weights = None if args.weights.lower() == "none" else args.weights
     try:
         pre = pretrained(args.model, weights=weights)
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as e:
+        print(f"attnviz overlay: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # no network and no cached file, most often
         print(f"could not load {args.model} with weights {args.weights!r}: {e}\n"
-              "Offline? Put the file in $TORCH_HOME/hub/checkpoints or use --weights none.",
+              "Offline? torchvision looks in $TORCH_HOME/hub/checkpoints, timm in the Hugging "
+              "Face cache; pass a weights file, or --weights none for random weights.",
               file=sys.stderr)  # fmt: skip
         return 2
     photo = load_image(args.image)
     x = prepare(photo, pre.transforms)
-    with torch.no_grad(), capture(pre.model, kinds="channel", features=True) as rec:
+    with torch.no_grad(), capture(pre.model, features=True) as rec:
         logits = pre.model(x)
-    blocks = list(rec)
-    block = args.block or blocks[-1]
-    if block not in rec:
-        print(f"no SE block {block!r}; blocks: {blocks}", file=sys.stderr)
+    views = attention_views(rec)
+    if not views:
+        print(f"{args.model} records no attention with a picture: {list(rec)}", file=sys.stderr)
+        return 2
+    block = args.block or list(views)[-1]
+    if block not in views:
+        print(
+            f"no attention block {block!r} with a picture; blocks: {list(views)}", file=sys.stderr
+        )
         return 2
     probs = logits.softmax(1)[0]
     target = int(probs.argmax()) if args.target is None else args.target
     cam = gradcam(pre.model, x, targets=[target])[0]
-    se = {n: maps.weighted_activation(r.features, r.weights)[0] for n, r in rec.items()}
+    label, attention = views[block][0], views[block][1][0]
     view = network_view(photo, pre.transforms, max_side=args.size)
-    panels = [render.to_uint8_rgb(view), render.overlay(view, cam), render.overlay(view, se[block])]
-    title = (f"{pre.categories[target]} (P={probs[target]:.2f})  |  Grad-CAM  |  SE map {block}"
+    panels = [render.to_uint8_rgb(view), render.overlay(view, cam), render.overlay(view, attention)]
+    title = (f"{pre.categories[target]} (P={probs[target]:.2f})  |  Grad-CAM  |  {label} {block}"
              + ("" if pre.pretrained else "  |  RANDOM WEIGHTS"))  # fmt: skip
     strip = Image.fromarray(render.montage(panels, ncols=3, pad=4))
     canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")
@@ -133,8 +143,9 @@ def overlay(args: argparse.Namespace) -> int:
     if args.npz:
         arrays = {"gradcam": cam.numpy(), "probs": probs.numpy(), "target": np.array(target)}
         for n, r in rec.items():
-            arrays[f"se_weights/{n}"] = r.weights[0].numpy()
-            arrays[f"se_map/{n}"] = se[n].numpy()
+            arrays[f"{r.kind}/{n}"] = r.data[0].float().numpy()
+        for n, (_, v) in views.items():
+            arrays[f"map/{n}"] = v[0].numpy()
         np.savez_compressed(args.npz, **arrays)
         print(f"wrote {args.npz}")
     return 0
@@ -149,11 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of numbered notebooks")
     d.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     d.set_defaults(run=demo)
-    o = sub.add_parser("overlay", help="Grad-CAM and SE maps of a photo, as a PNG")
+    o = sub.add_parser("overlay", help="Grad-CAM and attention maps of a photo, as a PNG")
     o.add_argument("image", help="a photo (any format Pillow reads)")
-    o.add_argument("--model", default="mobilenet_v3_large", help="a torchvision SE network")
-    o.add_argument("--weights", default="DEFAULT", help="weights name, or 'none' for random")
-    o.add_argument("--block", help="SE block (default: the last)")
+    o.add_argument(
+        "--model", default="mobilenet_v3_large",
+        help="a torchvision SE network, timm/<name> (e.g. timm/ecaresnet50d) or official-cbam",
+    )  # fmt: skip
+    o.add_argument(
+        "--weights", default="DEFAULT",
+        help="DEFAULT, a torchvision weights name, a weights file (timm, official-cbam), "
+        "or 'none' for random",
+    )  # fmt: skip
+    o.add_argument("--block", help="attention module to draw (default: the last with a picture)")
     o.add_argument("--target", type=int, help="class index to explain (default: predicted)")
     o.add_argument("--size", type=int, default=384, help="longer side of each panel")
     o.add_argument("-o", "--output", default="overlay.png", help="PNG to write")

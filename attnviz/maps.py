@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "attention_view",
+    "attention_views",
     "box_iou",
     "compose_theta",
     "decompose_theta",
@@ -330,3 +332,50 @@ def weighted_activation(features: torch.Tensor, weights: torch.Tensor) -> torch.
             f"and {tuple(weights.shape)}"
         )
     return torch.einsum("bchw,bc->bhw", features.float(), weights.float())
+
+
+def attention_view(record) -> tuple[str, torch.Tensor]:
+    """One picture per image of a record's attention on its feature grid: (label, B x h x w).
+
+    - channel: the weighted activation ``sum_c s_c u_c`` (:func:`weighted_activation`; needs
+      ``capture(..., features=True)``), derived from the weights, not a map the module
+      applied;
+    - spatial: the map itself; elementwise: the gate's mean over channels; axial: the mean
+      over channels of ``height x width``;
+    - context: the pooling map (where the context is gathered from);
+    - self: the attention each key position receives, averaged over queries and heads.
+
+    Raises:
+        ValueError: a kind with no picture on the image grid (branch, transform), or a
+            channel record without features.
+    """
+    kind = record.kind
+    if kind == "channel":
+        if "features" not in record._parts:
+            raise ValueError(
+                f"{record.name}: a channel record has a picture only as the weighted "
+                "activation, which needs capture(..., features=True)"
+            )
+        return "SE-weighted activation", weighted_activation(record.features, record.weights)
+    if kind == "spatial":
+        return "spatial map", record.map.float()
+    if kind == "elementwise":
+        return "gate (mean over channels)", record.gate.float().mean(1)
+    if kind == "axial":
+        return "axial gate (mean over channels)", record.gate().float().mean(1)
+    if kind == "context":
+        return "context pooling map", record.map.float()
+    if kind == "self":
+        return "attention received (mean over queries)", record.received()
+    raise ValueError(f"{record.name}: {kind} attention has no picture on the image grid")
+
+
+def attention_views(recording) -> dict[str, tuple[str, torch.Tensor]]:
+    """:func:`attention_view` of every record that has one: name -> (label, B x h x w)."""
+    out = {}
+    for name, record in recording.items():
+        try:
+            out[name] = attention_view(record)
+        except ValueError:
+            continue
+    return out

@@ -33,7 +33,7 @@ composition), write a :class:`attnviz.probes.Probe` and register it with ``probe
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -119,6 +119,7 @@ class AttentionSpec:
 
 
 _REGISTRY: dict[ModuleType, AttentionSpec] = {}
+_LOOKUP: dict[type, AttentionSpec | None] = {}  # spec_for's answers, cleared on every change
 
 
 def _qualname(t: ModuleType) -> str:
@@ -148,6 +149,7 @@ def _add(module_type: ModuleType, spec: AttentionSpec, overwrite: bool) -> None:
             "pass overwrite=True to replace it"
         )
     _REGISTRY[key] = spec
+    _LOOKUP.clear()
 
 
 def register(
@@ -231,6 +233,7 @@ def unregister(module_type: ModuleType) -> None:
         del _REGISTRY[module_type]
     else:
         del _REGISTRY[_qualname(module_type)]
+    _LOOKUP.clear()
 
 
 def registered(pattern: str = "*") -> dict[str, AttentionSpec]:
@@ -244,29 +247,52 @@ def registered(pattern: str = "*") -> dict[str, AttentionSpec]:
 
 def spec_for(module: nn.Module) -> AttentionSpec | None:
     """The spec of ``module``'s type (nearest registered class in its MRO), or ``None``."""
-    for t in type(module).__mro__:
-        spec = _REGISTRY.get(t) or _REGISTRY.get(_qualname(t))
-        if spec is not None:
-            return spec
-    return None
+    cls = type(module)
+    if cls not in _LOOKUP:
+        _LOOKUP[cls] = next(
+            (
+                spec
+                for t in cls.__mro__
+                if (spec := _REGISTRY.get(t) or _REGISTRY.get(_qualname(t))) is not None
+            ),
+            None,
+        )
+    return _LOOKUP[cls]
 
 
-def find_attention_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, AttentionSpec]]:
-    """Yield ``(qualified name, module, spec)`` for every recognised module, in definition order."""
-    for name, module in model.named_modules():
+def find_attention_modules(
+    model: nn.Module | Iterable[tuple[str, nn.Module]],
+) -> Iterator[tuple[str, nn.Module, AttentionSpec]]:
+    """Yield ``(qualified name, module, spec)`` for every recognised module, in definition order.
+
+    ``model`` may also be what ``model.named_modules()`` gave, to walk the model once.
+    """
+    named = model.named_modules() if isinstance(model, nn.Module) else model
+    for name, module in named:
         spec = spec_for(module)
         if spec is not None:
             yield name, module, spec
 
 
-def markdown_table(pattern: str = "*") -> str:
-    """The registered types as a Markdown table: type, kind, where the attention is read."""
-    lines = ["| module | kind | read from | notes |", "|---|---|---|---|"]
-    for name, spec in sorted(
-        registered(pattern).items(), key=lambda kv: (kv[0].split(".")[0], kv[0])
-    ):
-        notes = spec.reason or spec.note
-        lines.append(f"| `{name}` | {spec.kind} | {spec.where()} | {notes} |")
+def markdown_table(errors: Mapping[str, float] | None = None, pattern: str = "*") -> str:
+    """The registered types as a Markdown table, one row each.
+
+    Columns: the qualified name, the kind, where capture reads the attention, the largest
+    relative error of the faithfulness checks measured on an example model (``errors``,
+    qualified name -> error, as ``make bench`` records them; "-" where none was measured)
+    and a note.
+    """
+    lines = [
+        "| module | kind | read from | largest check error | what it is |",
+        "|---|---|---|---:|---|",
+    ]
+    for name, spec in sorted(registered(pattern).items()):
+        err = (errors or {}).get(name)
+        shown = "-" if err is None else ("0 (bit-exact)" if err == 0 else f"{err:.1e}")
+        if spec.kind == "refused":
+            shown = "not recorded"
+        notes = spec.note + (f": {spec.reason}" if spec.reason else "")
+        lines.append(f"| `{name}` | {spec.kind} | {spec.where()} | {shown} | {notes} |")
     return "\n".join(lines)
 
 

@@ -1,24 +1,29 @@
-"""Pretrained networks with attention: torchvision's SE networks and the official CBAM weights.
+"""Pretrained networks with attention, each loaded through its library's own mechanism.
 
-Two sources of trained attention:
+Three sources of trained attention:
 
-- :func:`pretrained`: torchvision's ImageNet networks whose blocks contain
-  Squeeze-and-Excitation (Hu et al., CVPR 2018) layers, ``torchvision.ops.SqueezeExcitation``:
-  MobileNetV3 (Howard et al., ICCV 2019), EfficientNet (Tan and Le, ICML 2019) and
-  RegNetY (Radosavovic et al., CVPR 2020). Weights come through torchvision's public
-  weights API, so they download once into ``$TORCH_HOME/hub/checkpoints/`` and load
-  from there afterwards (offline too).
-- :func:`load_official_cbam`: the ResNet-50 + CBAM checkpoint released with the CBAM
-  paper (Woo et al., ECCV 2018; github.com/Jongchan/attention-module, file
-  ``RESNET50_CBAM_new_name_wrap.pth``, top-1 77.622%), which users download by hand,
-  loaded into attnviz's own :func:`attnviz.models.resnet` so that every map is captured
-  by :func:`attnviz.capture`.
+- :func:`pretrained` with a torchvision name: torchvision's ImageNet networks whose blocks
+  contain Squeeze-and-Excitation (Hu et al., CVPR 2018) layers,
+  ``torchvision.ops.SqueezeExcitation``: MobileNetV3 (Howard et al., ICCV 2019),
+  EfficientNet (Tan and Le, ICML 2019) and RegNetY (Radosavovic et al., CVPR 2020).
+  Weights come through torchvision's public weights API, so they download once into
+  ``$TORCH_HOME/hub/checkpoints/`` and load from there afterwards (offline too).
+- :func:`pretrained` with ``"timm/<name>"``: any timm model (timm installed: ``pip install
+  attnviz[timm]``), e.g. ``"timm/ecaresnet50d"``, ``"timm/gcresnet50t"``,
+  ``"timm/botnet26t_256"``; weights through ``timm.create_model(name, pretrained=True)``,
+  which downloads once into the Hugging Face cache, or from a local file.
+- :func:`load_official_cbam` (or ``pretrained("official-cbam", weights=path)``): the
+  ResNet-50 + CBAM checkpoint released with the CBAM paper (Woo et al., ECCV 2018;
+  github.com/Jongchan/attention-module, file ``RESNET50_CBAM_new_name_wrap.pth``, top-1
+  77.622%), which users download by hand, loaded into attnviz's own
+  :func:`attnviz.models.resnet` so that every map is captured by :func:`attnviz.capture`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +37,17 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights
 from .models import resnet
 
 __all__ = [
+    "OFFICIAL_CBAM",
     "OFFICIAL_CBAM_FILE",
     "SE_NETWORKS",
+    "TIMM_PREFIX",
+    "OfficialAvgPool",
+    "Preprocess",
     "Pretrained",
     "load_official_cbam",
     "official_cbam_mapping",
     "official_cbam_resnet50",
+    "official_cbam_transforms",
     "predict",
     "pretrained",
     "weights_path",
@@ -60,7 +70,61 @@ SE_NETWORKS: dict[str, str] = {
     },
 }
 
-WeightsArg = Union[str, WeightsEnum, None]
+WeightsArg = Union[str, WeightsEnum, os.PathLike, None]
+
+#: prefix of timm model names in :func:`pretrained`
+TIMM_PREFIX = "timm/"
+#: the name :func:`pretrained` gives the official CBAM release
+OFFICIAL_CBAM = "official-cbam"
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Preprocess:
+    """A classifier's preprocessing: resize the shorter side, centre crop, scale, normalise.
+
+    The steps and attribute names of torchvision's weights transforms
+    (``weights.transforms()``), so code that reads ``crop_size``, ``resize_size``,
+    ``mean`` and ``std`` (e.g. :func:`attnviz.photos.network_view`) treats every source
+    alike.
+
+    Args:
+        crop_size: side of the centred square crop, the network's input.
+        resize_size: the shorter side is resized to this first.
+        mean, std: per-channel normalisation.
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (the resize).
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        resize_size: int,
+        mean: tuple[float, ...] = _IMAGENET_MEAN,
+        std: tuple[float, ...] = _IMAGENET_STD,
+        interpolation: str = "bilinear",
+    ) -> None:
+        from torchvision.transforms import InterpolationMode
+
+        self.crop_size, self.resize_size = [int(crop_size)], [int(resize_size)]
+        self.mean, self.std = list(mean), list(std)
+        self.interpolation = InterpolationMode(interpolation)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        image = TF.resize(image, self.resize_size, interpolation=self.interpolation, antialias=True)
+        image = TF.center_crop(image, self.crop_size)
+        if not isinstance(image, torch.Tensor):
+            image = TF.pil_to_tensor(image)
+        image = TF.convert_image_dtype(image, torch.float)
+        return TF.normalize(image, mean=self.mean, std=self.std)
+
+    def __repr__(self) -> str:
+        return (
+            f"Preprocess(crop_size={self.crop_size[0]}, resize_size={self.resize_size[0]}, "
+            f"mean={self.mean}, std={self.std}, interpolation={self.interpolation.value!r})"
+        )
 
 
 @dataclass
@@ -69,19 +133,20 @@ class Pretrained:
 
     Attributes:
         model: the network, in eval mode.
-        weights: the torchvision weights enum member loaded, or ``None`` (random weights).
+        weights: what was loaded: a torchvision weights enum member, a timm weights source
+            (``"timm:<hub id>"`` or a file path) or the official CBAM file; ``None`` for
+            random weights.
         transforms: turns a PIL image into the network's input tensor (3 x H x W): the
-            weights' own ``weights.transforms()`` (resize, centre crop, ImageNet mean and
-            std). For ``weights=None``: the same preprocessing of the architecture's default
-            weights, the input an ImageNet-trained copy of the architecture expects.
-        categories: class names, ``weights.meta["categories"]``; ``"class 0"``, ... when
-            the weights are ``None``.
-        name: the torchvision model name.
+            weights' own preprocessing (resize, centre crop, ImageNet mean and std). For
+            random weights: the preprocessing a trained copy of the architecture expects.
+        categories: class names (ImageNet's for ImageNet networks); ``"class 0"``, ...
+            when unknown.
+        name: the name given to :func:`pretrained`.
         pretrained: whether trained weights were loaded.
     """
 
     model: nn.Module
-    weights: WeightsEnum | None
+    weights: Any
     transforms: Callable[[Any], torch.Tensor] = field(repr=False)
     categories: list[str] = field(repr=False)
     name: str
@@ -90,7 +155,10 @@ class Pretrained:
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or name not in SE_NETWORKS:
-        raise ValueError(f"name must be one of {sorted(SE_NETWORKS)}, got {name!r}")
+        raise ValueError(
+            f"name must be one of {sorted(SE_NETWORKS)}, '{TIMM_PREFIX}<timm model name>' or "
+            f"'{OFFICIAL_CBAM}', got {name!r}"
+        )
     return name
 
 
@@ -135,19 +203,28 @@ def _num_classes(model: nn.Module) -> int:
     return linears[-1].out_features
 
 
-def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = True) -> Pretrained:
-    """A torchvision network with SE blocks, ImageNet-trained, in eval mode.
+def _imagenet_categories() -> list[str]:
+    """ImageNet-1k class names, as torchvision's weights list them (shipped, offline)."""
+    from torchvision.models import ResNet50_Weights
 
-    Built with ``torchvision.models.get_model(name, weights=...)``: the weights download
-    on first use (checked against their hash) into ``$TORCH_HOME/hub/checkpoints/``
-    (see :func:`weights_path`) and load from there afterwards, with no network.
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = True) -> Pretrained:
+    """A network with attention, ImageNet-trained (or with random weights), in eval mode.
 
     Args:
-        name: a key of :data:`SE_NETWORKS`, e.g. ``"mobilenet_v3_large"``,
-            ``"efficientnet_b0"``, ``"regnet_y_800mf"``.
-        weights: ``"DEFAULT"`` (torchvision's best), a member name (``"IMAGENET1K_V1"``),
-            a member of the model's weights enum, or ``None`` for random weights.
-        progress: show a download progress bar.
+        name: a torchvision SE network (a key of :data:`SE_NETWORKS`, e.g.
+            ``"mobilenet_v3_large"``, ``"efficientnet_b0"``, ``"regnet_y_800mf"``), a timm
+            model as ``"timm/<name>"`` (e.g. ``"timm/ecaresnet50d"``), or
+            ``"official-cbam"``.
+        weights: torchvision: ``"DEFAULT"``, a member name (``"IMAGENET1K_V1"``) or a member
+            of the model's weights enum. timm: ``"DEFAULT"`` (the model's default pretrained
+            tag, through ``timm.create_model(pretrained=True)``, cached by Hugging Face's
+            hub on first use) or the path of a weights file (timm's
+            ``pretrained_cfg_overlay={"file": path}``). official-cbam: the path of the
+            released checkpoint. ``None`` for random weights.
+        progress: show a download progress bar (torchvision).
 
     Returns:
         A :class:`Pretrained` with the model, weights, transforms and category names.
@@ -155,7 +232,12 @@ def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = T
     Raises:
         ValueError: an unknown name or weights name.
         TypeError: weights of another type (e.g. another model's enum).
+        ImportError: a timm model without timm installed (the message names the extra).
     """
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        return _timm_pretrained(name, weights)
+    if name == OFFICIAL_CBAM:
+        return _official_cbam_pretrained(weights)
     name = _check_name(name)
     resolved = _resolve_weights(name, weights)
     model = get_model(name, weights=resolved, progress=progress).eval()
@@ -166,6 +248,78 @@ def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = T
         transforms = resolved.transforms()
         categories = list(resolved.meta["categories"])
     return Pretrained(model, resolved, transforms, categories, name, resolved is not None)
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(
+            "timm models need timm: pip install 'attnviz[timm]' (or pip install timm)"
+        ) from e
+    return timm
+
+
+def _timm_pretrained(name: str, weights: WeightsArg) -> Pretrained:
+    timm = _import_timm()
+    arch = name[len(TIMM_PREFIX) :]
+    if not timm.is_model(arch):
+        raise ValueError(f"timm has no model {arch!r}; timm.list_models('*pattern*') lists them")
+    if weights is None:
+        model, source = timm.create_model(arch, pretrained=False), None
+    elif isinstance(weights, (str, os.PathLike)) and str(weights) != "DEFAULT":
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no weights file {str(path)!r} for {name}: pass weights='DEFAULT' to let timm "
+                "download (and cache) them, a file of weights for this architecture, or None"
+            )
+        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        source = str(path)
+    elif weights == "DEFAULT":
+        model = timm.create_model(arch, pretrained=True)
+        source = f"timm:{model.pretrained_cfg.get('hf_hub_id') or arch}"
+    else:
+        raise TypeError(
+            f"weights of a timm model must be 'DEFAULT', a file path or None, got {weights!r}"
+        )
+    model.eval()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    crop = int(cfg["input_size"][-1])
+    transforms = Preprocess(
+        crop, int(crop / cfg.get("crop_pct", 0.875)), cfg["mean"], cfg["std"], cfg["interpolation"]
+    )
+    n = int(getattr(model, "num_classes", 0) or _num_classes(model))
+    subset = timm.data.infer_imagenet_subset(model)
+    if subset is not None and n in (1000, 1001):
+        info = timm.data.ImageNetInfo(subset)
+        categories = [info.index_to_description(i).split(",")[0] for i in range(n)]
+    else:
+        categories = [f"class {i}" for i in range(n)]
+    return Pretrained(model, source, transforms, categories, name, source is not None)
+
+
+def official_cbam_transforms() -> Preprocess:
+    """The official CBAM evaluation preprocessing: resize 256, centre crop 224, ImageNet
+    normalisation (train_imagenet.py of the release); the network expects 224 x 224."""
+    return Preprocess(224, 256)
+
+
+def _official_cbam_pretrained(weights: WeightsArg) -> Pretrained:
+    if weights is None:
+        model, source = official_cbam_resnet50().eval(), None
+    elif isinstance(weights, (str, os.PathLike)) and str(weights) != "DEFAULT":
+        model, source = load_official_cbam(weights), str(weights)
+    else:
+        raise ValueError(
+            f"the official CBAM weights are a file you download by hand ({OFFICIAL_CBAM_FILE}, "
+            "from the README of https://github.com/Jongchan/attention-module): pass its path "
+            "as weights, or None for random weights"
+        )
+    return Pretrained(
+        model, source, official_cbam_transforms(), _imagenet_categories(), OFFICIAL_CBAM,
+        source is not None,
+    )  # fmt: skip
 
 
 def predict(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float]]:
@@ -272,18 +426,53 @@ def official_cbam_mapping(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     return out
 
 
+class OfficialAvgPool(nn.AvgPool2d):
+    """The official network's final pooling, ``nn.AvgPool2d(7)`` (MODELS/model_resnet.py).
+
+    At 224 x 224 input the last feature map is 7 x 7 and this is the global average. At
+    other sizes the official network averages only the top-left 7 x 7 window (a 320 x 320
+    input gives a 10 x 10 map), and fails once the map reaches 14 x 14. This module does
+    exactly what the official one does, so outputs match the official code at every size
+    it accepts, warns when the map is not 7 x 7 (the network was trained at 224 x 224) and
+    refuses the sizes the official code cannot run, with the fix.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if not (7 <= h < 14 and 7 <= w < 14):
+            raise ValueError(
+                f"the official CBAM network pools its final feature map with AvgPool2d(7) and "
+                f"needs it 7 x 7 to 13 x 13 (inputs of about 193 to 416 pixels); this input "
+                f"gives {h} x {w}. Prepare photos with zoo.official_cbam_transforms() "
+                "(resize 256, centre crop 224), what the network was trained on"
+            )
+        if (h, w) != (7, 7):
+            warnings.warn(
+                f"official CBAM network on a final {h} x {w} map: its AvgPool2d(7) averages "
+                "only the top-left 7 x 7, as the official code does, so predictions degrade; "
+                "it was trained at 224 x 224 (zoo.official_cbam_transforms())",
+                stacklevel=2,
+            )
+        return super().forward(x)
+
+
 def official_cbam_resnet50() -> nn.Module:
     """attnviz's ResNet-50 + CBAM in the official release's configuration, untrained.
 
     ``resnet("resnet50", attention="cbam", attention_kwargs={"reduction": 16,
     "spatial_batch_norm": True})``: r = 16 and a batch-norm after the spatial 7 x 7
-    convolution, as in the released code.
+    convolution, as in the released code, and its final :class:`OfficialAvgPool`.
     """
-    return resnet(
+    model = resnet(
         "resnet50",
         attention="cbam",
         attention_kwargs={"reduction": 16, "spatial_batch_norm": True},
     )
+    model.avgpool = OfficialAvgPool()
+    return model
 
 
 _PathLike = Union[str, os.PathLike]

@@ -16,15 +16,22 @@ class Contention:
     def __init__(self) -> None:
         self.start = time.perf_counter(), _busy(psutil.cpu_times()), _own()
 
-    def note(self) -> str:
+    def measure(self) -> dict:
+        """Wall seconds so far, CPU seconds other processes used, and whether that was
+        little enough (under 10% of one core) to call the machine quiet."""
         wall, busy, own = self.start
         wall = time.perf_counter() - wall
         other = max(0.0, _busy(psutil.cpu_times()) - busy - (_own() - own))
+        return {"wall": wall, "other_cpu_seconds": other, "quiet": other <= 0.1 * wall}
+
+    def note(self) -> str:
+        m = self.measure()
+        wall, other = m["wall"], m["other_cpu_seconds"]
         verdict = (
-            "a neighbour competed for the cores, so the timings are slowed: rerun on a quiet "
-            "machine"
-            if other > 0.1 * wall
-            else "the machine was quiet"
+            "the machine was quiet"
+            if m["quiet"]
+            else "a neighbour competed for the cores, so the timings are slowed: rerun on a "
+            "quiet machine"
         )
         return (
             f"Other processes used {other:.1f} CPU-seconds during these {wall:.0f} s "

@@ -2,11 +2,18 @@
 
     make bench                  # full run
     python benchmarks/run.py --quick --only stn
+    python benchmarks/run.py --only verify --record   # also keep it in benchmarks/results/
 
 Each ``benchmarks/bench_*.py`` exposes ``run(quick: bool) -> dict`` with a
 ``title``, a Markdown ``table`` and the raw ``rows``. Timings depend on the
 machine, so the report starts with a description of it and states the torch
-thread count; compare figures as ratios measured in the same run.
+thread count; compare figures as ratios measured in the same run. Every benchmark's
+entry in results.json says whether the machine was quiet while it ran (other processes
+used under 10% of one core) or contended.
+
+``--record`` keeps the run in the repository, ``benchmarks/results/<date>-<names>.md``
+and ``.json`` (``-quick`` for quick runs, ``-contended`` when any benchmark ran on a busy
+machine): the README's figures cite these files.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import time
 from pathlib import Path
 
 import torch
+from _common import Contention
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 
 
 def machine() -> dict:
@@ -52,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (stated in the report)"
     )
+    parser.add_argument("--record", action="store_true", help="also keep it in benchmarks/results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -68,15 +78,29 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         print(f"== {name}", flush=True)
-        start = time.perf_counter()
+        meter = Contention()
         res = module.run(quick=args.quick)
-        res["wall_seconds"] = round(time.perf_counter() - start, 1)
+        res["machine_state"] = meter.measure()
+        res["wall_seconds"] = round(res["machine_state"]["wall"], 1)
         results["benchmarks"][name] = res
-        report += [f"## {res['title']}", "", res["table"], "", *res.get("notes", []), ""]
+        state = "quiet" if res["machine_state"]["quiet"] else "CONTENDED"
+        report += [f"## {res['title']}", "", f"Machine {state} during this benchmark.", "",
+                   res["table"], "", *res.get("notes", []), ""]  # fmt: skip
         print(res["table"], flush=True)
     (out / "results.md").write_text("\n".join(report))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    if args.record:
+        quiet = all(r["machine_state"]["quiet"] for r in results["benchmarks"].values())
+        stem = "-".join(
+            [time.strftime("%Y-%m-%d"), *(args.only or ["all"])]
+            + (["quick"] if args.quick else [])
+            + ([] if quiet else ["contended"])
+        )
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{stem}.md").write_text("\n".join(report))
+        (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
+        print(f"recorded {RESULTS / stem}.md and .json")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import warnings
 
 import pytest
 import torch
@@ -120,8 +121,8 @@ class OfficialResNet50(nn.Module):
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        # the official AvgPool2d(7) is the global average at 224 x 224; global here for 64 x 64
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        x = F.avg_pool2d(x, 7)  # the official nn.AvgPool2d(7): top-left 7 x 7 beyond 224
+        return self.fc(x.view(x.size(0), -1))
 
 
 # -- a synthetic checkpoint in the official layout -------------------------------------------
@@ -232,16 +233,41 @@ def test_the_file_loads_with_weights_only_and_every_weight_is_used(loaded, offic
     assert isinstance(gate, attnviz.CBAM) and isinstance(gate.spatial_gate.bn, nn.BatchNorm2d)
 
 
-def test_outputs_equal_the_official_forward_pass(loaded, official):
+@pytest.mark.parametrize("size", [224, 320])
+def test_outputs_equal_the_official_forward_pass(loaded, official, size):
     reference = _reference(official)
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad(), attnviz.capture(loaded, kinds="spatial") as rec:
-        ours = loaded(x)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), attnviz.capture(loaded, kinds="spatial") as rec:
+            ours = loaded(x)
     with torch.no_grad():
         theirs = reference(x)
     scale = theirs.abs().max().item()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * max(1.0, scale))
     assert len(rec.select(kind="spatial")) == sum(BLOCKS.values())
+    # 320 x 320 gives a 10 x 10 map of which the official pooling sees the top-left 7 x 7
+    told = [str(w.message) for w in caught if "top-left 7 x 7" in str(w.message)]
+    assert bool(told) == (size != 224)
+
+
+@pytest.mark.parametrize("size", [64, 448])
+def test_sizes_the_official_network_cannot_run_are_refused_clearly(loaded, official, size):
+    x = torch.randn(1, 3, size, size)
+    with pytest.raises(ValueError, match="official_cbam_transforms"):
+        loaded(x)
+    with pytest.raises(RuntimeError):  # the official code fails too, less clearly
+        _reference(official)(x)
+
+
+def test_the_official_preprocessing_gives_224():
+    from PIL import Image
+
+    t = attnviz.zoo.official_cbam_transforms()
+    x = t(Image.new("RGB", (640, 480), (120, 30, 200)))
+    assert x.shape == (3, 224, 224)
+    expected = (torch.tensor([120, 30, 200]) / 255 - torch.tensor(t.mean)) / torch.tensor(t.std)
+    torch.testing.assert_close(x[:, 100, 100], expected.float(), atol=1e-6, rtol=0)
 
 
 def test_one_cbam_block_equals_the_official_one_and_the_swap_matters(loaded, official):

@@ -68,3 +68,22 @@ def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
     images = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]  # fmt: skip
     assert widgets and images, "a notebook should show at least one widget and one picture"
+
+
+@pytest.mark.slow
+def test_the_photo_notebook_takes_a_timm_model_by_name(tmp_path):
+    path = next(p for p in NOTEBOOKS if p.stem == "04_photos")
+    out = execute_notebook(
+        path,
+        {"QUICK": True, "MODEL": "timm/gcresnet33ts"},
+        timeout=600,
+        output=tmp_path / "04.ipynb",
+    )
+    text = "".join(
+        o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in out.cells if c.cell_type == "code" for o in c.outputs
+    )  # fmt: skip
+    assert "timm/gcresnet33ts: random weights" in text
+    assert "has no channel attention" in text  # GC-ResNet's attention is context pooling
+    assert not [o for c in out.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]  # fmt: skip

@@ -74,3 +74,16 @@ def test_ruff_is_clean():
         pytest.fail("ruff is not installed: it is in the dev extra; run `make test` to set it up")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readme_table_of_recognised_modules_is_generated():
+    """The README's table is markdown_table() of the registry with the recorded errors:
+    run `python benchmarks/readme.py` after changing the registry or re-recording."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme", ROOT / "benchmarks" / "readme.py")
+    readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme)
+    section = readme.registry_section()
+    assert section in (ROOT / "README.md").read_text(), "run `python benchmarks/readme.py`"
+    assert "| `timm.layers.lambda_layer.LambdaLayer` | refused |" in section

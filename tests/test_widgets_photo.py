@@ -26,7 +26,8 @@ def test_shows_the_networks_top5_and_se_maps(pre):
     with torch.no_grad(), attnviz.capture(pre.model, kinds="channel", features=True) as rec:
         pre.model(x)
     r = rec[shown["block"]]
-    torch.testing.assert_close(shown["se_map"], weighted_activation(r.features, r.weights)[0])
+    torch.testing.assert_close(shown["map"], weighted_activation(r.features, r.weights)[0])
+    assert shown["label"] == "SE-weighted activation"
     assert shown["gradcam"].shape == x.shape[-2:]
     assert not app.root.children[0].value == ""  # the random-weights banner is shown
     app.close()

@@ -121,3 +121,57 @@ def test_bad_names_and_weights_say_what_to_pass():
         pretrained(NAME, weights=ResNet50_Weights.DEFAULT)
     with pytest.raises(ValueError, match="no file"):
         weights_path(NAME, None)
+
+
+# -- timm models, through timm's own loading ---------------------------------------------------
+TIMM = "timm/ecaresnet26t"
+
+
+def test_a_timm_model_loads_a_local_weights_file_through_timms_public_api(tmp_path):
+    import timm
+
+    torch.manual_seed(2)
+    state = timm.create_model("ecaresnet26t", pretrained=False).state_dict()
+    state = {
+        k: v + 0.01 * torch.rand_like(v) if v.is_floating_point() else v for k, v in state.items()
+    }
+    path = tmp_path / "ecaresnet26t.pth"
+    torch.save(state, path)
+    pre = pretrained(TIMM, weights=path)
+    assert pre.pretrained and pre.weights == str(path) and not pre.model.training
+    for k, v in pre.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert pre.categories[0] == "tench" and len(pre.categories) == 1000
+    photo = load_sample("chelsea")
+    x = prepare(photo, pre.transforms)
+    assert x.shape == (1, 3, 256, 256)  # timm's input size for this model
+    # the same preprocessing as timm's own transform
+    cfg = timm.data.resolve_data_config({}, model=pre.model)
+    expected = timm.data.create_transform(**cfg)(photo)
+    torch.testing.assert_close(x[0], expected, atol=1e-6, rtol=0)
+    with attnviz.capture(pre.model) as rec:
+        pre.model(x)
+    assert len(rec.select(kind="channel")) == 8 and all(c.ok for c in rec.checks)
+    top = predict(pre, photo, topk=3)
+    assert len(top) == 3 and all(name in pre.categories for name, _ in top)
+
+
+def test_timm_random_weights_missing_files_and_unknown_names(tmp_path):
+    pre = pretrained(TIMM, weights=None)
+    assert not pre.pretrained and pre.weights is None and pre.name == TIMM
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        pretrained(TIMM, weights=tmp_path / "nothing.pth")
+    with pytest.raises(ValueError, match="timm has no model 'nope'"):
+        pretrained("timm/nope", weights=None)
+    with pytest.raises(TypeError, match="'DEFAULT', a file path or None"):
+        pretrained(TIMM, weights=3)
+
+
+def test_official_cbam_by_name_needs_its_file(tmp_path):
+    pre = pretrained("official-cbam", weights=None)
+    assert not pre.pretrained and pre.transforms.crop_size == [224]
+    assert pre.categories[0] == "tench"
+    with pytest.raises(ValueError, match="download by hand"):
+        pretrained("official-cbam")
+    with pytest.raises(FileNotFoundError, match="no CBAM checkpoint"):
+        pretrained("official-cbam", weights=tmp_path / "missing.pth")

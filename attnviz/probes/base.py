@@ -36,10 +36,11 @@ __all__ = [
     "Emission",
     "Probe",
     "Refusal",
+    "Sample",
     "Watch",
-    "out_of_range",
     "relative_error",
     "same_tensor",
+    "sample",
     "spots",
     "sums_to_one",
 ]
@@ -59,22 +60,40 @@ class Emission:
     Attributes:
         fields: record field -> tensor (stored by the capture as detached copies).
         meta: facts about the attention's layout (grids, heads, windows).
-        checks: ``(relation, function -> 0-d tensor)`` pairs, the relative error (or the
-            violation) of each relation the attention must satisfy; the capture evaluates
-            them unless ``verify=False``, keeps the largest error per relation and compares
-            it with the dtype's tolerance.
+        checks: the relations the attention must satisfy, added by :meth:`compare`,
+            :meth:`check` and :meth:`check_range`; the capture evaluates them (unless
+            ``verify=False``), keeps the worst error per relation over the calls and
+            compares it with the dtype's tolerance when it ends.
         problem: why nothing can be recorded for this call (e.g. the gate never ran); the
             capture warns (or raises with ``verify="raise"``) and records nothing for it.
     """
 
     fields: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    checks: list[tuple[str, Callable[[], torch.Tensor]]] = field(default_factory=list)
+    checks: list[tuple[str, str, Callable[[], Any], float, float]] = field(default_factory=list)
     problem: str | None = None
 
+    def compare(self, relation: str, pair: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """``pair()`` gives (actual, expected): the check is max |a - e| / max |e|."""
+        self.checks.append((relation, "relative", pair, 0.0, 0.0))
+
+    def compare_product(
+        self, relation: str, terms: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """``terms()`` gives (actual, base, factor): the check is
+        max |actual - base * factor| / max |actual|, the product computed as the module
+        computes it, so an exact record gives exactly 0."""
+        self.checks.append((relation, "product", terms, 0.0, 0.0))
+
     def check(self, relation: str, error: Callable[[], torch.Tensor]) -> None:
-        """Add a check: ``error()`` is 0 when the relation holds exactly."""
-        self.checks.append((relation, error))
+        """``error()`` gives a 0-d tensor that is 0 when the relation holds exactly."""
+        self.checks.append((relation, "absolute", error, 0.0, 0.0))
+
+    def check_range(
+        self, relation: str, values: Callable[[], torch.Tensor], low: float = 0.0, high: float = 1.0
+    ) -> None:
+        """Every one of ``values()`` must lie in [low, high] (e.g. a sigmoid's output)."""
+        self.checks.append((relation, "range", values, low, high))
 
 
 @dataclass(frozen=True)
@@ -179,9 +198,54 @@ def same_tensor(a: Any, b: Any) -> bool:
     )
 
 
-def spots(size: int, n: int = 16) -> slice:
-    """A strided slice that picks about ``n`` evenly spread indices of ``size``."""
+def spots(size: int, n: int = 4) -> slice:
+    """A strided slice that picks at most ``n`` evenly spread indices of ``size``."""
     return slice(None, None, max(1, math.ceil(size / n)))
+
+
+class Sample:
+    """A strided selection of a tensor's entries, the same for every tensor it is applied to.
+
+    ``Sample.of(t)`` keeps at most 2 images, 16 channels and 4 x 4 positions of a
+    B x ... x C x H x W tensor (dimensions between B and C whole): the entries a check
+    compares, at most 512 per path, whatever the layer's size, so a check costs a few tens
+    of microseconds. Applied to a broadcast factor (B x C x 1 x 1), size-1 dimensions stay
+    whole, so it still lines up; ``drop(dim)`` selects alike in a tensor without that
+    dimension. Each selection is one ``as_strided`` view, no copy.
+    """
+
+    def __init__(self, steps: tuple[int, ...]) -> None:
+        self.steps = steps
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> Sample:
+        lead = (1,) * (t.dim() - 4)
+        n = t.shape
+        return cls((_step(n[0], 2), *lead, _step(n[-3], 16), _step(n[-2], 4), _step(n[-1], 4)))
+
+    def drop(self, dim: int) -> Sample:
+        return Sample(self.steps[:dim] + self.steps[dim + 1 :])
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(None, None, s) for s in self.steps)
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        size, stride = [], []
+        for n, st, step in zip(t.shape, t.stride(), self.steps):
+            step = step if n > 1 else 1
+            size.append(-(-n // step))
+            stride.append(st * step)
+        return t.as_strided(size, stride, t.storage_offset())
+
+
+def _step(size: int, n: int) -> int:
+    return max(1, math.ceil(size / n))
+
+
+def sample(t: torch.Tensor) -> Sample:
+    """:meth:`Sample.of`: the entries of ``t`` (and of tensors shaped like it) a check reads."""
+    return Sample.of(t)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -189,21 +253,16 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor
 
     Computed in float64 for float64 inputs, otherwise float32; 0 for empty tensors.
     """
-    dtype = torch.float64 if torch.float64 in (actual.dtype, expected.dtype) else torch.float32
+    acc = torch.float64 if torch.float64 in (actual.dtype, expected.dtype) else torch.float32
     if actual.numel() == 0 or expected.numel() == 0:
-        return torch.zeros((), dtype=dtype, device=actual.device)
-    a, e = actual.to(dtype), expected.to(dtype)
-    scale = e.abs().amax().clamp_min(torch.finfo(dtype).tiny)
-    return (a - e).abs().amax() / scale
-
-
-def out_of_range(values: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    """How far ``values`` leave [low, high], as a 0-d float32 tensor (0 when inside)."""
-    v = values.detach().float()
-    return torch.clamp(torch.stack([low - v.amin(), v.amax() - high]), min=0).amax()
+        return torch.zeros((), dtype=acc, device=actual.device)
+    diff = torch.linalg.vector_norm(actual - expected, float("inf"), dtype=acc)
+    return diff / torch.linalg.vector_norm(expected, float("inf"), dtype=acc).clamp_min(1e-30)
 
 
 def sums_to_one(values: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
     """max |sum over ``dim`` - 1|, as a 0-d tensor."""
     s = values.detach().sum(dim=dim, dtype=torch.float64)
-    return (s - 1).abs().amax().float() if s.numel() else torch.zeros((), device=values.device)
+    if not s.numel():
+        return torch.zeros((), device=values.device)
+    return torch.linalg.vector_norm(s - 1, float("inf"))

@@ -26,7 +26,7 @@ from ..records import (
     Record,
     SpatialRecord,
 )
-from .base import Emission, Probe, out_of_range, relative_error, spots, sums_to_one
+from .base import Emission, Probe, sample, sums_to_one
 
 __all__ = ["ContextProbe", "GateProbe", "SelectiveKernelProbe", "SplitAttentionProbe"]
 
@@ -38,17 +38,28 @@ GATE_RECORDS: dict[str, type[Record]] = {
 }
 
 
-def _sample(t: torch.Tensor) -> tuple[slice, ...]:
-    """Slices picking about 16 x 16 positions of a B x C x H x W tensor, every channel."""
-    return (slice(None), slice(None), spots(t.shape[-2]), spots(t.shape[-1]))
-
-
 def _feature_map(name: str, args: tuple) -> torch.Tensor | str:
     x = args[0] if args else None
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         return f"{name} expects a B x C x H x W input for its attention, got {shape}"
     return x
+
+
+#: gate modules whose output lies in [0, 1] by construction
+_SIGMOIDS = {
+    "torch.nn.modules.activation.Sigmoid",
+    "torch.nn.modules.activation.Hardsigmoid",
+    "timm.layers.activations.Sigmoid",
+    "timm.layers.activations.HardSigmoid",
+    "timm.layers.activations_me.HardSigmoidMe",
+}
+
+
+def _sigmoid(module: nn.Module | None) -> bool:
+    return module is not None and any(
+        f"{t.__module__}.{t.__qualname__}" in _SIGMOIDS for t in type(module).__mro__
+    )
 
 
 class GateProbe(Probe):
@@ -65,7 +76,8 @@ class GateProbe(Probe):
             call in the module's forward computes the gate.
         residual: name of a module attribute; when it is true the module adds its input
             back (``output = input * gate + input``).
-        bounded: the gate lies in [0, 1] (a sigmoid); values outside are reported.
+        bounded: the gate should lie in [0, 1]; values outside are reported (a check that
+            is skipped when the gate is a sigmoid module or function, which cannot leave it).
     """
 
     def __init__(
@@ -87,8 +99,10 @@ class GateProbe(Probe):
         self.submodule, self.function_name = submodule, function
         self.watch = frozenset({function}) if function else frozenset()
         self.applied = bool(submodule or function)
-        self.residual, self.bounded = residual, bounded
         self._gate = module.get_submodule(submodule) if submodule else None
+        self.residual = residual
+        # a sigmoid cannot leave [0, 1]: only a gate of another type needs its range checked
+        self.bounded = bounded and function != "sigmoid" and not _sigmoid(self._gate)
 
     def taps(self) -> dict[str, nn.Module]:
         return {"gate": self._gate} if self._gate is not None else {}
@@ -124,24 +138,20 @@ class GateProbe(Probe):
             return Emission(
                 problem=f"{self.name}: its output is not a tensor shaped like its input"
             )
-        sl = _sample(x)
+        sl = sample(x)
         residual = bool(self.residual and getattr(self.module, self.residual, False))
 
-        def expected() -> torch.Tensor:
-            e = x[sl]
-            for f in factors:
-                e = e * f[sl]
-            return e + x[sl] if residual else e
+        def terms() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            gate = sl(factors[0]) if len(factors) == 1 else sl(factors[0]) * sl(factors[1])
+            x_s, y_s = sl(x), sl(output)
+            return (y_s - x_s if residual else y_s), x_s, gate
 
         em = Emission(fields=fields)
-        em.check(
-            f"output == input * {self.kind} gate", lambda: relative_error(output[sl], expected())
-        )
+        em.compare_product(f"output == input * {self.kind} gate", terms)
         if self.bounded:
             main = next(iter(fields))
-            em.check(
-                f"0 <= {main} <= 1", lambda: torch.stack([out_of_range(f) for f in factors]).amax()
-            )
+            for f in factors:
+                em.check_range(f"0 <= {main} <= 1", lambda f=f: sl(f))
         if self.keep_features:
             em.fields["features"] = x
         return em
@@ -165,13 +175,13 @@ class GateProbe(Probe):
         a = gates[0]
         b, c = x.shape[:2]
         non_unit = [d for d in a.shape[1:] if d != 1]
-        if a.shape[0] != b or a[0].numel() != c or len(non_unit) > 1:
+        if a.shape[0] != b or a.numel() != b * c or len(non_unit) > 1:
             return (
                 f"its attention has shape {tuple(a.shape)}, not one weight per channel of its "
                 f"{c}-channel input (B x {c}, B x {c} x 1 x 1 or B x 1 x {c})"
             )
         w = a.reshape(b, c)
-        return {"weights": w}, [w[:, :, None, None]]
+        return {"weights": w}, [a if a.shape == (b, c, 1, 1) else w[:, :, None, None]]
 
     def _spatial(self, x: torch.Tensor, gates: list) -> tuple | str:
         a = gates[0]
@@ -232,11 +242,11 @@ class SelectiveKernelProbe(Probe):
         (paths,), w = seen[0]
         if paths.dim() != 5 or w.shape != (*paths.shape[:3], 1, 1):
             return Emission(problem=f"{self.name}: unexpected paths {tuple(paths.shape)}")
-        sl = (slice(None), slice(None), slice(None), spots(paths.shape[-2]), spots(paths.shape[-1]))
+        sl = sample(paths)
         em = Emission(fields={"weights": w[..., 0, 0]})
-        em.check(
+        em.compare(
             "output == sum_k path_k * weights_k",
-            lambda: relative_error(output[sl[1:]], (paths[sl] * w).sum(dim=1)),
+            lambda: (sl.drop(1)(output), (sl(paths) * sl(w)).sum(dim=1)),
         )
         em.check("weights sum to 1 over paths", lambda: sums_to_one(w, 1))
         if self.keep_features:
@@ -270,16 +280,17 @@ class SplitAttentionProbe(Probe):
         b, rc, h, w = x.shape
         paths = x.reshape(b, r, rc // r, h, w)
         weights = ws[0].reshape(b, r, rc // r)
-        sl = (slice(None), slice(None), slice(None), spots(h), spots(w))
+        sl = sample(paths)
         em = Emission(fields={"weights": weights})
-        em.check(
+        factor = weights[..., None, None]
+        em.compare(
             "output == sum_k path_k * weights_k",
-            lambda: relative_error(output[sl[1:]], (paths[sl] * weights[..., None, None]).sum(1)),
+            lambda: (sl.drop(1)(output), (sl(paths) * sl(factor)).sum(1)),
         )
         if r > 1:
             em.check("weights sum to 1 over paths", lambda: sums_to_one(weights, 1))
         else:
-            em.check("0 <= weights <= 1", lambda: out_of_range(weights))
+            em.check_range("0 <= weights <= 1", lambda: weights)
         if self.keep_features:
             em.fields["features"] = paths
         return em
@@ -334,21 +345,23 @@ class ContextProbe(Probe):
             fields["scale"] = scales[0].reshape(b, c)
         if want_shift:
             fields["shift"] = shifts[0].reshape(b, c)
-        sl = _sample(x)
+        sl = sample(x)
 
         def expected() -> torch.Tensor:
-            e = x[sl] * scales[0] if want_scale else x[sl]
-            return e + shifts[0] if want_shift else e
+            e = sl(x) * sl(scales[0]) if want_scale else sl(x)
+            return e + sl(shifts[0]) if want_shift else e
+
+        bs, cs = sl.slices[:2]  # the sampled images and channels
 
         def pooled() -> torch.Tensor:
-            return torch.einsum("bcp,bp->bc", x.flatten(2), attn.flatten(1))
+            return torch.einsum("bcp,bp->bc", x[bs, cs].flatten(2), attn[bs].flatten(1))
 
         em = Emission(fields=fields)
-        em.check("output == input * scale + shift", lambda: relative_error(output[sl], expected()))
+        em.compare("output == input * scale + shift", lambda: (sl(output), expected()))
         em.check("map sums to 1", lambda: sums_to_one(attn, (1, 2)))
-        em.check(
+        em.compare(
             "context == sum_p map_p input_p",
-            lambda: relative_error(contexts[0].reshape(b, c), pooled()),
+            lambda: (contexts[0].reshape(b, c)[bs, cs], pooled()),
         )
         if self.keep_features:
             em.fields["features"] = x

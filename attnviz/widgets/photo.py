@@ -1,9 +1,10 @@
-"""Explain a photo with a pretrained SE network: top-5, Grad-CAM, SE-weighted maps.
+"""Explain a photo with a pretrained attention network: top-5, Grad-CAM, attention maps.
 
 The photo comes from a :class:`~attnviz.widgets.PhotoPicker` (sample photos or an
-upload, no URL). One forward pass per photo records every SE block's excitation s
-and input U (``capture(features=True)``); the SE-weighted activation of a block,
-sum_c s_c u_c (Hu et al., eq. 4), shows where the channels it emphasises fire.
+upload, no URL). One forward pass per photo records every attention module
+(``capture(features=True)``) and draws each as :func:`attnviz.maps.attention_view` does:
+a spatial, context or self-attention map as applied, an SE block as its weighted
+activation sum_c s_c u_c (Hu et al., eq. 4), where the channels it emphasises fire.
 Grad-CAM of the chosen class is computed by the ``grad-cam`` package on demand and
 cached per class. Overlays are drawn on the region the network sees, at display
 resolution, whatever the photo's size.
@@ -30,7 +31,7 @@ __all__ = ["PhotoExplainer"]
 
 
 class PhotoExplainer(App):
-    """Pick or upload a photo; see the top-5, Grad-CAM of a chosen class and SE maps.
+    """Pick or upload a photo; see the top-5, Grad-CAM of a chosen class and attention maps.
 
     Args:
         pre: an :class:`attnviz.zoo.Pretrained` (model, transforms, categories).
@@ -51,7 +52,7 @@ class PhotoExplainer(App):
         self._cams: dict[int, torch.Tensor] = {}
         self._loading = False
         self._target = widgets.Dropdown(description="explain")
-        self._block = widgets.Dropdown(description="SE block")
+        self._block = widgets.Dropdown(description="attention")
         self._cam_png = widgets.Image(format="png")
         self._se_png = widgets.Image(format="png")
         self._info = widgets.HTML()
@@ -87,10 +88,10 @@ class PhotoExplainer(App):
         model = self.pre.model
         device = next(model.parameters()).device
         self.x = prepare(image, self.pre.transforms).to(device)
-        with torch.no_grad(), capture(model, kinds="channel", features=True) as rec:
+        with torch.no_grad(), capture(model, features=True) as rec:
             logits = model(self.x)
         self.probs = logits.softmax(1)[0].cpu()
-        self.se_maps = {n: maps.weighted_activation(r.features, r.weights) for n, r in rec.items()}
+        self.views = maps.attention_views(rec)
         self.view = network_view(image, self.pre.transforms, max_side=self.display_side)
         self._cams = {}
         top = self.probs.topk(5)
@@ -102,8 +103,8 @@ class PhotoExplainer(App):
             self._target.options = [(f"{n} ({p:.1%})", int(i)) for (n, p), i in
                                     zip(self.top5, top.indices.tolist())]  # fmt: skip
             self._target.value = int(top.indices[0])
-            names = list(self.se_maps)
-            self._block.options = names
+            names = list(self.views)
+            self._block.options = [(f"{n}: {self.views[n][0]}", n) for n in names]
             self._block.value = names[-1] if names else None
         finally:
             self._loading = False
@@ -127,13 +128,15 @@ class PhotoExplainer(App):
 
     def _redraw_se(self, *_: Any) -> None:
         if self._block.value is not None and not self._loading:
-            show_png(self._se_png, self._overlay(self.se_maps[self._block.value][0]))
+            show_png(self._se_png, self._overlay(self.views[self._block.value][1][0]))
 
     # -- state ------------------------------------------------------------------------------
     def current(self) -> dict[str, Any]:
         t, b = self._target.value, self._block.value
-        return {"top5": self.top5, "target": t, "block": b,
-                "gradcam": self._cams.get(t), "se_map": self.se_maps.get(b, [None])[0]}  # fmt: skip
+        view = self.views.get(b)
+        return {"top5": self.top5, "target": t, "block": b, "gradcam": self._cams.get(t),
+                "map": None if view is None else view[1][0],
+                "label": None if view is None else view[0]}  # fmt: skip
 
     def _release(self) -> None:
         self._cams = {}
