@@ -50,42 +50,10 @@ from torch import nn
 
 from .probes import Probe, Refusal
 from .probes.base import Emission, Watch
-from .records import (
-    KINDS,
-    AxialRecord,
-    BilinearAttentionRecord,
-    BranchRecord,
-    ChannelRecord,
-    Check,
-    ContextRecord,
-    ElementwiseRecord,
-    LocalAttentionRecord,
-    Record,
-    Recording,
-    SelfAttentionRecord,
-    SpatialRecord,
-    TransformRecord,
-)
+from .records import KINDS, Check, Recording
 from .registry import find_attention_modules, registered
 
-__all__ = [
-    "AxialRecord",
-    "BilinearAttentionRecord",
-    "BranchRecord",
-    "CaptureWarning",
-    "ChannelRecord",
-    "Check",
-    "ContextRecord",
-    "ElementwiseRecord",
-    "FaithfulnessError",
-    "LocalAttentionRecord",
-    "Record",
-    "Recording",
-    "SelfAttentionRecord",
-    "SpatialRecord",
-    "TransformRecord",
-    "capture",
-]
+__all__ = ["CaptureWarning", "FaithfulnessError", "capture"]
 
 #: relative error above which a faithfulness check fails, by the output's dtype
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}

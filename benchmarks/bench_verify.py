@@ -34,6 +34,7 @@ from timm.layers.gather_excite import GatherExcite
 from torch import nn
 
 import attnviz
+from attnviz.testing import randomise
 
 # create_attn name -> (model, input side); the same models as tests/test_timm.py
 EXAMPLES: dict[str, tuple[Callable[[], nn.Module], int]] = {
@@ -93,20 +94,6 @@ EXAMPLES.update(
 _CHANNELS = {"attnviz-stn": 1}
 
 
-def _randomise(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
-
-
 def _qualname(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__qualname__}"
 
@@ -116,7 +103,7 @@ def exactness(quick: bool) -> dict[str, float]:
     worst: dict[str, float] = {}
     for name, (builder, size) in EXAMPLES.items():
         torch.manual_seed(0)
-        model = _randomise(builder())
+        model = randomise(builder())
         x = torch.randn(1 if quick else 2, _CHANNELS.get(name, 3), size, size)
         with torch.no_grad(), attnviz.capture(model, verify="raise") as rec:
             model(x)

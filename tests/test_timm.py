@@ -28,6 +28,7 @@ from timm.models._efficientnet_blocks import SqueezeExcite
 from torch import nn
 
 import attnviz
+from attnviz.testing import randomise
 
 RTOL = 1e-5
 
@@ -79,23 +80,6 @@ CASES = {
     "efficientnet-se": (_model("efficientnet_b0"), 64, (SqueezeExcite,)),
     "mobilenetv3-se": (_model("mobilenetv3_small_100"), 64, (SqueezeExcite,)),
 }
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial normalisation statistics, and no parameter left at zero (zero-initialised
-    last layers would make a block the identity and hide a wrong record)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def _io(model, classes):

@@ -30,7 +30,8 @@ from PIL import Image
 from torch import nn
 
 from .. import render
-from ..capture import SelfAttentionRecord, capture
+from ..capture import capture
+from ..records import SelfAttentionRecord
 from ._app import App, BlockChoice, ImageIndex
 from ._png import show_png
 from .channels import _check_images, _display_images
