@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,9 +98,18 @@ def overlay(args: argparse.Namespace) -> int:
     from . import capture, render
     from .cam import gradcam
     from .maps import attention_views
-    from .photos import load_image, network_view, prepare
+    from .photos import ImageLoadError, ImageTooLargeError, load_image, network_view, prepare
     from .zoo import pretrained
 
+    output, npz = _outputs(args)
+    if isinstance(output, str):
+        print(f"attnviz overlay: {output}", file=sys.stderr)
+        return 2
+    try:
+        photo = load_image(args.image)
+    except (OSError, ImageLoadError, ImageTooLargeError) as e:
+        print(f"attnviz overlay: {e}", file=sys.stderr)
+        return 2
     weights = None if args.weights.lower() == "none" else args.weights
     try:
         pre = pretrained(args.model, weights=weights)
@@ -112,7 +122,10 @@ def overlay(args: argparse.Namespace) -> int:
               "Face cache; pass a weights file, or --weights none for random weights.",
               file=sys.stderr)  # fmt: skip
         return 2
-    photo = load_image(args.image)
+    if args.target is not None and not 0 <= args.target < len(pre.categories):
+        print(f"attnviz overlay: --target must be a class index in [0, {len(pre.categories)}), "
+              f"got {args.target}", file=sys.stderr)  # fmt: skip
+        return 2
     x = prepare(photo, pre.transforms)
     with torch.no_grad(), capture(pre.model, features=True) as rec:
         logits = pre.model(x)
@@ -138,17 +151,42 @@ def overlay(args: argparse.Namespace) -> int:
     canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")
     canvas.paste(strip, (0, 18))
     ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
-    canvas.save(args.output)
-    print(f"wrote {args.output}")
-    if args.npz:
+    canvas.save(output)
+    print(f"wrote {output}")
+    if npz:
         arrays = {"gradcam": cam.numpy(), "probs": probs.numpy(), "target": np.array(target)}
         for n, r in rec.items():
             arrays[f"{r.kind}/{n}"] = r.data[0].float().numpy()
         for n, (_, v) in views.items():
             arrays[f"map/{n}"] = v[0].numpy()
-        np.savez_compressed(args.npz, **arrays)
-        print(f"wrote {args.npz}")
+        np.savez_compressed(npz, **arrays)
+        print(f"wrote {npz}")
     return 0
+
+
+def _outputs(args: argparse.Namespace):
+    """The PNG and .npz paths, checked before any work: (png, npz) or an error message."""
+    from PIL import Image
+
+    out = Path(args.output)
+    if out.suffix.lower() not in Image.registered_extensions():
+        return f"-o {out}: not an image file name (e.g. out.png)", None
+    npz = None
+    if args.npz:
+        npz = Path(args.npz)
+        if npz.suffix != ".npz":  # numpy would append it: say the name it writes
+            npz = npz.with_name(npz.name + ".npz")
+        if npz.resolve() == out.resolve():
+            return f"--npz {npz} is the picture's own path", None
+    for path in (out, npz):
+        if path is None:
+            continue
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            return f"{path}: no folder {folder} to write it in", None
+        if not os.access(folder, os.W_OK):
+            return f"{path}: the folder {folder} is not writable", None
+    return out, npz
 
 
 def main(argv: list[str] | None = None) -> int:

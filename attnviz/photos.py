@@ -13,9 +13,12 @@ sources and licences are in ``assets/photos/LICENSE.md``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "LIMITS",
+    "ImageLimits",
     "ImageLoadError",
+    "ImageTooLargeError",
     "display_copy",
     "load_image",
     "load_sample",
@@ -32,11 +38,96 @@ __all__ = [
     "prepare",
     "sample_path",
     "sample_photos",
+    "set_image_limits",
 ]
 
 #: where the sample photos live (next to the package in a source checkout)
 PHOTOS_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"
 _SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class ImageLimits:
+    """What :func:`load_image` accepts, checked from the file's header before decoding.
+
+    Attributes:
+        max_pixels: decoded pixels (width x height) at most. The default, 40 megapixels,
+            covers photos from phones and most cameras; the worst image it admits (a 40 MP
+            RGBA or 16-bit PNG) is read with a peak memory growth under 500 MB
+            (tests/test_photos.py). A larger JPEG is decoded at reduced scale (1/2, 1/4,
+            1/8) to fit instead of being refused; other formats are refused.
+        max_aspect: longer side / shorter side at most (default 20). A classifier's
+            preprocessing resizes the shorter side to a few hundred pixels, so a
+            3 x 100000 strip would become a 232 x 7.7 million image (5 GB).
+
+    Change them with :func:`set_image_limits`.
+    """
+
+    max_pixels: int = 40_000_000
+    max_aspect: float = 20.0
+
+
+#: the limits every photo path applies (library, CLI, widgets)
+LIMITS = ImageLimits()
+
+
+def set_image_limits(*, max_pixels: int | None = None, max_aspect: float | None = None) -> None:
+    """Raise (or lower) :data:`LIMITS` for this process, e.g. for a 100-megapixel scan.
+
+    Raises:
+        ValueError: a limit that is not a positive number (``max_aspect`` at least 1).
+    """
+    if max_pixels is not None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        LIMITS.max_pixels = max_pixels
+    if max_aspect is not None:
+        if isinstance(max_aspect, bool) or not isinstance(max_aspect, (int, float)) or not (
+            max_aspect >= 1
+        ):
+            raise ValueError(f"max_aspect must be a number >= 1, got {max_aspect!r}")
+        LIMITS.max_aspect = float(max_aspect)
+
+
+class ImageTooLargeError(ValueError):
+    """An image beyond :data:`LIMITS` (the message names the limit and how to raise it)."""
+
+
+def _check_limits(size: tuple[int, int], what: str) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageLoadError(f"{what} has no pixels ({w} x {h})")
+    aspect = max(w, h) / min(w, h)
+    if aspect > LIMITS.max_aspect:
+        raise ImageTooLargeError(
+            f"{what} is {w} x {h} pixels, an aspect ratio of {aspect:.0f}:1; attnviz accepts "
+            f"up to {LIMITS.max_aspect:g}:1 (a classifier would resize its shorter side and "
+            "blow the longer one up). Crop it, or raise the limit with "
+            "attnviz.photos.set_image_limits(max_aspect=...)"
+        )
+    if w * h > LIMITS.max_pixels:
+        raise ImageTooLargeError(
+            f"{what} is {w} x {h} = {w * h / 1e6:.1f} megapixels; attnviz accepts up to "
+            f"{LIMITS.max_pixels:,} pixels ({LIMITS.max_pixels / 1e6:g} megapixels). Shrink "
+            "it, or raise the limit with attnviz.photos.set_image_limits(max_pixels=...)"
+        )
+
+
+def _fit_draft(image: Image.Image, max_side: int | None) -> None:
+    """JPEG: decode at reduced scale, to ``max_side`` if given and within the pixel limit."""
+    if image.format != "JPEG":
+        return
+    w, h = image.size
+    target = (w, h)
+    if max_side is not None and max(w, h) > max_side:
+        target = (max_side, max_side)
+    scale = 1
+    while (w // scale) * (h // scale) > LIMITS.max_pixels and scale < 8:
+        scale *= 2
+    if scale > 1:
+        target = (min(target[0], w // scale), min(target[1], h // scale))
+    if target != (w, h):
+        image.draft(None, target)  # the smallest of 1/2, 1/4, 1/8 still >= target
 
 
 class ImageLoadError(OSError, ValueError):
@@ -55,8 +146,10 @@ def _describe(source: Any) -> str:
     return f"the given {type(source).__name__}"
 
 
-def _open(source: Any) -> Image.Image:
-    """Open ``source`` lazily (the pixels are decoded later, by ``load``)."""
+@contextlib.contextmanager
+def _opened(source: Any) -> Iterator[Image.Image]:
+    """``source`` opened lazily (pixels decoded later, by ``load``); a file we open is
+    closed on leaving, even for multi-page TIFFs that Pillow would keep open."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
@@ -64,12 +157,31 @@ def _open(source: Any) -> Image.Image:
             "source must be a path, bytes, a file object, a PIL image or a numpy array, "
             f"got {type(source).__name__}"
         )
+    what = _describe(source)
+    fh = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            raise ImageLoadError(f"{what} is a folder, not an image file")
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no image file at {what}") from None
     try:
-        return Image.open(source)
-    except UnidentifiedImageError as e:
-        raise ImageLoadError(
-            f"{_describe(source)} is not an image (or not a format Pillow reads): {e}"
-        ) from e
+        try:
+            with warnings.catch_warnings():  # our own limit, lower than Pillow's, decides
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(fh if fh is not None else source)
+        except UnidentifiedImageError as e:
+            raise ImageLoadError(
+                f"{what} is not an image (or not a format Pillow reads): {e}"
+            ) from e
+        except Image.DecompressionBombError as e:
+            raise ImageTooLargeError(f"{what}: {e}") from e
+        yield image
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 def _decode(image: Image.Image, what: str) -> None:
@@ -110,40 +222,88 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 
 
 # -- modes -> 8-bit --------------------------------------------------------------------------
+# Conversions run over strips of rows (about 2 megapixels each) into one 8-bit result, so a
+# 40-megapixel 16-bit or float image never has a full-size temporary in a wider type.
+_STRIP = 2_000_000
+
+
+def _rows(height: int, width: int) -> range:
+    return range(0, height, max(1, _STRIP // max(1, width)))
+
+
+def _map_rows(arr: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``fn`` applied to strips of rows of ``arr``, into one uint8 array of its shape."""
+    out = np.empty(arr.shape, np.uint8)
+    step = _rows(arr.shape[0], int(np.prod(arr.shape[1:]))).step
+    for top in range(0, arr.shape[0], step):
+        out[top : top + step] = fn(arr[top : top + step])
+    return out
+
+
 def _scale_16(arr: np.ndarray) -> np.ndarray:
     """16-bit samples -> 8 bits by v / 257 rounded (65535 -> 255, 257 -> 1), in integers."""
-    return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return _map_rows(arr, lambda a: ((a.astype(np.uint32) + 128) // 257).astype(np.uint8))
 
 
-def _stretch(arr: np.ndarray) -> np.ndarray:
-    """Linear map of the actual [min, max] onto [0, 255] (a constant image -> 0)."""
-    lo, hi = float(arr.min()), float(arr.max())
+def _stretched(lo: float, hi: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Linear map of [lo, hi] onto [0, 255] (a constant image -> 0)."""
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.round((arr.astype(np.float32) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return lambda a: np.zeros(a.shape, np.uint8)
+    k = 255.0 / (hi - lo)
+    return lambda a: np.round((a.astype(np.float32) - lo) * k).astype(np.uint8)
+
+
+def _int_map(lo: float, hi: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Mode ``I``: values in [0, 65535] are 16-bit samples (Pillow reads 16-bit PNG and TIFF
+    files as ``I`` or ``I;16``), scaled as :func:`_scale_16`; other ranges are stretched."""
+    if lo >= 0 and hi <= 65535:
+        return lambda a: ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return _stretched(lo, hi)
+
+
+def _float_map(lo: float, hi: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Mode ``F``: values in [0, 1] are intensities (x 255, rounded); others are stretched."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("a float image must be finite (it contains NaN or infinity)")
+    if lo >= 0.0 and hi <= 1.0:
+        return lambda a: np.round(a.astype(np.float32) * 255.0).astype(np.uint8)
+    return _stretched(lo, hi)
 
 
 def _scale_int(arr: np.ndarray) -> np.ndarray:
-    """Mode ``I``: values in [0, 65535] are 16-bit samples (Pillow reads 16-bit PNG and TIFF
-    files as ``I`` or ``I;16``), scaled as :func:`_scale_16`; other ranges are stretched."""
-    if arr.min() >= 0 and arr.max() <= 65535:
-        return _scale_16(arr)
-    return _stretch(arr)
+    return _map_rows(arr, _int_map(float(arr.min()), float(arr.max())))
 
 
 def _scale_float(arr: np.ndarray) -> np.ndarray:
-    """Mode ``F``: values in [0, 1] are intensities (x 255, rounded); others are stretched."""
     if not np.isfinite(arr).all():
         raise ValueError("a float image must be finite (it contains NaN or infinity)")
-    if arr.min() >= 0.0 and arr.max() <= 1.0:
-        return np.round(arr.astype(np.float32) * 255.0).astype(np.uint8)
-    return _stretch(arr)
+    return _map_rows(arr, _float_map(float(arr.min()), float(arr.max())))
+
+
+def _strips(image: Image.Image) -> Iterator[tuple[tuple[int, int, int, int], Image.Image]]:
+    """(box, crop) over strips of rows of ``image``."""
+    w, h = image.size
+    rows = _rows(h, w)
+    for top in rows:
+        box = (0, top, w, min(h, top + rows.step))
+        yield box, image.crop(box)
+
+
+def _grey_to_rgb(image: Image.Image, fn: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    """A one-band image of a wide type, mapped to 8 bits strip by strip, as RGB."""
+    out = np.empty((image.height, image.width), np.uint8)
+    for (_, top, _, bottom), strip in _strips(image):
+        out[top:bottom] = fn(np.asarray(strip))
+    return Image.fromarray(out).convert("RGB")
 
 
 def _over_white(image: Image.Image) -> Image.Image:
-    """An RGBA image composited over white: rgb * a + 255 * (1 - a)."""
+    """An image with transparency composited over white, rgb * a + 255 * (1 - a), strip by
+    strip (no full-size RGBA or mask copy)."""
     out = Image.new("RGB", image.size, (255, 255, 255))
-    out.paste(image.convert("RGB"), mask=image.getchannel("A"))
+    for box, strip in _strips(image):
+        rgba = strip.convert("RGBA")
+        out.paste(rgba.convert("RGB"), box[:2], mask=rgba.getchannel("A"))
     return out
 
 
@@ -153,15 +313,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode.startswith("I;16"):
-        return Image.fromarray(_scale_16(np.asarray(image))).convert("RGB")
-    if mode == "I":
-        return Image.fromarray(_scale_int(np.asarray(image))).convert("RGB")
-    if mode == "F":
-        return Image.fromarray(_scale_float(np.asarray(image))).convert("RGB")
+        return _grey_to_rgb(image, _int_map(0, 65535))
+    if mode in ("I", "F"):
+        lo, hi = image.getextrema()  # computed by Pillow, no copy
+        return _grey_to_rgb(image, (_int_map if mode == "I" else _float_map)(lo, hi))
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode in ("P", "L", "RGB") and "transparency" in image.info
     ):
-        return _over_white(image.convert("RGBA"))
+        return _over_white(image)
     return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV
 
 
@@ -203,13 +362,24 @@ def load_image(source: Any, *, max_side: int | None = None) -> Image.Image:
     ):
         raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
     if isinstance(source, Image.Image):  # the caller's: transpose into a copy
-        image = ImageOps.exif_transpose(source, in_place=False)
-    else:
-        image = _from_array(source) if isinstance(source, np.ndarray) else _open(source)
-        if max_side is not None:
-            image.draft(None, (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8
-        _decode(image, _describe(source))
+        _check_limits(source.size, "the image")
+        return _finish(ImageOps.exif_transpose(source, in_place=False), max_side)
+    if isinstance(source, np.ndarray):
+        if source.ndim in (2, 3):
+            _check_limits((source.shape[1], source.shape[0]), "the array")
+        image = _from_array(source)
+        ImageOps.exif_transpose(image, in_place=True)
+        return _finish(image, max_side)
+    with _opened(source) as image:
+        what = _describe(source)
+        _fit_draft(image, max_side)  # JPEG: decode at 1/2, 1/4 or 1/8 (sets the size)
+        _check_limits(image.size, what)  # from the header: nothing decoded yet
+        _decode(image, what)
         ImageOps.exif_transpose(image, in_place=True)  # our own: no full-size copy
+        return _finish(image, max_side)
+
+
+def _finish(image: Image.Image, max_side: int | None) -> Image.Image:
     rgb = _to_rgb(image)
     if max_side is not None:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

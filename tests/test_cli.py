@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nbformat
 import numpy as np
+import pytest
 from nbfixtures import write_notebook
 from PIL import Image
 
@@ -71,3 +72,57 @@ def test_overlay_explains_what_a_model_needs(tmp_path, capsys):
     assert code == 2 and "download by hand" in capsys.readouterr().err
     code = main(["overlay", str(photo), "--model", "timm/nope", "--weights", "none"])
     assert code == 2 and "timm has no model 'nope'" in capsys.readouterr().err
+
+
+def _overlay_args(photo, *more):
+    return ["overlay", str(photo), "--model", "mobilenet_v3_small", "--weights", "none", *more]
+
+
+def test_bad_paths_and_arguments_fail_fast_with_a_message(tmp_path, capsys, monkeypatch):
+    import attnviz.zoo
+
+    photo = sample_path(sample_photos()[0])
+    loads = []
+    monkeypatch.setattr(attnviz.zoo, "get_model", lambda *a, **k: loads.append(a))
+    same = ["-o", str(tmp_path / "same.png"), "--npz", str(tmp_path / "same.png")]
+    cases = [
+        (_overlay_args(tmp_path / "none.jpg", "-o", str(tmp_path / "o.png")), "no image file at"),
+        (_overlay_args(tmp_path, "-o", str(tmp_path / "o.png")), "is a folder, not an image"),
+        (_overlay_args(photo, "-o", str(tmp_path / "missing" / "o.png")), "no folder"),
+        (_overlay_args(photo, "-o", str(tmp_path / "o.txt")), "not an image file name"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert loads == []  # refused before any model was built
+    monkeypatch.undo()
+    # --npz same.png writes same.png.npz, and says so
+    assert main(_overlay_args(photo, *same, "--size", "64")) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'same.png.npz'}" in out and (tmp_path / "same.png.npz").exists()
+    assert main(_overlay_args(photo, "--target", "-1", "-o", str(tmp_path / "t.png"))) == 2
+    assert "--target must be a class index in [0, 1000), got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["thin", "big"])
+def test_hostile_images_through_the_cli_are_refused_cheaply(tmp_path, name):
+    """The issue's reproductions, run as a user runs them: a fresh process, its peak RSS."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{name}.png"
+    Image.new("L", (3, 100_000) if name == "thin" else (13_000, 13_000)).save(path)
+    argv = ["overlay", str(path), "--weights", "none", "-o", str(tmp_path / "o.png")]
+    code = (
+        "import resource, sys\n"
+        "from attnviz.cli import main\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"code = main({argv!r})\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(code, grown // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    status, grown_mib = done.stdout.split()
+    assert status == "2" and int(grown_mib) < 100
+    assert "attnviz accepts" in done.stderr and "Traceback" not in done.stderr

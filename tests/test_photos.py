@@ -337,3 +337,150 @@ def test_photo_picker_routes_callback_errors_to_its_output():
     assert "boom" in "".join(o.get("text", "") for o in picker.log.outputs)
     picker.on_change(broken, remove=True)
     picker.close()
+
+
+# -- bounded images --------------------------------------------------------------------------
+def _transforms():
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    return MobileNet_V3_Large_Weights.DEFAULT.transforms()
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A 2 KB image 3 x 100000 and a 480 KB PNG of 13000 x 13000 (under Pillow's bomb limit
+    for warnings only): the reproductions of the issue."""
+    d = tmp_path_factory.mktemp("hostile")
+    Image.new("RGB", (3, 100_000)).save(d / "thin.png")
+    big = Image.new("L", (13_000, 13_000))
+    big.save(d / "big.png")
+    del big
+    gc.collect()
+    return d
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("thin.png", r"3 x 100000 pixels, an aspect ratio of 33333:1.*max_aspect"),
+     ("big.png", r"13000 x 13000 = 169.0 megapixels.*max_pixels")],
+)  # fmt: skip
+def test_hostile_images_are_refused_from_the_header_before_any_decoding(hostile, name, message):
+    from attnviz.photos import ImageTooLargeError
+
+    path = hostile / name
+    with _PeakRSS() as memory:
+        start = time.perf_counter()
+        for source in (path, path.read_bytes(), io.BytesIO(path.read_bytes())):
+            with pytest.raises(ImageTooLargeError, match=message):
+                prepare(source, _transforms())
+            with pytest.raises(ImageTooLargeError, match=message):
+                display_copy(source, max_side=256)
+        seconds = time.perf_counter() - start
+    assert memory.peak - memory.base < 50 * 2**20 and seconds < 5
+
+
+def test_limits_apply_to_arrays_and_pil_images_and_can_be_raised():
+    from attnviz.photos import LIMITS, ImageTooLargeError, set_image_limits
+
+    with pytest.raises(ImageTooLargeError, match="aspect ratio of 25:1"):
+        load_image(np.zeros((4, 100), np.uint8))
+    with pytest.raises(ImageTooLargeError, match="aspect ratio of 25:1"):
+        load_image(Image.new("RGB", (100, 4)))
+    before = (LIMITS.max_pixels, LIMITS.max_aspect)
+    try:
+        set_image_limits(max_aspect=30, max_pixels=1000)
+        assert load_image(np.zeros((4, 100), np.uint8)).size == (100, 4)
+        with pytest.raises(ImageTooLargeError, match="40 x 40 .* up to 1,000 pixels"):
+            load_image(np.zeros((40, 40), np.uint8))
+        for bad in ({"max_aspect": 0.5}, {"max_pixels": 0}, {"max_pixels": 1.5}):
+            with pytest.raises(ValueError, match="max_"):
+                set_image_limits(**bad)
+    finally:
+        set_image_limits(max_pixels=before[0], max_aspect=before[1])
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_at_reduced_scale(tmp_path):
+    from attnviz.photos import LIMITS, set_image_limits
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (2000, 1000), (200, 30, 60)).save(path)
+    before = LIMITS.max_pixels
+    try:
+        set_image_limits(max_pixels=600_000)  # 2 MP: decoded at 1/2, 1000 x 500 = 0.5 MP
+        image = load_image(path)
+        assert image.size == (1000, 500) and image.getpixel((10, 10))[0] > 180
+        with pytest.raises(ValueError, match="megapixels"):
+            load_image(Image.open(path))  # already decoded by the caller: refused, not shrunk
+    finally:
+        set_image_limits(max_pixels=before)
+
+
+_MEASURE = """
+import gc, sys, threading, time, psutil
+from torchvision.models import MobileNet_V3_Large_Weights
+from attnviz.photos import display_copy, prepare
+transforms = MobileNet_V3_Large_Weights.DEFAULT.transforms()
+proc = psutil.Process()
+gc.collect()
+base = peak = proc.memory_info().rss
+done = threading.Event()
+def poll():
+    global peak
+    while not done.is_set():
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.002)
+thread = threading.Thread(target=poll)
+thread.start()
+x = prepare(sys.argv[1], transforms)
+shown = display_copy(sys.argv[1], max_side=512)
+done.set()
+thread.join()
+assert tuple(x.shape) == (1, 3, 224, 224) and max(shown.size) == 512
+print((max(peak, proc.memory_info().rss) - base) / 2**20)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("size", "mode", "suffix"),
+    [((8000, 5000), "RGBA", "png"), ((8000, 5000), "I;16", "png"), ((8000, 5000), "F", "tif"),
+     ((28_000, 1_400), "RGB", "png")],
+)  # fmt: skip
+def test_the_worst_images_the_limits_allow_stay_under_500_mb(tmp_path, size, mode, suffix):
+    """40 megapixels with transparency, 16 bits or floats, or the widest aspect ratio
+    allowed; each measured in a fresh process (peak RSS sampled every 2 ms)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"worst.{suffix}"
+    fill = {"I;16": 1000, "F": 0.5}.get(mode, (40, 90, 200, 128)[: len(mode)])
+    image = Image.new(mode, size, fill)
+    image.save(path)
+    del image
+    gc.collect()
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    grown = float(done.stdout.strip())
+    assert grown < 500, f"peak RSS grew {grown:.0f} MiB"
+
+
+def test_multi_page_tiffs_do_not_keep_files_open(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    path = tmp_path / "pages.tif"
+    first, second = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    first.save(path, save_all=True, append_images=[second])
+    proc = psutil.Process()
+    before = proc.num_fds()
+    images = [load_image(path) for _ in range(80)]
+    gc.collect()
+    assert proc.num_fds() == before
+    assert images[-1].getpixel((0, 0)) == (255, 0, 0)  # the first page
+
+
+def test_folders_and_missing_files_are_named(tmp_path):
+    with pytest.raises(ImageLoadError, match="is a folder, not an image"):
+        load_image(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no image file at"):
+        load_image(tmp_path / "nothing.png")

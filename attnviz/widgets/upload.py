@@ -20,7 +20,14 @@ import ipywidgets as widgets
 from PIL import Image
 
 from .. import render
-from ..photos import ImageLoadError, display_copy, load_image, load_sample, sample_photos
+from ..photos import (
+    ImageLoadError,
+    ImageTooLargeError,
+    display_copy,
+    load_image,
+    load_sample,
+    sample_photos,
+)
 from ._app import App
 from ._png import show_png
 
@@ -125,7 +132,7 @@ class PhotoPicker(App):
         try:
             action()
             return True
-        except ImageLoadError as e:  # the user's file: say what is wrong, no traceback
+        except (ImageLoadError, ImageTooLargeError) as e:  # the user's file: what is wrong
             self.log.append_stderr(f"{e}\n")
         except Exception:  # shown in the app's Output, where the user is looking
             self.log.append_stderr(traceback.format_exc())
