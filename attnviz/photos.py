@@ -164,7 +164,7 @@ def _opened(source: Any) -> Iterator[Image.Image]:
         if path.is_dir():
             raise ImageLoadError(f"{what} is a folder, not an image file")
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
+            fh = open(path, "rb")
         except FileNotFoundError:
             raise FileNotFoundError(f"no image file at {what}") from None
     try:
