@@ -27,19 +27,29 @@ def _html(nb, path: Path) -> None:
 
 
 def _index(results: list[dict], out: Path, quick: bool) -> Path:
+    """index.html: one row per notebook, its status, time and error (no terminal codes)."""
+    from .nbrun import strip_ansi
+
+    def link(r: dict) -> str:
+        name = html.escape(r["name"])
+        return f"<a href='{html.escape(r['html'])}'>{name}</a>" if r["html"] else name
+
     rows = "\n".join(
-        f"<tr><td><a href='{html.escape(r['html'])}'>{html.escape(r['name'])}</a></td>"
-        f"<td class='{'ok' if r['ok'] else 'bad'}'>{'ok' if r['ok'] else 'FAILED'}</td>"
-        f"<td>{r['seconds']:.0f} s</td><td><pre>{html.escape(r['error'])}</pre></td></tr>"
+        f"<tr><td>{link(r)}</td>"
+        f"<td class='{'ok' if r['ok'] else 'bad'}'>{html.escape(r['status'])}</td>"
+        f"<td>{r['seconds']:.0f} s</td>"
+        f"<td><pre>{html.escape(strip_ansi(r['error']))}</pre></td></tr>"
         for r in results
     )
     mode, when = "quick" if quick else "full", time.strftime("%Y-%m-%d %H:%M")
+    failed = sum(not r["ok"] for r in results)
     style = ("body{font-family:sans-serif;margin:2em} td{padding:.3em 1em;vertical-align:top} "
              ".ok{color:#070} .bad{color:#b00;font-weight:bold} "
              "pre{max-width:60em;white-space:pre-wrap}")  # fmt: skip
     page = (
         f"<!doctype html><meta charset='utf-8'><title>attnviz gallery</title><style>{style}</style>"
-        f"<h1>attnviz notebooks</h1><p>Mode: {mode}; run {when}.</p><table><tr><th>notebook</th>"
+        f"<h1>attnviz notebooks</h1><p>Mode: {mode}; run {when}; {len(results)} notebooks, "
+        f"{failed} not ok.</p><table><tr><th>notebook</th>"
         f"<th>status</th><th>time</th><th>error</th></tr>{rows}</table>"
     )
     index = out / "index.html"
@@ -47,11 +57,41 @@ def _index(results: list[dict], out: Path, quick: bool) -> Path:
     return index
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Execute every notebook headless, keep going past failures, write the gallery."""
+def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Execute one notebook and render it; every outcome becomes a result, none raises."""
     import nbformat
 
     from .nbrun import NotebookError, execute_notebook
+
+    start, error, status = time.perf_counter(), "", "ok"
+    executed = out / path.name
+    nb = None
+    try:
+        nb = execute_notebook(path, {"QUICK": not args.full}, timeout=args.timeout,
+                              output=executed)  # fmt: skip
+    except NotebookError as e:
+        status = e.status
+        where = f"cell {e.cell}: " if e.cell >= 0 else ""
+        error = f"{where}{e.ename}: {e.evalue}" + (f"\n{e.traceback}" if e.traceback else "")
+    except Exception as e:  # anything else (e.g. no kernel to start): reported, not fatal
+        status, error = "failed", f"{type(e).__name__}: {e}"
+    page = ""
+    try:
+        if nb is None and executed.exists():
+            nb = nbformat.read(executed, as_version=4)
+        if nb is not None:
+            page = path.stem + ".html"
+            _html(nb, out / page)
+    except Exception as e:  # the page could not be rendered: say so, keep going
+        error += f"\n(no HTML page: {type(e).__name__}: {e})"
+        page = ""
+    return {"name": path.stem, "html": page, "ok": status == "ok", "status": status,
+            "seconds": time.perf_counter() - start, "error": error}  # fmt: skip
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Execute every notebook headless, keep going past failures, always write the gallery."""
+    from .nbrun import strip_ansi
 
     src = Path(args.notebooks)
     paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
@@ -59,32 +99,26 @@ def demo(args: argparse.Namespace) -> int:
         print(f"no notebooks in {src}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if out.resolve() in {p.resolve().parent for p in paths}:
+        print(f"--out {out} holds the source notebooks: the executed copies would replace "
+              "them; choose another folder (default build/demo)", file=sys.stderr)  # fmt: skip
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, path in enumerate(paths, 1):
-        print(
-            f"[{i}/{len(paths)}] {path.name} ({'full' if args.full else 'quick'}) ...", flush=True
-        )
-        start, error = time.perf_counter(), ""
-        executed = out / path.name
-        try:
-            nb = execute_notebook(path, {"QUICK": not args.full}, timeout=args.timeout,
-                                  output=executed)  # fmt: skip
-        except NotebookError as e:
-            error = f"cell {e.cell}: {e.ename}: {e.evalue}\n{e.traceback}"
-            nb = nbformat.read(executed, as_version=4)
-        seconds = time.perf_counter() - start
-        page = out / (path.stem + ".html")
-        _html(nb, page)
-        status = "ok" if not error else "FAILED, " + error.splitlines()[0]
-        print(f"    {status} in {seconds:.0f} s -> {page}", flush=True)
-        if error:
-            print(error, file=sys.stderr)
-        results.append({"name": path.stem, "html": page.name, "ok": not error,
-                        "seconds": seconds, "error": error})  # fmt: skip
-    index = _index(results, out, quick=not args.full)
+    results: list[dict] = []
+    try:
+        for i, path in enumerate(paths, 1):
+            mode = "full" if args.full else "quick"
+            print(f"[{i}/{len(paths)}] {path.name} ({mode}) ...", flush=True)
+            r = _run_one(path, out, args)
+            results.append(r)
+            print(f"    {r['status']} in {r['seconds']:.0f} s"
+                  + (f" -> {out / r['html']}" if r["html"] else ""), flush=True)  # fmt: skip
+            if r["error"]:
+                print(strip_ansi(r["error"]), file=sys.stderr)
+    finally:  # even on Ctrl-C: the gallery of what ran
+        index = _index(results, out, quick=not args.full)
     failed = [r["name"] for r in results if not r["ok"]]
-    print(f"gallery: {index.resolve()}" + (f"  ({len(failed)} failed: {failed})" if failed else ""))
+    print(f"gallery: {index.resolve()}" + (f"  ({len(failed)} not ok: {failed})" if failed else ""))
     return 1 if failed else 0
 
 

@@ -8,21 +8,57 @@ user had edited that cell.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NotebookError", "execute_notebook", "inject_parameters"]
+__all__ = [
+    "KernelDiedError",
+    "NotNotebookError",
+    "NotebookError",
+    "NotebookTimeoutError",
+    "execute_notebook",
+    "inject_parameters",
+    "strip_ansi",
+]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour and cursor codes (IPython colours its tracebacks)."""
+    return _ANSI.sub("", text)
 
 
 class NotebookError(RuntimeError):
     """A cell failed: names the notebook, the cell number and the error."""
 
+    status = "failed"
+
     def __init__(self, path: Path, cell: int, ename: str, evalue: str, traceback: str) -> None:
         self.path, self.cell, self.ename, self.evalue, self.traceback = (
-            path, cell, ename, evalue, traceback,
+            path, cell, ename, evalue, strip_ansi(traceback),
         )  # fmt: skip
-        super().__init__(f"{path.name}: cell {cell} raised {ename}: {evalue}\n{traceback}")
+        super().__init__(f"{path.name}: cell {cell} raised {ename}: {evalue}\n{self.traceback}")
+
+
+class NotebookTimeoutError(NotebookError):
+    """A cell ran longer than the timeout (the kernel was stopped)."""
+
+    status = "timed out"
+
+
+class KernelDiedError(NotebookError):
+    """The kernel died while running a cell (out of memory, a crash, ``os._exit``)."""
+
+    status = "kernel died"
+
+
+class NotNotebookError(NotebookError):
+    """The file is not a notebook nbformat can read (not JSON, or not a valid notebook)."""
+
+    status = "not a notebook"
 
 
 def inject_parameters(nb: Any, parameters: Mapping[str, Any]) -> Any:
@@ -33,9 +69,12 @@ def inject_parameters(nb: Any, parameters: Mapping[str, Any]) -> Any:
     """
     import nbformat
 
-    tagged = [
-        i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])
-    ]
+    def tags(cell: Any) -> list[str]:
+        return cell.get("metadata", {}).get("tags", [])
+
+    # an earlier run's injected cell goes first, so running twice injects once
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in tags(c)]
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in tags(c)]
     if not tagged:
         raise ValueError("the notebook has no cell tagged 'parameters'; tag its parameters cell")
     i = tagged[0]
@@ -70,13 +109,24 @@ def execute_notebook(
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    inject_parameters(nb, parameters or {})
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # not JSON, not a notebook, unreadable: the file's fault
+        raise NotNotebookError(path, -1, type(e).__name__, str(e).splitlines()[0], "") from None
+    try:
+        inject_parameters(nb, parameters or {})
+    except ValueError as e:
+        raise NotebookError(path, -1, "ValueError", str(e), "") from None
+    current = {"cell": -1}
+
+    def started(cell: Any, cell_index: int) -> None:
+        current["cell"] = cell_index
+
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel_name,
+        nb, timeout=timeout, kernel_name=kernel_name, on_cell_start=started,
         resources={"metadata": {"path": str(cwd or path.parent)}},
     )  # fmt: skip
     try:
@@ -85,9 +135,15 @@ def execute_notebook(
         cell = next(
             (i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
              if o.get("output_type") == "error"),
-            -1,
+            current["cell"],
         )  # fmt: skip
         raise NotebookError(path, cell, e.ename, e.evalue, str(e)) from None
+    except CellTimeoutError:
+        raise NotebookTimeoutError(
+            path, current["cell"], "Timeout", f"the cell ran over {timeout} s", ""
+        ) from None
+    except DeadKernelError as e:
+        raise KernelDiedError(path, current["cell"], "DeadKernelError", str(e), "") from None
     finally:
         if output is not None:
             Path(output).parent.mkdir(parents=True, exist_ok=True)

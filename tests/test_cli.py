@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import nbformat
 import numpy as np
 import pytest
@@ -26,10 +28,58 @@ def test_demo_reports_a_broken_notebook_and_still_renders_the_others(tmp_path, c
     executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
     assert "quick" in executed.cells[2].outputs[0]["text"]  # QUICK = True was injected
     index = (out / "index.html").read_text()
-    assert "FAILED" in index and "deliberately broken" in index and index.count("ok</td>") == 2
+    assert "failed" in index and "deliberately broken" in index and index.count("'ok'>ok<") == 2
+    assert "\x1b[" not in index  # IPython's coloured traceback, without terminal codes
     printed = capsys.readouterr()
     assert "cell 2: ValueError: deliberately broken" in printed.out + printed.err
     assert "gallery:" in printed.out
+
+
+@pytest.mark.slow
+def test_demo_finishes_whatever_each_notebook_does(tmp_path, capsys):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    write_notebook(src / "01_ok.ipynb", "x = 1")
+    write_notebook(src / "02_sleeps.ipynb", "import time\ntime.sleep(60)")
+    write_notebook(src / "03_dies.ipynb", "import os\nos._exit(1)")
+    (src / "04_not_json.ipynb").write_text("{ this is not a notebook")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("y = 2")]  # no parameters cell
+    nbformat.write(nb, src / "05_no_parameters.ipynb")
+    write_notebook(src / "06_last.ipynb", "z = 3")
+    out = tmp_path / "gallery"
+    code = main(["demo", "--notebooks", str(src), "--out", str(out), "--timeout", "5"])
+    assert code == 1
+    index = (out / "index.html").read_text()
+    rows = dict(
+        re.findall(r"<td>(?:<a [^>]*>)?(\d\d_\w+)(?:</a>)?</td><td class='\w+'>([^<]+)<", index)
+    )
+    assert rows == {
+        "01_ok": "ok", "02_sleeps": "timed out", "03_dies": "kernel died",
+        "04_not_json": "not a notebook", "05_no_parameters": "failed", "06_last": "ok",
+    }  # fmt: skip
+    assert "tagged &#x27;parameters&#x27;" in index and "ran over 5 s" in index
+    assert (out / "06_last.html").exists() and (out / "02_sleeps.html").exists()
+
+
+def test_demo_refuses_to_write_over_its_sources(tmp_path, capsys):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    path = write_notebook(src / "01_ok.ipynb", "x = 1")
+    before = path.read_text()
+    assert main(["demo", "--notebooks", str(src), "--out", str(src)]) == 2
+    assert "holds the source notebooks" in capsys.readouterr().err
+    assert path.read_text() == before and not (src / "index.html").exists()
+
+
+def test_parameters_are_injected_once_however_often_a_notebook_runs(tmp_path):
+    from attnviz.nbrun import inject_parameters
+
+    nb = nbformat.read(write_notebook(tmp_path / "n.ipynb", "x = 1"), as_version=4)
+    for _ in range(3):
+        inject_parameters(nb, {"QUICK": True})
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert tags.count(["injected-parameters"]) == 1 and len(nb.cells) == 3
 
 
 def test_overlay_writes_a_png_and_the_maps(tmp_path):
