@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -267,6 +267,13 @@ def _clutter(gen, pool: torch.Tensor, n: int, canvas: int, pieces: int = 8, size
     return out
 
 
+def _seed(seed: Any) -> int:
+    """An integer seed, or a clear error (no silent truncation of 1.5 to 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return int(seed)
+
+
 def distort(
     digits: torch.Tensor,
     labels: torch.Tensor,
@@ -298,9 +305,16 @@ def distort(
         raise ValueError(f"digits must be N x 28 x 28, got {tuple(digits.shape)}")
     if len(labels) != len(digits):
         raise ValueError(f"{len(digits)} digits but {len(labels)} labels")
-    size = canvas or DISTORTIONS[kind]
+    seed = _seed(seed)
+    if canvas is not None and (
+        isinstance(canvas, bool) or not isinstance(canvas, (int, np.integer)) or canvas < 16
+    ):
+        raise ValueError(
+            f"canvas must be None (the kind's default) or an int >= 16, got {canvas!r}"
+        )
+    size = int(canvas) if canvas is not None else DISTORTIONS[kind]
     n = len(digits)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     flow = None
     if kind == "none":
         transforms = _canvas_to_digit(_similarity(torch.zeros(n), torch.ones(n),
@@ -333,9 +347,9 @@ def distort(
         labels=labels.long().clone(),
         transforms=transforms,
         boxes=boxes,
-        digits=src,
+        digits=src.clone() if src.data_ptr() == digits.data_ptr() else src,
         kind=kind,
-        seed=int(seed),
+        seed=seed,
         flows=flow,
     )
 
@@ -351,7 +365,7 @@ def distorted_mnist(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     images, labels = _cached_split(source)[split]
-    stream = seed * 2 + (1 if split == "test" else 0)
+    stream = _seed(seed) * 2 + (1 if split == "test" else 0)
     return distort(images, labels, kind, seed=stream, **kwargs)
 
 
@@ -396,6 +410,9 @@ _TEST_COLUMNS = 0.25  # the right quarter of every photo is test background
 _MAX_ANGLE = math.radians(15)
 _COLOUR_CANDIDATES = 8
 _MAX_DIGIT_SCALE = 0.8  # a 0.8 * size frame rotated by 15 degrees still fits the canvas
+_MIN_DIGIT_PIXELS = 8  # a digit frame narrower than this shows no readable digit
+_BYTES_PER_PIXEL = 4 * 5  # float32 image (3 channels) and alpha, and a bool mask: ~5 floats
+_MAX_BYTES = 4 * 2**30  # what one digits_on_photos call may allocate
 _INK = 0.05  # boxes bound alpha > 0.05: at least 99% of every digit's alpha mass
 _CHUNK_PIXELS = 1 << 21  # pixels rendered at a time: temporaries stay small and are reused
 _PHOTO_CACHE: dict[str, torch.Tensor] = {}
@@ -483,7 +500,15 @@ class PhotoDigits(torch.utils.data.Dataset):
 
 
 def photo_background(name: str) -> torch.Tensor:
-    """A photo of :data:`PHOTOS` as 3 x 256 x W float32 in [0, 1] (short side 256), cached."""
+    """A photo of :data:`PHOTOS` as 3 x 256 x W float32 in [0, 1] (short side 256).
+
+    A new tensor the caller owns (the rendering keeps its own cached copy).
+    """
+    return _photo_background(name).clone()
+
+
+def _photo_background(name: str) -> torch.Tensor:
+    """The cached background: read-only by convention, never handed to a caller."""
     if name not in PHOTOS:
         raise ValueError(f"photo must be one of {list(PHOTOS)}, got {name!r}")
     if name not in _PHOTO_CACHE:
@@ -500,7 +525,7 @@ def photo_background(name: str) -> torch.Tensor:
 
 def photo_regions(name: str) -> dict[str, tuple[int, int, int, int]]:
     """The train (left 75%) and test (right 25%) regions (x0, y0, x1, y1) of a photo."""
-    h, w = photo_background(name).shape[-2:]
+    h, w = _photo_background(name).shape[-2:]
     cut = round(w * (1 - _TEST_COLUMNS))
     return {"train": (0, 0, cut, h), "test": (cut, 0, w, h)}
 
@@ -539,7 +564,7 @@ def _atlas(names: tuple[str, ...], split: str) -> tuple[torch.Tensor, torch.Tens
         height = max(y1 - y0 for _, y0, _, y1 in boxes) + 2
         parts, offsets, left = [], [], 0
         for name, (x0, y0, x1, y1) in zip(names, boxes):
-            region = photo_background(name)[None, :, y0:y1, x0:x1]
+            region = _photo_background(name)[None, :, y0:y1, x0:x1]
             part = F.pad(region, (1, 1, 1, 1), mode="replicate")[0]
             parts.append(F.pad(part, (0, 0, 0, height - part.shape[1])))
             offsets.append([left + 1 - x0, 1 - y0])
@@ -615,6 +640,19 @@ def _check_photo_args(split, n, size, digit_scale, photos) -> tuple[str, ...]:
         raise ValueError(
             f"digit_scale must satisfy 0 < lo <= hi <= {_MAX_DIGIT_SCALE}, got {digit_scale!r}"
         )
+    if lo * size < _MIN_DIGIT_PIXELS:
+        raise ValueError(
+            f"digit_scale {lo:g} makes a digit's 28 x 28 frame {lo * size:.1f} pixels wide at "
+            f"size {size}: too small to see, yet it keeps its label; use at least "
+            f"{_MIN_DIGIT_PIXELS / size:.3f} ({_MIN_DIGIT_PIXELS} pixels)"
+        )
+    need = n * size * size * _BYTES_PER_PIXEL
+    if need > _MAX_BYTES:
+        raise ValueError(
+            f"n={n} images of {size} x {size} need {need / 2**30:.1f} GiB; one call makes at "
+            f"most {_MAX_BYTES / 2**30:g} GiB of images: make fewer, or several sets with "
+            "different seeds"
+        )
     names = DEFAULT_PHOTOS if photos is None else tuple(photos)
     unknown = [p for p in names if p not in PHOTOS]
     if not names or unknown or len(set(names)) != len(names):
@@ -660,9 +698,9 @@ def digits_on_photos(
         ValueError: for an unknown split or photo, or a bad ``n``, ``size`` or ``digit_scale``.
     """
     names = _check_photo_args(split, n, size, digit_scale, photos)
-    n, size = int(n), int(size)
+    n, size, seed = int(n), int(size), _seed(seed)
     digits, digit_labels = _cached_split(source)[split]
-    gen = torch.Generator().manual_seed(int(seed) * 2 + (1 if split == "test" else 0))
+    gen = torch.Generator().manual_seed(seed * 2 + (1 if split == "test" else 0))
     passes = -(-n // len(digits))
     index = torch.cat([torch.randperm(len(digits), generator=gen) for _ in range(passes)])[:n]
     photo_ids = torch.randint(len(names), (n,), generator=gen)
@@ -695,7 +733,7 @@ def digits_on_photos(
         transforms=transforms,
         regions=regions,
         split=split,
-        seed=int(seed),
+        seed=seed,
         photo_names=names,
         source=source,
     )

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import storage
 
 __all__ = [
     "EpochStats",
@@ -223,6 +223,48 @@ def stn_param_groups(model: nn.Module, lr: float = 3e-3, stn_lr: float = 3e-4) -
 
 
 # -- the loop ----------------------------------------------------------------------------
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "batches": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["batches"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume_from(path: Path, config: dict[str, Any], resume: bool, overwrite: bool):
+    """The checkpoint to continue from, ``None`` to start afresh, or an error."""
+    if not path.exists() or overwrite:
+        return None
+    state = storage.read(path)
+    done = state.get("epoch") if isinstance(state, dict) else None
+    if not resume:
+        of = f" (epoch {done} of {state.get('fit', {}).get('epochs', '?')})" if done else ""
+        raise FileExistsError(
+            f"{path} holds a checkpoint{of}: fit() would replace it after its first epoch. "
+            "Pass resume=True to continue that run, overwrite=True to start over and replace "
+            "it, or another checkpoint path"
+        )
+    if done is None or "fit" not in state:
+        raise ValueError(
+            f"{path} is a checkpoint without the training state fit() resumes from (saved by "
+            "save_checkpoint, not by fit); pass overwrite=True to start over"
+        )
+    differ = {k: (state["fit"].get(k), v) for k, v in config.items() if state["fit"].get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"{path} was saved by another training run ({listed}); resume it with the same "
+            "arguments, or pass overwrite=True to start over"
+        )
+    return state
+
+
 def fit(
     model: nn.Module,
     train: Any,
@@ -238,6 +280,8 @@ def fit(
     seed: int = 0,
     snapshot: Callable[[nn.Module], Mapping[str, torch.Tensor]] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     param_groups: list[dict] | None = None,
 ) -> History:
@@ -258,10 +302,22 @@ def fit(
         snapshot: called with the model before training and after each epoch; the
             tensors it returns are kept in ``history.snapshots`` (e.g.
             :func:`snapshot_attention` for the theta of fixed probe images).
-        checkpoint: path written atomically after every epoch (see :func:`save_checkpoint`).
+        checkpoint: path written atomically after every epoch with everything needed to
+            continue: model, optimizer, scheduler, random generators, epoch and history.
+        resume: continue the run saved in ``checkpoint`` (from the epoch after the last
+            one saved; a run that finished returns its history). Interrupted and resumed,
+            a run on the CPU ends with the same weights, bit for bit, as an uninterrupted
+            one. Without a checkpoint file, the run starts from the beginning.
+        overwrite: start from the beginning even though ``checkpoint`` exists, replacing
+            it. With neither ``resume`` nor ``overwrite``, an existing checkpoint is an
+            error: re-running a cell never silently destroys a longer run's progress.
         progress: show ``tqdm.auto`` bars (epoch loss and accuracy).
         param_groups: optimizer parameter groups to use instead of ``model.parameters()``
             (for example a smaller learning rate for a localisation network).
+
+    Raises:
+        FileExistsError: ``checkpoint`` exists and neither ``resume`` nor ``overwrite``.
+        ValueError: bad arguments, or a checkpoint saved by a run with other arguments.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
@@ -288,18 +344,34 @@ def fit(
         )
     elif schedule is not None:
         raise ValueError(f"schedule must be 'onecycle' or None, got {schedule!r}")
+    config = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+        "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "n": len(first),
+    }  # fmt: skip
     history = History(device=str(dev), threads=torch.get_num_threads())
+    start_epoch = 1
+    saved = _resume_from(Path(checkpoint), config, resume, overwrite) if checkpoint else None
+    if saved is not None:
+        _load_fitting(model, saved["model"], checkpoint)
+        opt.load_state_dict(saved["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(saved["scheduler"])
+        history = History.from_dict(saved["history"])
+        _set_rng_state(saved["rng"], gen)
+        start_epoch = saved["epoch"] + 1
 
     def keep_snapshot() -> None:
         if snapshot is not None:
             for k, v in snapshot(model).items():
                 history.snapshots.setdefault(k, []).append(v.detach().cpu().clone())
 
-    keep_snapshot()
-    if test is not None:
-        loss0, acc0 = evaluate(model, test, device=dev)
-        history.epochs.append(EpochStats(0, math.nan, math.nan, loss0, acc0, 0.0))
-    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
+    if saved is None:
+        keep_snapshot()
+        if test is not None:
+            loss0, acc0 = evaluate(model, test, device=dev)
+            history.epochs.append(EpochStats(0, math.nan, math.nan, loss0, acc0, 0.0))
+    bar = tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=not progress,
+               initial=start_epoch - 1, total=epochs)  # fmt: skip
     for epoch in bar:
         dataset = first if epoch == 1 else data(epoch - 1)
         model.train()
@@ -327,7 +399,11 @@ def fit(
         bar.set_postfix(loss=f"{stats.train_loss:.3f}", acc=f"{stats.train_acc:.3f}",
                         test_acc=f"{test_acc:.3f}")  # fmt: skip
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer=opt, history=history)
+            save_checkpoint(
+                checkpoint, model, optimizer=opt, history=history,
+                training={"epoch": epoch, "scheduler": sched.state_dict() if sched else None,
+                          "rng": _rng_state(gen), "fit": config},
+            )  # fmt: skip
     model.eval()
     return history
 
@@ -339,34 +415,66 @@ def save_checkpoint(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     history: History | None = None,
+    training: Mapping[str, Any] | None = None,
     **meta: Any,
 ) -> Path:
     """Write ``model``'s state (and optimiser, history, plain ``meta``) atomically.
 
     The file is written to a temporary name in the same folder and moved into place
     with ``os.replace``, so a crash never leaves a half-written checkpoint. Only plain
-    data is stored, so :func:`load_checkpoint` can read it with ``weights_only=True``.
+    data is stored, so :func:`load_checkpoint` can read it with ``weights_only=True``;
+    ``meta`` that it would refuse (a ``Path``, a numpy array, any object) is refused here,
+    before anything is written.
+
+    Args:
+        path: the file to write.
+        model: its ``state_dict`` is saved.
+        optimizer: its state too, if given.
+        history: a :class:`History`.
+        training: what :func:`fit` needs to resume (``epoch``, ``scheduler``, ``rng``,
+            ``fit``); set by ``fit`` itself.
+        meta: plain data (numbers, strings, lists, dicts, tensors) stored under ``"meta"``.
+
+    Raises:
+        TypeError: a ``meta`` value ``weights_only`` loading would refuse (the key is named).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.check_loadable(dict(meta), "meta")
     state = {
-        "format": "attnviz-checkpoint-1",
+        "format": "attnviz-checkpoint-2",
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "history": history.to_dict() if history is not None else None,
         "meta": dict(meta),
+        **dict(training or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return storage.atomic_save(state, path)
+
+
+def _load_fitting(model: nn.Module, state_dict: Mapping[str, Any], path: Any) -> None:
+    """Load ``state_dict`` into ``model`` only if every key and shape fits, else change nothing."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{path}: its 'model' entry is a {type(state_dict).__name__}, not weights")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unused = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    if missing or unused or shapes:
+        raise ValueError(
+            f"the checkpoint {path} does not fit {type(model).__name__}; nothing was loaded. "
+            f"Missing from the file: {_few(missing)}; not in the model: {_few(unused)}; "
+            f"shapes that differ: {_few(shapes)}"
+        )
+    model.load_state_dict(state_dict)
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    if not items:
+        return "none"
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
 def load_checkpoint(
@@ -376,30 +484,32 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``; load it into ``model`` if given.
 
+    The model changes only if every key and shape of the file fits it; otherwise nothing
+    is loaded and the error lists what differs.
+
     Returns the checkpoint dict, with ``"history"`` as a :class:`History` when present.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file holds pickled Python objects (refused: loading them could run
-            arbitrary code), or is not a checkpoint at all.
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: an empty, truncated, corrupt or text file; a file of pickled Python
+            objects (refused: loading them could run arbitrary code); weights that do not
+            fit ``model``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    import pickle
+
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = storage.read(path, map_location=map_location)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path} holds pickled Python objects, which attnviz refuses to load because "
             "unpickling can run arbitrary code. Re-save it from a trusted session as plain "
             f"tensors (attnviz.train.save_checkpoint or torch.save(model.state_dict())). ({e})"
         ) from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({e})") from None
     if not isinstance(state, dict) or "model" not in state:
         state = {"model": state, "optimizer": None, "history": None, "meta": {}}
     if model is not None:
-        model.load_state_dict(state["model"])
+        _load_fitting(model, state["model"], path)
     if state.get("history") is not None:
         state["history"] = History.from_dict(state["history"])
     return state

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
+from . import storage
 from .models import resnet
 
 __all__ = [
@@ -520,13 +521,13 @@ def _read_checkpoint(path: _PathLike, map_location: Any) -> Mapping[str, Any]:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path or a dict, got {type(path).__name__}")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"no CBAM checkpoint at {str(path)!r}: download {OFFICIAL_CBAM_FILE} from the link in "
             "the README of https://github.com/Jongchan/attention-module and pass its path"
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = storage.read(path, map_location=map_location, what="CBAM checkpoint")
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(
             f"torch.load(weights_only=True) refused {str(path)!r}: it holds Python objects other "
@@ -534,7 +535,7 @@ def _read_checkpoint(path: _PathLike, map_location: Any) -> Mapping[str, Any]:
             "and unpickling those can run code. If you trust the file, extract the weights "
             "once: ck = torch.load(path, weights_only=False); torch.save({'state_dict': "
             "ck['state_dict']}, 'cbam_weights.pth'), then load 'cbam_weights.pth' (or pass "
-            f"ck to load_official_cbam). torch said: {e}"
+            f"ck to load_official_cbam). torch said: {e.__cause__ or e}"
         ) from e
     if not isinstance(checkpoint, Mapping):
         raise ValueError(

@@ -139,3 +139,22 @@ def test_bad_arguments_name_the_fix(split):
         distort(x, y[:3])
     with pytest.raises(ValueError, match="split"):
         distorted_mnist("RTS", "validation")
+
+
+def test_returned_tensors_belong_to_the_caller():
+    ds = distorted_mnist("RTS", "test", seed=0)
+    ds.digits.zero_()
+    ds.images.zero_()
+    again = distorted_mnist("RTS", "test", seed=0)
+    assert again.digits.max() > 0.5 and again.images.max() > 0.5
+
+
+def test_bad_seeds_and_canvases_are_named():
+    with pytest.raises(TypeError, match="seed must be an int, got None"):
+        distorted_mnist("RTS", "test", seed=None)
+    with pytest.raises(TypeError, match="seed must be an int, got 2.7"):
+        distorted_mnist("RTS", "test", seed=2.7)
+    for canvas in (0, 8, 28.0, True):
+        with pytest.raises(ValueError, match="canvas must be None"):
+            distorted_mnist("RTS", "test", canvas=canvas)
+    assert distorted_mnist("R", "test", canvas=32).images.shape[-1] == 32

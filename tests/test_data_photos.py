@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,10 @@ def test_photo_backgrounds_and_choice():
         photo = photo_background(name)
         assert photo.shape[0] == 3 and min(photo.shape[1:]) == 256
         assert 0 <= photo.min() and photo.max() <= 1
-        assert photo_background(name) is photo  # cached
+        again = photo_background(name)
+        assert again is not photo and torch.equal(again, photo)  # the caller owns each copy
+    photo_background("astronaut").zero_()  # a caller's change reaches no later call
+    assert photo_background("astronaut").max() > 0.5
     ds = digits_on_photos("test", 40, 32, seed=0, photos=["retina", "coffee"])
     assert ds.photo_names == ("retina", "coffee") and set(ds.photo_ids.tolist()) == {0, 1}
 
@@ -239,3 +243,18 @@ def test_bad_arguments_raise_value_errors(kwargs, match):
 def test_unknown_photo_name_raises():
     with pytest.raises(ValueError, match="photo must be one of"):
         photo_background("camera")
+
+
+def test_bad_arguments_are_named_before_anything_is_allocated():
+    with pytest.raises(TypeError, match="seed must be an int, got None"):
+        digits_on_photos("test", 4, 32, seed=None)
+    with pytest.raises(TypeError, match="seed must be an int, got 1.5"):
+        digits_on_photos("test", 4, 32, seed=1.5)
+    with pytest.raises(ValueError, match=r"digit_scale 0.01 .* 0.3 pixels wide .* at least 0.250"):
+        digits_on_photos("test", 4, 32, digit_scale=(0.01, 0.01))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"n=1000000000 images of 64 x 64 need 7\d+\.\d GiB"):
+        digits_on_photos("train", 1_000_000_000, 64)
+    assert time.perf_counter() - start < 1  # refused, not allocated
+    same = digits_on_photos("test", 4, 32, seed=np.int64(3))
+    assert torch.equal(same.images, digits_on_photos("test", 4, 32, seed=3).images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -121,20 +122,47 @@ def test_checkpoint_round_trip(tmp_path):
     assert os.listdir(tmp_path) == ["ck.pt"]
 
 
-def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    import attnviz.storage
+
     model = SmallCNN(1, 2, width=4)
     path = save_checkpoint(tmp_path / "ck.pt", model, note="first")
     before = path.read_bytes()
 
-    class Unsaveable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle this")
+    def half_then_crash(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        save_checkpoint(path, model, note=Unsaveable())
+    monkeypatch.setattr(attnviz.storage.torch, "save", half_then_crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, model, note="second")
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
     assert load_checkpoint(path)["meta"] == {"note": "first"}
+
+
+def test_meta_that_loading_would_refuse_is_refused_before_writing(tmp_path):
+    model = SmallCNN(1, 2, width=4)
+    for meta, where in [
+        ({"source": tmp_path}, r"meta\['source'\] is a pathlib\.\w*Path"),
+        ({"stats": {"mean": np.float32(1.0)}}, r"meta\['stats'\]\['mean'\] is a numpy"),
+        ({"runs": [1, object()]}, r"meta\['runs'\]\[1\] is a builtins.object"),
+    ]:
+        with pytest.raises(TypeError, match=where):
+            save_checkpoint(tmp_path / "ck.pt", model, **meta)
+    assert not (tmp_path / "ck.pt").exists()
+    ok = save_checkpoint(
+        tmp_path / "ck.pt", model, source=str(tmp_path), sizes=(1, 2), t=torch.ones(2)
+    )
+    assert load_checkpoint(ok)["meta"]["sizes"] == (1, 2)
+    assert oct(ok.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _Evil:
