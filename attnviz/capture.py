@@ -34,6 +34,12 @@ Rules worth knowing:
   how to capture its eager module.
 - **Refused modules** (e.g. timm's LambdaLayer, which has no attention map) are listed in
   ``Recording.refused`` with the reason and never recorded.
+- **Calls, not images**: every call of a module is recorded, and its rows are appended
+  along the batch. A module called twice in one forward pass (shared weights, a loop)
+  gives two calls per forward: ``record.calls`` counts them against
+  ``Recording.forwards`` and ``record.per_call()`` splits them again. The recomputation
+  of ``torch.utils.checkpoint`` during a backward pass is not recorded (it repeats
+  images already recorded).
 """
 
 from __future__ import annotations
@@ -178,6 +184,13 @@ def _worst(checks: list[tuple[list[torch.Tensor], str, float, float]]) -> torch.
     return worst
 
 
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass in this thread (where
+    ``torch.utils.checkpoint`` recomputes the forward of a checkpointed segment)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
 def _as_patterns(names: str | Sequence[str] | None) -> list[str] | None:
     if names is None:
         return None
@@ -288,7 +301,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
 
     # -- hooks ---------------------------------------------------------------------------
     def _mine(self) -> bool:
-        return threading.get_ident() == self._thread
+        """A forward pass this capture records: in its thread, and not a recomputation that
+        activation checkpointing runs during a backward pass (the same images again)."""
+        return threading.get_ident() == self._thread and not _in_backward()
 
     def _store(self, t: torch.Tensor) -> torch.Tensor:
         """A detached copy, on ``device`` in ``dtype``: never the live tensor's storage."""
@@ -297,6 +312,10 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             return (t.detach() if t.requires_grad else t).clone()
         out = t.detach().to(device=device, dtype=dtype)
         return out.clone() if out.data_ptr() == t.data_ptr() else out
+
+    def _count_forward(self, _module: nn.Module, _args: tuple) -> None:
+        if self._mine():
+            self.recording.forwards += 1
 
     def _begin(self, probe: Probe):
         def hook(_module: nn.Module, _args: tuple, _kwargs: dict) -> None:
@@ -396,6 +415,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             if self.compiled:
                 _eager_enter()
                 self._eager = True
+            self._handles.append(self.root.register_forward_pre_hook(self._count_forward))
             for probe in self.probes:
                 probe.keep_features = self.features
                 m = probe.module

@@ -125,13 +125,25 @@ class Record:
 
     @property
     def calls(self) -> int:
-        """How many times the module ran (and was recorded) during the capture."""
+        """How many times the module ran (and was recorded) during the capture.
+
+        Compare with ``Recording.forwards``: a module called twice per forward pass records
+        twice the rows of the images it saw; :meth:`per_call` splits them.
+        """
         return len(self._parts.get(self._main, []))
+
+    def per_call(self, field: str | None = None) -> list[torch.Tensor]:
+        """One tensor per recorded call (of ``field``, default the attention itself)."""
+        field = field or self._main
+        if not self._parts.get(field):
+            raise AttributeError(f"{self.name}: no {field!r} was recorded")
+        return list(self._parts[field])
 
     def __repr__(self) -> str:
         parts = self._parts.get(self._main) or []
         if parts:
             shape = f"shape=({self.batch_size}, {', '.join(map(str, parts[0].shape[1:]))})"
+            shape += f", calls={len(parts)}"
         else:
             shape = "nothing recorded"
         return f"{type(self).__name__}(name={self.name!r}, type={self.module_type}, {shape})"
@@ -543,12 +555,14 @@ class Recording(Mapping[str, Record]):
         checks: every faithfulness check run, as :class:`Check` objects (filled when the
             capture ends).
         refused: modules recognised but not recorded, with the reason.
+        forwards: forward passes of the captured model recorded (calls of its root module).
     """
 
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self.checks: list[Check] = []
         self.refused: dict[str, str] = {}
+        self.forwards = 0
 
     def __getitem__(self, name: str) -> Record:
         try:

@@ -277,3 +277,53 @@ def test_a_module_that_computes_nan_is_named_as_such(registered):
         with attnviz.capture(m) as rec:
             m(x)
     assert any(c.error != c.error for c in rec.checks)  # NaN kept, not hidden as 0
+
+
+# -- calls and images -------------------------------------------------------------------------
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.se = SqueezeExcitation(8, 2)
+        self.reentrant = reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        y = checkpoint(lambda t: self.se(self.conv(t)), x, use_reentrant=self.reentrant)
+        return y.mean((2, 3)).sum(1)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_recomputation_is_not_recorded_twice(reentrant):
+    net = _Checkpointed(reentrant)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with attnviz.capture(net, eval=False) as rec:
+        net(x).sum().backward()
+    assert rec["se"].calls == 1 and rec["se"].batch_size == 2 and rec.forwards == 1
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the backward ran
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.se = SqueezeExcitation(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.se(self.se(x))
+
+
+def test_a_module_called_twice_per_forward_is_visible_per_call():
+    net = _Twice()
+    x = torch.rand(2, 4, 5, 5)
+    with attnviz.capture(net, features=True) as rec:
+        out = net(x)
+    r = rec["se"]
+    assert rec.forwards == 1 and r.calls == 2 and r.batch_size == 4 and "calls=2" in repr(r)
+    first, second = r.per_call()
+    features = r.per_call("features")
+    torch.testing.assert_close(features[0], x)
+    torch.testing.assert_close(features[1], x * first[:, :, None, None])  # the first call's output
+    torch.testing.assert_close(out, features[1] * second[:, :, None, None])
+    with pytest.raises(AttributeError, match="no 'map'"):
+        r.per_call("map")
