@@ -83,7 +83,10 @@ def test_parameters_are_injected_once_however_often_a_notebook_runs(tmp_path):
 
 
 def test_overlay_writes_a_png_and_the_maps(tmp_path):
+    import torch
+
     photo = sample_path(sample_photos()[0])
+    torch.manual_seed(0)  # the same random weights below
     out, npz = tmp_path / "o.png", tmp_path / "maps.npz"
     code = main(["overlay", str(photo), "--model", "mobilenet_v3_small", "--weights", "none",
                  "--size", "96", "-o", str(out), "--npz", str(npz)])  # fmt: skip
@@ -94,8 +97,33 @@ def test_overlay_writes_a_png_and_the_maps(tmp_path):
     assert data["gradcam"].shape == (224, 224) and data["probs"].shape == (1000,)
     se = [k for k in data.files if k.startswith("channel/")]
     assert len(se) == 9  # mobilenet_v3_small's SE blocks
-    assert np.all((data[se[0]] >= 0) & (data[se[0]] <= 1))
     assert len([k for k in data.files if k.startswith("map/")]) == 9
+    # the values are the network's: the same photo through the same network, our own hooks
+    from torchvision.ops import SqueezeExcitation
+
+    from attnviz.photos import prepare
+    from attnviz.zoo import pretrained
+
+    torch.manual_seed(0)
+    pre = pretrained("mobilenet_v3_small", weights=None)
+    x = prepare(photo, pre.transforms)
+    seen = {}
+    for name, m in pre.model.named_modules():
+        if isinstance(m, SqueezeExcitation):
+
+            def hook(mod, a, o, name=name):  # SE's eq. 2-3, with the block's own layers
+                z = mod.avgpool(a[0])
+                s = mod.scale_activation(mod.fc2(mod.activation(mod.fc1(z))))
+                seen[name] = (a[0][0], s[0, :, 0, 0])
+
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        probs = pre.model(x).softmax(1)[0]
+    np.testing.assert_allclose(data["probs"], probs.numpy(), atol=1e-6)
+    for name, (u, s) in seen.items():
+        np.testing.assert_allclose(data[f"channel/{name}"], s.numpy(), atol=1e-6)
+        expected = (u * s[:, None, None]).sum(0)  # sum_c s_c u_c
+        np.testing.assert_allclose(data[f"map/{name}"], expected.numpy(), atol=1e-4, rtol=1e-5)
 
 
 def test_overlay_refuses_an_unknown_block(tmp_path, capsys):

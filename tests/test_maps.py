@@ -207,3 +207,13 @@ def test_resample_broadcasting_and_errors():
         maps.resample(torch.rand(2, 1, 4, 4), thetas, 4)
     with pytest.raises(ValueError, match=r"image must be a \(C, H, W\) or \(B, C, H, W\) tensor"):
         maps.resample(torch.rand(4, 4), IDENTITY, 4)
+
+
+def test_weighted_activation_is_the_channel_sum_the_weights_scale():
+    # two channels of a 2 x 2 map, weighted 2 and 0.5: sum_c s_c u_c by hand
+    u = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[10.0, 0.0], [-2.0, 6.0]]]])
+    s = torch.tensor([[2.0, 0.5]])
+    expected = torch.tensor([[[2 + 5, 4 + 0], [6 - 1, 8 + 3]]], dtype=torch.float32)
+    torch.testing.assert_close(maps.weighted_activation(u, s), expected, atol=0, rtol=0)
+    # the weights matter: another s, another map
+    assert not torch.equal(maps.weighted_activation(u, torch.ones(1, 2)), expected)

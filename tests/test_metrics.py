@@ -38,6 +38,14 @@ def test_tolerance_grows_the_box_in_pixels():
         metrics.pointing_game(m, box, tolerance=-1)
 
 
+def test_tolerance_grows_the_box_in_every_direction():
+    # peak at pixel (22, 10) of a 32 x 32 image; a box 2 pixels away on each side in turn
+    m = _peak(8, 8, (2, 5))
+    for box in (_box(24, 0, 32, 32), _box(0, 0, 20, 32), _box(0, 12, 32, 32), _box(0, 0, 32, 8)):
+        hit = [bool(metrics.pointing_game(m, box, tolerance=t, image_size=32)) for t in (1.9, 2)]
+        assert hit == [False, True], box.tolist()
+
+
 def test_ties_hit_only_when_every_maximum_is_inside():
     box = _box(0, 0, 4, 4)  # the top-left 2 x 2 cells at image resolution 8 = 2 x map
     inside = _peak(4, 4, (0, 0), (1, 1))

@@ -57,6 +57,54 @@ def test_resnet_gives_one_logit_per_class(name, attention):
     assert model(image()).shape == (2, 10)
 
 
+def _open_every_gate(model: nn.Module) -> None:
+    """Make every SE / CBAM gate pass everything (sigmoid(30) = 1 in float32)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (SqueezeExcitation, CBAM)):
+                for lin in (
+                    (m.fc2,) if isinstance(m, SqueezeExcitation) else (m.channel_gate.mlp[2],)
+                ):
+                    lin.weight.zero_()
+                    lin.bias.fill_(30.0 if isinstance(m, SqueezeExcitation) else 15.0)
+                if isinstance(m, CBAM):
+                    m.spatial_gate.conv.weight.zero_()
+                    m.spatial_gate.conv.bias.fill_(30.0)
+
+
+@pytest.mark.parametrize("attention", ["se", "cbam"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_with_every_gate_open_the_logits_are_torchvisions(name, attention):
+    """The attention ResNet is torchvision's ResNet plus gates: open them and the logits
+    equal torchvision's own network with the same weights."""
+    torch.manual_seed(0)
+    model = resnet(name, attention=attention, num_classes=10).eval()
+    reference = getattr(torchvision.models, name)(num_classes=10).eval()
+    reference.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if ".attention." not in k}
+    )
+    _open_every_gate(model)
+    x = image()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+        last = model.layer4[-1].attention
+        gate = last.spatial_gate.conv if attention == "cbam" else last.fc2
+        gate.bias.fill_(-30.0)  # close one gate: the logits leave torchvision's
+        assert not torch.allclose(model(x), reference(x), atol=1e-3)  # a closed gate shows
+
+
+@pytest.mark.parametrize("attention", ["se", "cbam"])
+def test_small_resnet_with_open_gates_is_the_plain_one(attention):
+    torch.manual_seed(0)
+    model = small_resnet(attention=attention, width=8).eval()
+    plain = small_resnet(width=8).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".attention." not in k})
+    _open_every_gate(model)
+    x = image()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
 # -- placement: A(F(x)) + shortcut(x), then ReLU -------------------------------------------
 def _down(cin: int, cout: int) -> nn.Module:
     return nn.Sequential(tv_resnet.conv1x1(cin, cout, 2), nn.BatchNorm2d(cout))

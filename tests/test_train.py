@@ -214,8 +214,15 @@ def test_stcnn_starts_as_the_identity_transform():
     model = STCNN((42, 42), None).eval()
     x = torch.rand(3, 1, 42, 42)
     torch.testing.assert_close(model.stn(x), x, atol=1e-5, rtol=0)  # up to interpolation
-    loss, acc = evaluate(model, _Toy(16, size=42))
-    assert 0 <= acc <= 1 and loss > 0
+    data = _Toy(64, size=42)
+    loss, acc = evaluate(model, data)
+    # the identity transform hands the classifier the image itself: its own logits
+    with torch.no_grad():
+        logits = model.cnn(data.images)
+    assert acc == (logits.argmax(1) == data.labels).float().mean().item()
+    assert loss == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, data.labels).item(), abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("transform", ["affine", "attention"])

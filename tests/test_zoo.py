@@ -94,6 +94,22 @@ def test_the_se_blocks_are_captured():
     weights = rec.select(kind="channel")
     assert len(weights) == n_se > 0
     assert all(r.weights.min() >= 0 and r.weights.max() <= 1 for r in weights)
+    # each record is what its block multiplied by: output == input * s, seen by our own hooks
+    seen, handles = {}, []
+    for name, m in pre.model.named_modules():
+        if isinstance(m, SqueezeExcitation):
+
+            def hook(mod, a, o, name=name):
+                seen[name] = (a[0], o)
+
+            handles.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        pre.model(x)
+    for h in handles:
+        h.remove()
+    for r in weights:
+        inp, out = seen[r.name]
+        torch.testing.assert_close(out, inp * r.weights[:, :, None, None], atol=1e-6, rtol=0)
 
 
 def test_predict_returns_the_top_classes_and_restores_the_mode():
