@@ -19,6 +19,7 @@ no second forward pass.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,9 +220,7 @@ class Sample:
 
     @classmethod
     def of(cls, t: torch.Tensor) -> Sample:
-        lead = (1,) * (t.dim() - 4)
-        n = t.shape
-        return cls((_step(n[0], 2), *lead, _step(n[-3], 16), _step(n[-2], 4), _step(n[-1], 4)))
+        return _sample_of(tuple(t.shape))
 
     def drop(self, dim: int) -> Sample:
         return Sample(self.steps[:dim] + self.steps[dim + 1 :])
@@ -231,16 +230,33 @@ class Sample:
         return tuple(slice(None, None, s) for s in self.steps)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        size, stride = [], []
-        for n, st, step in zip(t.shape, t.stride(), self.steps):
-            step = step if n > 1 else 1
-            size.append(-(-n // step))
-            stride.append(st * step)
+        size, stride = _strided(self.steps, tuple(t.shape), t.stride())
         return t.as_strided(size, stride, t.storage_offset())
 
 
 def _step(size: int, n: int) -> int:
     return max(1, math.ceil(size / n))
+
+
+@functools.lru_cache(maxsize=1024)
+def _sample_of(shape: tuple[int, ...]) -> Sample:
+    lead = (1,) * (len(shape) - 4)
+    return Sample(
+        (_step(shape[0], 2), *lead, _step(shape[-3], 16), _step(shape[-2], 4), _step(shape[-1], 4))
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _strided(
+    steps: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """as_strided's size and stride for taking every ``steps``-th entry (size-1 dims whole)."""
+    size, out = [], []
+    for n, st, step in zip(shape, stride, steps):
+        step = step if n > 1 else 1
+        size.append(-(-n // step))
+        out.append(st * step)
+    return tuple(size), tuple(out)
 
 
 def sample(t: torch.Tensor) -> Sample:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -57,9 +58,12 @@ _SIGMOIDS = {
 
 
 def _sigmoid(module: nn.Module | None) -> bool:
-    return module is not None and any(
-        f"{t.__module__}.{t.__qualname__}" in _SIGMOIDS for t in type(module).__mro__
-    )
+    return module is not None and _is_sigmoid_type(type(module))
+
+
+@functools.cache
+def _is_sigmoid_type(cls: type) -> bool:
+    return any(f"{t.__module__}.{t.__qualname__}" in _SIGMOIDS for t in cls.__mro__)
 
 
 class GateProbe(Probe):
