@@ -1,4 +1,6 @@
-"""The class-wise picture of channel attention: mean excitation per class, block by block.
+"""Attention over whole data sets: channel statistics per class, every spatial map, cost.
+
+The class-wise picture of channel attention: mean excitation per class, block by block.
 
 Hu, Shen, Albanie, Sun and Wu, "Squeeze-and-Excitation Networks", CVPR 2018 / TPAMI
 2020, section 7.2 ("Role of excitation"): the mean excitation s_c (eq. 3) of each
@@ -29,8 +31,9 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 
 from .capture import capture
+from .running import inference, model_device
 
-__all__ = ["ChannelStats", "channel_stats", "forward_cost", "plot_class_excitation"]
+__all__ = ["ChannelStats", "channel_stats", "forward_cost", "plot_class_excitation", "spatial_maps"]
 
 _EPS = 1e-12
 
@@ -183,11 +186,6 @@ def _batch_weights(model: nn.Module, x: torch.Tensor, names: Any) -> dict[str, t
     return out
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _class_names(classes: int | Sequence[Any] | None) -> tuple[int | None, list[str] | None]:
     if classes is None:
         return None, None
@@ -238,7 +236,7 @@ def channel_stats(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     k, class_names = _class_names(classes)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     moments: dict[str, _Moments] = {}
     counts = torch.zeros(k or 0, dtype=torch.long)
     for x, y in _batches(images, labels, batch_size):
@@ -348,7 +346,7 @@ def _panel(ax: Any, stats: ChannelStats, name: str, idx: torch.Tensor, spec: flo
 def forward_cost(model: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
     """Median time (ms) of ``reps`` forwards of ``x`` and the peak memory (MiB) of one.
 
-    Eval mode under ``torch.no_grad()`` (the model's mode is restored). Peak memory is
+    Eval mode under ``torch.no_grad()`` (every module's mode is restored). Peak memory is
     the high-water mark of the allocations the torch profiler records during one
     forward (``profile_memory=True``), summed in time order; the input and the weights,
     allocated before, are not included.
@@ -358,20 +356,15 @@ def forward_cost(model: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, 
 
     from torch.profiler import ProfilerActivity, profile
 
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)  # warm-up
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - start)
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-                model(x)
-    finally:
-        model.train(was)
+    with inference(model):
+        model(x)  # warm-up
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(x)
     events = sorted(
         (e.time_range.start, e.self_cpu_memory_usage)
         for e in prof.events()
@@ -382,3 +375,44 @@ def forward_cost(model: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, 
         current += nbytes
         peak = max(peak, current)
     return {"ms": 1000 * statistics.median(times), "peak_mib": peak / 2**20}
+
+
+def spatial_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 64,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every spatial gate's map Ms (CBAM, Woo et al. 2018, eq. 3) for a set of images.
+
+    Forward passes of ``batch_size`` images under one :func:`attnviz.capture` with
+    ``kinds="spatial"`` (eval mode, no gradients; the model's flags are restored).
+
+    Args:
+        model: a network with CBAM (or other spatial) attention.
+        images: N x C x H x W network inputs.
+        batch_size: images per forward pass.
+        dtype: store the maps in this dtype (``torch.float16`` halves the memory, for
+            pictures); None keeps float32. Score float32 maps: in float16, sigmoid values
+            near 1 round to the same number and tie at the maximum.
+        device: where the model runs (default: its parameters' device); maps end on the CPU.
+
+    Returns:
+        record name (e.g. ``"layer4.0.attention.spatial_gate"``) -> N x h x w maps at their
+        native resolution, in forward order.
+
+    Raises:
+        ValueError: bad image shape or batch size, or no spatial attention in the model.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be N x C x H x W, got {tuple(images.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if device is None:
+        device = model_device(model)
+    with torch.no_grad(), capture(model, kinds="spatial", dtype=dtype) as rec:
+        for i in range(0, len(images), batch_size):
+            model(images[i : i + batch_size].to(device))
+    return {name: r.map for name, r in rec.items()}

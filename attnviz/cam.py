@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .registry import find_attention_modules
+from .running import inference, model_device
 
 __all__ = [
     "CAM_METHODS",
@@ -239,13 +240,6 @@ def _cam_class(method: str) -> type:
     return getattr(pytorch_grad_cam, CAM_METHODS[method])
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    if p is None:
-        raise ValueError(f"{type(model).__name__} has no parameters; Grad-CAM needs a network")
-    return p.device
-
-
 # -- maps ------------------------------------------------------------------------------------
 def gradcam(
     model: nn.Module,
@@ -298,7 +292,8 @@ def gradcam(
     layer = (
         default_target_layer(model) if target_layer is None else resolve_layer(model, target_layer)
     )
-    _device(model)
+    if next(model.parameters(), None) is None:
+        raise ValueError(f"{type(model).__name__} has no parameters; Grad-CAM needs a network")
     if torch.is_inference_mode_enabled():
         raise ValueError("gradcam() needs gradients: call it outside torch.inference_mode()")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -356,18 +351,12 @@ def softmax_scores(
     n = len(images)
     classes = _check_targets(targets, n)
     batch = _check_batch(batch_size, n)
-    device = _device(model)
-    modes = [(m, m.training) for m in model.modules()]
+    device = model_device(model)
     out = []
-    try:
-        model.eval()
-        with torch.no_grad():
-            for i in range(0, n, batch):
-                logits = model(images[i : i + batch].to(device))
-                out.append(_pick(logits, classes, i))
-    finally:
-        for m, training in modes:
-            m.training = training
+    with inference(model):
+        for i in range(0, n, batch):
+            logits = model(images[i : i + batch].to(device))
+            out.append(_pick(logits, classes, i))
     return torch.cat(out)
 
 

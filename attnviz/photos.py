@@ -82,8 +82,10 @@ def set_image_limits(*, max_pixels: int | None = None, max_aspect: float | None 
             raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
         LIMITS.max_pixels = max_pixels
     if max_aspect is not None:
-        if isinstance(max_aspect, bool) or not isinstance(max_aspect, (int, float)) or not (
-            max_aspect >= 1
+        if (
+            isinstance(max_aspect, bool)
+            or not isinstance(max_aspect, (int, float))
+            or not (max_aspect >= 1)
         ):
             raise ValueError(f"max_aspect must be a number >= 1, got {max_aspect!r}")
         LIMITS.max_aspect = float(max_aspect)

@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from .maps import upsample
+
 __all__ = [
     "KINDS",
     "AxialRecord",
@@ -385,7 +387,7 @@ class SelfAttentionRecord(Record):
         """Where the query under image pixel (x, y) looks, as a map over the image.
 
         The row of the query cell (:meth:`query_cell`), laid out on the key grid and
-        upsampled bilinearly (``align_corners=False``) to ``image_size``.
+        upsampled stride-aligned (:func:`attnviz.maps.upsample`) to ``image_size``.
 
         Args:
             query_xy: (x, y) in pixels of the image, 0 <= x < W, 0 <= y < H.
@@ -395,9 +397,8 @@ class SelfAttentionRecord(Record):
         Returns:
             (B, H, W) float32 tensor.
         """
-        row = self.key_row(query_xy, image_size, head=head)[:, None]
-        size = _image_size(image_size)
-        return F.interpolate(row, size=size, mode="bilinear", align_corners=False)[:, 0]
+        row = self.key_row(query_xy, image_size, head=head)
+        return upsample(row, _image_size(image_size))
 
     def received(self, *, head: int | None = None) -> torch.Tensor:
         """Attention each key receives, averaged over all queries: (B, Hk, Wk) float32."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import storage
+from .running import inference, model_device
 
 __all__ = [
     "EpochStats",
@@ -138,20 +139,15 @@ def _batches(
         yield _xy(batch)
 
 
-@torch.no_grad()
 def predict(
     model: nn.Module, dataset: Any, batch_size: int = 500, device: str | torch.device | None = None
 ) -> torch.Tensor:
-    """Logits for every sample (on the CPU), in eval mode; the model's mode is restored."""
-    dev = pick_device(device) if device is not None else _model_device(model)
-    was = model.training
-    model.eval()
-    try:
+    """Logits for every sample (on the CPU), in eval mode; every module's mode is restored."""
+    dev = pick_device(device) if device is not None else model_device(model)
+    with inference(model):
         out = [
             model(x.to(dev)).float().cpu() for x, _ in _batches(dataset, batch_size, False, None)
         ]
-    finally:
-        model.train(was)
     return torch.cat(out)
 
 
@@ -164,11 +160,6 @@ def evaluate(
     return F.cross_entropy(logits, labels).item(), (
         logits.argmax(1) == labels
     ).float().mean().item()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def snapshot_attention(
@@ -185,7 +176,7 @@ def snapshot_attention(
 
     def take(model: nn.Module) -> dict[str, torch.Tensor]:
         with torch.no_grad(), capture(model, **capture_kwargs) as rec:
-            logits = model(probe.to(_model_device(model)))
+            logits = model(probe.to(model_device(model)))
         out = {name: getattr(r, field) for name, r in rec.items()}
         if predictions:
             out["predictions"] = logits.argmax(1).cpu()

@@ -36,6 +36,7 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from . import storage
 from .models import resnet
+from .running import inference, model_device
 
 __all__ = [
     "OFFICIAL_CBAM",
@@ -333,7 +334,8 @@ def predict(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float
         topk: how many classes to return.
 
     Returns:
-        ``[(category, softmax probability), ...]``. The model's training flag is restored.
+        ``[(category, softmax probability), ...]``. Every module's train/eval flag is
+        restored.
 
     Raises:
         ValueError: ``topk`` not a positive int, or a tensor of another shape.
@@ -341,14 +343,8 @@ def predict(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a positive int, got {topk!r}")
     x = _network_input(pre, image)
-    device = next(pre.model.parameters()).device
-    was_training = pre.model.training
-    try:
-        pre.model.eval()
-        with torch.inference_mode():
-            probs = pre.model(x.to(device)).softmax(dim=1)[0]
-    finally:
-        pre.model.train(was_training)
+    with inference(pre.model):
+        probs = pre.model(x.to(model_device(pre.model))).softmax(dim=1)[0]
     values, indices = probs.topk(min(topk, probs.numel()))
     return [(pre.categories[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 

@@ -6,7 +6,7 @@ on every residual branch) train on the same split with the same budget and seed;
 twice, with a 3 x 3 spatial kernel (ours) and the paper's 7 x 7.
 
 Cost, for one batch of 64 test images: every CBAM spatial map Ms (eq. 3, all blocks) from
-one hooked forward (``metrics.cbam_spatial_maps``) against one Grad-CAM of the same batch
+one hooked forward (``analysis.spatial_maps``) against one Grad-CAM of the same batch
 (``cam.gradcam``, true labels as targets, last block), with ``freeze_before=True`` (no
 parameter gradients before the target layer) and ``False`` (a full backward). Medians of
 interleaved repeats in the same run, so the ratios compare like with like.
@@ -24,9 +24,10 @@ import time
 import torch
 from _common import Contention
 
+from attnviz.analysis import spatial_maps
 from attnviz.cam import gradcam
 from attnviz.data import digits_on_photos
-from attnviz.metrics import cbam_spatial_maps, centre_prior, mask_share_maps, score_maps
+from attnviz.metrics import center_prior, mask_share_maps, score_maps
 from attnviz.models import small_resnet
 from attnviz.train import fit
 
@@ -63,7 +64,7 @@ def _costs(cbam: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int) -
 
     steps = {
         "forward": forward,
-        "cbam_maps": lambda: cbam_spatial_maps(cbam, x, batch_size=len(x)),
+        "cbam_maps": lambda: spatial_maps(cbam, x, batch_size=len(x)),
         "gradcam_freeze": lambda: gradcam(cbam, x, targets=y, freeze_before=True),
         "gradcam_full": lambda: gradcam(cbam, x, targets=y, freeze_before=False),
     }
@@ -90,14 +91,14 @@ def _flatness(name: str, maps: torch.Tensor) -> str:
 def _scores(nets: dict, test) -> tuple[str, dict, str]:
     methods = {}
     for net_name in ("+CBAM", "+CBAM 7x7"):
-        spatial = cbam_spatial_maps(nets[net_name], test.images, batch_size=64)
+        spatial = spatial_maps(nets[net_name], test.images, batch_size=64)
         tag = net_name.removeprefix("+CBAM").strip()
         methods.update({f"CBAM{' ' + tag if tag else ''} Ms {k}": m for k, m in spatial.items()})
     sizes = sorted({m.shape[-1] for m in spatial.values()}, reverse=True)
     for name, net in nets.items():
         methods[f"Grad-CAM {name}"] = gradcam(net, test.images, targets=test.labels,
                                               batch_size=100)  # fmt: skip
-    methods["centre prior"] = centre_prior(len(test), tuple(test.images.shape[-2:]))
+    methods["centre prior"] = center_prior(len(test), tuple(test.images.shape[-2:]))
     for size in sizes:
         methods[f"ideal {size}x{size} map (mask share per cell)"] = mask_share_maps(
             test.masks, size

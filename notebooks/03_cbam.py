@@ -36,9 +36,10 @@ import torch
 from IPython.display import Markdown, display
 
 from attnviz import render
+from attnviz.analysis import spatial_maps
 from attnviz.cam import gradcam, softmax_scores
 from attnviz.data import digits_on_photos
-from attnviz.metrics import cbam_spatial_maps, centre_prior, mask_share_maps, score_maps
+from attnviz.metrics import center_prior, mask_share_maps, score_maps
 from attnviz.models import small_resnet
 from attnviz.train import compare, fit, pick_device
 from attnviz.widgets import SpatialExplorer
@@ -125,11 +126,11 @@ render.overlay_grid(
 # pixels wide.
 
 # %%
-spatial = cbam_spatial_maps(cbam, test.images)
+spatial = spatial_maps(cbam, test.images)
 methods = {f"CBAM Ms {name}": m for name, m in spatial.items()}
 for name, net in nets.items():
     methods[f"Grad-CAM {name}"] = gradcam(net, test.images, targets=test.labels, batch_size=100)
-methods["centre prior"] = centre_prior(len(test), test.images.shape[-2:])
+methods["centre prior"] = center_prior(len(test), test.images.shape[-2:])
 for m in spatial.values():
     side = m.shape[-1]
     methods[f"ideal {side}x{side} map"] = mask_share_maps(test.masks, side)

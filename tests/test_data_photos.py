@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from attnviz import data as D
 from attnviz.data import (
     DEFAULT_PHOTOS,
     PHOTOS,
@@ -21,6 +20,7 @@ from attnviz.data import (
     photo_background,
     photo_regions,
 )
+from attnviz.data import photo_digits as D
 
 N, SIZE = 300, 64
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnviz
-from attnviz import metrics
+from attnviz import analysis, metrics
 from attnviz.models import small_resnet
 
 
@@ -129,7 +129,7 @@ def test_mask_iou_constant_and_empty_cases():
     mask = torch.zeros(2, 4, 4, dtype=torch.bool)
     mask[0, 0, 0] = True
     assert metrics.mask_iou(flat, mask).tolist() == [0.0, 1.0]  # nothing selected; both empty
-    shared = metrics.mask_iou(torch.stack([flat[0], flat[0] * 2]), mask, normalise="shared")
+    shared = metrics.mask_iou(torch.stack([flat[0], flat[0] * 2]), mask, normalize="shared")
     assert shared.tolist() == [0.0, 0.0]  # one range: the second map is all 1 -> union 16
     with pytest.raises(ValueError, match="threshold"):
         metrics.mask_iou(flat, mask, threshold=2)
@@ -139,14 +139,14 @@ def test_mask_iou_constant_and_empty_cases():
 
 # -- centre prior and the table --------------------------------------------------------------
 def test_centre_prior_peaks_in_the_middle_and_costs_one_map():
-    prior = metrics.centre_prior(5, (6, 8))
+    prior = metrics.center_prior(5, (6, 8))
     assert prior.shape == (5, 6, 8) and prior.stride(0) == 0
     assert torch.equal(prior[0], prior[0].flip(0)) and torch.equal(prior[0], prior[0].flip(1))
     assert float(prior.max()) < 1 and prior[0, 2:4, 3:5].eq(prior.max()).all()
     centre = torch.tensor([[16.0, 16.0, 32.0, 32.0]] * 5)  # the four tied centre cells inside
     assert metrics.pointing_game(prior, centre, image_size=48).all()
     with pytest.raises(ValueError, match="sigma"):
-        metrics.centre_prior(1, 8, sigma=0)
+        metrics.center_prior(1, 8, sigma=0)
 
 
 def test_score_maps_table_matches_the_single_scores():
@@ -158,7 +158,7 @@ def test_score_maps_table_matches_the_single_scores():
     native = torch.rand(n, 4, 4, generator=gen)
     full = torch.rand(n, 32, 32, generator=gen)
     table, scores = metrics.score_maps(
-        {"cbam": native, "gradcam": full, "centre": metrics.centre_prior(n, 32)}, boxes, masks,
+        {"cbam": native, "gradcam": full, "centre": metrics.center_prior(n, 32)}, boxes, masks,
         chunk=4,
     )  # fmt: skip
     assert list(scores) == ["cbam", "gradcam", "centre"]
@@ -218,7 +218,7 @@ def test_cbam_spatial_maps_are_the_captured_records():
     model = small_resnet(10, attention="cbam", width=8)
     model.train()
     x = torch.rand(5, 3, 32, 32)
-    got = metrics.cbam_spatial_maps(model, x, batch_size=2)
+    got = analysis.spatial_maps(model, x, batch_size=2)
     assert model.training and all(m.training for m in model.modules())
     with torch.no_grad(), attnviz.capture(model, kinds="spatial") as rec:
         model(x)
@@ -226,7 +226,7 @@ def test_cbam_spatial_maps_are_the_captured_records():
     for name, maps in got.items():
         torch.testing.assert_close(maps, rec[name].map, atol=1e-6, rtol=0)
     assert got["layer4.0.attention.spatial_gate"].shape == (5, 4, 4)
-    half = metrics.cbam_spatial_maps(model, x, dtype=torch.float16)
+    half = analysis.spatial_maps(model, x, dtype=torch.float16)
     assert half["layer1.0.attention.spatial_gate"].dtype == torch.float16
 
 

@@ -10,14 +10,8 @@ from torchvision.models import resnet as tv_resnet
 
 import attnviz
 from attnviz import CBAM, SqueezeExcitation
-from attnviz.models import (
-    AttnBasicBlock,
-    AttnBottleneck,
-    SmallResNet,
-    _load_backbone,
-    resnet,
-    small_resnet,
-)
+from attnviz.models import AttnBasicBlock, AttnBottleneck, SmallResNet, resnet, small_resnet
+from attnviz.models.resnets import _load_backbone
 
 ATTENTIONS = [None, "se", "cbam"]
 MODULE_TYPES = {"se": SqueezeExcitation, "cbam": CBAM}

@@ -9,7 +9,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 import attnviz
-from attnviz.models import _load_backbone, resnet, small_resnet
+from attnviz.models import resnet, small_resnet
+from attnviz.models.resnets import _load_backbone
 from attnviz.modules import NonLocal
 
 

@@ -48,7 +48,7 @@ def test_alpha_zero_and_one_give_the_image_and_the_colours():
     m = np.random.default_rng(1).random((4, 4))
     np.testing.assert_array_equal(render.overlay(rgb, m, alpha=0.0), rgb)
     np.testing.assert_array_equal(
-        render.overlay(rgb, m, alpha=1.0), render.colorize(render.normalise_map(m))
+        render.overlay(rgb, m, alpha=1.0), render.colorize(render.normalize_map(m))
     )
 
 
@@ -65,9 +65,9 @@ def test_colorize_picks_matplotlibs_colours_rounded():
 
 def test_constant_map_normalises_to_zeros_without_nan():
     flat = np.full((3, 3), 0.7)
-    np.testing.assert_array_equal(render.normalise_map(flat), np.zeros((3, 3), np.float32))
-    np.testing.assert_array_equal(render.normalise_map(flat, "shared"), np.zeros((3, 3)))
-    np.testing.assert_array_equal(render.normalise_map(flat, vmin=0.7, vmax=0.7), np.zeros((3, 3)))
+    np.testing.assert_array_equal(render.normalize_map(flat), np.zeros((3, 3), np.float32))
+    np.testing.assert_array_equal(render.normalize_map(flat, "shared"), np.zeros((3, 3)))
+    np.testing.assert_array_equal(render.normalize_map(flat, vmin=0.7, vmax=0.7), np.zeros((3, 3)))
     out = render.overlay(np.zeros((3, 3), np.uint8), flat, alpha=0.5)
     np.testing.assert_array_equal(out, np.broadcast_to([0, 0, 64], (3, 3, 3)))
 
@@ -77,7 +77,7 @@ def test_non_finite_maps_are_refused_by_name(bad, word):
     m = np.zeros((2, 2))
     m[0, 1] = bad
     for call in (
-        lambda: render.normalise_map(m),
+        lambda: render.normalize_map(m),
         lambda: render.overlay(np.zeros((2, 2), np.uint8), m),
         lambda: render.upsample_map(torch.from_numpy(m), 4),
     ):
@@ -87,22 +87,22 @@ def test_non_finite_maps_are_refused_by_name(bad, word):
 
 def test_per_map_shared_and_fixed_ranges():
     batch = np.array([[[0.0, 1.0], [2.0, 3.0]], [[0.0, 2.0], [4.0, 6.0]]])
-    per_map = render.normalise_map(batch)
+    per_map = render.normalize_map(batch)
     np.testing.assert_allclose(per_map[0], per_map[1])  # both span [0, 1]
     np.testing.assert_allclose(per_map[0], [[0, 1 / 3], [2 / 3, 1]], rtol=1e-6)
-    shared = render.normalise_map(batch, "shared")
+    shared = render.normalize_map(batch, "shared")
     np.testing.assert_allclose(shared[0], [[0, 1 / 6], [2 / 6, 3 / 6]], rtol=1e-6)
-    fixed = render.normalise_map(batch[1], vmin=1.0, vmax=5.0)
+    fixed = render.normalize_map(batch[1], vmin=1.0, vmax=5.0)
     np.testing.assert_allclose(fixed, [[0, 0.25], [0.75, 1]])  # clipped at both ends
     assert render.overlay_info(batch)["caption"] == "per-map"
-    info = render.overlay_info(batch, normalise="shared")
+    info = render.overlay_info(batch, normalize="shared")
     assert info["caption"] == "shared [0, 6]" and info["ranges"] == [(0.0, 6.0)] * 2
     assert render.overlay_info(batch, vmin=0, vmax=1)["caption"] == "shared [0, 1]"
     assert render.overlay_info(batch, vmin=0)["caption"] == "per-map, from 0"
-    with pytest.raises(ValueError, match="normalise mode"):
-        render.normalise_map(batch, "global")
+    with pytest.raises(ValueError, match="normalize mode"):
+        render.normalize_map(batch, "global")
     with pytest.raises(ValueError, match="vmin must not exceed"):
-        render.normalise_map(batch, vmin=2, vmax=1)
+        render.normalize_map(batch, vmin=2, vmax=1)
 
 
 @pytest.mark.parametrize(("i", "j"), [(1, 2), (0, 0), (3, 3)])
@@ -135,7 +135,7 @@ def test_overlay_upsamples_a_small_map_to_the_image():
     cell = np.zeros((2, 2))
     cell[1, 0] = 1.0
     out = render.overlay(image, cell, alpha=1.0)
-    expected = render.colorize(render.upsample_map(render.normalise_map(cell), (8, 8)))
+    expected = render.colorize(render.upsample_map(render.normalize_map(cell), (8, 8)))
     np.testing.assert_array_equal(out, expected)
     red = (out == RED).all(axis=-1)
     assert red[4:, :4].any() and not red[:4].any() and not red[:, 4:].any()
@@ -171,7 +171,7 @@ def test_overlay_grid_places_cells_labels_and_captions():
 def test_overlay_grid_shared_range_compares_across_cells():
     image = np.zeros((1, 2), np.uint8)
     low, high = np.array([[0.0, 1.0]]), np.array([[0.0, 2.0]])
-    grid = render.overlay_grid([image], [[low], [high]], normalise="shared", alpha=1.0, pad=0)
+    grid = render.overlay_grid([image], [[low], [high]], normalize="shared", alpha=1.0, pad=0)
     grid = np.asarray(grid)
     # one range [0, 2]: the first map's 1 sits mid-scale, the second map's 2 at the top
     mid = render.colorize(np.array([[0.5]]))[0, 0]

@@ -13,8 +13,8 @@ from torchvision.models import mobilenet_v3_small
 
 import attnviz
 from attnviz import CBAM, SqueezeExcitation, render
+from attnviz.render import charts as render_charts
 from attnviz.widgets import ChannelExplorer
-from attnviz.widgets import channels as ch
 
 N, SIZE = 3, 64
 
@@ -85,13 +85,13 @@ def test_bars_are_drawn_at_their_heights(app):
     app.block = _blocks(app)[0]  # 16 channels: wide bars
     heights = app.bar_heights().numpy()
     chart = _decode(app._bars_png.value)
-    width, _gap = ch._bar_geometry(len(heights))
-    x0 = ch._LEFT + np.arange(len(heights)) * width
-    plot = chart[ch._TOP : ch._TOP + ch._PLOT_H]
-    bar = (plot == ch._BAR).all(-1) | (plot == ch._PICK).all(-1)
+    width, _gap = render_charts._bar_geometry(len(heights))
+    x0 = render_charts._LEFT + np.arange(len(heights)) * width
+    plot = chart[render_charts._TOP : render_charts._TOP + render_charts._PLOT_H]
+    bar = (plot == render_charts._BAR).all(-1) | (plot == render_charts._PICK).all(-1)
     drawn = bar[:, x0].sum(axis=0) - 1  # rows from the 0 line to the top, inclusive
-    np.testing.assert_allclose(drawn, heights * (ch._PLOT_H - 1), atol=1)
-    assert (plot[:, x0[app.channel]] == ch._PICK).all(-1).any()  # the selected bar
+    np.testing.assert_allclose(drawn, heights * (render_charts._PLOT_H - 1), atol=1)
+    assert (plot[:, x0[app.channel]] == render_charts._PICK).all(-1).any()  # the selected bar
 
 
 def test_after_scaling_is_before_times_weight(model, images, app):

@@ -22,152 +22,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ipywidgets as widgets
-import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from torch import nn
 
 from .. import render
 from ..capture import capture
-from ._app import App, BlockChoice, ImageIndex
-from ._png import show_png
+from ._base import App, BlockChoice, ImageIndex, as_list, check_images, display_images, show_png
 
 __all__ = ["ChannelExplorer"]
-
-_BAR = np.array([70, 110, 170], np.uint8)  # a bar
-_PICK = np.array([230, 85, 13], np.uint8)  # the selected channel's bar
-_PICK_BG = np.array([253, 226, 200], np.uint8)  # behind it, so a tiny weight still shows
-_GRID = np.array([215, 215, 215], np.uint8)
-_PLOT_H, _TOP, _BOTTOM, _LEFT, _RIGHT = 140, 8, 14, 30, 12
-_TOLERANCE = 1e-3
-
-
-def _lut(name: str) -> np.ndarray:
-    return (
-        (matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    )
-
-
-_SEQUENTIAL, _DIVERGING = _lut("inferno"), _lut("coolwarm")
-
-
-# -- validation ------------------------------------------------------------------------------
-def _per_channel(values: Any, name: str, c: int, default: float) -> torch.Tensor:
-    if values is None:
-        return torch.full((c, 1, 1), default)
-    t = torch.as_tensor(values, dtype=torch.float32).flatten()
-    if len(t) not in (1, c):
-        raise ValueError(f"{name} must give 1 or {c} per-channel values, got {len(t)}")
-    return t.expand(c).reshape(c, 1, 1).clone()
-
-
-def _display_images(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
-    """x * std + mean, checked to lie in [0, 1]."""
-    c = images.shape[1]
-    shown = images * _per_channel(std, "std", c, 1.0) + _per_channel(mean, "mean", c, 0.0)
-    lo, hi = float(shown.min()), float(shown.max())
-    if lo < -_TOLERANCE or hi > 1 + _TOLERANCE:
-        raise ValueError(
-            f"images * std + mean must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; pass the "
-            "normalisation's mean and std, e.g. mean=(0.485, 0.456, 0.406), "
-            "std=(0.229, 0.224, 0.225)"
-        )
-    return shown.clamp(0, 1)
-
-
-def _check_images(images: Any) -> torch.Tensor:
-    t = torch.as_tensor(images).detach().cpu()
-    if t.dim() != 4 or t.shape[1] not in (1, 3) or len(t) == 0:
-        raise ValueError(
-            f"images must be (N, C, H, W) with N >= 1, C = 1 or 3, got {tuple(t.shape)}"
-        )
-    if not t.is_floating_point():
-        raise TypeError(f"images must be a float tensor of network inputs, got {t.dtype}")
-    return t
-
-
-def _as_list(values: Any, name: str, length: int) -> list | None:
-    if values is None:
-        return None
-    out = values.tolist() if hasattr(values, "tolist") else list(values)
-    if len(out) != length:
-        raise ValueError(f"{name} must hold {length} entries, got {len(out)}")
-    return out
-
-
-# -- pure drawing ----------------------------------------------------------------------------
-def _bar_geometry(c: int) -> tuple[int, int]:
-    """(bar width, gap) in pixels for C bars: about 512 pixels wide, at least 1 per bar."""
-    width = max(1, min(10, 512 // c))
-    return width, 1 if width >= 3 else 0
-
-
-def _bar_chart(heights: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """All C bars in one colour, and the pixel column of each bar's first column."""
-    c = len(heights)
-    bw, gap = _bar_geometry(c)
-    width = _LEFT + c * bw + _RIGHT
-    img = np.full((_TOP + _PLOT_H + _BOTTOM, width, 3), 255, np.uint8)
-    for level in (0.0, 0.5, 1.0):
-        if lo <= level <= hi:
-            img[_y(level, lo, hi), _LEFT - 4 :] = _GRID
-    x0 = _LEFT + np.arange(c) * bw
-    col = np.arange(width)
-    bar = (col - _LEFT) // bw
-    inside = (col >= _LEFT) & (bar < c) & ((col - _LEFT) % bw < bw - gap)
-    bar = np.clip(bar, 0, c - 1)
-    top = _y(np.maximum(heights, 0.0), lo, hi)[bar]
-    bottom = _y(np.minimum(heights, 0.0), lo, hi)[bar]
-    rows = np.arange(img.shape[0])[:, None]
-    mask = inside[None, :] & (rows >= np.minimum(top, bottom)) & (rows <= np.maximum(top, bottom))
-    img[mask] = _BAR
-    _axis_labels(img, lo, hi, c)
-    return img, x0
-
-
-def _y(v: Any, lo: float, hi: float) -> Any:
-    """Pixel row of value v (row of ``hi`` is _TOP, of ``lo`` is _TOP + _PLOT_H - 1)."""
-    return np.rint(_TOP + (hi - np.asarray(v)) / (hi - lo) * (_PLOT_H - 1)).astype(int)
-
-
-def _axis_labels(img: np.ndarray, lo: float, hi: float, c: int) -> None:
-    """Weights on the left (0, 1 and the extremes), channel indices 0 and C-1 below."""
-    pil = Image.fromarray(img)
-    draw = ImageDraw.Draw(pil)
-    grey = (90, 90, 90)
-    for level in sorted({lo, 0.0, hi} if lo < 0 else {0.0, 1.0, hi}):
-        draw.text((2, int(_y(level, lo, hi)) - 5), f"{level:.2g}", fill=grey)
-    bottom = _TOP + _PLOT_H + 1
-    draw.text((_LEFT, bottom), "0", fill=grey)
-    right = _LEFT + c * _bar_geometry(c)[0]
-    draw.text((right, bottom), str(c - 1), fill=grey, anchor="ra")
-    img[:] = np.asarray(pil)
-
-
-def _mark(base: np.ndarray, x0: np.ndarray, channel: int) -> np.ndarray:
-    """The chart with the selected channel's bar (and the column behind it) highlighted."""
-    bw, gap = _bar_geometry(len(x0))
-    out = base.copy()
-    cols = slice(x0[channel], x0[channel] + max(bw - gap, 1))
-    column = out[_TOP : _TOP + _PLOT_H, cols]
-    is_bar = (column == _BAR).all(axis=-1)
-    column[~is_bar] = _PICK_BG
-    column[is_bar] = _PICK
-    return out
-
-
-def _overlay(
-    image: np.ndarray, fmap: torch.Tensor, lo: float, hi: float, alpha: float
-) -> np.ndarray:
-    """``fmap`` (h x w) upsampled bilinearly to the image, coloured on [lo, hi], blended."""
-    size = image.shape[:2]
-    up = F.interpolate(fmap[None, None].float(), size=size, mode="bilinear", align_corners=False)
-    unit = ((up[0, 0] - lo) / (hi - lo if hi > lo else 1.0)).clamp(0, 1)
-    lut = _DIVERGING if lo < 0 else _SEQUENTIAL
-    colour = lut[(unit * 255).round().to(torch.uint8).numpy()]
-    return (image * (1 - alpha) + colour * alpha).round().astype(np.uint8)
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -215,16 +78,16 @@ class ChannelExplorer(App, ImageIndex, BlockChoice):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.images = _check_images(images)
+        self.images = check_images(images)
         n, _, h, w = self.images.shape
-        self._shown = _display_images(self.images, mean, std)
-        self.labels = _as_list(labels, "labels", n)
+        self._shown = display_images(self.images, mean, std)
+        self.labels = as_list(labels, "labels", n)
         self.class_names = None if class_names is None else list(class_names)
         param = next(model.parameters(), None)
         self.device = (
             torch.device(device) if device is not None else getattr(param, "device", "cpu")
         )
-        self.scale = render._check_scale(max(1, round(192 / max(h, w))) if scale is None else scale)
+        self.scale = render.check_scale(max(1, round(192 / max(h, w))) if scale is None else scale)
         self._holding = False
         self._cache: dict[str, Any] = {}
         self._load(0)
@@ -261,7 +124,7 @@ class ChannelExplorer(App, ImageIndex, BlockChoice):
         if block not in charts:
             heights = self._cache["blocks"][block][0].double().numpy().copy()
             lo, hi = min(0.0, float(heights.min())), max(1.0, float(heights.max()))
-            charts[block] = (*_bar_chart(heights, lo, hi), heights)
+            charts[block] = (*render.bar_chart(heights, lo, hi), heights)
         return charts[block]
 
     # -- widgets -------------------------------------------------------------------------
@@ -462,11 +325,13 @@ class ChannelExplorer(App, ImageIndex, BlockChoice):
     def _redraw(self) -> None:
         s = self.current()
         base, x0, _ = self._chart(s["block"])
-        show_png(self._bars_png, render.png_bytes(_mark(base, x0, s["channel"])))
+        show_png(self._bars_png, render.png_bytes(render.mark_bar(base, x0, s["channel"])))
         lo, hi = s["scale"]
         image, alpha = self._cache["image"], self._opacity.value
-        show_png(self._before_png, render.png_bytes(_overlay(image, s["before"], lo, hi, alpha)))
-        show_png(self._after_png, render.png_bytes(_overlay(image, s["after"], lo, hi, alpha)))
+        cmap = "coolwarm" if lo < 0 else "inferno"
+        for png, fmap in ((self._before_png, s["before"]), (self._after_png, s["after"])):
+            shown = render.overlay(image, fmap, alpha=alpha, cmap=cmap, vmin=lo, vmax=hi)
+            show_png(png, render.png_bytes(shown))
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

@@ -23,8 +23,8 @@ from .. import maps, render
 from ..cam import gradcam
 from ..capture import capture
 from ..photos import network_view, prepare
-from ._app import App
-from ._png import show_png
+from ..running import model_device
+from ._base import App, show_png
 from .upload import PhotoPicker
 
 __all__ = ["PhotoExplainer"]
@@ -86,8 +86,7 @@ class PhotoExplainer(App):
     def _load(self) -> None:
         image = self.picker.image
         model = self.pre.model
-        device = next(model.parameters()).device
-        self.x = prepare(image, self.pre.transforms).to(device)
+        self.x = prepare(image, self.pre.transforms).to(model_device(model))
         with torch.no_grad(), capture(model, features=True) as rec:
             logits = model(self.x)
         self.probs = logits.softmax(1)[0].cpu()

@@ -25,16 +25,14 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from .. import render
 from ..capture import capture
+from ..maps import upsample
 from ..records import SelfAttentionRecord
-from ._app import App, BlockChoice, ImageIndex
-from ._png import show_png
-from .channels import _check_images, _display_images
+from ._base import App, BlockChoice, ImageIndex, check_images, display_images, show_png
 
 __all__ = ["QueryExplorer"]
 
@@ -95,15 +93,15 @@ class QueryExplorer(App, ImageIndex, BlockChoice):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.images = _check_images(images)
+        self.images = check_images(images)
         n, _, h, w = self.images.shape
         self.image_size = (h, w)
-        self._shown = _display_images(self.images, mean, std)
+        self._shown = display_images(self.images, mean, std)
         param = next(model.parameters(), None)
         self.device = (
             torch.device(device) if device is not None else getattr(param, "device", "cpu")
         )
-        self.scale = render._check_scale(max(1, round(256 / max(h, w))) if scale is None else scale)
+        self.scale = render.check_scale(max(1, round(256 / max(h, w))) if scale is None else scale)
         self._cache: dict[str, Any] = {}
         self._load(0)
         self._build(n)
@@ -229,10 +227,7 @@ class QueryExplorer(App, ImageIndex, BlockChoice):
         cell = r.query_cell(self.query, self.image_size)
         if self.received:
             key_map = r.received()[0]
-            up = F.interpolate(
-                key_map[None, None], size=self.image_size, mode="bilinear", align_corners=False
-            )
-            shown = up[0, 0]
+            shown = upsample(key_map, self.image_size)
         else:
             key_map = r.key_row(self.query, self.image_size)[0]
             shown = r.query_map(self.query, self.image_size)[0]

@@ -34,9 +34,7 @@ from torch import nn
 from .. import render
 from ..cam import default_target_layer, gradcam, resolve_layer
 from ..capture import capture
-from ._app import App, ImageIndex
-from ._png import show_png
-from .channels import _as_list, _bar_chart, _check_images, _display_images
+from ._base import App, ImageIndex, as_list, check_images, display_images, show_png
 
 __all__ = ["SpatialExplorer"]
 
@@ -116,10 +114,10 @@ class SpatialExplorer(App, ImageIndex):
         if overview_count < 1:
             raise ValueError(f"overview_count must be a positive int, got {overview_count!r}")
         self.model = model
-        self.images = _check_images(images)
+        self.images = check_images(images)
         n, _, h, w = self.images.shape
-        self._shown = _display_images(self.images, mean, std)
-        self.labels = _as_list(labels, "labels", n)
+        self._shown = display_images(self.images, mean, std)
+        self.labels = as_list(labels, "labels", n)
         self.class_names = None if class_names is None else list(class_names)
         layer = (
             default_target_layer(model) if cam_layer is None else resolve_layer(model, cam_layer)
@@ -130,7 +128,7 @@ class SpatialExplorer(App, ImageIndex):
         self.device = (
             torch.device(device) if device is not None else getattr(param, "device", "cpu")
         )
-        self.scale = render._check_scale(max(1, round(192 / max(h, w))) if scale is None else scale)
+        self.scale = render.check_scale(max(1, round(192 / max(h, w))) if scale is None else scale)
         self._grid_scale = max(1, round(96 / max(h, w)))
         self.overview_count = min(overview_count, n)
         self._forwards: dict[int, dict[str, Any]] = {}
@@ -193,7 +191,7 @@ class SpatialExplorer(App, ImageIndex):
             else:
                 heights = self._forwards[index]["weights"][block].double().numpy().copy()
                 lo, hi = min(0.0, float(heights.min())), max(1.0, float(heights.max()))
-                self._charts[key] = _bar_chart(heights, lo, hi)[0]
+                self._charts[key] = render.bar_chart(heights, lo, hi)[0]
         return self._charts[key]
 
     # -- widgets ---------------------------------------------------------------------------
@@ -353,7 +351,7 @@ class SpatialExplorer(App, ImageIndex):
         return state
 
     def _norm(self) -> dict[str, Any]:
-        return {"normalise": "per_map", **self._range_kwargs()}
+        return {"normalize": "per_map", **self._range_kwargs()}
 
     def _overview_spec(self) -> dict[str, Any]:
         indices = self._overview_indices()

@@ -20,8 +20,7 @@ import ipywidgets as widgets
 import torch
 
 from .. import maps, render
-from ._app import App, ImageIndex
-from ._png import show_png
+from ._base import App, ImageIndex, as_list, check_images, show_png
 
 __all__ = ["STNInspector"]
 
@@ -34,24 +33,6 @@ _ROWS = (  # (label, key in the decomposition, format)
     ("translation y", "ty", "{:+.3f}"),
     ("zoom", "zoom", "{:.2f}×"),
 )
-
-
-def _as_list(values: Any, name: str, length: int) -> list:
-    out = values.tolist() if hasattr(values, "tolist") else list(values)
-    if len(out) != length:
-        raise ValueError(f"{name} must hold {length} entries, got {len(out)}")
-    return out
-
-
-def _check_images(t: Any, name: str) -> torch.Tensor:
-    t = torch.as_tensor(t).detach().cpu()
-    if t.dim() != 4 or t.shape[1] not in (1, 3):
-        raise ValueError(f"{name} must be (N, C, H, W) with C = 1 or 3, got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [0, 1], got {t.dtype}")
-    if t.numel() and (t.min() < 0 or t.max() > 1):
-        raise ValueError(f"{name} must lie in [0, 1]; undo the normalisation (x * std + mean)")
-    return t
 
 
 def _check_thetas(thetas: Any, n: int) -> torch.Tensor:
@@ -112,19 +93,19 @@ class STNInspector(App, ImageIndex):
         source: torch.Tensor | None = None,
         scale: int = 4,
     ) -> None:
-        self.images = _check_images(images, "images")
+        self.images = check_images(images, "images", unit_range=True)
         n, (h, w) = len(self.images), self.images.shape[-2:]
         self.thetas = _check_thetas(thetas, n)
         e = len(self.thetas)
-        self.epochs = list(range(e)) if epochs is None else _as_list(epochs, "epochs", e)
-        self.labels = None if labels is None else _as_list(labels, "labels", n)
+        self.epochs = list(range(e)) if epochs is None else as_list(epochs, "epochs", e)
+        self.labels = None if labels is None else as_list(labels, "labels", n)
         self.predictions = self._check_predictions(predictions, e, n)
         self.boxes = self._check_boxes(boxes, n)
         self.source = self._check_source(source, n)
         sampled = self.images if self.source is None else self.source
         size = sampled.shape[-2:] if output_size is None else output_size
-        self.output_size = maps._as_size(size, "output_size")
-        self.scale = render._check_scale(scale)
+        self.output_size = maps.as_size(size, "output_size")
+        self.scale = render.check_scale(scale)
         self._crop_scale = max(1, round(h * self.scale / self.output_size[0]))
         self._input_size = (h, w)
         self._build(n, e)
@@ -154,7 +135,7 @@ class STNInspector(App, ImageIndex):
     def _check_source(self, source: Any, n: int) -> torch.Tensor | None:
         if source is None:
             return None
-        source = _check_images(source, "source")
+        source = check_images(source, "source", unit_range=True)
         if len(source) != n or source.shape[1] != self.images.shape[1]:
             raise ValueError(
                 f"source must hold the same {n} images with {self.images.shape[1]} channels, "

@@ -28,8 +28,7 @@ from ..photos import (
     load_sample,
     sample_photos,
 )
-from ._app import App
-from ._png import show_png
+from ._base import App, show_png
 
 __all__ = ["PhotoPicker"]
 

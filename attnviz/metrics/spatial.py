@@ -1,8 +1,7 @@
-"""Scores of attention against ground truth.
+"""Scores of spatial attention maps against ground truth (CBAM's Ms, Grad-CAM, priors).
 
-Spatial transformer: how well the region a transformer samples covers the
-object -- the exact IoU of the sampled quadrilateral (the image of the output
-frame under A_theta, Jaderberg et al. 2015, eq. 1) with the ground-truth box.
+Every score reads maps at their own resolution and brings them to the image through the
+one map pipeline (:mod:`attnviz.maps`); nothing here draws.
 """
 
 from __future__ import annotations
@@ -14,95 +13,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import maps, render
-from .capture import capture
+from ..maps import normalize as _normalize
+from ..maps import upsample
+from .report import scores_table
 
 __all__ = [
-    "attention_on_object",
-    "cbam_spatial_maps",
-    "centre_prior",
+    "center_prior",
     "energy_pointing_game",
     "mask_iou",
     "mask_share_maps",
     "pointing_game",
-    "sampled_box_iou",
     "score_maps",
-    "square_window_ceiling",
-    "transform_agreement",
 ]
 
-
-def sampled_box_iou(
-    model: nn.Module,
-    images: torch.Tensor,
-    boxes: torch.Tensor,
-    *,
-    name: str | None = None,
-    batch_size: int = 500,
-) -> torch.Tensor:
-    """IoU of each image's sampled quadrilateral with its ground-truth box.
-
-    Args:
-        model: a model containing a spatial transformer (captured in eval mode; the
-            model's own mode is restored).
-        images: N x C x H x W, what the model reads.
-        boxes: N x 4 ground-truth boxes (x0, y0, x1, y1, pixel edges of ``images``).
-        name: which transformer, when the model has several (its qualified name).
-        batch_size: images per forward pass.
-
-    Returns:
-        N IoUs in [0, 1] (float64).
-    """
-    if images.dim() != 4 or boxes.shape != (len(images), 4):
-        raise ValueError(
-            f"images must be N x C x H x W and boxes N x 4, got {tuple(images.shape)} and "
-            f"{tuple(boxes.shape)}"
-        )
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        with torch.no_grad(), capture(model, kinds="transform", names=name) as rec:
-            model(images[i : i + batch_size].to(device))
-        (r,) = _one(rec.select(kind="transform"))
-        corners = maps.theta_corners(r.theta.float(), r.input_size)
-        out.append(maps.polygon_iou(corners, boxes[i : i + batch_size]))
-    return torch.cat(out)
-
-
-def square_window_ceiling(boxes: torch.Tensor) -> torch.Tensor:
-    """The best IoU an axis-aligned square window can reach with each box.
-
-    The attention transform (isotropic scale + translation) samples a square, so a
-    box of w x h (w <= h) caps its IoU: a centred square of side s in [w, h] gives
-    ws / (s^2 + wh - ws), largest at s = sqrt(wh), where it equals 1 / (2r - 1) with
-    r = sqrt(h / w). Use it beside :func:`sampled_box_iou` to read what is reachable.
-
-    Args:
-        boxes: N x 4 boxes (x0, y0, x1, y1) with positive width and height.
-
-    Returns:
-        N ceilings in (0, 1] (float64).
-    """
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be N x 4, got {tuple(boxes.shape)}")
-    b = boxes.double()
-    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    if (w <= 0).any() or (h <= 0).any():
-        raise ValueError("every box needs a positive width and height (x1 > x0, y1 > y0)")
-    r = torch.sqrt(torch.maximum(w, h) / torch.minimum(w, h))
-    return 1.0 / (2.0 * r - 1.0)
-
-
-def _one(records: list[Any]) -> list[Any]:
-    if len(records) != 1:
-        names = [r.name for r in records]
-        raise ValueError(f"the model has several attention blocks of this kind {names}; pass name=")
-    return records
-
-
-# -- spatial maps against ground truth (CBAM's Ms, Grad-CAM) ---------------------------------
 # Conventions shared by every score below (those of render.upsample_map): a map of h x w
 # cells covers an image of H x W pixels; cell (i, j) owns the pixel block with edges
 # i * H/h .. (i + 1) * H/h and j * W/w .. (j + 1) * W/w, and its value sits at the block's
@@ -287,15 +211,15 @@ def mask_iou(
     masks: torch.Tensor,
     *,
     threshold: float = 0.5,
-    normalise: str = "per_map",
+    normalize: str = "per_map",
     vmin: float | None = None,
     vmax: float | None = None,
     chunk: int = 64,
 ) -> torch.Tensor:
     """IoU of the thresholded map with the object's mask.
 
-    Each map is normalised to [0, 1] at its own resolution (``render.normalise_map``),
-    upsampled stride-aligned to the mask's H x W (``render.upsample_map``), and the pixels
+    Each map is normalised to [0, 1] at its own resolution (``attnviz.maps.normalize``),
+    upsampled stride-aligned to the mask's H x W (``attnviz.maps.upsample``), and the pixels
     with value >= ``threshold`` are compared with the mask: |map ∩ mask| / |map ∪ mask|.
     When both are empty the IoU is 1 (they agree); a constant map normalises to zeros and
     so selects no pixel for any threshold > 0.
@@ -304,7 +228,7 @@ def mask_iou(
         maps: N x h x w (or h x w) finite maps covering the images.
         masks: N x H x W masks (bool, or anything non-zero = object).
         threshold: in [0, 1], on the normalised map.
-        normalise, vmin, vmax: as for ``render.normalise_map``; ``"shared"`` takes one range
+        normalize, vmin, vmax: as for ``attnviz.maps.normalize``; ``"shared"`` takes one range
             over all N maps (computed first, then applied chunk by chunk).
         chunk: maps upsampled at a time (memory: chunk x H x W float32).
 
@@ -319,14 +243,15 @@ def mask_iou(
     masks = _mask_batch(masks, n)
     if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    if normalise == "shared" and (vmin is None or vmax is None):
+    normalize_mode = normalize
+    if normalize_mode == "shared" and (vmin is None or vmax is None):
         ranges = [_finite(maps[i : i + chunk]).aminmax() for i in _chunks(n, chunk)]
         lo, hi = min(float(r.min) for r in ranges), max(float(r.max) for r in ranges)
         vmin, vmax = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
     out = []
     for i in _chunks(n, chunk):
-        unit = render.normalise_map(_finite(maps[i : i + chunk]).numpy(), normalise, vmin, vmax)
-        up = torch.from_numpy(render.upsample_map(unit, tuple(masks.shape[-2:])))
+        unit = _normalize(_finite(maps[i : i + chunk]), normalize_mode, vmin, vmax)
+        up = upsample(unit, tuple(masks.shape[-2:]))
         pred, truth = up >= threshold, masks[i : i + chunk].to("cpu").bool()
         inter = (pred & truth).sum(dim=(1, 2)).double()
         union = (pred | truth).sum(dim=(1, 2)).double()
@@ -334,7 +259,7 @@ def mask_iou(
     return torch.cat(out)
 
 
-def centre_prior(n: int, size: int | tuple[int, int], *, sigma: float = 0.25) -> torch.Tensor:
+def center_prior(n: int, size: int | tuple[int, int], *, sigma: float = 0.25) -> torch.Tensor:
     """Gaussian centre-bias maps: the baseline a map must beat to show it looks at objects.
 
     ``exp(-((x - W/2)^2 / (2 (sigma W)^2) + (y - H/2)^2 / (2 (sigma H)^2)))`` at each
@@ -382,7 +307,7 @@ def score_maps(
 
     Args:
         maps_by_method: name -> N x h x w maps (h x w may differ between methods), e.g.
-            ``{"CBAM layer4": ..., "Grad-CAM": ..., "centre prior": centre_prior(N, 64)}``.
+            ``{"CBAM layer4": ..., "Grad-CAM": ..., "centre prior": center_prior(N, 64)}``.
         boxes: N x 4 (x0, y0, x1, y1) in image pixels.
         masks: N x H x W object masks; H x W is the image size.
         tolerance: of the pointing game, in pixels; a sequence (e.g. ``(0, 4)``) scores it
@@ -422,27 +347,7 @@ def score_maps(
         iou = mask_iou(m, masks, threshold=threshold, chunk=min(chunk, 64))
         row.update(energy=float(energy.mean()), mask_iou=float(iou.mean()), n=len(m))
         scores[name] = row
-    return _markdown(scores, tolerances, threshold), scores
-
-
-def _markdown(
-    scores: dict[str, dict[str, float]], tolerances: list[float], threshold: float
-) -> str:
-    if len(tolerances) == 1:
-        t = tolerances[0]
-        heads, keys = [f"pointing game{f', ±{t:g} px' if t else ''}"], ["pointing_game"]
-    else:
-        heads = [f"pointing game ±{t:g} px" for t in tolerances]
-        keys = [f"pointing_game_{t:g}px" for t in tolerances]
-    lines = [
-        f"| method | n | {' | '.join(heads)} | energy in box | mask IoU (>= {threshold:g}, "
-        "per-map) |",
-        "|---|---:|" + "---:|" * len(heads) + "---:|---:|",
-    ]
-    for name, s in scores.items():
-        cells = " | ".join(f"{s[k]:.3f}" for k in keys)
-        lines.append(f"| {name} | {s['n']} | {cells} | {s['energy']:.3f} | {s['mask_iou']:.3f} |")
-    return "\n".join(lines)
+    return scores_table(scores, tolerances, threshold), scores
 
 
 def mask_share_maps(masks: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -472,122 +377,3 @@ def mask_share_maps(masks: torch.Tensor, size: int | tuple[int, int]) -> torch.T
             "size that divides the image size"
         )
     return F.avg_pool2d(m.float()[:, None], (big_h // h, big_w // w))[:, 0]
-
-
-def cbam_spatial_maps(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch_size: int = 64,
-    *,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, torch.Tensor]:
-    """Every spatial gate's map Ms (CBAM, Woo et al. 2018, eq. 3) for a set of images.
-
-    Forward passes of ``batch_size`` images under one :func:`attnviz.capture` with
-    ``kinds="spatial"`` (eval mode, no gradients; the model's flags are restored).
-
-    Args:
-        model: a network with CBAM (or other spatial) attention.
-        images: N x C x H x W network inputs.
-        batch_size: images per forward pass.
-        dtype: store the maps in this dtype (``torch.float16`` halves the memory, for
-            pictures); None keeps float32. Score float32 maps: in float16, sigmoid values
-            near 1 round to the same number and tie at the maximum.
-        device: where the model runs (default: its parameters' device); maps end on the CPU.
-
-    Returns:
-        record name (e.g. ``"layer4.0.attention.spatial_gate"``) -> N x h x w maps at their
-        native resolution, in forward order.
-
-    Raises:
-        ValueError: bad image shape or batch size, or no spatial attention in the model.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"images must be N x C x H x W, got {tuple(images.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.no_grad(), capture(model, kinds="spatial", dtype=dtype) as rec:
-        for i in range(0, len(images), batch_size):
-            model(images[i : i + batch_size].to(device))
-    return {name: r.map for name, r in rec.items()}
-
-
-# -- self-attention -------------------------------------------------------------------------
-def attention_on_object(
-    model: nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    *,
-    name: str | None = None,
-    batch_size: int = 64,
-) -> dict[str, torch.Tensor]:
-    """For queries on the object, the share of their attention that lands on the object.
-
-    The object mask is averaged onto the self-attention block's query and key grids.
-    Queries are the cells at least half covered by the object; for each, the attention
-    mass on the object is sum_k A[q, k] * cover[k] (cover: the object's share of key
-    cell k). Compare with ``area``, the object's share of the key grid: the share a
-    query would give the object by attending uniformly.
-
-    Args:
-        model: a model with one self-attention block (or pick one with ``name``).
-        images: N x C x H x W network inputs.
-        masks: N x H x W object masks (bool or [0, 1]).
-
-    Returns:
-        ``{"on_object": N, "area": N}``; images with no query on the object give NaN.
-    """
-    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(
-            f"masks must be N x H x W like images {tuple(images.shape)}, got {tuple(masks.shape)}"
-        )
-    device = next(model.parameters()).device
-    on, area = [], []
-    for i in range(0, len(images), batch_size):
-        with torch.no_grad(), capture(model, kinds="self", names=name) as rec:
-            model(images[i : i + batch_size].to(device))
-        (r,) = _one(rec.select(kind="self"))
-        m = masks[i : i + batch_size].float()[:, None]
-        q_cover = F.adaptive_avg_pool2d(m, r.query_size).flatten(1)  # B x Q
-        k_cover = F.adaptive_avg_pool2d(m, r.key_size).flatten(1)  # B x K
-        mass = torch.einsum("bqk,bk->bq", r.head_matrix(), k_cover)
-        queries = q_cover >= 0.5
-        share = (mass * queries).sum(1) / queries.sum(1)  # NaN where no query is on the object
-        on.append(share)
-        area.append(k_cover.mean(1))
-    return {"on_object": torch.cat(on), "area": torch.cat(area)}
-
-
-# -- spatial transformer: does the learned transform undo the distortion? --------------------
-def transform_agreement(theta: torch.Tensor, transforms: torch.Tensor) -> dict[str, float]:
-    """How well learned thetas follow the transform that would undo each distortion.
-
-    ``transforms`` are the data set's canvas -> digit maps (``DistortedDigits.transforms``);
-    the theta that would recover the upright digit is the affine part of their inverse.
-    Both are decomposed (:func:`attnviz.maps.decompose_theta`) and compared over the set:
-    the correlation of rotations, of zooms and of translations (1: the transformer undoes
-    that part of the distortion image by image; 0: it ignores it), and the mean absolute
-    rotation of each, in degrees.
-    """
-    if theta.dim() != 3 or theta.shape[1:] != (2, 3) or transforms.shape != (len(theta), 3, 3):
-        raise ValueError(
-            f"theta must be N x 2 x 3 and transforms N x 3 x 3, got {tuple(theta.shape)} and "
-            f"{tuple(transforms.shape)}"
-        )
-    got = maps.decompose_theta(theta.double())
-    ideal = maps.decompose_theta(torch.linalg.inv(transforms.double())[:, :2])
-
-    def corr(key: str) -> float:
-        return torch.corrcoef(torch.stack([got[key], ideal[key]]))[0, 1].item()
-
-    deg = 180 / np.pi
-    return {
-        "rotation_corr": corr("rotation"),
-        "zoom_corr": corr("zoom"),
-        "translation_corr": (corr("tx") + corr("ty")) / 2,
-        "rotation_deg": got["rotation"].abs().mean().item() * deg,
-        "ideal_rotation_deg": ideal["rotation"].abs().mean().item() * deg,
-    }

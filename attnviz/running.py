@@ -1,0 +1,47 @@
+"""Running a model and leaving it as found: the one helper every public function uses.
+
+    with inference(model):          # eval mode for every module, no autograd graph
+        logits = model(x.to(model_device(model)))
+    # every module's train/eval flag and the grad mode are back as they were
+
+``model.train(was)`` would flatten a model whose submodules had mixed flags (a frozen
+batch-norm inside a training network, say); :func:`inference` restores each module's
+own flag. (:func:`attnviz.capture` keeps its own, thread-aware, account of the flags.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["inference", "model_device"]
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module, *, grad: bool = False) -> Iterator[nn.Module]:
+    """Eval mode for every module of ``model`` and grad mode ``grad`` inside the ``with``.
+
+    On leaving (also after an exception), every module's ``training`` flag and the grad
+    mode are what they were.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.set_grad_enabled(grad):
+            yield model
+    finally:
+        for m, training in modes:
+            if m.training != training:
+                m.training = training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter, else of its first buffer, else the CPU."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
