@@ -8,6 +8,7 @@
 Public API, re-exported here and cheap to import.
 """
 
+from ._compat import module_getattr
 from .capture import CaptureWarning, FaithfulnessError, capture
 from .modules import (
     CBAM,
@@ -35,18 +36,36 @@ from .records import (
 from .registry import (
     KINDS,
     AttentionSpec,
-    attention_layers,
+    attention_type,
     find_attention_modules,
-    make_attention,
-    refuse,
-    register,
-    register_attention,
-    register_layer,
-    registered,
-    unregister,
+    get_attention_layer,
+    list_attention_layers,
+    list_attention_types,
+    refuse_attention_type,
+    register_attention_layer,
+    register_attention_type,
+    unregister_attention_type,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# 0.1's names, for one release (each use warns with the new name).
+__getattr__ = module_getattr(
+    "attnviz",
+    {
+        old: (new, lambda new=new: globals()[new])
+        for old, new in {
+            "register": "register_attention_type",
+            "register_attention": "attention_type",
+            "unregister": "unregister_attention_type",
+            "registered": "list_attention_types",
+            "refuse": "refuse_attention_type",
+            "register_layer": "register_attention_layer",
+            "attention_layers": "list_attention_layers",
+            "make_attention": "get_attention_layer",
+        }.items()
+    },
+)
 
 __all__ = [
     "CBAM",
@@ -73,14 +92,14 @@ __all__ = [
     "SqueezeExcitation",
     "TransformRecord",
     "__version__",
-    "attention_layers",
+    "attention_type",
     "capture",
     "find_attention_modules",
-    "make_attention",
-    "refuse",
-    "register",
-    "register_attention",
-    "register_layer",
-    "registered",
-    "unregister",
+    "get_attention_layer",
+    "list_attention_layers",
+    "list_attention_types",
+    "refuse_attention_type",
+    "register_attention_layer",
+    "register_attention_type",
+    "unregister_attention_type",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
+from ._compat import renamed_kwargs
 from .capture import capture
 from .running import inference, model_device
 
@@ -171,48 +173,61 @@ def _batches(images: Any, labels: Any, batch_size: int) -> Iterator[tuple[torch.
         yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
-def _batch_weights(model: nn.Module, x: torch.Tensor, names: Any) -> dict[str, torch.Tensor]:
+def _batch_weights(model: nn.Module, x: torch.Tensor, blocks: Any) -> dict[str, torch.Tensor]:
     """One forward pass; the excitation of every block (B x C). The records die here."""
-    with torch.no_grad(), capture(model, kinds="channel", names=names) as rec:
+    with torch.no_grad(), capture(model, kinds="channel", blocks=blocks) as rec:
         model(x)
     out = {}
     for name, r in rec.items():
         if r.calls != 1:
             raise ValueError(
                 f"{name} ran {r.calls} times in one forward pass; select blocks that run "
-                "once (names=)"
+                "once (blocks=)"
             )
         out[name] = r.weights
     return out
 
 
-def _class_names(classes: int | Sequence[Any] | None) -> tuple[int | None, list[str] | None]:
-    if classes is None:
-        return None, None
-    if isinstance(classes, int) and not isinstance(classes, bool):
-        if classes < 1:
-            raise ValueError(f"classes must be a positive number of classes, got {classes}")
-        return classes, None
-    names = [str(c) for c in classes]
-    if not names:
-        raise ValueError("classes must name at least one class")
-    return len(names), names
+def _classes(
+    num_classes: int | None, class_names: Sequence[Any] | None
+) -> tuple[int | None, list[str] | None]:
+    names = None
+    if class_names is not None:
+        if isinstance(class_names, (str, int)):
+            raise TypeError(
+                f"class_names must be a sequence of names, got {class_names!r}; "
+                "pass a count as num_classes="
+            )
+        names = [str(c) for c in class_names]
+        if not names:
+            raise ValueError("class_names must name at least one class")
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes={num_classes} but {len(names)} class_names")
+        return len(names), names
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return num_classes, None
 
 
+@renamed_kwargs(names="blocks")
 def channel_stats(
     model: nn.Module,
     images: torch.Tensor | Iterable[tuple[torch.Tensor, Any]],
     labels: Sequence[int] | torch.Tensor | None,
     *,
     batch_size: int = 256,
-    names: str | Sequence[str] | None = None,
+    blocks: str | Sequence[str] | None = None,
     device: str | torch.device | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[Any] | None = None,
     classes: int | Sequence[Any] | None = None,
 ) -> ChannelStats:
     """Mean and within-class variance of the excitation, per class and block, in one pass.
 
     The data run through ``model`` batch by batch, each batch under its own
-    ``attnviz.capture(model, kinds="channel", names=names)``; only per-class sums of s
+    ``attnviz.capture(model, kinds="channel", blocks=blocks)``; only per-class sums of s
     and s^2 (float64) are kept, so memory does not grow with the number of images. The
     model runs in eval mode under ``torch.no_grad()``; its train/eval flags are restored.
 
@@ -222,9 +237,11 @@ def channel_stats(
             ``DataLoader``) when ``labels`` is None.
         labels: N integer class indices, or None with batches.
         batch_size: images per forward pass (tensor input).
-        names: glob pattern(s) selecting blocks, as in ``capture`` (default all).
+        blocks: glob pattern(s) selecting blocks, as in ``capture`` (default all).
         device: where the model runs (default: its parameters' device).
-        classes: K, the number of classes, or K class names (default: max label + 1).
+        num_classes: K (default: max label + 1, or the length of ``class_names``).
+        class_names: K names for the classes (default ``"0"``, ``"1"``, ...).
+        classes: 0.1's name for either (a count or names); warns.
 
     Returns:
         The :class:`ChannelStats`.
@@ -235,13 +252,25 @@ def channel_stats(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    k, class_names = _class_names(classes)
+    if classes is not None:
+        new = "num_classes" if isinstance(classes, int) else "class_names"
+        warnings.warn(
+            f"channel_stats: 'classes' was split into num_classes= and class_names= in attnviz "
+            f"0.2; pass {new}=",
+            FutureWarning,
+            stacklevel=3,
+        )
+        if isinstance(classes, int):
+            num_classes = classes if num_classes is None else num_classes
+        else:
+            class_names = classes if class_names is None else class_names
+    k, class_names = _classes(num_classes, class_names)
     device = torch.device(device) if device is not None else model_device(model)
     moments: dict[str, _Moments] = {}
     counts = torch.zeros(k or 0, dtype=torch.long)
     for x, y in _batches(images, labels, batch_size):
         y = _check_labels(y, len(x), k)
-        for name, w in _batch_weights(model, x.to(device), names).items():
+        for name, w in _batch_weights(model, x.to(device), blocks).items():
             moments.setdefault(name, _Moments(k or 0)).add(w, y)
         counts = _add_counts(counts, y)
     if not moments:

@@ -54,10 +54,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._compat import renamed_kwargs
 from .probes import Probe, Refusal
 from .probes.base import Emission, Watch
 from .records import KINDS, Check, Recording
-from .registry import find_attention_modules, registered
+from .registry import find_attention_modules, list_attention_types
 
 __all__ = ["CaptureWarning", "FaithfulnessError", "capture"]
 
@@ -191,12 +192,12 @@ def _in_backward() -> bool:
     return task is not None and task() != -1
 
 
-def _as_patterns(names: str | Sequence[str] | None) -> list[str] | None:
-    if names is None:
+def _as_patterns(blocks: str | Sequence[str] | None) -> list[str] | None:
+    if blocks is None:
         return None
-    if isinstance(names, str):
-        return [names]
-    return list(names)
+    if isinstance(blocks, str):
+        return [blocks]
+    return list(blocks)
 
 
 class capture:  # lower case: used like a function, ``with attnviz.capture(model) as rec``
@@ -205,8 +206,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
     Args:
         model: any ``nn.Module`` (``torch.compile``d ones too).
         kinds: record only these kinds (see :data:`attnviz.KINDS`).
-        names: glob pattern(s) over qualified module names, e.g. ``"layer4.*"``.
-        device: where records are stored (``"cpu"``); ``None`` keeps the model's device.
+        blocks: glob pattern(s) over qualified module names, e.g. ``"layer4.*"``.
+        records_on: the device records are stored on (``"cpu"``); ``None`` keeps the
+            device the attention was computed on.
         dtype: store records in this floating dtype (e.g. ``torch.float16``); ``None`` keeps it.
         eval: put the model in eval mode inside the ``with`` (maps differ between train and
             eval); every module's flag is restored when the last capture of it closes.
@@ -223,13 +225,14 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             matches nothing, or only refused modules selected (the reason is given).
     """
 
+    @renamed_kwargs(names="blocks", device="records_on")
     def __init__(
         self,
         model: nn.Module,
         *,
         kinds: str | Iterable[str] | None = None,
-        names: str | Sequence[str] | None = None,
-        device: str | torch.device | None = "cpu",
+        blocks: str | Sequence[str] | None = None,
+        records_on: str | torch.device | None = "cpu",
         dtype: torch.dtype | None = None,
         eval: bool = True,
         features: bool = False,
@@ -250,12 +253,12 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self.compiled = self.root is not model or any(
             getattr(m, "_compiled_call_impl", None) is not None for m in self._modules
         )
-        self.device = torch.device(device) if device is not None else None
+        self.records_on = torch.device(records_on) if records_on is not None else None
         self.dtype = dtype
         self.eval = eval
         self.features = features
         self.verify = verify
-        self.probes, self.refused = self._select(named, kinds, _as_patterns(names))
+        self.probes, self.refused = self._select(named, kinds, _as_patterns(blocks))
         self._handles: list[Any] = []
         self._eval_modules: list[nn.Module] = []
         self._eager = False
@@ -270,15 +273,16 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         if not found:
             raise ValueError(
                 f"{type(model).__name__} has no recognised attention module. attnviz recognises "
-                f"{len(registered())} module types (attnviz.registered() lists them); teach it "
-                "another with attnviz.register(ModuleType, kind='channel', submodule='gate')."
+                f"{len(list_attention_types())} module types (attnviz.list_attention_types() "
+                "lists them); teach it another with attnviz.register_attention_type(ModuleType, "
+                "kind='channel', submodule='gate')."
             )
         if patterns is not None:
             available = [n for n, _, _ in found]
             for p in patterns:
                 if not any(fnmatch.fnmatchcase(n, p) for n in available):
                     raise ValueError(
-                        f"name pattern {p!r} matches no attention module; available: {available}"
+                        f"block pattern {p!r} matches no attention module; available: {available}"
                     )
             found = [t for t in found if any(fnmatch.fnmatchcase(t[0], p) for p in patterns)]
         made = [spec.make(name, module) for name, module, spec in found]
@@ -307,7 +311,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
 
     def _store(self, t: torch.Tensor) -> torch.Tensor:
         """A detached copy, on ``device`` in ``dtype``: never the live tensor's storage."""
-        device, dtype = self.device or t.device, self.dtype or t.dtype
+        device, dtype = self.records_on or t.device, self.dtype or t.dtype
         if device == t.device and dtype == t.dtype:
             return (t.detach() if t.requires_grad else t).clone()
         out = t.detach().to(device=device, dtype=dtype)

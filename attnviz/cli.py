@@ -156,8 +156,8 @@ def overlay(args: argparse.Namespace) -> int:
               "Face cache; pass a weights file, or --weights none for random weights.",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.target is not None and not 0 <= args.target < len(pre.categories):
-        print(f"attnviz overlay: --target must be a class index in [0, {len(pre.categories)}), "
+    if args.target is not None and not 0 <= args.target < len(pre.class_names):
+        print(f"attnviz overlay: --target must be a class index in [0, {len(pre.class_names)}), "
               f"got {args.target}", file=sys.stderr)  # fmt: skip
         return 2
     x = prepare(photo, pre.transforms)
@@ -179,7 +179,7 @@ def overlay(args: argparse.Namespace) -> int:
     label, attention = views[block][0], views[block][1][0]
     view = network_view(photo, pre.transforms, max_side=args.size)
     panels = [render.to_uint8_rgb(view), render.overlay(view, cam), render.overlay(view, attention)]
-    title = (f"{pre.categories[target]} (P={probs[target]:.2f})  |  Grad-CAM  |  {label} {block}"
+    title = (f"{pre.class_names[target]} (P={probs[target]:.2f})  |  Grad-CAM  |  {label} {block}"
              + ("" if pre.pretrained else "  |  RANDOM WEIGHTS"))  # fmt: skip
     strip = Image.fromarray(render.montage(panels, ncols=3, pad=4))
     canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ._compat import renamed_kwargs
 from .maps import upsample
 
 __all__ = [
@@ -579,22 +580,28 @@ class Recording(Mapping[str, Record]):
     def __len__(self) -> int:
         return len(self._records)
 
-    def select(self, kind: str | None = None, name: str | None = None) -> list[Record]:
-        """Records of one kind and/or whose name matches a glob pattern, in forward order.
+    @renamed_kwargs(name="blocks")
+    def select(
+        self, kind: str | None = None, blocks: str | Sequence[str] | None = None
+    ) -> list[Record]:
+        """Records of one kind and/or whose name matches a glob pattern (or one of several),
+        in forward order.
 
         Raises:
             ValueError: unknown kind, or nothing matches (the message lists the names).
         """
         if kind is not None and kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        patterns = [blocks] if isinstance(blocks, str) else blocks
         out = [
             r
             for n, r in self._records.items()
-            if (kind is None or r.kind == kind) and (name is None or fnmatch.fnmatchcase(n, name))
+            if (kind is None or r.kind == kind)
+            and (patterns is None or any(fnmatch.fnmatchcase(n, p) for p in patterns))
         ]
         if not out:
             raise ValueError(
-                f"no record matches kind={kind!r}, name={name!r}; recorded: "
+                f"no record matches kind={kind!r}, blocks={blocks!r}; recorded: "
                 f"{[(n, r.kind) for n, r in self._records.items()]}"
             )
         return out

@@ -4,8 +4,8 @@ A registry entry says, for a module type, which *kind* of attention it applies a
 capture reads it: the output of a submodule, or a torch function called in the module's
 forward::
 
-    attnviz.register(timm.layers.SEModule, kind="channel", submodule="gate")
-    attnviz.register(MyLightGate, kind="channel", function="sigmoid")  # F.sigmoid in forward
+    attnviz.register_attention_type(timm.layers.SEModule, kind="channel", submodule="gate")
+    attnviz.register_attention_type(MyLightGate, kind="channel", function="sigmoid")  # F.sigmoid
 
 Kinds (:data:`KINDS`, one record class each in :mod:`attnviz.records`):
 
@@ -24,7 +24,7 @@ Kinds (:data:`KINDS`, one record class each in :mod:`attnviz.records`):
 Entries are keyed by the class, or by its qualified name as a string (so that the
 entries for timm's layers cost nothing, and need no timm, until a model holds one).
 Out of the box attnviz knows its own modules, torchvision's ``SqueezeExcitation``
-and every attention layer of timm's ``create_attn`` (:func:`registered` lists them).
+and every attention layer of timm's ``create_attn`` (:func:`list_attention_types` lists them).
 
 For a module whose attention needs more than a submodule or a function (several pieces, a
 composition), write a :class:`attnviz.probes.Probe` and register it with ``probe=``.
@@ -52,17 +52,17 @@ from .records import KINDS
 __all__ = [
     "KINDS",
     "AttentionSpec",
-    "attention_layers",
+    "attention_type",
     "find_attention_modules",
-    "make_attention",
+    "get_attention_layer",
+    "list_attention_layers",
+    "list_attention_types",
     "markdown_table",
-    "refuse",
-    "register",
-    "register_attention",
-    "register_layer",
-    "registered",
+    "refuse_attention_type",
+    "register_attention_layer",
+    "register_attention_type",
     "spec_for",
-    "unregister",
+    "unregister_attention_type",
 ]
 
 ProbeFactory = Callable[[str, nn.Module], Union[Probe, Refusal]]
@@ -152,7 +152,7 @@ def _add(module_type: ModuleType, spec: AttentionSpec, overwrite: bool) -> None:
     _LOOKUP.clear()
 
 
-def register(
+def register_attention_type(
     module_type: ModuleType,
     kind: str,
     submodule: str = "",
@@ -179,7 +179,7 @@ def register(
 
     Returns:
         ``module_type``, so this can be used as a decorator through
-        :func:`register_attention`.
+        :func:`attention_type`.
 
     Raises:
         TypeError: ``module_type`` is not an ``nn.Module`` subclass (or qualified name).
@@ -206,7 +206,7 @@ def register(
     return module_type
 
 
-def refuse(
+def refuse_attention_type(
     module_type: ModuleType, reason: str, *, note: str = "", overwrite: bool = False
 ) -> None:
     """Recognise a module type that applies no attention a map could honestly show.
@@ -217,17 +217,17 @@ def refuse(
     _add(module_type, AttentionSpec("refused", note=note, reason=reason), overwrite)
 
 
-def register_attention(kind: str, submodule: str = "", **kwargs) -> Callable[[type], type]:
-    """Class decorator form of :func:`register`."""
+def attention_type(kind: str, submodule: str = "", **kwargs) -> Callable[[type], type]:
+    """Class decorator form of :func:`register_attention_type`."""
 
     def decorate(module_type: type) -> type:
-        register(module_type, kind, submodule, **kwargs)
+        register_attention_type(module_type, kind, submodule, **kwargs)
         return module_type
 
     return decorate
 
 
-def unregister(module_type: ModuleType) -> None:
+def unregister_attention_type(module_type: ModuleType) -> None:
     """Forget a registered type (``KeyError`` if it is not registered)."""
     if module_type in _REGISTRY:
         del _REGISTRY[module_type]
@@ -236,7 +236,7 @@ def unregister(module_type: ModuleType) -> None:
     _LOOKUP.clear()
 
 
-def registered(pattern: str = "*") -> dict[str, AttentionSpec]:
+def list_attention_types(pattern: str = "*") -> dict[str, AttentionSpec]:
     """Registered types whose qualified name matches the glob ``pattern``."""
     return {
         _qualname(t): spec
@@ -286,7 +286,7 @@ def markdown_table(errors: Mapping[str, float] | None = None, pattern: str = "*"
         "| module | kind | read from | largest check error | what it is |",
         "|---|---|---|---:|---|",
     ]
-    for name, spec in sorted(registered(pattern).items()):
+    for name, spec in sorted(list_attention_types(pattern).items()):
         err = (errors or {}).get(name)
         shown = "-" if err is None else ("0 (bit-exact)" if err == 0 else f"{err:.1e}")
         if spec.kind == "refused":
@@ -300,7 +300,7 @@ def markdown_table(errors: Mapping[str, float] | None = None, pattern: str = "*"
 _LAYERS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_layer(
+def register_attention_layer(
     name: str, factory: Callable[..., nn.Module], *, overwrite: bool = False
 ) -> Callable[..., nn.Module]:
     """Make an attention layer buildable by name, e.g. ``attention="se"`` in attnviz's models.
@@ -323,19 +323,19 @@ def register_layer(
     return factory
 
 
-def attention_layers() -> list[str]:
-    """Names accepted by :func:`make_attention` (and by ``attention=`` in attnviz's models)."""
+def list_attention_layers() -> list[str]:
+    """Names accepted by :func:`get_attention_layer` (and by ``attention=`` in attnviz's models)."""
     return sorted(_LAYERS)
 
 
-def make_attention(name: str | None, channels: int, **kwargs) -> nn.Module:
+def get_attention_layer(name: str | None, channels: int, **kwargs) -> nn.Module:
     """Build the attention layer ``name`` for ``channels`` channels (``None``: identity)."""
     if name is None:
         return nn.Identity()
     if name not in _LAYERS:
         raise ValueError(
-            f"unknown attention {name!r}; known: {attention_layers()} (or None). "
-            "Add one with attnviz.register_layer(name, factory)."
+            f"unknown attention {name!r}; known: {list_attention_layers()} (or None). "
+            "Add one with attnviz.register_attention_layer(name, factory)."
         )
     return _LAYERS[name](channels, **kwargs)
 
@@ -353,21 +353,23 @@ def _register_builtins() -> None:
     )
     from .probes.timm import register_timm
 
-    register(SqueezeExcitation, "channel", "gate", note="SE (Hu et al., 2018)")
-    register(ChannelGate, "channel", "gate", note="CBAM's channel gate Mc")
-    register(SpatialGate, "spatial", "gate", note="CBAM's spatial gate Ms")
-    register(SpatialTransformer, "transform", "theta", note="STN (Jaderberg et al., 2015)")
-    register(NonLocal, "self", "attend", note="non-local block (Wang et al., 2018)")
-    register(
+    register_attention_type(SqueezeExcitation, "channel", "gate", note="SE (Hu et al., 2018)")
+    register_attention_type(ChannelGate, "channel", "gate", note="CBAM's channel gate Mc")
+    register_attention_type(SpatialGate, "spatial", "gate", note="CBAM's spatial gate Ms")
+    register_attention_type(
+        SpatialTransformer, "transform", "theta", note="STN (Jaderberg et al., 2015)"
+    )
+    register_attention_type(NonLocal, "self", "attend", note="non-local block (Wang et al., 2018)")
+    register_attention_type(
         TVSqueezeExcitation,
         "channel",
         "scale_activation",
         note="MobileNetV3, EfficientNet, RegNetY",
     )
-    register_timm(register, refuse)
-    register_layer("se", SqueezeExcitation)
-    register_layer("cbam", CBAM)
-    register_layer("nonlocal", NonLocal)
+    register_timm(register_attention_type, refuse_attention_type)
+    register_attention_layer("se", SqueezeExcitation)
+    register_attention_layer("cbam", CBAM)
+    register_attention_layer("nonlocal", NonLocal)
 
 
 _register_builtins()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import storage
+from ._compat import module_getattr
 from .running import inference, model_device
 
 __all__ = [
@@ -32,8 +33,8 @@ __all__ = [
     "evaluate",
     "fit",
     "load_checkpoint",
+    "logits",
     "pick_device",
-    "predict",
     "save_checkpoint",
     "snapshot_attention",
     "stn_param_groups",
@@ -139,7 +140,7 @@ def _batches(
         yield _xy(batch)
 
 
-def predict(
+def logits(
     model: nn.Module, dataset: Any, batch_size: int = 500, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """Logits for every sample (on the CPU), in eval mode; every module's mode is restored."""
@@ -155,11 +156,9 @@ def evaluate(
     model: nn.Module, dataset: Any, batch_size: int = 500, device: str | torch.device | None = None
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over ``dataset``."""
-    logits = predict(model, dataset, batch_size, device)
+    out = logits(model, dataset, batch_size, device)
     labels = torch.cat([y for _, y in _batches(dataset, batch_size, False, None)])
-    return F.cross_entropy(logits, labels).item(), (
-        logits.argmax(1) == labels
-    ).float().mean().item()
+    return F.cross_entropy(out, labels).item(), (out.argmax(1) == labels).float().mean().item()
 
 
 def snapshot_attention(
@@ -504,3 +503,6 @@ def load_checkpoint(
     if state.get("history") is not None:
         state["history"] = History.from_dict(state["history"])
     return state
+
+
+__getattr__ = module_getattr("attnviz.train", {"predict": ("logits", lambda: logits)})

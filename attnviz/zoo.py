@@ -35,6 +35,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from . import storage
+from ._compat import module_getattr
 from .models import resnet
 from .running import inference, model_device
 
@@ -50,8 +51,8 @@ __all__ = [
     "official_cbam_mapping",
     "official_cbam_resnet50",
     "official_cbam_transforms",
-    "predict",
     "pretrained",
+    "top_classes",
     "weights_path",
 ]
 
@@ -141,7 +142,7 @@ class Pretrained:
         transforms: turns a PIL image into the network's input tensor (3 x H x W): the
             weights' own preprocessing (resize, centre crop, ImageNet mean and std). For
             random weights: the preprocessing a trained copy of the architecture expects.
-        categories: class names (ImageNet's for ImageNet networks); ``"class 0"``, ...
+        class_names: class names (ImageNet's for ImageNet networks); ``"class 0"``, ...
             when unknown.
         name: the name given to :func:`pretrained`.
         pretrained: whether trained weights were loaded.
@@ -150,9 +151,20 @@ class Pretrained:
     model: nn.Module
     weights: Any
     transforms: Callable[[Any], torch.Tensor] = field(repr=False)
-    categories: list[str] = field(repr=False)
+    class_names: list[str] = field(repr=False)
     name: str
     pretrained: bool
+
+    @property
+    def categories(self) -> list[str]:
+        """0.1's name for :attr:`class_names` (warns)."""
+        warnings.warn(
+            "Pretrained: 'categories' was renamed 'class_names' in attnviz 0.2; the old name "
+            "goes in 0.3",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.class_names
 
 
 def _check_name(name: Any) -> str:
@@ -245,11 +257,11 @@ def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = T
     model = get_model(name, weights=resolved, progress=progress).eval()
     if resolved is None:
         transforms = get_model_weights(name).DEFAULT.transforms()
-        categories = [f"class {i}" for i in range(_num_classes(model))]
+        class_names = [f"class {i}" for i in range(_num_classes(model))]
     else:
         transforms = resolved.transforms()
-        categories = list(resolved.meta["categories"])
-    return Pretrained(model, resolved, transforms, categories, name, resolved is not None)
+        class_names = list(resolved.meta["categories"])
+    return Pretrained(model, resolved, transforms, class_names, name, resolved is not None)
 
 
 def _import_timm():
@@ -295,10 +307,10 @@ def _timm_pretrained(name: str, weights: WeightsArg) -> Pretrained:
     subset = timm.data.infer_imagenet_subset(model)
     if subset is not None and n in (1000, 1001):
         info = timm.data.ImageNetInfo(subset)
-        categories = [info.index_to_description(i).split(",")[0] for i in range(n)]
+        class_names = [info.index_to_description(i).split(",")[0] for i in range(n)]
     else:
-        categories = [f"class {i}" for i in range(n)]
-    return Pretrained(model, source, transforms, categories, name, source is not None)
+        class_names = [f"class {i}" for i in range(n)]
+    return Pretrained(model, source, transforms, class_names, name, source is not None)
 
 
 def official_cbam_transforms() -> Preprocess:
@@ -324,7 +336,7 @@ def _official_cbam_pretrained(weights: WeightsArg) -> Pretrained:
     )  # fmt: skip
 
 
-def predict(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float]]:
+def top_classes(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float]]:
     """The network's ``topk`` classes for one image, most probable first.
 
     Args:
@@ -334,7 +346,7 @@ def predict(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float
         topk: how many classes to return.
 
     Returns:
-        ``[(category, softmax probability), ...]``. Every module's train/eval flag is
+        ``[(class name, softmax probability), ...]``. Every module's train/eval flag is
         restored.
 
     Raises:
@@ -346,7 +358,7 @@ def predict(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float
     with inference(pre.model):
         probs = pre.model(x.to(model_device(pre.model))).softmax(dim=1)[0]
     values, indices = probs.topk(min(topk, probs.numel()))
-    return [(pre.categories[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+    return [(pre.class_names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
 
 def _network_input(pre: Pretrained, image: Any) -> torch.Tensor:
@@ -568,3 +580,6 @@ def _shape(value: Any) -> Any:
 def _listing(items: list[str], n: int = 10) -> str:
     shown = ", ".join(repr(k) for k in items[:n])
     return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
+
+
+__getattr__ = module_getattr("attnviz.zoo", {"predict": ("top_classes", lambda: top_classes)})

@@ -115,7 +115,7 @@ explorer
 # class-specific, the very last ones saturate.
 
 # %%
-stats = channel_stats(se_model, test.images, test.labels, classes=[str(c) for c in range(10)])
+stats = channel_stats(se_model, test.images, test.labels, class_names=[str(c) for c in range(10)])
 display(Markdown(stats.to_table()))
 render.figure_to_image(plot_class_excitation(stats))
 

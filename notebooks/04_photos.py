@@ -52,8 +52,8 @@ from attnviz.zoo import (
     SE_NETWORKS,
     load_official_cbam,
     official_cbam_transforms,
-    predict,
     pretrained,
+    top_classes,
 )
 
 try:
@@ -73,7 +73,7 @@ print(f"{MODEL}: {'ImageNet weights' if pre.pretrained else 'random weights'};",
 # %%
 photo = load_sample(sample_photos()[0])
 x = prepare(photo, pre.transforms)
-display(Markdown(", ".join(f"**{name}** {p:.1%}" for name, p in predict(pre, photo))))
+display(Markdown(", ".join(f"**{name}** {p:.1%}" for name, p in top_classes(pre, photo))))
 render.as_pil(render.overlay(network_view(photo, pre.transforms), gradcam(pre.model, x)[0]))
 
 # %% [markdown]
@@ -97,7 +97,7 @@ explainer
 # %%
 if any(spec.kind == "channel" for _, _, spec in find_attention_modules(pre.model)):
     display(ChannelExplorer(pre.model, x, mean=pre.transforms.mean, std=pre.transforms.std,
-                            class_names=pre.categories))  # fmt: skip
+                            class_names=pre.class_names))  # fmt: skip
 else:
     display(Markdown(f"{MODEL} has no channel attention."))
 
@@ -117,6 +117,6 @@ if Path(CBAM_CHECKPOINT).exists():
     cbam_input = official_cbam_transforms()
     x_cbam = prepare(photo, cbam_input)
     display(SpatialExplorer(cbam, x_cbam, mean=cbam_input.mean, std=cbam_input.std,
-                            class_names=pre.categories))  # fmt: skip
+                            class_names=pre.class_names))  # fmt: skip
 else:
     display(Markdown(f"No `{CBAM_CHECKPOINT}` here: download it to see CBAM's spatial maps."))

@@ -27,8 +27,8 @@ src, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 
 
-def png(widget_image):
-    return np.asarray(Image.open(io.BytesIO(widget_image.value)).convert("RGB"))
+def png(data: bytes):
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 parts = sys.argv[3:] or ["stn", "resnets"]
@@ -59,7 +59,7 @@ for name, attention in [("plain", None), ("+SE", "se"), ("+CBAM", "cbam")]:
 explorer = ChannelExplorer(nets["+SE"], test.images[:8], labels=test.labels[:8].tolist())
 explorer.block = "layer3.0.attention"
 explorer.channel = int(explorer.current()["weights"].argmax())
-bars, before, after = png(explorer._bars_png), png(explorer._before_png), png(explorer._after_png)
+bars, before, after = (png(p) for p in explorer.pictures().values())
 w = bars.shape[1] + before.shape[1] + after.shape[1] + 8
 canvas = np.full((max(bars.shape[0], before.shape[0]), w, 3), 255, np.uint8)
 x = 0
@@ -69,7 +69,9 @@ for panel in (bars, before, after):
 Image.fromarray(canvas).save(out / "se_explorer.png")
 
 # 3. SE class-wise excitation
-stats = channel_stats(nets["+SE"], test.images, test.labels, classes=[str(c) for c in range(10)])
+stats = channel_stats(
+    nets["+SE"], test.images, test.labels, class_names=[str(c) for c in range(10)]
+)
 render.figure_to_image(plot_class_excitation(stats), dpi=70).save(out / "se_classwise.png")
 
 # 4. the CBAM paper's figure: Grad-CAM of plain / +SE / +CBAM with P, and CBAM's own map

@@ -95,7 +95,9 @@ def test_batches_from_an_iterable_give_the_same_stats():
 
 def test_names_select_blocks_and_classes_name_them():
     model, (images, labels) = _net(), _data()
-    stats = channel_stats(model, images, labels, names="4.*", classes=["a", "b", "c", "d", "e"])
+    stats = channel_stats(
+        model, images, labels, blocks="4.*", class_names=["a", "b", "c", "d", "e"]
+    )
     assert stats.names == ["4.channel_gate"]
     assert stats.class_names == ["a", "b", "c", "d", "e"]
     assert stats.counts[4] == 0 and torch.isnan(stats.mean["4.channel_gate"][4]).all()
@@ -188,7 +190,7 @@ def test_model_mode_and_hooks_are_restored():
 def test_bad_labels_are_refused(labels, error, match):
     images, _ = _data()
     with pytest.raises(error, match=match):
-        channel_stats(_net(), images, labels, classes=4)
+        channel_stats(_net(), images, labels, num_classes=4)
 
 
 def test_bad_arguments_are_refused():
@@ -198,13 +200,13 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="labels are needed"):
         channel_stats(_net(), images, None)
     with pytest.raises(ValueError, match="matches no attention module"):
-        channel_stats(_net(), images, labels, names="nothing*")
+        channel_stats(_net(), images, labels, blocks="nothing*")
 
 
 @pytest.fixture
 def stats() -> ChannelStats:
     model, (images, labels) = _net(), _data()
-    return channel_stats(model, images, labels, classes=["w", "x", "y", "z"])
+    return channel_stats(model, images, labels, class_names=["w", "x", "y", "z"])
 
 
 def test_table_lists_every_block(stats):

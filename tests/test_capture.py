@@ -154,7 +154,7 @@ def test_records_are_detached_copies_on_cpu_optionally_half(tiny_net):
     with attnviz.capture(tiny_net, dtype=torch.float16) as rec:
         out = tiny_net(x)
     assert rec["se"].weights.dtype == torch.float16 and rec["se"].weights.device.type == "cpu"
-    with attnviz.capture(tiny_net, device=None) as rec32:
+    with attnviz.capture(tiny_net, records_on=None) as rec32:
         tiny_net(x)
     torch.testing.assert_close(rec["se"].weights.float(), rec32["se"].weights, atol=1e-3, rtol=0)
     # a later in-place change of the live tensor does not reach the record
@@ -194,13 +194,13 @@ def test_selection_by_kind_and_name(tiny_net):
     with attnviz.capture(tiny_net, kinds="spatial") as rec:
         tiny_net(torch.rand(1, 3, 8, 8))
     assert list(rec) == ["cbam.spatial_gate"]
-    with attnviz.capture(tiny_net, names="cbam.*") as rec:
+    with attnviz.capture(tiny_net, blocks="cbam.*") as rec:
         tiny_net(torch.rand(1, 3, 8, 8))
     assert list(rec) == ["cbam.channel_gate", "cbam.spatial_gate"]
     assert [r.name for r in rec.select(kind="channel")] == ["cbam.channel_gate"]
-    assert [r.name for r in rec.select(name="*spatial*")] == ["cbam.spatial_gate"]
+    assert [r.name for r in rec.select(blocks="*spatial*")] == ["cbam.spatial_gate"]
     with pytest.raises(ValueError, match="no record matches"):
-        rec.select(name="layer9.*")
+        rec.select(blocks="layer9.*")
     with pytest.raises(KeyError, match="recorded"):
         rec["se"]
 
@@ -209,7 +209,7 @@ def test_clear_errors(tiny_net):
     with pytest.raises(ValueError, match=r"no recognised attention module.*register"):
         attnviz.capture(nn.Sequential(nn.Conv2d(3, 3, 1)))
     with pytest.raises(ValueError, match="matches no attention module.*available"):
-        attnviz.capture(tiny_net, names="layer4.*")
+        attnviz.capture(tiny_net, blocks="layer4.*")
     with pytest.raises(ValueError, match="unknown kind"):
         attnviz.capture(tiny_net, kinds="temporal")
     with pytest.raises(TypeError, match="nn.Module"):
@@ -234,11 +234,11 @@ def test_registry_teaches_capture_a_new_type():
     model = nn.Sequential(nn.Conv2d(3, 6, 3), _TimmStyleSE(6))
     with pytest.raises(ValueError, match="no recognised"):
         attnviz.capture(model)
-    attnviz.register(_TimmStyleSE, kind="channel", submodule="gate")
+    attnviz.register_attention_type(_TimmStyleSE, kind="channel", submodule="gate")
     try:
-        assert "test_capture._TimmStyleSE" in "".join(attnviz.registered("*TimmStyle*"))
+        assert "test_capture._TimmStyleSE" in "".join(attnviz.list_attention_types("*TimmStyle*"))
         with pytest.raises(ValueError, match="registered already"):
-            attnviz.register(_TimmStyleSE, kind="channel", submodule="gate")
+            attnviz.register_attention_type(_TimmStyleSE, kind="channel", submodule="gate")
         x = torch.rand(2, 3, 8, 8)
         with attnviz.capture(model) as rec:
             out = model(x)
@@ -246,15 +246,15 @@ def test_registry_teaches_capture_a_new_type():
         assert w.shape == (2, 6)
         torch.testing.assert_close(out, model[0](x) * w[:, :, None, None], atol=1e-6, rtol=0)
     finally:
-        attnviz.unregister(_TimmStyleSE)
+        attnviz.unregister_attention_type(_TimmStyleSE)
     with pytest.raises(ValueError, match="kind must be one of"):
-        attnviz.register(_TimmStyleSE, kind="temporal")
+        attnviz.register_attention_type(_TimmStyleSE, kind="temporal")
     with pytest.raises(TypeError, match="nn.Module subclass"):
-        attnviz.register(int, kind="channel")
+        attnviz.register_attention_type(int, kind="channel")
 
 
 def test_builtin_registry_lists_own_and_torchvision_modules():
-    names = attnviz.registered()
+    names = attnviz.list_attention_types()
     assert "torchvision.ops.misc.SqueezeExcitation" in names
     assert {"attnviz.modules.se.SqueezeExcitation", "attnviz.modules.cbam.SpatialGate"} <= set(
         names
@@ -288,17 +288,17 @@ def test_memory_stays_flat_across_1000_captures():
 
 
 def test_layer_registry_builds_attention_by_name():
-    assert {"se", "cbam"} <= set(attnviz.attention_layers())
-    assert isinstance(attnviz.make_attention("se", 32), SqueezeExcitation)
-    assert isinstance(attnviz.make_attention("cbam", 32, reduction=8), CBAM)
-    assert isinstance(attnviz.make_attention(None, 32), nn.Identity)
-    with pytest.raises(ValueError, match="unknown attention 'eca'.*register_layer"):
-        attnviz.make_attention("eca", 32)
+    assert {"se", "cbam"} <= set(attnviz.list_attention_layers())
+    assert isinstance(attnviz.get_attention_layer("se", 32), SqueezeExcitation)
+    assert isinstance(attnviz.get_attention_layer("cbam", 32, reduction=8), CBAM)
+    assert isinstance(attnviz.get_attention_layer(None, 32), nn.Identity)
+    with pytest.raises(ValueError, match="unknown attention 'eca'.*register_attention_layer"):
+        attnviz.get_attention_layer("eca", 32)
     with pytest.raises(ValueError, match="exists already"):
-        attnviz.register_layer("se", SqueezeExcitation)
-    attnviz.register_layer("timm_se", _TimmStyleSE)
+        attnviz.register_attention_layer("se", SqueezeExcitation)
+    attnviz.register_attention_layer("timm_se", _TimmStyleSE)
     try:
-        assert isinstance(attnviz.make_attention("timm_se", 6), _TimmStyleSE)
+        assert isinstance(attnviz.get_attention_layer("timm_se", 6), _TimmStyleSE)
     finally:
         attnviz.registry._LAYERS.pop("timm_se")
 

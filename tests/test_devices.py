@@ -34,7 +34,7 @@ def test_capture_copies_to_cpu_by_default(tiny_net, device):
     assert w.device.type == "cpu"
     inp, out = outs["se"]
     torch.testing.assert_close(out.cpu(), inp.cpu() * w[:, :, None, None], atol=1e-6, rtol=0)
-    with attnviz.capture(model, device=None, dtype=torch.float16) as rec16:
+    with attnviz.capture(model, records_on=None, dtype=torch.float16) as rec16:
         model(x)
     assert rec16["se"].weights.device.type == device and rec16["se"].weights.dtype == torch.float16
     assert all(c.ok for c in rec16.checks)

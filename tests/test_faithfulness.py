@@ -53,25 +53,25 @@ class _Unused(nn.Module):
 
 
 @pytest.fixture
-def registered():
+def temporary_type():
     """Register test types for one test, and forget them afterwards."""
     done = []
 
     def reg(t, *args, **kwargs):
-        attnviz.register(t, *args, overwrite=True, **kwargs)
+        attnviz.register_attention_type(t, *args, overwrite=True, **kwargs)
         done.append(t)
 
     yield reg
     for t in done:
-        attnviz.unregister(t)
+        attnviz.unregister_attention_type(t)
 
 
 def _x(c=8):
     return torch.randn(2, c, 5, 5)
 
 
-def test_a_correct_registration_passes_every_check(registered):
-    registered(_SE, "channel", "gate")
+def test_a_correct_registration_passes_every_check(temporary_type):
+    temporary_type(_SE, "channel", "gate")
     m = _SE()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -82,8 +82,8 @@ def test_a_correct_registration_passes_every_check(registered):
     assert check.what == "output == input * channel gate"
 
 
-def test_the_wrong_submodule_warns_with_the_module_and_the_error(registered):
-    registered(_SE, "channel", "fc2")  # the logits before the sigmoid
+def test_the_wrong_submodule_warns_with_the_module_and_the_error(temporary_type):
+    temporary_type(_SE, "channel", "fc2")  # the logits before the sigmoid
     m = _SE()
     with pytest.warns(attnviz.CaptureWarning) as caught:
         with attnviz.capture(m) as rec:
@@ -103,8 +103,8 @@ def test_the_wrong_submodule_warns_with_the_module_and_the_error(registered):
     assert rec.checks == [] and rec[""].weights.shape == (2, 8)
 
 
-def test_the_wrong_kind_records_nothing_and_says_why(registered):
-    registered(_SE, "spatial", "gate")
+def test_the_wrong_kind_records_nothing_and_says_why(temporary_type):
+    temporary_type(_SE, "spatial", "gate")
     m = _SE()
     with pytest.warns(attnviz.CaptureWarning, match=r"not one weight per position"):
         with attnviz.capture(m) as rec:
@@ -129,8 +129,8 @@ class _TwoPaths(nn.Module):
         return x * w[:, : self.c] + x.flip(-1) * w[:, self.c :]
 
 
-def test_a_channel_gate_of_another_length_is_refused(registered):
-    registered(_TwoPaths, "channel", "gate")
+def test_a_channel_gate_of_another_length_is_refused(temporary_type):
+    temporary_type(_TwoPaths, "channel", "gate")
     m = _TwoPaths()
     with pytest.warns(attnviz.CaptureWarning, match=r"not one weight per channel of its 8-channel"):
         with attnviz.capture(m) as rec:
@@ -138,19 +138,21 @@ def test_a_channel_gate_of_another_length_is_refused(registered):
     assert len(rec) == 0
 
 
-def test_a_term_added_after_the_gate_is_caught(registered):
-    registered(_GatedTwice, "channel", "gate")  # as if GCNet's add + scale were an SE block
+def test_a_term_added_after_the_gate_is_caught(temporary_type):
+    temporary_type(
+        _GatedTwice, "channel", "gate"
+    )  # as if GCNet's add + scale were an SE block
     g = _GatedTwice()
     with pytest.warns(attnviz.CaptureWarning, match="output == input \\* channel gate off by"):
-        with attnviz.capture(g, names="") as rec:
+        with attnviz.capture(g, blocks="") as rec:
             g(_x())
     assert rec[""].weights.shape == (2, 8)  # recorded, and the warning says it is not all
     (bad,) = [c for c in rec.checks if not c.ok]
     assert bad.name == "" and bad.error > 0.01
 
 
-def test_a_gate_that_never_runs_is_reported_and_repr_never_raises(registered):
-    registered(_Unused, "channel", "gate")
+def test_a_gate_that_never_runs_is_reported_and_repr_never_raises(temporary_type):
+    temporary_type(_Unused, "channel", "gate")
     m = _Unused()
     with pytest.warns(attnviz.CaptureWarning, match=r"ran, but its submodule 'gate' was not"):
         with attnviz.capture(m, features=True) as rec:
@@ -268,8 +270,8 @@ def test_another_threads_forward_is_not_recorded(tiny_net):
     assert rec["se"].batch_size == 1
 
 
-def test_a_module_that_computes_nan_is_named_as_such(registered):
-    registered(_SE, "channel", "gate")
+def test_a_module_that_computes_nan_is_named_as_such(temporary_type):
+    temporary_type(_SE, "channel", "gate")
     m = _SE()
     x = _x()
     x[0, 0, 0, 0] = float("nan")

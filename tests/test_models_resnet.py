@@ -326,7 +326,7 @@ def test_a_registered_layer_needs_no_model_code_and_keeps_its_init(monkeypatch):
     ids=["small_resnet", "resnet"],
 )
 def test_unknown_attention_raises_the_registry_error(build):
-    with pytest.raises(ValueError, match=r"unknown attention 'nope'.*register_layer"):
+    with pytest.raises(ValueError, match=r"unknown attention 'nope'.*register_attention_layer"):
         build()
 
 

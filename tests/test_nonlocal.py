@@ -179,7 +179,7 @@ def test_grids_come_from_the_input_or_default_to_squares():
     with attnviz.capture(block) as rec:
         block(torch.randn(1, 8, 2, 3))
     assert rec[""].query_size == (2, 3) == rec[""].key_size  # NonLocal states its grids
-    attnviz.register(_TokenSelfAttention, "self", "attend")
+    attnviz.register_attention_type(_TokenSelfAttention, "self", "attend")
     try:
         m = _TokenSelfAttention()
         with attnviz.capture(m) as rec:
@@ -191,14 +191,14 @@ def test_grids_come_from_the_input_or_default_to_squares():
         with pytest.raises(ValueError, match="no square grid"):
             rec[""].query_size  # noqa: B018
     finally:
-        attnviz.unregister(_TokenSelfAttention)
+        attnviz.unregister_attention_type(_TokenSelfAttention)
 
 
 def test_registry_and_arguments():
-    ((name, spec),) = attnviz.registered("attnviz.*NonLocal").items()
+    ((name, spec),) = attnviz.list_attention_types("attnviz.*NonLocal").items()
     assert name == "attnviz.modules.nonlocal_block.NonLocal"
     assert (spec.kind, spec.submodule) == ("self", "attend")
-    assert isinstance(attnviz.make_attention("nonlocal", 8, subsample=True), NonLocal)
+    assert isinstance(attnviz.get_attention_layer("nonlocal", 8, subsample=True), NonLocal)
     for kwargs, match in [
         ({"channels": 0}, "channels"),
         ({"channels": 8, "inner": 0}, "inner"),

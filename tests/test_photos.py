@@ -296,7 +296,7 @@ def test_photo_picker_starts_with_a_sample_and_switches_to_an_upload_and_back():
     picker.on_change(seen.append)
     assert picker.source == "sample:coffee" and picker.image.size == (600, 400)
     assert picker._upload.accept == "image/*" and not picker._upload.multiple
-    assert picker._preview.value[:4] == b"\x89PNG"
+    assert picker.pictures()["preview"][:4] == b"\x89PNG"
 
     _upload(picker, "phone.jpg", _two_colour_jpeg(6))
     assert picker.source == "upload:phone.jpg" and picker.image.size == (20, 40)  # upright

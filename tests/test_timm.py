@@ -330,7 +330,7 @@ def test_lambda_layers_are_refused_with_the_reason():
     assert list(rec) == ["0"] and "no attention map" in rec.refused["1"]
     assert "refused 1" in repr(rec)
     with pytest.raises(ValueError, match="every selected module is refused"):
-        attnviz.capture(mixed, names="1")
+        attnviz.capture(mixed, blocks="1")
 
 
 def test_every_create_attn_name_is_recognised():
@@ -343,7 +343,7 @@ def test_every_create_attn_name_is_recognised():
         "scoord", "ela", "strip", "sk", "splat", "lambda", "bottleneck", "halo", "nl", "bat",
     }  # fmt: skip
     assert set(TIMM_LAYERS) == names
-    specs = attnviz.registered("timm.*")
+    specs = attnviz.list_attention_types("timm.*")
     for name in names:
         cls = get_attn(name)
         cls = getattr(cls, "func", cls)  # partial(EcaModule, use_mlp=True) and friends

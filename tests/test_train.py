@@ -42,7 +42,7 @@ class _Toy(torch.utils.data.Dataset):
 
 
 def _tiny_stcnn():
-    return STCNN(input_size=(16, 16), output_size=(12, 12), classes=2, width=4)
+    return STCNN(image_size=(16, 16), output_size=(12, 12), num_classes=2, width=4)
 
 
 def test_fit_learns_and_returns_history_as_data():

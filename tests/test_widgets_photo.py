@@ -9,7 +9,7 @@ import attnviz
 from attnviz.maps import weighted_activation
 from attnviz.photos import load_sample, network_view, prepare, sample_photos
 from attnviz.widgets import PhotoExplainer, PhotoPicker
-from attnviz.zoo import predict, pretrained
+from attnviz.zoo import pretrained, top_classes
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def pre():
 def test_shows_the_networks_top5_and_se_maps(pre):
     app = PhotoExplainer(pre, picker=PhotoPicker(value=sample_photos()[0], preview_size=64))
     shown = app.current()
-    expected = predict(pre, load_sample(sample_photos()[0]))
+    expected = top_classes(pre, load_sample(sample_photos()[0]))
     assert [n for n, _ in shown["top5"]] == [n for n, _ in expected]
     x = prepare(load_sample(sample_photos()[0]), pre.transforms)
     with torch.no_grad(), attnviz.capture(pre.model, kinds="channel", features=True) as rec:

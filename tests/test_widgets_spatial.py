@@ -171,12 +171,14 @@ def test_normalised_images_and_info_line(model, images):
     with pytest.raises(ValueError, match="mean and std"):
         SpatialExplorer(model, normed)
     names = [f"c{k}" for k in range(10)]
-    app = SpatialExplorer(model, normed, mean=mean, std=std, class_names=names, cam_layer="layer3")
+    app = SpatialExplorer(
+        model, normed, mean=mean, std=std, class_names=names, target_layer="layer3"
+    )
     app._opacity.value = 0.0
     expected = render.upscale(images[0].clamp(0, 1), app.scale)
     assert np.abs(_decode(app._cbam_png.value).astype(int) - expected).max() <= 1
     s = app.current()
-    assert s["cam_layer"] == "layer3"
+    assert s["target_layer"] == "layer3"
     text = app._info.value
     assert f"prediction c{s['prediction']} (P={s['probability']:.2f})" in text
     assert "Grad-CAM on layer3" in text and "4&times;4" in text
@@ -201,7 +203,7 @@ def test_display_close_and_bad_inputs(model, images, app):
     with pytest.raises(ValueError, match="target must be"):
         app.target = 10
     with pytest.raises(ValueError, match="no submodule"):
-        SpatialExplorer(model, images, cam_layer="layer5")
+        SpatialExplorer(model, images, target_layer="layer5")
     se = small_resnet(10, attention="se", width=8)
     with pytest.raises(ValueError, match="no attention module of kind|ran no spatial"):
         SpatialExplorer(se, images)

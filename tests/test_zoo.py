@@ -18,7 +18,7 @@ from torchvision.ops import SqueezeExcitation
 
 import attnviz
 from attnviz.photos import load_sample, prepare
-from attnviz.zoo import SE_NETWORKS, Pretrained, predict, pretrained, weights_path
+from attnviz.zoo import SE_NETWORKS, Pretrained, pretrained, top_classes, weights_path
 
 NAME = "mobilenet_v3_small"  # the smallest (2.5 M parameters): keeps these tests fast
 
@@ -62,7 +62,7 @@ def test_pretrained_loads_the_cached_weights_through_torchvision(torch_home):
     loaded = pre.model.state_dict()
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
-    assert pre.categories == weights.meta["categories"] and len(pre.categories) == 1000
+    assert pre.class_names == weights.meta["categories"] and len(pre.class_names) == 1000
     assert repr(pre.transforms) == repr(weights.transforms())
     assert weights_path(NAME) == (
         torch_home / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
@@ -80,7 +80,7 @@ def test_weights_by_member_and_by_name_load_the_same_file(torch_home):
 def test_random_weights_need_no_file_and_get_the_architectures_preprocessing(torch_home):
     pre = pretrained(NAME, weights=None)
     assert not pre.pretrained and pre.weights is None and not pre.model.training
-    assert pre.categories[:2] == ["class 0", "class 1"] and len(pre.categories) == 1000
+    assert pre.class_names[:2] == ["class 0", "class 1"] and len(pre.class_names) == 1000
     assert repr(pre.transforms) == repr(MobileNet_V3_Small_Weights.DEFAULT.transforms())
     assert list(torch_home.iterdir()) == []  # nothing downloaded or written
 
@@ -115,17 +115,17 @@ def test_the_se_blocks_are_captured():
 def test_predict_returns_the_top_classes_and_restores_the_mode():
     pre = pretrained(NAME, weights=None)
     pre.model.train()
-    top = predict(pre, load_sample("coffee"), topk=3)
+    top = top_classes(pre, load_sample("coffee"), topk=3)
     assert pre.model.training
-    assert len(top) == 3 and all(name in pre.categories for name, _ in top)
+    assert len(top) == 3 and all(name in pre.class_names for name, _ in top)
     probs = [p for _, p in top]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
     x = prepare(load_sample("coffee"), pre.transforms)
-    assert [n for n, _ in predict(pre, x[0], topk=3)] == [n for n, _ in top]
+    assert [n for n, _ in top_classes(pre, x[0], topk=3)] == [n for n, _ in top]
     with pytest.raises(ValueError, match="topk"):
-        predict(pre, x, topk=0)
+        top_classes(pre, x, topk=0)
     with pytest.raises(ValueError, match="3 x H x W"):
-        predict(pre, torch.zeros(2, 3, 8, 8))
+        top_classes(pre, torch.zeros(2, 3, 8, 8))
 
 
 def test_bad_names_and_weights_say_what_to_pass():
@@ -157,7 +157,7 @@ def test_a_timm_model_loads_a_local_weights_file_through_timms_public_api(tmp_pa
     assert pre.pretrained and pre.weights == str(path) and not pre.model.training
     for k, v in pre.model.state_dict().items():
         assert torch.equal(v, state[k]), k
-    assert pre.categories[0] == "tench" and len(pre.categories) == 1000
+    assert pre.class_names[0] == "tench" and len(pre.class_names) == 1000
     photo = load_sample("chelsea")
     x = prepare(photo, pre.transforms)
     assert x.shape == (1, 3, 256, 256)  # timm's input size for this model
@@ -168,8 +168,8 @@ def test_a_timm_model_loads_a_local_weights_file_through_timms_public_api(tmp_pa
     with attnviz.capture(pre.model) as rec:
         pre.model(x)
     assert len(rec.select(kind="channel")) == 8 and all(c.ok for c in rec.checks)
-    top = predict(pre, photo, topk=3)
-    assert len(top) == 3 and all(name in pre.categories for name, _ in top)
+    top = top_classes(pre, photo, topk=3)
+    assert len(top) == 3 and all(name in pre.class_names for name, _ in top)
 
 
 def test_timm_random_weights_missing_files_and_unknown_names(tmp_path):
@@ -186,7 +186,7 @@ def test_timm_random_weights_missing_files_and_unknown_names(tmp_path):
 def test_official_cbam_by_name_needs_its_file(tmp_path):
     pre = pretrained("official-cbam", weights=None)
     assert not pre.pretrained and pre.transforms.crop_size == [224]
-    assert pre.categories[0] == "tench"
+    assert pre.class_names[0] == "tench"
     with pytest.raises(ValueError, match="download by hand"):
         pretrained("official-cbam")
     with pytest.raises(FileNotFoundError, match="no CBAM checkpoint"):

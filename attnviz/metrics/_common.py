@@ -10,5 +10,7 @@ __all__ = ["one_record"]
 def one_record(records: list[Any]) -> list[Any]:
     if len(records) != 1:
         names = [r.name for r in records]
-        raise ValueError(f"the model has several attention blocks of this kind {names}; pass name=")
+        raise ValueError(
+            f"the model has several attention blocks of this kind {names}; pass block="
+        )
     return records

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._compat import renamed_kwargs
 from ..capture import capture
 from ..running import model_device
 from ._common import one_record
@@ -13,12 +14,13 @@ from ._common import one_record
 __all__ = ["attention_on_object"]
 
 
+@renamed_kwargs(name="block")
 def attention_on_object(
     model: nn.Module,
     images: torch.Tensor,
     masks: torch.Tensor,
     *,
-    name: str | None = None,
+    block: str | None = None,
     batch_size: int = 64,
 ) -> dict[str, torch.Tensor]:
     """For queries on the object, the share of their attention that lands on the object.
@@ -30,7 +32,7 @@ def attention_on_object(
     query would give the object by attending uniformly.
 
     Args:
-        model: a model with one self-attention block (or pick one with ``name``).
+        model: a model with one self-attention block (or pick one with ``block``).
         images: N x C x H x W network inputs.
         masks: N x H x W object masks (bool or [0, 1]).
 
@@ -44,7 +46,7 @@ def attention_on_object(
     device = model_device(model)
     on, area = [], []
     for i in range(0, len(images), batch_size):
-        with torch.no_grad(), capture(model, kinds="self", names=name) as rec:
+        with torch.no_grad(), capture(model, kinds="self", blocks=block) as rec:
             model(images[i : i + batch_size].to(device))
         (r,) = one_record(rec.select(kind="self"))
         m = masks[i : i + batch_size].float()[:, None]

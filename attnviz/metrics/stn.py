@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import maps
+from .._compat import renamed_kwargs
 from ..capture import capture
 from ..running import model_device
 from ._common import one_record
@@ -20,12 +21,13 @@ from ._common import one_record
 __all__ = ["sampled_box_iou", "square_window_ceiling", "transform_agreement"]
 
 
+@renamed_kwargs(name="block")
 def sampled_box_iou(
     model: nn.Module,
     images: torch.Tensor,
     boxes: torch.Tensor,
     *,
-    name: str | None = None,
+    block: str | None = None,
     batch_size: int = 500,
 ) -> torch.Tensor:
     """IoU of each image's sampled quadrilateral with its ground-truth box.
@@ -35,7 +37,7 @@ def sampled_box_iou(
             model's own mode is restored).
         images: N x C x H x W, what the model reads.
         boxes: N x 4 ground-truth boxes (x0, y0, x1, y1, pixel edges of ``images``).
-        name: which transformer, when the model has several (its qualified name).
+        block: which transformer, when the model has several (its qualified name).
         batch_size: images per forward pass.
 
     Returns:
@@ -49,7 +51,7 @@ def sampled_box_iou(
     device = model_device(model)
     out = []
     for i in range(0, len(images), batch_size):
-        with torch.no_grad(), capture(model, kinds="transform", names=name) as rec:
+        with torch.no_grad(), capture(model, kinds="transform", blocks=block) as rec:
             model(images[i : i + batch_size].to(device))
         (r,) = one_record(rec.select(kind="transform"))
         corners = maps.theta_corners(r.theta.float(), r.input_size)

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from ..modules import NonLocal
-from ..registry import make_attention
+from ..registry import get_attention_layer
 from ._common import check_positive_int
 
 __all__ = ["AttnBasicBlock", "AttnBottleneck", "SmallResNet", "resnet", "small_resnet"]
@@ -26,7 +26,7 @@ def _attention_layer(
             f"attention_kwargs must be a dict of keyword arguments for the attention layer "
             f"(e.g. {{'reduction': 8}}) or None, got {attention_kwargs!r}"
         )
-    return make_attention(attention, channels, **dict(attention_kwargs or {}))
+    return get_attention_layer(attention, channels, **dict(attention_kwargs or {}))
 
 
 class _WithAttention:
@@ -65,13 +65,13 @@ class AttnBasicBlock(_WithAttention, tv_resnet.BasicBlock):
     Args:
         inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer:
             as for ``torchvision.models.resnet.BasicBlock``.
-        attention: a name from :func:`attnviz.attention_layers` (``"se"``, ``"cbam"``, ...)
+        attention: a name from :func:`attnviz.list_attention_layers` (``"se"``, ``"cbam"``, ...)
             or ``None``.
         attention_kwargs: keyword arguments for the layer, e.g. ``{"reduction": 8}``.
 
     Submodules:
         conv1, bn1, relu, conv2, bn2, downsample: torchvision's names, so its state dicts load.
-        attention: A, built as ``make_attention(attention, planes, **attention_kwargs)``.
+        attention: A, built as ``get_attention_layer(attention, planes, **attention_kwargs)``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +225,7 @@ def resnet(
 
     Args:
         name: ``"resnet18"`` or ``"resnet50"``.
-        attention: a name from :func:`attnviz.attention_layers`, or ``None`` (torchvision's
+        attention: a name from :func:`attnviz.list_attention_layers`, or ``None`` (torchvision's
             plain ResNet).
         num_classes: size of the classifier ``fc``.
         weights: ``None`` (random initialisation), a ``ResNet18_Weights`` /
@@ -364,7 +364,7 @@ def small_resnet(
 
     Args:
         depth: 10 (one block per stage) or 18 (two, as torchvision's resnet18).
-        attention: a name from :func:`attnviz.attention_layers`, or ``None``.
+        attention: a name from :func:`attnviz.list_attention_layers`, or ``None``.
         num_classes, width, in_channels, stem_stride: as for :class:`SmallResNet`.
         attention_kwargs: keyword arguments for every attention layer. ``None`` means
             ``{"reduction": 4}``: the papers' r = 16 would leave a hidden size of 1 in a

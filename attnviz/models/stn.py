@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._compat import renamed_kwargs
 from ..modules import HeatmapHead, SpatialTransformer
 from ._common import check_positive_int, conv_bn
 
@@ -22,15 +23,16 @@ class SmallCNN(nn.Module):
 
     Args:
         in_channels: image channels.
-        classes: number of classes.
+        num_classes: number of classes.
         width: channels of the first stage (doubled twice).
         pool: side of the adaptive average pool before the classifier. 1 (global
             pooling) makes the classifier blind to where a feature is; 3 or 4 keeps a
             coarse layout, like the fully connected layers of the STN paper's CNN.
     """
 
+    @renamed_kwargs(classes="num_classes")
     def __init__(
-        self, in_channels: int = 1, classes: int = 10, width: int = 16, pool: int = 1
+        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, pool: int = 1
     ) -> None:
         super().__init__()
         check_positive_int(pool, "pool")
@@ -40,7 +42,7 @@ class SmallCNN(nn.Module):
             *conv_bn(w, 2 * w), *conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
             *conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
         )  # fmt: skip
-        self.classifier = nn.Linear(4 * w * pool * pool, classes)
+        self.classifier = nn.Linear(4 * w * pool * pool, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -56,15 +58,16 @@ class TinyCNN(nn.Module):
     epochs: 92.7% alone, 98.2% behind a heat-map transformer).
 
     Args:
-        input_size: (H, W) it reads.
-        in_channels, classes: as for :class:`SmallCNN`.
+        image_size: (H, W) it reads.
+        in_channels, num_classes: as for :class:`SmallCNN`.
     """
 
+    @renamed_kwargs(input_size="image_size", classes="num_classes")
     def __init__(
-        self, input_size: Sequence[int] = (28, 28), in_channels: int = 1, classes: int = 10
+        self, image_size: Sequence[int] = (28, 28), in_channels: int = 1, num_classes: int = 10
     ) -> None:
         super().__init__()
-        h, w = (int(s) for s in input_size)
+        h, w = (int(s) for s in image_size)
         if min(h, w) < 16:
             raise ValueError(
                 f"TinyCNN needs inputs of at least 16 x 16 (two 5 x 5 convolutions and "
@@ -76,20 +79,21 @@ class TinyCNN(nn.Module):
         )  # fmt: skip
         with torch.no_grad():
             n = self.features(torch.zeros(1, in_channels, h, w)).shape[1]
-        self.classifier = nn.Sequential(nn.Linear(n, 50), nn.ReLU(), nn.Linear(50, classes))
+        self.classifier = nn.Sequential(nn.Linear(n, 50), nn.ReLU(), nn.Linear(50, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
+@renamed_kwargs(input_size="image_size")
 def stn_localization(
     in_channels: int = 1,
-    input_size: Sequence[int] = (42, 42),
+    image_size: Sequence[int] = (42, 42),
     features: int | None = 64,
 ) -> nn.Sequential:
     """A localisation network f_loc sized for the input: three conv/pool stages and an FC.
 
-    The size of the flattened features is computed from ``input_size``, so the same
+    The size of the flattened features is computed from ``image_size``, so the same
     call serves 28 x 28, 42 x 42 RTS and 60 x 60 cluttered digits. ``features=None``
     returns the fully convolutional part only (32 channels at 1/4 of the input's size),
     for a :class:`~attnviz.modules.stn.HeatmapHead`.
@@ -104,7 +108,7 @@ def stn_localization(
         return nn.Sequential(*layers)
     body = nn.Sequential(*layers, nn.Flatten())
     with torch.no_grad():
-        n = body(torch.zeros(1, in_channels, *input_size)).shape[1]
+        n = body(torch.zeros(1, in_channels, *image_size)).shape[1]
     return nn.Sequential(*body, nn.Linear(n, features), nn.ReLU())
 
 
@@ -112,10 +116,10 @@ class STCNN(nn.Module):
     """A spatial transformer in front of a CNN (the paper's ST-CNN).
 
     Args:
-        input_size: (H, W) of the images.
+        image_size: (H, W) of the images.
         output_size: (H', W') the transformer samples; the classifier reads this.
         transform: ``"affine"`` or ``"attention"`` (scale + translation).
-        in_channels, classes, width, pool: as for :class:`SmallCNN`.
+        in_channels, num_classes, width, pool: as for :class:`SmallCNN`.
         classifier: ``"small"`` (:class:`SmallCNN`) or ``"tiny"`` (:class:`TinyCNN`,
             which reads ``output_size``; ``width`` and ``pool`` do not apply).
         padding_value: background value outside the image (0 for [0, 1] digits).
@@ -125,13 +129,14 @@ class STCNN(nn.Module):
         init_scale: the zoom the heat-map head starts from (1: the identity).
     """
 
+    @renamed_kwargs(input_size="image_size", classes="num_classes")
     def __init__(
         self,
-        input_size: Sequence[int] = (42, 42),
+        image_size: Sequence[int] = (42, 42),
         output_size: Sequence[int] | None = (28, 28),
         transform: str = "affine",
         in_channels: int = 1,
-        classes: int = 10,
+        num_classes: int = 10,
         width: int = 16,
         padding_value: float | None = None,
         *,
@@ -146,9 +151,9 @@ class STCNN(nn.Module):
         if head == "linear":
             if init_scale != 1.0:
                 raise ValueError("init_scale needs head='heatmap' (the linear head starts at 1)")
-            loc, regress = stn_localization(in_channels, input_size), None
+            loc, regress = stn_localization(in_channels, image_size), None
         elif head == "heatmap":
-            loc = stn_localization(in_channels, input_size, features=None)
+            loc = stn_localization(in_channels, image_size, features=None)
             regress = HeatmapHead(32, transform, scale=init_scale)
         else:
             raise ValueError(f"head must be 'linear' or 'heatmap', got {head!r}")
@@ -160,15 +165,16 @@ class STCNN(nn.Module):
             head=regress,
         )
         if classifier == "tiny":
-            self.cnn: nn.Module = TinyCNN(output_size or input_size, in_channels, classes)
+            self.cnn: nn.Module = TinyCNN(output_size or image_size, in_channels, num_classes)
         else:
-            self.cnn = SmallCNN(in_channels, classes, width, pool=pool)
+            self.cnn = SmallCNN(in_channels, num_classes, width, pool=pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cnn(self.stn(x))
 
     @classmethod
-    def for_rts(cls, input_size: Sequence[int] = (42, 42), **kwargs: Any) -> STCNN:
+    @renamed_kwargs(input_size="image_size")
+    def for_rts(cls, image_size: Sequence[int] = (42, 42), **kwargs: Any) -> STCNN:
         """The ST-CNN for RTS digits: a heat-map transformer in front of :class:`TinyCNN`.
 
         Affine transform, :class:`~attnviz.modules.stn.HeatmapHead` starting at the
@@ -185,10 +191,11 @@ class STCNN(nn.Module):
             "classifier": "tiny",
         }
         settings.update(kwargs)
-        return cls(input_size, **settings)
+        return cls(image_size, **settings)
 
     @classmethod
-    def for_clutter(cls, input_size: Sequence[int] = (60, 60), **kwargs: Any) -> STCNN:
+    @renamed_kwargs(input_size="image_size")
+    def for_clutter(cls, image_size: Sequence[int] = (60, 60), **kwargs: Any) -> STCNN:
         """The ST-CNN that learns to find digits in clutter (60 x 60 cluttered MNIST).
 
         The paper's attention transform (isotropic scale + translation) with a
@@ -208,18 +215,19 @@ class STCNN(nn.Module):
             "init_scale": 0.5,
         }
         settings.update(kwargs)
-        return cls(input_size, **settings)
+        return cls(image_size, **settings)
 
 
 class TutorialSTN(nn.Module):
     """The network of the PyTorch "Spatial Transformer Networks" tutorial, sized for the input.
 
     Kept as the reference users know (conv 10/20, dropout, FC 50; localisation conv
-    8/10 and FC 32); only the flattened sizes follow ``input_size``. The tutorial
+    8/10 and FC 32); only the flattened sizes follow ``image_size``. The tutorial
     trains it with SGD, lr 0.01, batch 64, 20 epochs.
     """
 
-    def __init__(self, input_size: Sequence[int] = (28, 28)) -> None:
+    @renamed_kwargs(input_size="image_size")
+    def __init__(self, image_size: Sequence[int] = (28, 28)) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
@@ -230,9 +238,9 @@ class TutorialSTN(nn.Module):
             nn.Flatten(),
         )  # fmt: skip
         with torch.no_grad():
-            n_loc = loc(torch.zeros(1, 1, *input_size)).shape[1]
-            h = ((input_size[0] - 4) // 2 - 4) // 2
-            w = ((input_size[1] - 4) // 2 - 4) // 2
+            n_loc = loc(torch.zeros(1, 1, *image_size)).shape[1]
+            h = ((image_size[0] - 4) // 2 - 4) // 2
+            w = ((image_size[1] - 4) // 2 - 4) // 2
         self.stn = SpatialTransformer(nn.Sequential(*loc, nn.Linear(n_loc, 32), nn.ReLU(True)))
         self.fc1 = nn.Linear(20 * h * w, 50)
         self.fc2 = nn.Linear(50, 10)
@@ -253,5 +261,5 @@ class TutorialSTN(nn.Module):
 #
 #     out = relu(A(F(x)) + shortcut(x)).
 #
-# A is built by name through :func:`attnviz.make_attention`, so a layer registered with
-# :func:`attnviz.register_layer` works in every model here without model code.
+# A is built by name through :func:`attnviz.get_attention_layer`, so a layer registered with
+# :func:`attnviz.register_attention_layer` works in every model here without model code.

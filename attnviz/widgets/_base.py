@@ -45,6 +45,25 @@ class App:
     def _release(self) -> None:
         """Drop what the app holds besides its widgets (caches, links, callbacks)."""
 
+    def pictures(self) -> dict[str, bytes]:
+        """The PNG bytes each picture of the app shows now, by name (e.g. ``"bars"``).
+
+        The names are the app's picture panels, in display order: what a script saving
+        figures, or a test checking a redraw, reads (an empty panel gives ``b""``).
+        """
+        return {
+            name[1:-4]: bytes(widget.value)
+            for name, widget in vars(self).items()
+            if name.startswith("_") and name.endswith("_png") and isinstance(widget, widgets.Image)
+        }
+
+    def picture(self) -> bytes:
+        """The app's main picture as PNG bytes (its first panel)."""
+        pictures = self.pictures()
+        if not pictures:
+            raise ValueError(f"{type(self).__name__} shows no picture")
+        return next(iter(pictures.values()))
+
     def close(self) -> None:
         """Close every widget of the app and drop what it holds; safe to call twice."""
         self._release()

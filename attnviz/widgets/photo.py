@@ -34,7 +34,7 @@ class PhotoExplainer(App):
     """Pick or upload a photo; see the top-5, Grad-CAM of a chosen class and attention maps.
 
     Args:
-        pre: an :class:`attnviz.zoo.Pretrained` (model, transforms, categories).
+        pre: an :class:`attnviz.zoo.Pretrained` (model, transforms, class names).
         picker: the photo source (default: a :class:`PhotoPicker` over the sample photos).
         display_side: longer side of the pictures, in pixels.
         alpha: overlay opacity.
@@ -95,7 +95,7 @@ class PhotoExplainer(App):
         self._cams = {}
         top = self.probs.topk(5)
         self.top5 = [
-            (self.pre.categories[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())
+            (self.pre.class_names[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())
         ]
         self._loading = True  # option changes below must not redraw half-loaded state
         try:

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .. import render
+from .._compat import renamed_kwargs
 from ..cam import default_target_layer, gradcam, resolve_layer
 from ..capture import capture
 from ._base import App, ImageIndex, as_list, check_images, display_images, show_png
@@ -64,7 +65,7 @@ class SpatialExplorer(App, ImageIndex):
 
     Single mode: Ms of the chosen block over the image (colormap, opacity and range
     chosen in the app; the range is stated under the pictures), the block's channel
-    weights Mc as bars, the Grad-CAM map of the target class on ``cam_layer`` over the
+    weights Mc as bars, the Grad-CAM map of the target class on ``target_layer`` over the
     image, and a line with prediction, P, label and target. Overview mode: Ms of every
     block (rows) for a row of ``overview_count`` images around the chosen one (columns),
     drawn by :func:`attnviz.render.overlay_grid`.
@@ -77,7 +78,7 @@ class SpatialExplorer(App, ImageIndex):
         class_names: optional names of the classes, indexed by label and prediction.
         mean, std: per-channel normalisation to undo for display (x * std + mean); by
             default the images are shown as they are and must lie in [0, 1].
-        cam_layer: the layer Grad-CAM explains (module or name); default
+        target_layer: the layer Grad-CAM explains (module or name); default
             :func:`attnviz.cam.default_target_layer` (``layer4[-1]`` for ResNets).
         device: where the model runs (default: its parameters' device).
         scale: integer upscaling of the single-mode panels (default about 192 pixels wide).
@@ -85,7 +86,7 @@ class SpatialExplorer(App, ImageIndex):
 
     Raises:
         ValueError: bad shapes, display values outside [0, 1], no spatial attention, a
-            model whose output is not N x K logits, an unknown ``cam_layer``.
+            model whose output is not N x K logits, an unknown ``target_layer``.
         TypeError: integer images, a model that is not an ``nn.Module``.
 
     Every module's train/eval flag, every parameter's ``requires_grad`` and ``.grad`` are
@@ -93,6 +94,7 @@ class SpatialExplorer(App, ImageIndex):
     gradients; Grad-CAM restores everything). Display it by leaving it last in a cell.
     """
 
+    @renamed_kwargs(cam_layer="target_layer")
     def __init__(
         self,
         model: nn.Module,
@@ -102,7 +104,7 @@ class SpatialExplorer(App, ImageIndex):
         class_names: Sequence[Any] | None = None,
         mean: Sequence[float] | torch.Tensor | None = None,
         std: Sequence[float] | torch.Tensor | None = None,
-        cam_layer: str | nn.Module | None = None,
+        target_layer: str | nn.Module | None = None,
         device: str | torch.device | None = None,
         scale: int | None = None,
         overview_count: int = 6,
@@ -120,9 +122,11 @@ class SpatialExplorer(App, ImageIndex):
         self.labels = as_list(labels, "labels", n)
         self.class_names = None if class_names is None else list(class_names)
         layer = (
-            default_target_layer(model) if cam_layer is None else resolve_layer(model, cam_layer)
+            default_target_layer(model)
+            if target_layer is None
+            else resolve_layer(model, target_layer)
         )
-        self.cam_layer = next(name for name, m in model.named_modules() if m is layer)
+        self.target_layer = next(name for name, m in model.named_modules() if m is layer)
         self._layer = layer
         param = next(model.parameters(), None)
         self.device = (
@@ -168,8 +172,8 @@ class SpatialExplorer(App, ImageIndex):
             }
 
     def _gradcam(self, index: int, target: int) -> torch.Tensor:
-        """Grad-CAM of one image for one class on ``cam_layer``, computed once."""
-        key = (index, target, self.cam_layer)
+        """Grad-CAM of one image for one class on ``target_layer``, computed once."""
+        key = (index, target, self.target_layer)
         if key not in self._cams:
             x = self.images[index : index + 1]
             self._cams[key] = gradcam(self.model, x, self._layer, [target])[0]
@@ -316,7 +320,7 @@ class SpatialExplorer(App, ImageIndex):
             ``channel_block`` and ``channel_weights`` (Mc, C; None without a channel
             gate), ``label``, ``prediction`` and ``probability`` (P of the prediction),
             ``target`` (the class Grad-CAM explains) and ``target_probability``,
-            ``cam_layer``, ``cmap``, ``opacity``; in single mode ``gradcam`` (H x W in
+            ``target_layer``, ``cmap``, ``opacity``; in single mode ``gradcam`` (H x W in
             [0, 1], grad-cam's per-image scaling); in overview mode ``overview``
             (``indices``, ``blocks``, ``maps`` rows of h x w maps, ``row_labels``,
             ``col_labels``) exactly as drawn.
@@ -340,7 +344,7 @@ class SpatialExplorer(App, ImageIndex):
             "probability": float(probs[prediction]),
             "target": target,
             "target_probability": float(probs[target]),
-            "cam_layer": self.cam_layer,
+            "target_layer": self.target_layer,
             "cmap": self._cmap.value,
             "opacity": self._opacity.value,
         }
@@ -402,7 +406,7 @@ class SpatialExplorer(App, ImageIndex):
         )
         if s["mode"] == "single":
             parts.append(
-                f"Grad-CAM on {html.escape(s['cam_layer'])} for "
+                f"Grad-CAM on {html.escape(s['target_layer'])} for "
                 f"{html.escape(self._name(s['target']))} (P={s['target_probability']:.2f})"
             )
         return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"

@@ -93,10 +93,10 @@ class PhotoPicker(App):
         self._upload = widgets.FileUpload(
             accept="image/*", multiple=False, description="Your photo"
         )
-        self._preview = widgets.Image(format="png")
+        self._preview_png = widgets.Image(format="png")
         self.log = widgets.Output()
         self.root = widgets.VBox(
-            [widgets.HBox([self._sample, self._upload]), self._preview, self.log]
+            [widgets.HBox([self._sample, self._upload]), self._preview_png, self.log]
         )
         self._sample.observe(self._on_sample, names="value")
         self._upload.observe(self._on_upload, names="value")
@@ -139,7 +139,7 @@ class PhotoPicker(App):
 
     def _set(self, image: Image.Image, source: str) -> None:
         self.image, self.source = image, source
-        show_png(self._preview, render.png_bytes(display_copy(image, self.preview_size)))
+        show_png(self._preview_png, render.png_bytes(display_copy(image, self.preview_size)))
 
     def _notify(self) -> None:
         for callback in list(self._callbacks):
