@@ -13,9 +13,21 @@ import sys
 import time
 from pathlib import Path
 
+from ._resources import notebooks_dir
+
 __all__ = ["main"]
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+def _need_notebook_extra() -> None:
+    """ImportError naming the extra when the Jupyter pieces ``attnviz demo`` runs on are missing."""
+    import importlib.util
+
+    missing = [m for m in ("nbformat", "nbclient", "nbconvert", "ipykernel")
+               if importlib.util.find_spec(m) is None]  # fmt: skip
+    if missing:
+        raise ImportError(
+            f"running notebooks needs {', '.join(missing)}: pip install 'attnviz[notebooks]'"
+        )
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -68,7 +80,7 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
     nb = None
     try:
         nb = execute_notebook(path, {"QUICK": not args.full}, timeout=args.timeout,
-                              output=executed)  # fmt: skip
+                              output=executed, cwd=out)  # fmt: skip
     except NotebookError as e:
         status = e.status
         where = f"cell {e.cell}: " if e.cell >= 0 else ""
@@ -91,10 +103,24 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
 
 def demo(args: argparse.Namespace) -> int:
     """Execute every notebook headless, keep going past failures, always write the gallery."""
-    from .nbrun import strip_ansi
+    try:
+        from .nbrun import strip_ansi
 
-    src = Path(args.notebooks)
+        _need_notebook_extra()
+    except ImportError as e:
+        print(f"attnviz demo: {e}", file=sys.stderr)
+        return 2
+
+    src = Path(args.notebooks) if args.notebooks else notebooks_dir()
     paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        chosen = [p for p in paths if any(p.name.startswith(o) or p.stem == o for o in args.only)]
+        unknown = [o for o in args.only if not any(p.name.startswith(o) for p in paths)]
+        if unknown:
+            print(f"--only {unknown}: no such notebook in {src}; choose from "
+                  f"{[p.stem for p in paths]}", file=sys.stderr)  # fmt: skip
+            return 2
+        paths = chosen
     if not paths:
         print(f"no notebooks in {src}", file=sys.stderr)
         return 2
@@ -229,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run every notebook headless and write an HTML gallery")
     d.add_argument("--full", action="store_true", help="full runs (default: QUICK = True)")
     d.add_argument("--out", default="build/demo", help="gallery folder")
-    d.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of numbered notebooks")
+    d.add_argument(
+        "--notebooks", help="folder of numbered notebooks (default: the ones attnviz ships)"
+    )
+    d.add_argument(
+        "--only", nargs="+", metavar="NOTEBOOK",
+        help="run only these notebooks (a number such as 02, or a name)",
+    )  # fmt: skip
     d.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     d.set_defaults(run=demo)
     o = sub.add_parser("overlay", help="Grad-CAM and attention maps of a photo, as a PNG")

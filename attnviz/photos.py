@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._resources import photos_dir
+
 __all__ = [
     "LIMITS",
     "ImageLimits",
@@ -41,8 +43,8 @@ __all__ = [
     "set_image_limits",
 ]
 
-#: where the sample photos live (next to the package in a source checkout)
-PHOTOS_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"
+#: where the sample photos live (inside the installed package; assets/photos in a checkout)
+PHOTOS_DIR = photos_dir()
 _SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -450,7 +452,7 @@ def network_view(image: Any, transforms: Any, max_side: int = 448) -> Image.Imag
 
 # -- sample photos ---------------------------------------------------------------------------
 def sample_photos() -> list[str]:
-    """The names of the sample photos in ``assets/photos/`` (see its LICENSE.md)."""
+    """The sample photos shipped with attnviz, by name (licences: PHOTOS_DIR/LICENSE.md)."""
     if not PHOTOS_DIR.is_dir():
         return []
     return sorted(p.stem for p in PHOTOS_DIR.iterdir() if p.suffix.lower() in _SUFFIXES)

@@ -1,4 +1,4 @@
-"""Real JupyterLab in headless Chromium (the recipe in shared/BROWSER_TESTING.md).
+"""Real JupyterLab in headless Chromium.
 
 ``LabServer`` serves a temporary folder on 127.0.0.1 with its own Jupyter
 config, data and runtime folders; ``LabBrowser`` drives Debian's Chromium with

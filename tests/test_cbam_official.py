@@ -1,7 +1,8 @@
 """The official CBAM checkpoint: strict renaming, [max, mean] -> [mean, max], same outputs.
 
 No released file is needed: a synthetic checkpoint is written to the layout of
-Jongchan/attention-module (see shared/CBAM_OFFICIAL_LAYOUT.md) and the loaded model is
+Jongchan/attention-module (keys ``module.``-prefixed, ``ChannelGate.mlp.{1,3}``,
+``SpatialGate.spatial.{conv,bn}``, pooled maps stacked [max, mean]) and the loaded model is
 compared with an independent re-implementation of the official forward pass.
 """
 

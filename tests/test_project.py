@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -27,18 +28,20 @@ def _req_name(req: str) -> str:
 def test_core_dependencies_have_lower_bounds():
     deps = {_req_name(r): r for r in PYPROJECT["project"]["dependencies"]}
     for name in ["torch", "torchvision", "numpy", "matplotlib", "pillow", "ipywidgets",
-                 "jupyterlab", "grad-cam", "tqdm"]:  # fmt: skip
+                 "grad-cam", "tqdm"]:  # fmt: skip
         assert name in deps, f"{name} missing from [project].dependencies"
         assert ">=" in deps[name], f"{deps[name]} should state a lower bound"
         assert "==" not in deps[name] and "<" not in deps[name].replace("<=", ""), deps[name]
-    assert ">=8" in deps["ipywidgets"] and ">=4" in deps["jupyterlab"]
+    assert ">=8" in deps["ipywidgets"]
+    assert "jupyterlab" not in deps  # the library never imports it: the notebooks extra has it
 
 
 def test_extras_cover_notebooks_and_dev():
     extras = PYPROJECT["project"]["optional-dependencies"]
     dev = {_req_name(r) for r in extras["dev"]}
     assert {"pytest", "ruff", "jupytext"} <= dev and ({"nbclient", "nbmake"} & dev)
-    assert {"ipykernel", "jupytext"} <= {_req_name(r) for r in extras["notebooks"]}
+    notebooks = {_req_name(r) for r in extras["notebooks"]}
+    assert {"jupyterlab", "ipykernel", "jupytext", "nbformat", "nbclient", "nbconvert"} <= notebooks
 
 
 def test_environment_yml_matches_pyproject():
@@ -87,3 +90,59 @@ def test_the_readme_table_of_recognised_modules_is_generated():
     section = readme.registry_section()
     assert section in (ROOT / "README.md").read_text(), "run `python benchmarks/readme.py`"
     assert "| `timm.layers.lambda_layer.LambdaLayer` | refused |" in section
+
+
+def _imported_top_level(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+# distribution name -> import name, for what attnviz imports
+_IMPORT_NAMES = {"pillow": "PIL", "grad-cam": "pytorch_grad_cam", "scikit-image": "skimage"}
+_OPTIONAL = {"timm": "timm", "nbformat": "notebooks", "nbclient": "notebooks",
+             "nbconvert": "notebooks"}  # fmt: skip
+
+
+def test_core_dependencies_are_what_the_library_imports():
+    imported = set().union(*map(_imported_top_level, (ROOT / "attnviz").rglob("*.py")))
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "attnviz"}
+    core = {_IMPORT_NAMES.get(n, n) for n in map(_req_name, PYPROJECT["project"]["dependencies"])}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for module in third_party - core:  # imported lazily, and named in an extra
+        assert module in _OPTIONAL, f"attnviz imports {module} but no dependency provides it"
+        assert any(_req_name(r) == module for r in extras[_OPTIONAL[module]])
+    assert core <= third_party, f"core dependencies never imported: {core - third_party}"
+
+
+def test_every_subpackage_is_in_the_wheel():
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "attnviz").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    mapped = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    assert listed - found == set(mapped)
+    for folder in mapped.values():
+        assert (ROOT / folder).is_dir()
+
+
+def test_no_reference_to_documents_outside_the_repository():
+    outside = re.compile(r"shared/|\b(STYLE|MECHANISMS|PERFORMANCE_NOTES|TIMM_NOTES|"
+                         r"BROWSER_TESTING|CBAM_OFFICIAL_LAYOUT)(\.md)?\b")  # fmt: skip
+    files = [*ROOT.glob("attnviz/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("notebooks/*.py"),
+             *ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("docs/*.md"),
+             ROOT / "README.md", ROOT / "Makefile"]  # fmt: skip
+    hits = [
+        f"{f.relative_to(ROOT)}:{i}"
+        for f in files
+        if f.name != "test_project.py"
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not hits, hits

@@ -75,8 +75,9 @@ class GridSampler(nn.Module):
     """Bilinear sampler (eq. 5), optionally padding with a constant value.
 
     ``padding_value`` is the value read outside the input. Padding with the
-    background of a normalised image (instead of 0) keeps the transformer from
-    learning to zoom out (STYLE.md, traps). Implemented exactly as
+    background of a normalized image (instead of 0) keeps the transformer from
+    learning to zoom out: with zero padding, a zoomed-out crop of a normalized digit
+    shows a dark frame the classifier can use. Implemented exactly as
     ``grid_sample(U - p) + p``, since bilinear weights sum to one.
     """
 
