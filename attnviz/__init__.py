@@ -8,6 +8,8 @@
 Public API, re-exported here and cheap to import.
 """
 
+from collections.abc import Callable
+
 from ._compat import module_getattr
 from .capture import CaptureWarning, FaithfulnessError, capture
 from .modules import (
@@ -49,11 +51,17 @@ from .registry import (
 
 __version__ = "0.2.0"
 
+
+def _global(name: str) -> Callable[[], object]:
+    """A getter of this module's object ``name``, looked up when called."""
+    return lambda: globals()[name]
+
+
 # 0.1's names, for one release (each use warns with the new name).
 __getattr__ = module_getattr(
     "attnviz",
     {
-        old: (new, lambda new=new: globals()[new])
+        old: (new, _global(new))
         for old, new in {
             "register": "register_attention_type",
             "register_attention": "attention_type",

@@ -24,7 +24,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from matplotlib.figure import Figure
@@ -33,6 +33,7 @@ from torch import nn
 
 from ._compat import renamed_kwargs
 from .capture import capture
+from .records import ChannelRecord, SpatialRecord
 from .running import inference, model_device
 
 __all__ = ["ChannelStats", "channel_stats", "forward_cost", "plot_class_excitation", "spatial_maps"]
@@ -113,8 +114,10 @@ class _Moments:
     """
 
     def __init__(self, classes: int) -> None:
+        # set together by the first add()
         self.shift: torch.Tensor | None = None
-        self.sum = self.sumsq = None
+        self.sum: torch.Tensor | None = None
+        self.sumsq: torch.Tensor | None = None
         self.classes = classes
 
     def add(self, weights: torch.Tensor, labels: torch.Tensor) -> None:
@@ -124,11 +127,13 @@ class _Moments:
             self.sum = torch.zeros(self.classes, w.shape[1], dtype=torch.float64)
             self.sumsq = torch.zeros_like(self.sum)
         self._grow(int(labels.max()) + 1)
+        assert self.sum is not None and self.sumsq is not None
         d = w - self.shift
         self.sum.index_add_(0, labels, d)
         self.sumsq.index_add_(0, labels, d * d)
 
     def _grow(self, k: int) -> None:
+        assert self.sum is not None and self.sumsq is not None  # after the first add()
         if k > self.sum.shape[0]:
             pad = torch.zeros(k - self.sum.shape[0], self.sum.shape[1], dtype=torch.float64)
             self.sum, self.sumsq = torch.cat([self.sum, pad]), torch.cat([self.sumsq, pad])
@@ -136,6 +141,7 @@ class _Moments:
     def finish(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean K x C, within-class variance K x C, overall mean C)."""
         self._grow(len(counts))
+        assert self.shift is not None and self.sum is not None and self.sumsq is not None
         n = counts.to(torch.float64)[:, None]
         d_mean = self.sum / n  # NaN for empty classes
         var = (self.sumsq / n - d_mean * d_mean).clamp_min(0.0)
@@ -184,7 +190,7 @@ def _batch_weights(model: nn.Module, x: torch.Tensor, blocks: Any) -> dict[str, 
                 f"{name} ran {r.calls} times in one forward pass; select blocks that run "
                 "once (blocks=)"
             )
-        out[name] = r.weights
+        out[name] = cast(ChannelRecord, r).weights  # kinds="channel"
     return out
 
 
@@ -444,4 +450,4 @@ def spatial_maps(
     with torch.no_grad(), capture(model, kinds="spatial", dtype=dtype) as rec:
         for i in range(0, len(images), batch_size):
             model(images[i : i + batch_size].to(device))
-    return {name: r.map for name, r in rec.items()}
+    return {name: cast(SpatialRecord, r).map for name, r in rec.items()}  # kinds="spatial"

@@ -49,7 +49,7 @@ import math
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -116,7 +116,7 @@ def _eager_root(model: nn.Module) -> nn.Module:
     while type(root).__name__ == "OptimizedModule" and isinstance(
         getattr(root, "_orig_mod", None), nn.Module
     ):
-        root = root._orig_mod
+        root = cast(nn.Module, root._orig_mod)  # checked to be a module just above
     return root
 
 
@@ -172,11 +172,11 @@ def _worst(checks: list[tuple[list[torch.Tensor], str, float, float]]) -> torch.
     if pairs:
         v = torch.stack([p.to(pairs[0].device) for p in pairs]).double().cpu()
         ratio = torch.where(v[:, 0] == 0, torch.zeros(()), v[:, 0] / v[:, 1])
-        low, high = (
+        low_t, high_t = (
             torch.tensor(lows, dtype=torch.float64),
             torch.tensor(highs, dtype=torch.float64),
         )
-        leave = torch.clamp(torch.maximum(low - v[:, 0], v[:, 1] - high), min=0)
+        leave = torch.clamp(torch.maximum(low_t - v[:, 0], v[:, 1] - high_t), min=0)
         err = torch.where(torch.tensor(modes), leave, ratio)
         worst.scatter_reduce_(0, torch.tensor(owner_p), err, reduce="amax")
     if singles:
@@ -319,6 +319,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
 
     def _count_forward(self, _module: nn.Module, _args: tuple) -> None:
         if self._mine():
+            assert self.recording is not None  # hooks exist only inside the ``with``
             self.recording.forwards += 1
 
     def _begin(self, probe: Probe):
@@ -362,6 +363,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             self._complain(em.problem)
             return
         rec = self.recording
+        assert rec is not None  # hooks exist only inside the ``with``
         r = rec._records.get(probe.name)
         if r is None:
             r = rec._records[probe.name] = probe.record_type(
@@ -450,7 +452,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             if failed:
                 lines = "; ".join(
                     f"{c.name}: {c.what} off by {c.error:.3g} (tolerance {c.tolerance:g})"
-                    if math.isfinite(c.error)
+                    if math.isfinite(cast(float, c.error))  # set by _finish
                     else f"{c.name}: {c.what} not finite (NaN or infinity in the module's "
                     "output or attention)"
                     for c in failed

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -319,7 +319,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode.startswith("I;16"):
         return _grey_to_rgb(image, _int_map(0, 65535))
     if mode in ("I", "F"):
-        lo, hi = image.getextrema()  # computed by Pillow, no copy
+        # computed by Pillow, no copy; one band (I or F), so a single (min, max) pair
+        lo, hi = cast("tuple[float, float]", image.getextrema())
         return _grey_to_rgb(image, (_int_map if mode == "I" else _float_map)(lo, hi))
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode in ("P", "L", "RGB") and "transparency" in image.info

@@ -29,6 +29,7 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                assert m.running_var is not None  # tracked together with running_mean
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
                 if m.weight is not None:

@@ -214,7 +214,7 @@ def stn_param_groups(model: nn.Module, lr: float = 3e-3, stn_lr: float = 3e-4) -
 
 # -- the loop ----------------------------------------------------------------------------
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "batches": gen.get_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "batches": gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -318,6 +318,7 @@ def fit(
     dev = pick_device(device)
     model.to(dev)
     params = param_groups if param_groups is not None else model.parameters()
+    opt: torch.optim.Optimizer
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":

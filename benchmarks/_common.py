@@ -47,3 +47,37 @@ def _busy(t) -> float:
 def _own() -> float:
     t = psutil.Process().cpu_times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def _spin(stop) -> None:  # a CPU-bound neighbour: pure Python, one core, no memory traffic
+    x = 0
+    while not stop.is_set():
+        for i in range(100_000):
+            x += i
+
+
+class Busy:
+    """``with Busy(2):`` runs two CPU-bound processes beside the benchmark, the machine a
+    notebook user has while something else (a training run, a browser) uses the cores."""
+
+    def __init__(self, processes: int = 2) -> None:
+        self.processes = processes
+
+    def __enter__(self) -> Busy:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._stop = ctx.Event()
+        self._procs = [ctx.Process(target=_spin, args=(self._stop,), daemon=True)
+                       for _ in range(self.processes)]  # fmt: skip
+        for p in self._procs:
+            p.start()
+        time.sleep(1.0)  # let them start spinning (spawn imports take a moment)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for p in self._procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()

@@ -139,9 +139,7 @@ def test_a_channel_gate_of_another_length_is_refused(temporary_type):
 
 
 def test_a_term_added_after_the_gate_is_caught(temporary_type):
-    temporary_type(
-        _GatedTwice, "channel", "gate"
-    )  # as if GCNet's add + scale were an SE block
+    temporary_type(_GatedTwice, "channel", "gate")  # as if GCNet's add + scale were an SE block
     g = _GatedTwice()
     with pytest.warns(attnviz.CaptureWarning, match="output == input \\* channel gate off by"):
         with attnviz.capture(g, blocks="") as rec:

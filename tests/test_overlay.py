@@ -178,3 +178,33 @@ def test_overlay_grid_shared_range_compares_across_cells():
     np.testing.assert_array_equal(grid[0, 1], mid)
     np.testing.assert_array_equal(grid[1, 1], RED)
     np.testing.assert_array_equal(grid[0, 0], BLUE)
+
+
+def test_stored_png_decodes_to_the_same_pixels_as_pillows():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1, 3), (7, 5, 3), (64, 48, 3)]:
+        arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        fast = render.png_bytes(arr, compress_level=0)
+        slow = render.png_bytes(Image.fromarray(arr), compress_level=0)  # Pillow's encoder
+        assert fast[:8] == b"\x89PNG\r\n\x1a\n"
+        for data in (fast, slow):
+            decoded = Image.open(io.BytesIO(data))
+            decoded.load()  # checks every chunk's CRC and the zlib stream
+            assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), arr)
+    with pytest.raises(ValueError, match="compress_level"):
+        render.png_bytes(arr, compress_level=10)
+
+
+def test_colorize_picks_matplotlibs_colour_for_every_value():
+    import matplotlib
+
+    values = np.concatenate([np.linspace(0, 1, 1001), [0.0, 1.0, -1e-4, 1 + 1e-4]])
+    values = np.clip(values, -1e-4, 1 + 1e-4).reshape(1, -1).astype(np.float32)
+    got = render.colorize(values, "viridis")[0]
+    cmap = matplotlib.colormaps["viridis"]
+    expected = np.round(cmap(np.clip(values[0], 0, 1))[:, :3] * 255).astype(np.uint8)
+    assert np.array_equal(got, expected)

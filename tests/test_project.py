@@ -146,3 +146,12 @@ def test_no_reference_to_documents_outside_the_repository():
         if outside.search(line)
     ]
     assert not hits, hits
+
+
+def test_mypy_is_clean():
+    """The type checker passes on the package (configuration in pyproject.toml)."""
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
+    assert mypy, "mypy is in the dev extra: pip install -e '.[dev]'"
+    out = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+    assert "Success: no issues found" in out.stdout

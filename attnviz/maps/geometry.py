@@ -239,8 +239,8 @@ def polygon_iou(quad: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"quad and box must have the same batch size, got {len(quad)}, {len(box)}")
     if (box[:, 2] < box[:, 0]).any() or (box[:, 3] < box[:, 1]).any():
         raise ValueError("box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
-    inter = [_quad_box_intersection(q, b) for q, b in zip(quad.tolist(), box.tolist())]
-    inter = torch.tensor(inter, dtype=torch.float64, device=quad.device)
+    areas = [_quad_box_intersection(q, b) for q, b in zip(quad.tolist(), box.tolist())]
+    inter = torch.tensor(areas, dtype=torch.float64, device=quad.device)
     box_area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
     union = polygon_area(quad) + box_area - inter
     return torch.where(union > 0, inter / union.where(union > 0, 1), torch.zeros_like(union))

@@ -61,7 +61,7 @@ def as_maps(maps: Any, name: str = "map") -> tuple[torch.Tensor, bool]:
 
 def out_size(size: int | Sequence[int]) -> tuple[int, int]:
     """(H, W) from an int or a pair of positive ints."""
-    if isinstance(size, numbers.Integral):
+    if isinstance(size, (int, numbers.Integral)):
         size = (int(size), int(size))
     try:
         out = tuple(int(s) for s in size)
@@ -69,7 +69,7 @@ def out_size(size: int | Sequence[int]) -> tuple[int, int]:
         raise ValueError(f"size must be an int or (H, W), got {size!r}") from None
     if len(out) != 2 or min(out) < 1:
         raise ValueError(f"size must be (H, W) of positive ints, got {size!r}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..maps import as_size, upsample
 from ..maps import normalize as _normalize
-from ..maps import upsample
 from .report import scores_table
 
 __all__ = [
@@ -70,13 +70,9 @@ def _box_batch(boxes: Any, n: int) -> torch.Tensor:
 
 def _image_size(image_size: Any, maps: torch.Tensor) -> tuple[int, int]:
     if image_size is None:
-        return tuple(maps.shape[-2:])
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    size = tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size must be (H, W) of positive ints, got {image_size!r}")
-    return size
+        h, w = maps.shape[-2:]
+        return h, w
+    return as_size(image_size, "image_size")
 
 
 def _centres(cells: int, pixels: int) -> torch.Tensor:
@@ -330,7 +326,8 @@ def score_maps(
     tolerances = [tolerance] if isinstance(tolerance, (int, float)) else list(tolerance)
     if not tolerances:
         raise ValueError("tolerance must be a number of pixels or a non-empty sequence of them")
-    size = tuple(torch.as_tensor(masks).shape[-2:])
+    # (H, W) of the masks; checked as an image_size by the scores below
+    size = cast("tuple[int, int]", tuple(torch.as_tensor(masks).shape[-2:]))
     scores: dict[str, dict[str, float]] = {}
     for name, method_maps in maps_by_method.items():
         m = _map_batch(method_maps, f"maps of {name!r}")

@@ -49,7 +49,8 @@ class _WithAttention:
         attention: str | None = None,
         attention_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(
+        # a mixin: super() is the torchvision block that follows it in the subclass's MRO
+        super().__init__(  # type: ignore[call-arg]
             inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
         )
         self.out_channels = planes * self.expansion

@@ -17,6 +17,7 @@ the module), so forward hooks see each of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -161,14 +162,18 @@ class HeatmapHead(nn.Module):
     def reset_head(self) -> None:
         """Uniform scores (centre of the image) and the linear part ``scale`` x identity."""
         s = self.init_scale
+        last = cast(nn.Linear, self.linear[-1])
+        # both layers are built with a bias (typed Optional / left unannotated by torch)
+        score_bias = cast(torch.Tensor, self.score.bias)
+        last_bias = cast(torch.Tensor, last.bias)
         with torch.no_grad():
-            for layer in (self.score, self.linear[-1]):
-                layer.weight.zero_()
-                layer.bias.zero_()
+            for weight, bias in ((self.score.weight, score_bias), (last.weight, last_bias)):
+                weight.zero_()
+                bias.zero_()
             if self.transform == "affine":
-                self.linear[-1].bias.copy_(torch.tensor([s, 0.0, 0.0, s]))
+                last_bias.copy_(torch.tensor([s, 0.0, 0.0, s]))
             else:
-                self.linear[-1].bias.fill_(s)
+                last_bias.fill_(s)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 4:

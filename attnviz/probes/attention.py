@@ -16,7 +16,7 @@ the matrix the module multiplied by and the values it multiplied, and the check
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -162,8 +162,10 @@ class LocalAttentionProbe(Probe):
             return Emission(problem=f"{self.name}: its attention was not multiplied with values")
         v, result = applied
         b, _, h, w = x.shape
-        bs, halo, win, qb = m.block_size, m.halo_size, m.win_size, m.block_size_ds
-        nh, nw, heads = h // bs, w // bs, m.num_heads
+        # plain int attributes of the module (typed Tensor | Module by nn.Module.__getattr__)
+        bs, halo = cast(int, m.block_size), cast(int, m.halo_size)
+        win, qb = cast(int, m.win_size), cast(int, m.block_size_ds)
+        nh, nw, heads = h // bs, w // bs, cast(int, m.num_heads)
         windows = a.reshape(b, heads, nh * nw, qb * qb, win * win)
         dv = v.shape[-1]
         own = v.reshape(b, heads, nh, nw, win, win, dv)[
@@ -215,7 +217,7 @@ class BilinearAttentionProbe(Probe):
             return self.missing()
         p, q, y = first[0][0], second[0][1], second[2]
         b, c, h, w = x.shape
-        g = int(self.module.groups)
+        g = int(cast(int, self.module.groups))  # a plain int attribute of the module
         per = c // g
         rows = p.reshape(b, g, per, h, h)[:, :, 0]
         cols = q.reshape(b, g, per, w, w)[:, :, 0]
@@ -272,6 +274,7 @@ class TransformProbe(Probe):
         src = kwargs.get("source")
         if src is None:
             src = args[1] if len(args) > 1 and args[1] is not None else _input(args, kwargs)
+        src = cast(torch.Tensor, src)  # the module ran on its source, a tensor
         if theta.dim() != 3 or theta.shape[1:] != (2, 3) or not isinstance(output, torch.Tensor):
             return Emission(
                 problem=f"{self.name}: theta of shape {tuple(theta.shape)}, not B x 2 x 3"

@@ -23,7 +23,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,8 +119,9 @@ class Probe:
         pieces: what the current call delivered, by tap key or function family.
     """
 
-    kind: ClassVar[str] = ""
-    record_type: ClassVar[type[Record]] = Record
+    # set per class by most probes, per instance by a few (GateProbe)
+    kind: str = ""
+    record_type: type[Record] = Record
     watch: frozenset[str] = frozenset()
 
     def __init__(self, name: str, module: nn.Module) -> None:

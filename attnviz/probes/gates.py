@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -58,7 +58,10 @@ _SIGMOIDS = {
 
 
 def _sigmoid(module: nn.Module | None) -> bool:
-    return module is not None and _is_sigmoid_type(type(module))
+    if module is None:
+        return False
+    cls: type = type(module)  # as a plain type: mypy sees type[Module] as unhashable
+    return _is_sigmoid_type(cls)
 
 
 @functools.cache
@@ -155,7 +158,7 @@ class GateProbe(Probe):
         if self.bounded:
             main = next(iter(fields))
             for f in factors:
-                em.check_range(f"0 <= {main} <= 1", lambda f=f: sl(f))
+                em.check_range(f"0 <= {main} <= 1", functools.partial(sl, f))
         if self.keep_features:
             em.fields["features"] = x
         return em
@@ -279,7 +282,7 @@ class SplitAttentionProbe(Probe):
         ws, xs = self.outputs("weights"), self.outputs("paths")
         if len(ws) != 1 or len(xs) != 1:
             return self.missing()
-        r = int(self.module.radix)
+        r = int(cast(int, self.module.radix))  # a plain int attribute of the module
         x = xs[0]
         b, rc, h, w = x.shape
         paths = x.reshape(b, r, rc // r, h, w)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -127,8 +127,11 @@ def colorize(map01: torch.Tensor | np.ndarray, cmap: str = "jet") -> np.ndarray:
             "with normalize_map"
         )
     lut = _colormap_lut(cmap)
-    index = np.clip(np.floor(arr * len(lut)), 0, len(lut) - 1).astype(np.intp)
-    out = lut[index]
+    # floor(v * N) clipped to [0, N - 1]: clipped first, the truncating cast is the floor
+    n = len(lut)
+    scaled = np.multiply(arr, np.float32(n), dtype=np.float32)
+    np.clip(scaled, 0, n - 1, out=scaled)
+    out = np.take(lut, scaled.astype(np.uint8 if n <= 256 else np.intp), axis=0)
     return out[0] if single else out
 
 
@@ -181,7 +184,10 @@ def overlay(
     if tuple(unit.shape) != base.shape[:2]:
         unit = upsample(unit, base.shape[:2]).clamp_(0, 1)
     colour = colorize(unit, cmap)
-    return np.round((1.0 - alpha) * base + alpha * colour.astype(np.float64)).astype(np.uint8)
+    a = np.float32(alpha)  # float32: half the memory traffic of float64, same picture
+    blend = (np.float32(1.0) - a) * base.astype(np.float32)
+    blend += a * colour.astype(np.float32)
+    return np.round(blend, out=blend).astype(np.uint8)
 
 
 def _grid_rows(maps: Any, rows: int | None, cols: int) -> list[list[Any]]:
@@ -199,7 +205,8 @@ def _grid_rows(maps: Any, rows: int | None, cols: int) -> list[list[Any]]:
 
 
 def _text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text)
+    # Pillow types the box as floats; the default font at (0, 0) gives whole pixels
+    x0, y0, x1, y1 = cast("tuple[int, int, int, int]", draw.textbbox((0, 0), text))
     return x1 - min(x0, 0), y1 - min(y0, 0)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import math
 import numbers
+import struct
+import zlib
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -168,16 +170,46 @@ def montage(
     return out
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _stored_png(rgb: np.ndarray) -> bytes:
+    """An 8-bit RGB PNG with no row filter and stored (level 0) zlib blocks.
+
+    What Pillow writes at ``compress_level=0`` byte for byte in pixels, about ten times
+    faster: Pillow still tries every row filter, which is most of its time when nothing
+    is compressed.
+    """
+    h, w, _ = rgb.shape
+    rows = np.empty((h, 3 * w + 1), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    rows[:, 1:] = rgb.reshape(h, 3 * w)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 0))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def png_bytes(image: ImageLike, compress_level: int = 1) -> bytes:
     """Encode an image as PNG bytes, e.g. for ``ipywidgets.Image(value=...)``.
 
     Args:
         image: a PIL image, or anything :func:`to_uint8_rgb` accepts.
-        compress_level: zlib level 0-9; the default 1 favours speed for live redraws.
+        compress_level: zlib level 0-9; 1 favours speed and size; 0 stores the pixels
+            uncompressed (3 bytes a pixel), the fastest to make, for live redraws on a
+            local kernel.
 
     Returns:
         The PNG file's bytes.
     """
+    if not (isinstance(compress_level, int) and 0 <= compress_level <= 9):
+        raise ValueError(f"compress_level must be an int in [0, 9], got {compress_level!r}")
+    if compress_level == 0 and not isinstance(image, Image.Image):
+        return _stored_png(np.ascontiguousarray(to_uint8_rgb(image)))
     pil = image if isinstance(image, Image.Image) else Image.fromarray(to_uint8_rgb(image))
     buf = io.BytesIO()
     pil.save(buf, format="PNG", compress_level=compress_level)

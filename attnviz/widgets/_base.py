@@ -3,20 +3,29 @@ showing PNG bytes, and the checks of the images and labels an app is given."""
 
 from __future__ import annotations
 
+import functools
 import struct
-from typing import Any
+import traceback
+from collections.abc import Callable
+from typing import Any, overload
 
 import ipywidgets as widgets
+import numpy as np
 import torch
+
+from .. import render
+from ..running import single_threaded
 
 __all__ = [
     "App",
     "BlockChoice",
     "ImageIndex",
+    "Opacity",
     "as_list",
     "check_images",
     "close_tree",
     "display_images",
+    "redraw",
     "show_png",
 ]
 
@@ -38,12 +47,42 @@ class App:
     """
 
     root: widgets.Box
+    log: widgets.Output
+    #: zlib level of the PNGs sent to the front end. 0 (stored) is the fastest to make,
+    #: about 190 KiB per 256 x 256 panel: right for a local kernel. Raise it (1-6) when
+    #: the kernel is remote (Colab) and bandwidth matters more than a few milliseconds.
+    png_level: int = 0
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.root._repr_mimebundle_(**kwargs)
 
     def _release(self) -> None:
         """Drop what the app holds besides its widgets (caches, links, callbacks)."""
+
+    def _show(self, widget: widgets.Image, image: Any) -> None:
+        """Show ``image`` (anything :func:`attnviz.render.to_uint8_rgb` takes) in ``widget``,
+        encoding it only when its pixels differ from what the widget shows already."""
+        arr = render.to_uint8_rgb(image)
+        shown: dict[int, np.ndarray] = self.__dict__.setdefault("_shown_arrays", {})
+        last = shown.get(id(widget))
+        if last is not None and last.shape == arr.shape and np.array_equal(last, arr):
+            return
+        show_png(widget, render.png_bytes(arr, compress_level=self.png_level))
+        shown[id(widget)] = arr
+
+    def _guard(self, callback: Callable[..., Any]) -> Callable[..., None]:
+        """``callback`` for a widget event: skipped while several widgets are set together
+        (``self._holding``), errors shown in the app's ``log`` where the user is looking."""
+
+        def run(*args: Any) -> None:
+            if getattr(self, "_holding", False):
+                return
+            try:
+                callback(*args)
+            except Exception:
+                self.log.append_stderr(traceback.format_exc())
+
+        return run
 
     def pictures(self) -> dict[str, bytes]:
         """The PNG bytes each picture of the app shows now, by name (e.g. ``"bars"``).
@@ -68,6 +107,23 @@ class App:
         """Close every widget of the app and drop what it holds; safe to call twice."""
         self._release()
         close_tree(self.root)
+
+
+class Opacity:
+    """The ``opacity`` property of apps that blend maps over images via ``self._opacity``."""
+
+    _opacity: widgets.FloatSlider
+
+    @property
+    def opacity(self) -> float:
+        """How opaque the maps drawn over the images are, in [0, 1]; settable (a redraw)."""
+        return float(self._opacity.value)
+
+    @opacity.setter
+    def opacity(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"opacity must lie in [0, 1], got {value!r}")
+        self._opacity.value = float(value)
 
 
 class ImageIndex:
@@ -104,6 +160,19 @@ class BlockChoice:
         if name not in self._cache["blocks"]:
             raise ValueError(f"block must be one of {list(self._cache['blocks'])}, got {name!r}")
         self._block.value = name
+
+
+def redraw(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Mark an app's redraw: it runs with torch on one thread (see
+    :func:`attnviz.running.single_threaded`), so a slider step stays fast on a busy
+    machine. Redraws work on cached, tiny maps; forward passes are not redraws."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any) -> None:
+        with single_threaded():
+            method(self)
+
+    return wrapper
 
 
 def show_png(widget: widgets.Image, png: bytes) -> None:
@@ -167,6 +236,10 @@ def check_images(images: Any, name: str = "images", *, unit_range: bool = False)
     return t
 
 
+@overload
+def as_list(values: None, name: str, length: int) -> None: ...
+@overload
+def as_list(values: Any, name: str, length: int) -> list: ...
 def as_list(values: Any, name: str, length: int) -> list | None:
     """``values`` (a sequence, tensor or array) as a list of ``length`` entries; None stays."""
     if values is None:

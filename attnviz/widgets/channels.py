@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import html
-import traceback
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -28,13 +27,23 @@ from torch import nn
 
 from .. import render
 from ..capture import capture
-from ._base import App, BlockChoice, ImageIndex, as_list, check_images, display_images, show_png
+from ..records import ChannelRecord
+from ._base import (
+    App,
+    BlockChoice,
+    ImageIndex,
+    Opacity,
+    as_list,
+    check_images,
+    display_images,
+    redraw,
+)
 
 __all__ = ["ChannelExplorer"]
 
 
 # -- the app ---------------------------------------------------------------------------------
-class ChannelExplorer(App, ImageIndex, BlockChoice):
+class ChannelExplorer(App, Opacity, ImageIndex, BlockChoice):
     """Slide through images, blocks and channels of channel attention (SE, CBAM's Mc).
 
     Top: a bar chart of the C weights s of the chosen image and block (the selected
@@ -100,7 +109,10 @@ class ChannelExplorer(App, ImageIndex, BlockChoice):
         x = self.images[index : index + 1].to(self.device)
         with torch.no_grad(), capture(self.model, kinds="channel", features=True) as rec:
             out = self.model(x)
-        blocks = {name: (r.weights[0].float(), r.features[0].float()) for name, r in rec.items()}
+        records = {name: cast(ChannelRecord, r) for name, r in rec.items()}  # kinds="channel"
+        blocks = {
+            name: (r.weights[0].float(), r.features[0].float()) for name, r in records.items()
+        }
         if not blocks:
             raise ValueError("no channel-attention block ran in the forward pass")
         self._cache = {
@@ -170,19 +182,6 @@ class ChannelExplorer(App, ImageIndex, BlockChoice):
             w.observe(self._guard(lambda _change: self._redraw()), names="value")
         self._highest.on_click(self._guard(lambda _b: self._jump(highest=True)))
         self._lowest.on_click(self._guard(lambda _b: self._jump(highest=False)))
-
-    def _guard(self, callback: Any) -> Any:
-        """Run ``callback`` unless widgets are being set together; errors go to ``log``."""
-
-        def run(arg: Any) -> None:
-            if self._holding:
-                return
-            try:
-                callback(arg)
-            except Exception:  # shown in the app's Output, where the user is looking
-                self.log.append_stderr(traceback.format_exc())
-
-        return run
 
     @contextlib.contextmanager
     def _hold(self) -> Iterator[None]:
@@ -322,16 +321,17 @@ class ChannelExplorer(App, ImageIndex, BlockChoice):
             parts.append(f"prediction {self._name(s['prediction'])} (p = {s['probability']:.2f})")
         return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
 
+    @redraw
     def _redraw(self) -> None:
         s = self.current()
         base, x0, _ = self._chart(s["block"])
-        show_png(self._bars_png, render.png_bytes(render.mark_bar(base, x0, s["channel"])))
+        self._show(self._bars_png, render.mark_bar(base, x0, s["channel"]))
         lo, hi = s["scale"]
         image, alpha = self._cache["image"], self._opacity.value
         cmap = "coolwarm" if lo < 0 else "inferno"
         for png, fmap in ((self._before_png, s["before"]), (self._after_png, s["after"])):
             shown = render.overlay(image, fmap, alpha=alpha, cmap=cmap, vmin=lo, vmax=hi)
-            show_png(png, render.png_bytes(shown))
+            self._show(png, shown)
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

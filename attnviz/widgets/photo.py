@@ -13,10 +13,10 @@ resolution, whatever the photo's size.
 from __future__ import annotations
 
 import html
-import traceback
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import torch
 
 from .. import maps, render
@@ -24,7 +24,7 @@ from ..cam import gradcam
 from ..capture import capture
 from ..photos import network_view, prepare
 from ..running import model_device
-from ._base import App, show_png
+from ._base import App
 from .upload import PhotoPicker
 
 __all__ = ["PhotoExplainer"]
@@ -67,20 +67,11 @@ class PhotoExplainer(App):
             widgets.HBox([self._cam_png, self._se_png]), self._info, self.log,
         ])  # fmt: skip
         self.root.add_class("attnviz-photo-explainer")
-        self._target.observe(self._safe(self._redraw_cam), names="value")
-        self._block.observe(self._safe(self._redraw_se), names="value")
-        self.picker.on_change(self._safe(lambda _image: self._load()))
+        self._target.observe(self._guard(self._redraw_cam), names="value")
+        self._block.observe(self._guard(self._redraw_se), names="value")
+        self.picker.on_change(self._guard(lambda _image: self._load()))
         if self.picker.image is not None:
             self._load()
-
-    def _safe(self, fn):
-        def run(*args: Any) -> None:
-            try:
-                fn(*args)
-            except Exception:  # shown where the user is looking
-                self.log.append_stderr(traceback.format_exc())
-
-        return run
 
     # -- one forward per photo -----------------------------------------------------------
     def _load(self) -> None:
@@ -114,8 +105,8 @@ class PhotoExplainer(App):
         self._redraw_se()
 
     # -- drawing ----------------------------------------------------------------------------
-    def _overlay(self, m: torch.Tensor) -> bytes:
-        return render.png_bytes(render.overlay(self.view, m, alpha=self.alpha))
+    def _overlay(self, m: torch.Tensor) -> np.ndarray:
+        return render.overlay(self.view, m, alpha=self.alpha)
 
     def _redraw_cam(self, *_: Any) -> None:
         t = self._target.value
@@ -123,11 +114,11 @@ class PhotoExplainer(App):
             return
         if t not in self._cams:
             self._cams[t] = gradcam(self.pre.model, self.x, targets=[t])[0]
-        show_png(self._cam_png, self._overlay(self._cams[t]))
+        self._show(self._cam_png, self._overlay(self._cams[t]))
 
     def _redraw_se(self, *_: Any) -> None:
         if self._block.value is not None and not self._loading:
-            show_png(self._se_png, self._overlay(self.views[self._block.value][1][0]))
+            self._show(self._se_png, self._overlay(self.views[self._block.value][1][0]))
 
     # -- state ------------------------------------------------------------------------------
     def current(self) -> dict[str, Any]:

@@ -18,9 +18,8 @@ block, the toggle or the opacity only re-renders from it.
 from __future__ import annotations
 
 import html
-import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -32,7 +31,15 @@ from .. import render
 from ..capture import capture
 from ..maps import upsample
 from ..records import SelfAttentionRecord
-from ._base import App, BlockChoice, ImageIndex, check_images, display_images, show_png
+from ._base import (
+    App,
+    BlockChoice,
+    ImageIndex,
+    Opacity,
+    check_images,
+    display_images,
+    redraw,
+)
 
 __all__ = ["QueryExplorer"]
 
@@ -53,7 +60,7 @@ def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int) -> np.ndarray:
     return out
 
 
-class QueryExplorer(App, ImageIndex, BlockChoice):
+class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
     """Choose an image, a self-attention block and a query pixel; see where that pixel looks.
 
     The panel shows the image with the attention map overlaid (inferno, normalised to its
@@ -113,7 +120,8 @@ class QueryExplorer(App, ImageIndex, BlockChoice):
         x = self.images[index : index + 1].to(self.device)
         with torch.no_grad(), capture(self.model, kinds="self") as rec:
             self.model(x)
-        blocks: dict[str, SelfAttentionRecord] = dict(rec.items())
+        # kinds="self": every record is a SelfAttentionRecord
+        blocks = cast("dict[str, SelfAttentionRecord]", dict(rec.items()))
         if not blocks:
             raise ValueError("no self-attention block ran in the forward pass")
         self._cache = {
@@ -162,17 +170,6 @@ class QueryExplorer(App, ImageIndex, BlockChoice):
             (hq, wq), (hk, wk) = r.query_size, r.key_size
             out.append((f"{name} ({hq}x{wq} -> {hk}x{wk})", name))
         return out
-
-    def _guard(self, callback: Any) -> Any:
-        """Run ``callback``; errors go to ``log``, where the user is looking."""
-
-        def run(arg: Any) -> None:
-            try:
-                callback(arg)
-            except Exception:
-                self.log.append_stderr(traceback.format_exc())
-
-        return run
 
     def _on_image(self, change: dict) -> None:
         block = self.block
@@ -277,9 +274,10 @@ class QueryExplorer(App, ImageIndex, BlockChoice):
         ]
         return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
 
+    @redraw
     def _redraw(self) -> None:
         s = self.current()
-        show_png(self._png, render.png_bytes(self._panel(s)))
+        self._show(self._png, self._panel(s))
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

@@ -21,9 +21,8 @@ PNG bytes of the same ``Image`` widgets. Built only from core ipywidgets 8 widge
 from __future__ import annotations
 
 import html
-import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -35,7 +34,8 @@ from .. import render
 from .._compat import renamed_kwargs
 from ..cam import default_target_layer, gradcam, resolve_layer
 from ..capture import capture
-from ._base import App, ImageIndex, as_list, check_images, display_images, show_png
+from ..records import ChannelRecord, SpatialRecord
+from ._base import App, ImageIndex, Opacity, as_list, check_images, display_images, redraw
 
 __all__ = ["SpatialExplorer"]
 
@@ -60,7 +60,7 @@ def _note(text: str, width: int = 200, height: int = 40) -> np.ndarray:
     return np.asarray(pil)
 
 
-class SpatialExplorer(App, ImageIndex):
+class SpatialExplorer(App, Opacity, ImageIndex):
     """Slide through images and CBAM blocks; compare the spatial gate Ms with Grad-CAM.
 
     Single mode: Ms of the chosen block over the image (colormap, opacity and range
@@ -155,13 +155,13 @@ class SpatialExplorer(App, ImageIndex):
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(todo):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the model must return N x K class logits, got {shape}")
-        spatial = {k: r for k, r in rec.items() if r.kind == "spatial"}
+        spatial = {k: cast(SpatialRecord, r) for k, r in rec.items() if r.kind == "spatial"}
         if not spatial:
             raise ValueError(
                 f"{type(self.model).__name__} ran no spatial attention (CBAM's spatial gate); "
                 "SpatialExplorer shows spatial maps, ChannelExplorer shows channel weights"
             )
-        channel = {k: r for k, r in rec.items() if r.kind == "channel"}
+        channel = {k: cast(ChannelRecord, r) for k, r in rec.items() if r.kind == "channel"}
         probs = out.detach().float().softmax(dim=1).cpu()
         for j, i in enumerate(todo):
             self._forwards[i] = {
@@ -243,17 +243,6 @@ class SpatialExplorer(App, ImageIndex):
         self._mode.observe(self._guard(self._on_mode), names="value")
         for w in (self._block, self._target, self._cmap, self._range, self._opacity):
             w.observe(self._guard(lambda _change: self._redraw()), names="value")
-
-    def _guard(self, callback: Any) -> Any:
-        """Run ``callback``; errors go to ``log``, where the user is looking."""
-
-        def run(arg: Any) -> None:
-            try:
-                callback(arg)
-            except Exception:  # shown in the app's Output, where the user is looking
-                self.log.append_stderr(traceback.format_exc())
-
-        return run
 
     def _on_image(self, change: dict) -> None:
         self._forward(self._overview_indices() if self.mode == "overview" else [change["new"]])
@@ -411,6 +400,7 @@ class SpatialExplorer(App, ImageIndex):
             )
         return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
 
+    @redraw
     def _redraw(self) -> None:
         s = self.current()
         alpha, cmap = s["opacity"], s["cmap"]
@@ -418,11 +408,11 @@ class SpatialExplorer(App, ImageIndex):
             image = self._forwards[s["index"]]["image"]
             cbam = render.overlay(image, s["map"], alpha=alpha, cmap=cmap, **self._norm())
             cam = render.overlay(image, s["gradcam"], alpha=alpha, cmap=cmap, vmin=0, vmax=1)
-            show_png(self._cbam_png, render.png_bytes(cbam))
-            show_png(self._cam_png, render.png_bytes(cam))
-            show_png(self._gate_png, render.png_bytes(self._chart(s["index"], s["channel_block"])))
+            self._show(self._cbam_png, cbam)
+            self._show(self._cam_png, cam)
+            self._show(self._gate_png, self._chart(s["index"], s["channel_block"]))
         else:
-            show_png(self._grid_png, render.png_bytes(self.overview_image()))
+            self._show(self._grid_png, self.overview_image())
         self._info.value = self._html(s)
 
     # -- display and clean-up --------------------------------------------------------------

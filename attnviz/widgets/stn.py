@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import html
 import math
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import torch
 
 from .. import maps, render
-from ._base import App, ImageIndex, as_list, check_images, show_png
+from ._base import App, ImageIndex, as_list, check_images, redraw
 
 __all__ = ["STNInspector"]
 
@@ -163,18 +163,15 @@ class STNInspector(App, ImageIndex):
                 self.log,
             ]
         )
-        self._image.observe(self._on_change, names="value")
-        self._snapshot.observe(self._on_change, names="value")
+        self._image.observe(self._guard(self._on_change), names="value")
+        self._snapshot.observe(self._guard(self._on_change), names="value")
         # stable handles for browser tests and user CSS
         self.root.add_class("attnviz-stn-inspector")
         self._snapshot.add_class("attnviz-snapshot")
         self._input_png.add_class("attnviz-input")
 
     def _on_change(self, _change: dict) -> None:
-        try:
-            self._redraw()
-        except Exception:  # shown in the app's Output, where the user is looking
-            self.log.append_stderr(traceback.format_exc())
+        self._redraw()
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -217,16 +214,16 @@ class STNInspector(App, ImageIndex):
         }
 
     # -- drawing -------------------------------------------------------------------------
-    def _render_input(self, state: dict) -> bytes:
+    def _render_input(self, state: dict) -> Any:
         canvas = render.draw_quad(self.images[state["index"]], state["corners"], scale=self.scale)
         if self.boxes is not None:
             canvas = render.draw_box(canvas, self.boxes[state["index"]], scale=self.scale)
-        return render.png_bytes(canvas)
+        return canvas
 
-    def _render_crop(self, state: dict) -> bytes:
+    def _render_crop(self, state: dict) -> np.ndarray:
         sampled = self.images if self.source is None else self.source
         crop = maps.resample(sampled[state["index"]], state["theta"], self.output_size)
-        return render.png_bytes(render.upscale(crop.clamp(0, 1), self._crop_scale))
+        return render.upscale(crop.clamp(0, 1), self._crop_scale)
 
     def _html(self, state: dict) -> str:
         parts = state["decomposition"]
@@ -244,10 +241,11 @@ class STNInspector(App, ImageIndex):
         )
         return f"<table style='font-family:monospace'>{cells}</table>"
 
+    @redraw
     def _redraw(self) -> None:
         state = self.current()
-        show_png(self._input_png, self._render_input(state))
-        show_png(self._crop_png, self._render_crop(state))
+        self._show(self._input_png, self._render_input(state))
+        self._show(self._crop_png, self._render_crop(state))
         self._table.value = self._html(state)
 
     # -- display and clean-up ------------------------------------------------------------

@@ -19,7 +19,6 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
-from .. import render
 from ..photos import (
     ImageLoadError,
     ImageTooLargeError,
@@ -28,7 +27,7 @@ from ..photos import (
     load_sample,
     sample_photos,
 )
-from ._base import App, show_png
+from ._base import App
 
 __all__ = ["PhotoPicker"]
 
@@ -139,9 +138,10 @@ class PhotoPicker(App):
 
     def _set(self, image: Image.Image, source: str) -> None:
         self.image, self.source = image, source
-        show_png(self._preview_png, render.png_bytes(display_copy(image, self.preview_size)))
+        self._show(self._preview_png, display_copy(image, self.preview_size))
 
     def _notify(self) -> None:
+        assert self.image is not None  # called only after a photo was _set
         for callback in list(self._callbacks):
             try:
                 callback(self.image)
