@@ -114,7 +114,7 @@ def demo(args: argparse.Namespace) -> int:
     src = Path(args.notebooks) if args.notebooks else notebooks_dir()
     paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
-        chosen = [p for p in paths if any(p.name.startswith(o) or p.stem == o for o in args.only)]
+        chosen = [p for p in paths if any(p.name.startswith(o) for o in args.only)]
         unknown = [o for o in args.only if not any(p.name.startswith(o) for p in paths)]
         if unknown:
             print(f"--only {unknown}: no such notebook in {src}; choose from "

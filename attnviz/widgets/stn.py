@@ -163,15 +163,12 @@ class STNInspector(App, ImageIndex):
                 self.log,
             ]
         )
-        self._image.observe(self._guard(self._on_change), names="value")
-        self._snapshot.observe(self._guard(self._on_change), names="value")
+        for w in (self._image, self._snapshot):
+            w.observe(self._guard(lambda _change: self._redraw()), names="value")
         # stable handles for browser tests and user CSS
         self.root.add_class("attnviz-stn-inspector")
         self._snapshot.add_class("attnviz-snapshot")
         self._input_png.add_class("attnviz-input")
-
-    def _on_change(self, _change: dict) -> None:
-        self._redraw()
 
     # -- state ---------------------------------------------------------------------------
     @property
