@@ -20,6 +20,7 @@ from .modules import (
     SpatialTransformer,
     SqueezeExcitation,
 )
+from .probes.tokens import TokenLayout, token_layout
 from .records import (
     AxialRecord,
     BilinearAttentionRecord,
@@ -98,6 +99,7 @@ __all__ = [
     "SpatialRecord",
     "SpatialTransformer",
     "SqueezeExcitation",
+    "TokenLayout",
     "TransformRecord",
     "__version__",
     "attention_type",
@@ -109,5 +111,6 @@ __all__ = [
     "refuse_attention_type",
     "register_attention_layer",
     "register_attention_type",
+    "token_layout",
     "unregister_attention_type",
 ]

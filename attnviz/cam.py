@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from .probes.tokens import token_layout
 from .registry import find_attention_modules
 from .running import inference, model_device
 
@@ -44,6 +45,7 @@ __all__ = [
     "gradcam",
     "resolve_layer",
     "softmax_scores",
+    "token_reshape",
 ]
 
 #: method name -> class name in ``pytorch_grad_cam``
@@ -101,7 +103,10 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM usually explains: the last convolutional block.
 
     ResNets (torchvision's, :func:`attnviz.models.resnet`, ``SmallResNet``): ``layer4[-1]``,
-    as grad-cam's README and the CBAM paper. Models with a ``features`` ``nn.Sequential``
+    as grad-cam's README and the CBAM paper. Vision transformers: the first LayerNorm of
+    the last block (torchvision ``encoder.layers[-1].ln_1``, timm ``blocks[-1].norm1``),
+    as grad-cam's ViT tutorial; its tokens are laid on the patch grid by
+    :func:`token_reshape`. Models with a ``features`` ``nn.Sequential``
     (VGG, MobileNet, EfficientNet, ``SmallCNN``): its last element that contains a
     convolution. Otherwise: the last ``nn.Conv2d`` in registration order that is not part of
     an attention module (a CBAM spatial gate's 2 -> 1 convolution explains nothing).
@@ -112,6 +117,9 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     layer4 = getattr(model, "layer4", None)
     if isinstance(layer4, nn.Sequential) and len(layer4):
         return layer4[-1]
+    vit = _vit_target_layer(model)
+    if vit is not None:
+        return vit
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
         convs = [m for m in features if _has_conv(m)]
@@ -125,6 +133,51 @@ def default_target_layer(model: nn.Module) -> nn.Module:
             "target_layer (a module or its name, e.g. 'features.7')"
         )
     return convs[-1]
+
+
+def _vit_target_layer(model: nn.Module) -> nn.Module | None:
+    if token_layout(model) is None:
+        return None
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if isinstance(layers, nn.Sequential) and len(layers) and hasattr(layers[-1], "ln_1"):
+        return cast(nn.Module, layers[-1].ln_1)
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) and hasattr(blocks[-1], "norm1"):
+        return cast(nn.Module, blocks[-1].norm1)
+    return None
+
+
+def token_reshape(model: nn.Module, image_size: Sequence[int] | None = None) -> Any:
+    """grad-cam's ``reshape_transform`` for a vision transformer, or None for other models.
+
+    Drops the model's named leading tokens (class, distillation, register tokens; see
+    :func:`attnviz.token_layout`) and lays the patch tokens (B x N x C) on the patch grid
+    as B x C x h x w, the layout Grad-CAM averages gradients over.
+
+    Args:
+        model: the network.
+        image_size: (H, W) of its input, from which the patch grid follows (default: a
+            square grid).
+    """
+    layout = token_layout(model)
+    if layout is None:
+        return None
+    if image_size is not None:
+        layout.image_size = (int(image_size[0]), int(image_size[1]))
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 3:
+            return t
+        grid = layout.grid(t.shape[1])
+        if grid is None:
+            raise ValueError(
+                f"{t.shape[1]} tokens do not fit {len(layout.prefix)} leading tokens "
+                f"{list(layout.prefix)} and a patch grid"
+            )
+        p = len(layout.prefix)
+        return t[:, p:].reshape(t.shape[0], *grid, t.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
 
 
 # -- the caller's state ----------------------------------------------------------------------
@@ -309,7 +362,11 @@ def gradcam(
             handles += _freeze_before(model, layer)
         out = []
         with torch.enable_grad():
-            cam = cam_class(model=model, target_layers=[layer])
+            cam = cam_class(
+                model=model,
+                target_layers=[layer],
+                reshape_transform=token_reshape(model, images.shape[-2:]),
+            )
             for i in range(0, n, batch):
                 chunk = None if classes is None else classes[i : i + batch]
                 goals = None if chunk is None else [ClassifierOutputTarget(k) for k in chunk]

@@ -323,15 +323,19 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             self.recording.forwards += 1
 
     def _begin(self, probe: Probe):
-        def hook(_module: nn.Module, _args: tuple, _kwargs: dict) -> None:
+        rewrite = getattr(probe, "arguments", None)
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
             if not self._mine():
-                return
+                return None
             probe.begin()
             watch = None
             if probe.watch:
                 watch = Watch(probe)
                 watch.__enter__()
             self._active[id(probe)] = watch
+            # a probe may ask the module for its attention (nn.MultiheadAttention's weights)
+            return rewrite(args, kwargs) if rewrite is not None else None
 
         return hook
 
@@ -343,18 +347,25 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         return hook
 
     def _end(self, probe: Probe):
-        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        restore = getattr(probe, "result", None)
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if not self._mine() or id(probe) not in self._active:
-                return
+                return None
             watch = self._active.pop(id(probe))
             if watch is not None:
                 watch.__exit__(None, None, None)
             if output is None:  # the forward raised: nothing to record
                 probe.begin()
-                return
-            emission = probe.end(args, kwargs, output)
-            probe.begin()  # drop references to this call's tensors
-            self._take(probe, emission)
+                return None
+            try:
+                emission = probe.end(args, kwargs, output)
+                probe.begin()  # drop references to this call's tensors
+                self._take(probe, emission)
+            finally:
+                # what the caller asked for (e.g. no attention weights), whatever happened
+                returned = restore(output) if restore is not None else None
+            return returned
 
         return hook
 
@@ -422,6 +433,8 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 _eager_enter()
                 self._eager = True
             self._handles.append(self.root.register_forward_pre_hook(self._count_forward))
+            for probe in self.probes:
+                self._handles += probe.attach(self.root)
             for probe in self.probes:
                 probe.keep_features = self.features
                 m = probe.module

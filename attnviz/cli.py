@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ._resources import notebooks_dir
 
@@ -150,15 +151,13 @@ def demo(args: argparse.Namespace) -> int:
 
 # -- overlay --------------------------------------------------------------------------------
 def overlay(args: argparse.Namespace) -> int:
-    """Grad-CAM of the target class and a block's attention, side by side."""
+    """The photo, Grad-CAM of the target class and a block's attention, side by side."""
     import numpy as np
-    import torch
     from PIL import Image, ImageDraw
 
-    from . import capture, render
-    from .cam import gradcam
-    from .maps import attention_views
-    from .photos import ImageLoadError, ImageTooLargeError, load_image, network_view, prepare
+    from . import render
+    from .explain import explain
+    from .photos import ImageLoadError, ImageTooLargeError, load_image
     from .zoo import pretrained
 
     output, npz = _outputs(args)
@@ -186,42 +185,60 @@ def overlay(args: argparse.Namespace) -> int:
         print(f"attnviz overlay: --target must be a class index in [0, {len(pre.class_names)}), "
               f"got {args.target}", file=sys.stderr)  # fmt: skip
         return 2
-    x = prepare(photo, pre.transforms)
-    with torch.no_grad(), capture(pre.model, features=True) as rec:
-        logits = pre.model(x)
-    views = attention_views(rec)
-    if not views:
-        print(f"{args.model} records no attention with a picture: {list(rec)}", file=sys.stderr)
+    ex = explain(pre, photo, display_side=args.size)
+    if not ex.blocks:
+        print(f"{args.model} records no attention with a picture: {list(ex.recording)}",
+              file=sys.stderr)  # fmt: skip
         return 2
-    block = args.block or list(views)[-1]
-    if block not in views:
-        print(
-            f"no attention block {block!r} with a picture; blocks: {list(views)}", file=sys.stderr
-        )
+    block = args.block or ex.default_block
+    if block not in ex.blocks:
+        print(f"no attention block {block!r} with a picture; blocks: {ex.blocks}", file=sys.stderr)
         return 2
-    probs = logits.softmax(1)[0]
-    target = int(probs.argmax()) if args.target is None else args.target
-    cam = gradcam(pre.model, x, targets=[target])[0]
-    label, attention = views[block][0], views[block][1][0]
-    view = network_view(photo, pre.transforms, max_side=args.size)
-    panels = [render.to_uint8_rgb(view), render.overlay(view, cam), render.overlay(view, attention)]
-    title = (f"{pre.class_names[target]} (P={probs[target]:.2f})  |  Grad-CAM  |  {label} {block}"
+    heads = ex.heads(block)
+    if args.head is not None and not 0 <= args.head < heads:
+        print(f"attnviz overlay: --head must be in [0, {heads}) for {block}, got {args.head}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    label, attention = ex.picture(block, args.head)
+    panels = [ex.view, attention]
+    if ex.probs is not None:
+        target = int(ex.probs.argmax()) if args.target is None else args.target
+        cam = ex.gradcam(target)
+        panels.insert(1, render.overlay(ex.view, cam))
+        said = f"{pre.class_names[target]} (P={ex.probs[target]:.2f})  |  Grad-CAM"
+    else:
+        cam, target, said = None, None, "no classifier (a backbone): no Grad-CAM"
+    if attention.shape != ex.view.shape:
+        attention = render.fit_height(attention, ex.view.shape[0])
+        panels[-1] = attention
+    title = (f"{said}  |  {label} {block}"
              + ("" if pre.pretrained else "  |  RANDOM WEIGHTS"))  # fmt: skip
-    strip = Image.fromarray(render.montage(panels, ncols=3, pad=4))
+    strip = Image.fromarray(_row(panels))
     canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")
     canvas.paste(strip, (0, 18))
     ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
     canvas.save(output)
     print(f"wrote {output}")
     if npz:
-        arrays = {"gradcam": cam.numpy(), "probs": probs.numpy(), "target": np.array(target)}
-        for n, r in rec.items():
+        arrays: dict[str, Any] = {}
+        if ex.probs is not None and cam is not None:
+            arrays.update(gradcam=cam.numpy(), probs=ex.probs.numpy(), target=np.array(target))
+        for n, r in ex.recording.items():
             arrays[f"{r.kind}/{n}"] = r.data[0].float().numpy()
-        for n, (_, v) in views.items():
+        for n, (_, v) in ex.views.items():
             arrays[f"map/{n}"] = v[0].numpy()
         np.savez_compressed(npz, **arrays)
         print(f"wrote {npz}")
     return 0
+
+
+def _row(panels: list[Any]) -> Any:
+    """Panels of one height side by side, 4 white pixels apart."""
+    import numpy as np
+
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    parts = [p for panel in panels for p in (panel, gap)][:-1]
+    return np.concatenate(parts, axis=1)
 
 
 def _outputs(args: argparse.Namespace):
@@ -268,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("image", help="a photo (any format Pillow reads)")
     o.add_argument(
         "--model", default="mobilenet_v3_large",
-        help="a torchvision SE network, timm/<name> (e.g. timm/ecaresnet50d) or official-cbam",
+        help="a torchvision network (an SE network, vit_b_16, ...), timm/<name> (e.g. "
+        "timm/botnet26t_256, timm/deit_small_patch16_224) or official-cbam",
     )  # fmt: skip
     o.add_argument(
         "--weights", default="DEFAULT",
@@ -276,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "or 'none' for random",
     )  # fmt: skip
     o.add_argument("--block", help="attention module to draw (default: the last with a picture)")
+    o.add_argument("--head", type=int, help="one attention head (default: the mean over heads)")
     o.add_argument("--target", type=int, help="class index to explain (default: predicted)")
     o.add_argument("--size", type=int, default=384, help="longer side of each panel")
     o.add_argument("-o", "--output", default="overlay.png", help="PNG to write")

@@ -306,6 +306,12 @@ class SelfAttentionRecord(Record):
     position. Positions are row-major on their grids, ``query_size`` (Hq, Wq) and
     ``key_size`` (Hk, Wk). ``values`` (B x heads x K x D) is what the matrix averages:
     ``matrix @ values`` is what the module computed from them.
+
+    Vision transformers: ``matrix`` is over all N tokens, the :attr:`prefix` tokens first
+    (named: ``"cls"``, ``"dist"``, ``"reg1"``, ...), then the patches row-major on the
+    patch grid. The grid methods (``head_matrix``, ``key_row``, ``query_map``,
+    ``received``) use the patch-to-patch part; :meth:`token_attention` gives where a
+    named token looks.
     """
 
     kind = "self"
@@ -334,10 +340,26 @@ class SelfAttentionRecord(Record):
         """(Hk, Wk): the grid of the keys, the columns of ``matrix``."""
         return self._grid("key_size", 3)
 
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """Names of the tokens before the patches (vision transformers), else ``()``."""
+        return tuple(self.meta.get("prefix", ()))
+
+    @property
+    def tokens(self) -> int:
+        """Rows of ``matrix``: every token (prefix and patches) or position."""
+        return int(self._parts[self._main][0].shape[2]) if self._has(self._main) else 0
+
     def _positions(self, dim: int) -> int:
-        return int(self.matrix.shape[dim])
+        return int(self.matrix.shape[dim]) - len(self.prefix)
 
     def _grid(self, key: str, dim: int) -> tuple[int, int]:
+        if self.meta.get("tokens_unnamed"):
+            raise ValueError(
+                f"{self.name}: {self._positions(dim)} tokens that are no square grid, and "
+                "attnviz cannot name the model's leading tokens; set model.token_layout = "
+                "attnviz.TokenLayout(prefix=('cls',), patch=(16, 16), source='mine')"
+            )
         n = self._positions(dim)
         size = self.meta.get(key)
         if size is None:
@@ -355,11 +377,43 @@ class SelfAttentionRecord(Record):
     def head_matrix(self, head: int | None = None) -> torch.Tensor:
         """B x Q x K float32: one head's matrix, or the mean over heads (``head=None``)."""
         m = self.matrix
+        p = len(self.prefix)
+        if p:
+            m = m[:, :, p:, p:]
         if head is None:
             return m.float().mean(dim=1)
-        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < m.shape[1]:
-            raise ValueError(f"head must be an int in [0, {m.shape[1]}) or None, got {head!r}")
+        self._check_head(head)
         return m[:, head].float()
+
+    def _check_head(self, head: Any) -> None:
+        n = self.heads
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n:
+            raise ValueError(f"head must be an int in [0, {n}) or None, got {head!r}")
+
+    def token_attention(self, token: str = "cls", *, head: int | None = None) -> torch.Tensor:
+        """Where a named token looks, over the patches: B x Hk x Wk float32.
+
+        The token's row of the matrix restricted to the patch keys (it does not sum to
+        one: the rest went to the prefix tokens), for one head or the mean over heads.
+        The class token's attention of the last block is the picture of the DINO paper
+        (Caron et al., 2021).
+
+        Raises:
+            ValueError: a token the model does not have (the message lists its tokens).
+        """
+        if token not in self.prefix:
+            raise ValueError(
+                f"{self.name}: no token {token!r}; its leading tokens are {list(self.prefix)}"
+                + ("" if self.prefix else " (none: every row is a patch or position)")
+            )
+        t, p = self.prefix.index(token), len(self.prefix)
+        m = self.matrix[:, :, t, p:]
+        if head is None:
+            row = m.float().mean(dim=1)
+        else:
+            self._check_head(head)
+            row = m[:, head].float()
+        return row.reshape(-1, *self.key_size)
 
     def query_cell(self, query_xy: Sequence[float], image_size: Sequence[int]) -> tuple[int, int]:
         """The query cell (i, j) under image pixel (x, y): (floor(y Hq / H), floor(x Wq / W)).
@@ -433,6 +487,19 @@ class LocalAttentionRecord(SelfAttentionRecord):
     def padding_mass(self) -> torch.Tensor:
         """B x heads x Q: the weight each query put on padded keys outside the image."""
         return self._dense()[1]
+
+    def window(self, cell: Sequence[int]) -> tuple[int, int, int, int]:
+        """The keys the query cell (i, j) can see, on the key grid: (row0, col0, row1, col1),
+        end-exclusive, clipped to the grid (its block and the halo around it)."""
+        m = self.meta
+        (hk, wk), (hq, wq), (nh, nw) = m["key_size"], m["query_size"], m["blocks"]
+        halo, win = m["halo"], m["window"]
+        i, j = (int(v) for v in cell)
+        if not (0 <= i < hq and 0 <= j < wq):
+            raise ValueError(f"cell must lie in the {hq} x {wq} query grid, got ({i}, {j})")
+        r0 = (i // (hq // nh)) * (hk // nh) - halo
+        c0 = (j // (wq // nw)) * (wk // nw) - halo
+        return max(r0, 0), max(c0, 0), min(r0 + win, hk), min(c0 + win, wk)
 
     def _positions(self, dim: int) -> int:
         m = self.meta

@@ -352,6 +352,7 @@ def _register_builtins() -> None:
         SqueezeExcitation,
     )
     from .probes.timm import register_timm
+    from .probes.tokens import MultiheadAttentionProbe
 
     register_attention_type(SqueezeExcitation, "channel", "gate", note="SE (Hu et al., 2018)")
     register_attention_type(ChannelGate, "channel", "gate", note="CBAM's channel gate Mc")
@@ -367,6 +368,10 @@ def _register_builtins() -> None:
         note="MobileNetV3, EfficientNet, RegNetY",
     )
     register_timm(register_attention_type, refuse_attention_type)
+    register_attention_type(
+        nn.MultiheadAttention, "self", probe=MultiheadAttentionProbe,
+        note="torch's multi-head attention (torchvision ViT): per-head weights",
+    )  # fmt: skip
     register_attention_layer("se", SqueezeExcitation)
     register_attention_layer("cbam", CBAM)
     register_attention_layer("nonlocal", NonLocal)

@@ -40,10 +40,14 @@ from .models import resnet
 from .running import inference, model_device
 
 __all__ = [
+    "FAMILIES",
     "OFFICIAL_CBAM",
     "OFFICIAL_CBAM_FILE",
     "SE_NETWORKS",
     "TIMM_PREFIX",
+    "TORCHVISION_NETWORKS",
+    "VIT_NETWORKS",
+    "Family",
     "OfficialAvgPool",
     "Preprocess",
     "Pretrained",
@@ -71,6 +75,105 @@ SE_NETWORKS: dict[str, str] = {
         f"regnet_y_{s}": _REGY
         for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf")
     },
+}
+
+_VIT = (
+    "ViT (Dosovitskiy et al., ICLR 2021): multi-head self-attention over image patches and "
+    "a class token in every encoder block (torch's nn.MultiheadAttention)"
+)
+#: torchvision's vision transformers, by name (patch 16 or 32 pixels; vit_h_14: 14).
+VIT_NETWORKS: dict[str, str] = {
+    n: _VIT for n in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
+}
+#: every torchvision network :func:`pretrained` takes by name
+TORCHVISION_NETWORKS: dict[str, str] = {**SE_NETWORKS, **VIT_NETWORKS}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of pretrained attention networks, and what attnviz shows of it on photos.
+
+    Attributes:
+        name: the family's name.
+        attention: what the networks apply, in a sentence.
+        shows: the picture attnviz draws of it.
+        models: names for :func:`pretrained`, the first the suggested one (its weights
+            tag included for timm, so the download is the one described).
+    """
+
+    name: str
+    attention: str
+    shows: str
+    models: tuple[str, ...]
+
+
+#: the attention families a user can download, in the order the photo notebook lists them
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "vision transformer",
+            "multi-head self-attention between every pair of patches (and the class token)",
+            "the class token's attention per head and averaged, attention rollout, any "
+            "patch as a query",
+            (
+                "vit_b_16",
+                "timm/deit_small_patch16_224.fb_in1k",
+                "timm/deit_tiny_distilled_patch16_224.fb_in1k",
+                "timm/vit_small_patch16_224.dino",
+                "timm/vit_betwixt_patch16_reg4_gap_256.sbb_in1k",
+            ),
+        ),
+        Family(
+            "BoTNet",
+            "multi-head self-attention over the last stages' feature maps (Srinivas et al., 2021)",
+            "any position as a query; attention received",
+            ("timm/botnet26t_256.c1_in1k",),
+        ),
+        Family(
+            "HaloNet",
+            "multi-head self-attention within local windows with a halo (Vaswani et al., 2021)",
+            "any position as a query, its window drawn where it is",
+            ("timm/halonet26t.a1h_in1k",),
+        ),
+        Family(
+            "GCNet",
+            "a softmax over positions pools a global context (Cao et al., 2019)",
+            "the context-pooling map as a spatial overlay",
+            ("timm/gcresnet50t.ra2_in1k", "timm/gcresnet33ts.ra2_in1k"),
+        ),
+        Family(
+            "ResNeSt",
+            "split attention: a softmax over radix branches per channel (Zhang et al., 2022)",
+            "per-channel branch choice",
+            ("timm/resnest26d.gluon_in1k", "timm/resnest14d.gluon_in1k"),
+        ),
+        Family(
+            "SKNet",
+            "selective kernel: a softmax over 3x3 and 5x5 branches per channel (Li et al., 2019)",
+            "per-channel branch choice",
+            ("timm/skresnet18.ra_in1k",),
+        ),
+        Family(
+            "ECA",
+            "efficient channel attention: a 1-D convolution over pooled channels (Wang et "
+            "al., 2020)",
+            "channel weights; their weighted activation on the photo",
+            ("timm/ecaresnet26t.ra2_in1k", "timm/ecaresnet50d.miil_in1k"),
+        ),
+        Family(
+            "squeeze-and-excitation",
+            "channel gates from pooled features (Hu et al., 2018)",
+            "channel weights; their weighted activation on the photo",
+            ("mobilenet_v3_large", "efficientnet_b0", "regnet_y_800mf", "timm/seresnet50.a1_in1k"),
+        ),
+        Family(
+            "CBAM",
+            "channel then spatial gates (Woo et al., 2018); the authors' released ResNet-50",
+            "the spatial gate's map as an overlay",
+            ("official-cbam",),
+        ),
+    )
 }
 
 WeightsArg = Union[str, WeightsEnum, os.PathLike, None]
@@ -146,6 +249,10 @@ class Pretrained:
             when unknown.
         name: the name given to :func:`pretrained`.
         pretrained: whether trained weights were loaded.
+
+    A network without classifier (a self-supervised backbone such as DINO's) has no
+    class names and :attr:`classifier` False: its attention can be shown, but there are
+    no predictions and no Grad-CAM.
     """
 
     model: nn.Module
@@ -154,6 +261,11 @@ class Pretrained:
     class_names: list[str] = field(repr=False)
     name: str
     pretrained: bool
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the network ends in a classifier (has class names)."""
+        return bool(self.class_names)
 
     @property
     def categories(self) -> list[str]:
@@ -168,10 +280,10 @@ class Pretrained:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or name not in SE_NETWORKS:
+    if not isinstance(name, str) or name not in TORCHVISION_NETWORKS:
         raise ValueError(
-            f"name must be one of {sorted(SE_NETWORKS)}, '{TIMM_PREFIX}<timm model name>' or "
-            f"'{OFFICIAL_CBAM}', got {name!r}"
+            f"name must be one of {sorted(TORCHVISION_NETWORKS)}, '{TIMM_PREFIX}<timm model "
+            f"name>' or '{OFFICIAL_CBAM}', got {name!r}"
         )
     return name
 
@@ -199,7 +311,7 @@ def weights_path(name: str, weights: WeightsArg = "DEFAULT") -> Path:
     (``torch.hub.get_dir()``); a file placed there by hand loads without a network.
 
     Args:
-        name: a key of :data:`SE_NETWORKS`.
+        name: a key of :data:`TORCHVISION_NETWORKS`.
         weights: ``"DEFAULT"``, a member name such as ``"IMAGENET1K_V2"``, or a member.
 
     Raises:
@@ -228,8 +340,9 @@ def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = T
     """A network with attention, ImageNet-trained (or with random weights), in eval mode.
 
     Args:
-        name: a torchvision SE network (a key of :data:`SE_NETWORKS`, e.g.
-            ``"mobilenet_v3_large"``, ``"efficientnet_b0"``, ``"regnet_y_800mf"``), a timm
+        name: a torchvision network (a key of :data:`TORCHVISION_NETWORKS`: SE networks
+            such as ``"mobilenet_v3_large"``, ``"efficientnet_b0"``, ``"regnet_y_800mf"``,
+            vision transformers such as ``"vit_b_16"``), a timm
             model as ``"timm/<name>"`` (e.g. ``"timm/ecaresnet50d"``), or
             ``"official-cbam"``.
         weights: torchvision: ``"DEFAULT"``, a member name (``"IMAGENET1K_V1"``) or a member
@@ -303,7 +416,7 @@ def _timm_pretrained(name: str, weights: WeightsArg) -> Pretrained:
     transforms = Preprocess(
         crop, int(crop / cfg.get("crop_pct", 0.875)), cfg["mean"], cfg["std"], cfg["interpolation"]
     )
-    n = int(getattr(model, "num_classes", 0) or _num_classes(model))
+    n = int(getattr(model, "num_classes", 0))  # 0: a backbone without classifier (DINO)
     subset = timm.data.infer_imagenet_subset(model)
     if subset is not None and n in (1000, 1001):
         info = timm.data.ImageNetInfo(subset)
@@ -354,6 +467,8 @@ def top_classes(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, f
     """
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a positive int, got {topk!r}")
+    if not pre.classifier:
+        raise ValueError(f"{pre.name} has no classifier (a backbone): it predicts no classes")
     x = _network_input(pre, image)
     with inference(pre.model):
         probs = pre.model(x.to(model_device(pre.model))).softmax(dim=1)[0]

@@ -6,7 +6,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["attention_view", "attention_views", "weighted_activation"]
+__all__ = [
+    "ROLLOUT",
+    "attention_rollout",
+    "attention_view",
+    "attention_views",
+    "rollout_map",
+    "weighted_activation",
+]
+
+#: the name :func:`attention_views` gives the rollout of a vision transformer
+ROLLOUT = "rollout"
 
 
 def weighted_activation(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -33,7 +43,9 @@ def attention_view(record: Any) -> tuple[str, torch.Tensor]:
     - spatial: the map itself; elementwise: the gate's mean over channels; axial: the mean
       over channels of ``height x width``;
     - context: the pooling map (where the context is gathered from);
-    - self: the attention each key position receives, averaged over queries and heads.
+    - self: the attention each key position receives, averaged over queries and heads;
+      in a vision transformer (a record with a class token), where the class token looks,
+      averaged over heads (the DINO paper's picture).
 
     Raises:
         ValueError: a kind with no picture on the image grid (branch, transform), or a
@@ -56,16 +68,93 @@ def attention_view(record: Any) -> tuple[str, torch.Tensor]:
     if kind == "context":
         return "context pooling map", record.map.float()
     if kind == "self":
+        if "cls" in record.prefix:
+            return "class-token attention (mean over heads)", record.token_attention("cls")
         return "attention received (mean over queries)", record.received()
     raise ValueError(f"{record.name}: {kind} attention has no picture on the image grid")
 
 
 def attention_views(recording: Any) -> dict[str, tuple[str, torch.Tensor]]:
-    """:func:`attention_view` of every record that has one: name -> (label, B x h x w)."""
+    """:func:`attention_view` of every record that has one: name -> (label, B x h x w).
+
+    A vision transformer's recording also gets :data:`ROLLOUT` (last): the class token's
+    attention rolled out through every block (:func:`rollout_map`).
+    """
     out = {}
     for name, record in recording.items():
         try:
             out[name] = attention_view(record)
         except ValueError:
             continue
+    tokens = _token_records(recording)
+    if tokens and "cls" in tokens[0].prefix and ROLLOUT not in out:
+        out[ROLLOUT] = (f"attention rollout ({len(tokens)} blocks)", rollout_map(tokens))
     return out
+
+
+def _token_records(recording: Any) -> list[Any]:
+    """The self-attention records over one shared token sequence (a vision transformer)."""
+    found = [r for r in recording.values() if r.kind == "self" and r.prefix]
+    if not found:
+        return []
+    n = found[0].tokens
+    return [r for r in found if r.tokens == n and r.prefix == found[0].prefix]
+
+
+def attention_rollout(records: Any, *, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar and Zuidema, ACL 2020) through a stack of blocks: B x N x N.
+
+    Each block's matrix, averaged over heads, is mixed with the identity for the residual
+    connection, ``A' = residual * I + (1 - residual) * A`` (rows still sum to one), and the
+    blocks are multiplied in the order they ran: ``R = A'_L ... A'_2 A'_1``. Row t of R is
+    how much token t of the last block draws, through every path, on each input token.
+
+    Args:
+        records: self-attention records in forward order, all over the same N tokens (a
+            :class:`~attnviz.records.Recording`, or a list); others are skipped.
+        residual: weight of the identity (0.5 in the paper).
+
+    Raises:
+        ValueError: no self-attention records, records over different token counts, or
+            ``residual`` outside [0, 1].
+    """
+    if not 0.0 <= float(residual) <= 1.0:
+        raise ValueError(f"residual must lie in [0, 1], got {residual!r}")
+    if hasattr(records, "values"):
+        records = list(records.values())
+    mats = [r.matrix for r in records if getattr(r, "kind", None) == "self"]
+    if not mats:
+        raise ValueError("attention rollout needs self-attention records (a ViT's blocks)")
+    if len({tuple(m.shape[-2:]) for m in mats}) != 1:
+        raise ValueError(
+            "attention rollout needs every block over the same tokens; got matrices of "
+            f"{sorted({tuple(m.shape[-2:]) for m in mats})} (pass one model's blocks)"
+        )
+    n = mats[0].shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    out = None
+    for m in mats:
+        a = residual * eye + (1 - residual) * m.to(torch.float64).mean(dim=1)
+        a = a / a.sum(dim=-1, keepdim=True)
+        out = a if out is None else a @ out
+    assert out is not None
+    return out.float()
+
+
+def rollout_map(records: Any, token: str = "cls", *, residual: float = 0.5) -> torch.Tensor:
+    """The rollout row of a named token over the patches, on the patch grid: B x h x w.
+
+    Args:
+        records: a vision transformer's self-attention records (see
+            :func:`attention_rollout`); the token names and grid come from the last one.
+        token: a prefix token of the model (``"cls"``, ``"dist"``, ...).
+    """
+    if hasattr(records, "values"):
+        records = list(records.values())
+    records = [r for r in records if getattr(r, "kind", None) == "self"]
+    rolled = attention_rollout(records, residual=residual)
+    last = records[-1]
+    if token not in last.prefix:
+        raise ValueError(f"no token {token!r}; the model's leading tokens are {list(last.prefix)}")
+    t, p = last.prefix.index(token), len(last.prefix)
+    return rolled[:, t, p:].reshape(-1, *last.key_size)

@@ -12,6 +12,7 @@ from .attention import (
 )
 from .base import FUNCTIONS, Emission, Probe, Refusal
 from .gates import ContextProbe, GateProbe, SelectiveKernelProbe, SplitAttentionProbe
+from .tokens import MultiheadAttentionProbe, TokenAttentionProbe, TokenLayout, token_layout
 
 __all__ = [
     "FUNCTIONS",
@@ -20,10 +21,14 @@ __all__ = [
     "Emission",
     "GateProbe",
     "LocalAttentionProbe",
+    "MultiheadAttentionProbe",
     "Probe",
     "Refusal",
     "SelectiveKernelProbe",
     "SelfAttentionProbe",
     "SplitAttentionProbe",
+    "TokenAttentionProbe",
+    "TokenLayout",
     "TransformProbe",
+    "token_layout",
 ]

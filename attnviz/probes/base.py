@@ -51,6 +51,7 @@ FUNCTIONS: dict[str, frozenset[Callable[..., Any]]] = {
     "softmax": frozenset({torch.softmax, F.softmax, torch.Tensor.softmax}),
     "sigmoid": frozenset({torch.sigmoid, F.sigmoid, torch.Tensor.sigmoid}),
     "matmul": frozenset({torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.bmm}),
+    "sdpa": frozenset({F.scaled_dot_product_attention}),
 }
 
 
@@ -145,6 +146,11 @@ class Probe:
 
     def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:
         raise NotImplementedError
+
+    def attach(self, root: nn.Module) -> list[Any]:
+        """Called when the capture starts, with the model; returns hook handles to remove
+        when it ends (e.g. a pre-hook that notes the input size). Most probes need none."""
+        return []
 
     # helpers for subclasses -----------------------------------------------------------------
     def outputs(self, key: str) -> list[Any]:

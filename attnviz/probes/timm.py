@@ -31,6 +31,8 @@ bat      BatNonLocalAttn       its BilinearAttnTransform: y = P x Q, separable: 
 bottleneck BottleneckAttn      multi-head softmax(q k + pos) (inline): self, dense (BoTNet)
 halo     HaloAttn              the same within local windows with a halo: self, local
 lambda   LambdaLayer           refused: see the reason below
+(ViT)    Attention             multi-head attention over tokens (ViT, DeiT, DINO,
+                               DINOv2): the fused kernel's q, k or the softmax
 ======== ===================== =====================================================
 """
 
@@ -43,6 +45,7 @@ from torch import nn
 from .attention import BilinearAttentionProbe, LocalAttentionProbe
 from .base import Probe
 from .gates import ContextProbe, GateProbe, SelectiveKernelProbe, SplitAttentionProbe
+from .tokens import TokenAttentionProbe
 
 __all__ = ["LAMBDA_REASON", "TIMM_LAYERS", "register_timm"]
 
@@ -154,3 +157,8 @@ def register_timm(register: Callable, refuse: Callable) -> None:
         note="timm `halo` (HaloNet): multi-head, local windows",
     )  # fmt: skip
     refuse(_L + "lambda_layer.LambdaLayer", LAMBDA_REASON, note="timm `lambda`")
+    for where in (_L + "attention.Attention", "timm.models.vision_transformer.Attention"):
+        register(
+            where, "self", probe=TokenAttentionProbe,
+            note="timm ViT / DeiT / DINO (fused or plain): multi-head, named tokens",
+        )  # fmt: skip

@@ -10,7 +10,7 @@ Offer "return" beside "show": every function returns pixels; widgets and noteboo
 display them.
 """
 
-from .charts import bar_chart, mark_bar
+from .charts import bar_chart, branch_choice, mark_bar
 from .heat import (
     NORMALIZE_MODES,
     colorize,
@@ -40,6 +40,7 @@ __all__ = [
     "ImageLike",
     "as_pil",
     "bar_chart",
+    "branch_choice",
     "check_scale",
     "colorize",
     "draw_box",

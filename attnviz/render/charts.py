@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["bar_chart", "mark_bar"]
+__all__ = ["bar_chart", "branch_choice", "mark_bar"]
 
 _BAR = np.array([70, 110, 170], np.uint8)  # a bar
 _PICK = np.array([230, 85, 13], np.uint8)  # the selected channel's bar
@@ -77,3 +77,36 @@ def mark_bar(base: np.ndarray, x0: np.ndarray, channel: int) -> np.ndarray:
     column[~is_bar] = _PICK_BG
     column[is_bar] = _PICK
     return out
+
+
+def branch_choice(weights: Any, *, width: int = 512, row_height: int = 28) -> np.ndarray:
+    """Branch attention (SKNet, ResNeSt) as a picture: one row per branch, one column per
+    channel, the colour the weight the channel gave that branch (viridis, 0 to 1).
+
+    Channels are ordered by the branch they favour most, then by how strongly, so the
+    share of channels choosing each branch reads as the length of its bright run.
+
+    Args:
+        weights: K x C branch weights of one image (each column sums to one).
+        width: picture width in pixels (each channel at least one pixel).
+        row_height: pixels per branch.
+
+    Returns:
+        (K * row_height) x W x 3 uint8 array; W = ``width`` or C, whichever is larger.
+
+    Raises:
+        ValueError: not a K x C array with K >= 2, or values outside [0, 1].
+    """
+    from .heat import colorize
+
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, np.float32)
+    if w.ndim != 2 or w.shape[0] < 2:
+        raise ValueError(f"weights must be K x C with K >= 2 branches, got {w.shape}")
+    if w.size and (w.min() < -1e-6 or w.max() > 1 + 1e-6):
+        raise ValueError("branch weights must lie in [0, 1] (a softmax over branches)")
+    choice = w.argmax(0)
+    order = np.lexsort((-w.max(0), choice))
+    cells = colorize(np.clip(w[:, order], 0, 1), "viridis")  # K x C x 3
+    cols = max(width, w.shape[1])
+    x = (np.arange(cols) * w.shape[1]) // cols
+    return np.repeat(cells[:, x], row_height, axis=0)

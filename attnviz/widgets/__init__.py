@@ -5,7 +5,7 @@ Each app is a small class with ``.root`` (its box), ``close()`` and
 """
 
 from .channels import ChannelExplorer
-from .photo import PhotoExplainer
+from .photo import ModelPicker, PhotoExplainer
 from .query import QueryExplorer
 from .spatial import SpatialExplorer
 from .stn import STNInspector
@@ -13,6 +13,7 @@ from .upload import PhotoPicker
 
 __all__ = [
     "ChannelExplorer",
+    "ModelPicker",
     "PhotoExplainer",
     "PhotoPicker",
     "QueryExplorer",

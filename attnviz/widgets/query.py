@@ -5,8 +5,12 @@ position i is a weighted average of all positions j, y_i = sum_j A_ij g(x_j) (eq
 A = softmax(theta^T phi) for the embedded Gaussian (eq. 3). Row i of A is where query i
 looks. ``QueryExplorer`` shows that row for the query cell under a chosen image pixel,
 laid out on the key grid, upsampled to the image and overlaid on it, with the pixel
-marked by a crosshair and its cell by a box; a toggle shows instead the attention each
-position receives, averaged over all queries.
+marked by a crosshair and its cell by a box (and, for HaloNet's local attention, the window
+of keys the cell can see); "show" switches to the attention each position receives,
+averaged over all queries. Multi-head attention (BoTNet, HaloNet, vision transformers) is
+shown per head or averaged over heads. A vision transformer adds where its class token
+looks (the DINO paper's picture) and the attention rollout through all blocks (Abnar and
+Zuidema, 2020).
 
 The query pixel is chosen with two sliders: core ``ipywidgets.Image`` sends no click
 events, and click support would need a browser extension (ipyevents, ipycanvas), which
@@ -29,8 +33,8 @@ from torch import nn
 
 from .. import render
 from ..capture import capture
-from ..maps import upsample
-from ..records import SelfAttentionRecord
+from ..maps import rollout_map, upsample
+from ..records import LocalAttentionRecord, SelfAttentionRecord
 from ._base import (
     App,
     BlockChoice,
@@ -45,6 +49,14 @@ __all__ = ["QueryExplorer"]
 
 _CROSS = (0, 255, 255)  # the crosshair, over a dark outline
 _CELL = (255, 255, 255)  # the query cell's box
+_WINDOW = (80, 200, 255)  # the keys a local-attention query can see
+#: what the panel shows, by "show" value
+_SHOWS = {
+    "query": "where the query looks",
+    "received": "where the whole image looks",
+    "cls": "where the class token looks",
+    "rollout": "attention rollout (all blocks)",
+}
 _CMAP = "inferno"
 
 
@@ -137,10 +149,10 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._block = widgets.Dropdown(options=self._block_options(), description="block")
         self._x = widgets.IntSlider(value=w // 2, min=0, max=w - 1, description="query x")
         self._y = widgets.IntSlider(value=h // 2, min=0, max=h - 1, description="query y")
-        self._received = widgets.ToggleButton(
-            value=False, description="where the whole image looks"
-        )
-        self._received.layout.width = "auto"
+        self._what = widgets.Dropdown(options=self._what_options(), value="query",
+                                      description="show")  # fmt: skip
+        self._head = widgets.Dropdown(options=self._head_options(), value=None,
+                                      description="head")  # fmt: skip
         self._opacity = widgets.FloatSlider(
             value=0.6, min=0, max=1, step=0.05, description="opacity"
         )
@@ -150,7 +162,8 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self.root = widgets.VBox(
             [
                 widgets.HBox([self._image, self._block, self._opacity]),
-                widgets.HBox([self._x, self._y, self._received]),
+                widgets.HBox([self._x, self._y]),
+                widgets.HBox([self._what, self._head]),
                 widgets.HBox([self._png]),
                 self._info,
                 self.log,
@@ -161,7 +174,9 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._x.add_class("attnviz-query-x")
         self._png.add_class("attnviz-query")
         self._image.observe(self._guard(self._on_image), names="value")
-        for wid in (self._block, self._x, self._y, self._received, self._opacity):
+        self._head.add_class("attnviz-query-head")
+        self._what.add_class("attnviz-query-show")
+        for wid in (self._block, self._x, self._y, self._what, self._head, self._opacity):
             wid.observe(self._guard(lambda _change: self._redraw()), names="value")
 
     def _block_options(self) -> list[tuple[str, str]]:
@@ -170,6 +185,16 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             (hq, wq), (hk, wk) = r.query_size, r.key_size
             out.append((f"{name} ({hq}x{wq} -> {hk}x{wk})", name))
         return out
+
+    def _what_options(self) -> list[tuple[str, str]]:
+        shows = ["query", "received"]
+        if any("cls" in r.prefix for r in self._cache["blocks"].values()):
+            shows += ["cls", "rollout"]
+        return [(_SHOWS[k], k) for k in shows]
+
+    def _head_options(self) -> list[tuple[str, int | None]]:
+        heads = max(r.heads for r in self._cache["blocks"].values())
+        return [("mean over heads", None)] + [(f"head {h}", h) for h in range(heads)]
 
     def _on_image(self, change: dict) -> None:
         block = self.block
@@ -198,11 +223,36 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
     @property
     def received(self) -> bool:
         """Whether the map is the attention received (mean over queries); settable."""
-        return self._received.value
+        return self._what.value == "received"
 
     @received.setter
     def received(self, value: bool) -> None:
-        self._received.value = bool(value)
+        self._what.value = "received" if value else "query"
+
+    @property
+    def show(self) -> str:
+        """What the panel shows: ``"query"``, ``"received"``, and for a vision transformer
+        ``"cls"`` (where the class token looks) or ``"rollout"``; settable."""
+        return self._what.value
+
+    @show.setter
+    def show(self, value: str) -> None:
+        allowed = [v for _, v in self._what.options]
+        if value not in allowed:
+            raise ValueError(f"show must be one of {allowed}, got {value!r}")
+        self._what.value = value
+
+    @property
+    def head(self) -> int | None:
+        """The head shown, or None for the mean over heads; settable."""
+        return self._head.value
+
+    @head.setter
+    def head(self, value: int | None) -> None:
+        allowed = [v for _, v in self._head.options]
+        if value not in allowed:
+            raise ValueError(f"head must be one of {allowed}, got {value!r}")
+        self._head.value = value
 
     def record(self) -> SelfAttentionRecord:
         """The cached record (batch of one) of the block shown."""
@@ -213,22 +263,30 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
 
         Returns:
             ``index``, ``block``, ``query`` ((x, y) pixel), ``cell`` ((i, j) on the query
-            grid), ``query_size``, ``key_size``, ``received`` (the toggle), ``map`` (H x W
-            float32 tensor over the image: ``record.query_map(query, image_size)[0]``, or
-            ``record.received()[0]`` upsampled bilinearly), ``key_map`` (the same on the key
-            grid, Hk x Wk), ``peak`` ((row, col) key cell of the largest weight) and
-            ``uniform`` (1 / K, the weight of a query that looks everywhere alike).
+            grid), ``query_size``, ``key_size``, ``received``, ``show`` and ``head`` (the
+            choices), ``window`` (HaloNet: the keys the cell sees, (row0, col0, row1, col1)
+            on the key grid; else None), ``key_map`` (on the key grid, Hk x Wk:
+            ``record.key_row(query, image_size, head=head)[0]``, ``record.received(...)``,
+            ``record.token_attention("cls", ...)`` or the rollout), ``map`` (``key_map``
+            upsampled to the image, H x W float32), ``peak`` ((row, col) key cell of the
+            largest weight) and ``uniform`` (1 / K, the weight of a query that looks
+            everywhere alike).
         """
-        r = self.record()
+        r, what = self.record(), self.show
+        head = self.head if self.head is None or self.head < r.heads else None
         hk, wk = r.key_size
         cell = r.query_cell(self.query, self.image_size)
-        if self.received:
-            key_map = r.received()[0]
-            shown = upsample(key_map, self.image_size)
+        if what == "query":
+            key_map = r.key_row(self.query, self.image_size, head=head)[0]
+        elif what == "received":
+            key_map = r.received(head=head)[0]
+        elif what == "cls":
+            key_map = r.token_attention("cls", head=head)[0]
         else:
-            key_map = r.key_row(self.query, self.image_size)[0]
-            shown = r.query_map(self.query, self.image_size)[0]
+            key_map = rollout_map(list(self._cache["blocks"].values()))[0]
+        shown = upsample(key_map, self.image_size)
         peak = int(key_map.argmax())
+        window = r.window(cell) if isinstance(r, LocalAttentionRecord) else None
         return {
             "index": self._cache["index"],
             "block": self.block,
@@ -237,6 +295,9 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             "query_size": r.query_size,
             "key_size": r.key_size,
             "received": self.received,
+            "show": what,
+            "head": head,
+            "window": window if what == "query" else None,
             "map": shown,
             "key_map": key_map,
             "peak": (peak // wk, peak % wk),
@@ -248,24 +309,31 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         image, k = self._cache["image"], self.scale
         blended = render.overlay(image, s["map"].numpy(), alpha=self._opacity.value, cmap=_CMAP)
         canvas = render.upscale(blended, k)
-        if s["received"]:
+        if s["show"] != "query":
             return canvas
         (i, j), (hq, wq), (h, w) = s["cell"], s["query_size"], self.image_size
+        picture = Image.fromarray(canvas)
+        if s["window"] is not None:
+            (hk, wk), (r0, c0, r1, c1) = s["key_size"], s["window"]
+            box = (c0 * w / wk, r0 * h / hk, c1 * w / wk, r1 * h / hk)
+            picture = render.draw_box(picture, box, scale=k, color=_WINDOW)
         box = (j * w / wq, i * h / hq, (j + 1) * w / wq, (i + 1) * h / hq)
-        canvas = np.asarray(render.draw_box(Image.fromarray(canvas), box, scale=k, color=_CELL))
+        canvas = np.asarray(render.draw_box(picture, box, scale=k, color=_CELL))
         x, y = s["query"]
         return _crosshair(canvas, int((x + 0.5) * k), int((y + 0.5) * k), arm=max(3, 2 * k))
 
     def _html(self, s: dict) -> str:
         m = s["key_map"]
-        what = (
-            "attention received, mean over all queries"
-            if s["received"]
-            else f"query pixel ({s['query'][0]}, {s['query'][1]}) &rarr; cell {s['cell']}"
-        )
+        if s["show"] == "query":
+            what = f"query pixel ({s['query'][0]}, {s['query'][1]}) &rarr; cell {s['cell']}"
+        else:
+            what = _SHOWS[s["show"]]
+        heads = "rollout: heads averaged" if s["show"] == "rollout" else (
+            "mean over heads" if s["head"] is None else f"head {s['head']}")  # fmt: skip
         parts = [
             f"<b>{html.escape(s['block'])}</b>",
             what,
+            heads,
             f"queries {s['query_size'][0]}x{s['query_size'][1]}, "
             f"keys {s['key_size'][0]}x{s['key_size'][1]}",
             f"peak at key cell {s['peak']}",

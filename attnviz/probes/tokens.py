@@ -1,0 +1,309 @@
+"""Self-attention over tokens: vision transformers (torchvision's ViT, timm's ViT family).
+
+A vision transformer cuts the image into patches, one token each, and puts a few tokens
+that are no patch in front of them: a class token (``cls``), a distillation token (DeiT,
+``dist``), register tokens (``reg1``, ``reg2``, ... ; Darcet et al., 2024). Every block's
+attention is a B x heads x N x N matrix over all N tokens. The record keeps the whole
+matrix, and names the leading tokens from the model's own attributes (never guessed from
+the count): see :func:`token_layout`.
+
+Where the matrix is read:
+
+- ``torch.nn.MultiheadAttention`` (torchvision's ViT; its blocks call it with
+  ``need_weights=False``): during a capture the call is made with ``need_weights=True,
+  average_attn_weights=False``, so the module computes the attention explicitly and hands
+  over the very matrix it multiplied the values by (the caller still gets ``None`` for
+  the weights when it asked for none). Checked: ``out_proj(matrix @ V)`` equals the
+  module's output, V from the module's own value projection.
+- timm's ``Attention`` with fused attention (``F.scaled_dot_product_attention``, timm's
+  default): the fused kernel never forms the matrix, so the probe computes it from the
+  very q, k, scale and mask the block passed to the kernel, ``softmax(q k^T * scale +
+  mask)``, the kernel's definition. Checked: ``matrix @ v`` equals the kernel's output.
+- timm's ``Attention`` without fusion (``fused_attn = False``): the softmax in its
+  forward, checked like every other self-attention (``matrix @ v``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from .attention import SelfAttentionProbe
+from .base import Emission, spots, sums_to_one
+
+__all__ = [
+    "MultiheadAttentionProbe",
+    "TokenAttentionProbe",
+    "TokenLayout",
+    "token_layout",
+]
+
+
+@dataclass
+class TokenLayout:
+    """How a vision transformer lays out its tokens.
+
+    Attributes:
+        prefix: names of the tokens before the patches, in order (``("cls",)``,
+            ``("cls", "dist")``, ``("cls", "reg1", ..., "reg4")``, or ``()``).
+        patch: the patch size (ph, pw) in input pixels.
+        source: what the layout was read from, for messages.
+        image_size: (H, W) of the model's input in the current forward pass (set by the
+            capture), from which the patch grid follows.
+    """
+
+    prefix: tuple[str, ...]
+    patch: tuple[int, int]
+    source: str
+    image_size: tuple[int, int] | None = None
+
+    def grid(self, tokens: int) -> tuple[int, int] | None:
+        """The patch grid (h, w) for ``tokens`` tokens, or None if it cannot be told."""
+        n = tokens - len(self.prefix)
+        if self.image_size is not None:
+            h, w = self.image_size[0] // self.patch[0], self.image_size[1] // self.patch[1]
+            if h * w == n:
+                return h, w
+        side = math.isqrt(max(n, 0))
+        return (side, side) if side * side == n and n > 0 else None
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return int(v[0]), int(v[-1])
+    return int(v), int(v)
+
+
+def token_layout(model: nn.Module) -> TokenLayout | None:
+    """The token layout of a vision transformer, read from its attributes; None otherwise.
+
+    - torchvision ``VisionTransformer``: ``class_token`` -> ``("cls",)``, ``patch_size``;
+    - timm ``VisionTransformer`` and its subclasses (DeiT, DINO, DINOv2, ...):
+      ``cls_token`` -> ``"cls"``, ``dist_token`` -> ``"dist"`` (after ``cls``, as
+      ``VisionTransformerDistilled`` concatenates them), ``reg_token`` ->
+      ``"reg1" .. "regR"`` (after ``cls``), ``patch_embed.patch_size``; the count is
+      checked against the model's ``num_prefix_tokens``;
+    - any model with a ``token_layout`` attribute holding a :class:`TokenLayout` (how to
+      teach attnviz another transformer).
+    """
+    own = getattr(model, "token_layout", None)
+    if isinstance(own, TokenLayout):
+        return own
+    name = type(model).__name__
+    if isinstance(getattr(model, "class_token", None), torch.Tensor) and hasattr(
+        model, "patch_size"
+    ):  # torchvision
+        return TokenLayout(("cls",), _pair(model.patch_size), f"{name}.class_token")
+    embed = getattr(model, "patch_embed", None)
+    if embed is None or not hasattr(model, "num_prefix_tokens"):
+        return None
+    prefix: list[str] = []
+    if getattr(model, "cls_token", None) is not None:
+        prefix.append("cls")
+    if getattr(model, "dist_token", None) is not None:
+        prefix.append("dist")
+    reg = getattr(model, "reg_token", None)
+    if reg is not None:
+        prefix += [f"reg{i + 1}" for i in range(int(cast(torch.Tensor, reg).shape[1]))]
+    if len(prefix) != int(cast(int, model.num_prefix_tokens)):
+        return None  # tokens this function cannot name: no layout rather than a guess
+    patch = _pair(getattr(embed, "patch_size", 16))
+    return TokenLayout(tuple(prefix), patch, f"{name} (cls_token, dist_token, reg_token)")
+
+
+class _TokenMixin:
+    """Token layout and grids for probes of vision-transformer attention."""
+
+    name: str
+    layout: TokenLayout | None = None
+
+    def attach(self, root: nn.Module) -> list[Any]:
+        """Read the model's token layout, and note its input size in every forward."""
+        self.layout = token_layout(root)
+        if self.layout is None:
+            return []
+        layout = self.layout
+
+        def note(_module: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.dim() == 4:
+                layout.image_size = (int(x.shape[-2]), int(x.shape[-1]))
+
+        return [root.register_forward_pre_hook(note)]
+
+    def token_meta(self, n: int) -> dict[str, Any]:
+        layout = self.layout
+        if layout is None:
+            side = math.isqrt(n)
+            if side * side == n:
+                return {"query_size": (side, side), "key_size": (side, side)}
+            return {"tokens_unnamed": True}
+        grid = layout.grid(n)
+        meta: dict[str, Any] = {"prefix": layout.prefix}
+        if grid is not None:
+            meta["query_size"] = meta["key_size"] = grid
+        return meta
+
+
+class MultiheadAttentionProbe(_TokenMixin, SelfAttentionProbe):
+    """``torch.nn.MultiheadAttention``: the weights it applied, requested from the module.
+
+    The capture calls :meth:`arguments` before the forward (to ask for per-head weights)
+    and :meth:`result` after it (to hand the caller what it asked for).
+    """
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        nn_module = cast(nn.MultiheadAttention, module)
+        super().__init__(name, module, function="softmax")
+        self.watch = frozenset()
+        self.normalised = True
+        self._mha = nn_module
+        self._asked: bool | None = None
+        self._average = True
+
+    def where(self) -> str:
+        return "the attention weights it returns"
+
+    def arguments(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        listed, kwargs = list(args), dict(kwargs)
+        # forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+        #         average_attn_weights, is_causal)
+        if len(listed) > 4:
+            self._asked = bool(listed[4])
+            listed[4] = True
+        else:
+            self._asked = bool(kwargs.get("need_weights", True))
+            kwargs["need_weights"] = True
+        if len(listed) > 6:
+            self._average = bool(listed[6])
+            listed[6] = False
+        else:
+            self._average = bool(kwargs.get("average_attn_weights", True))
+            kwargs["average_attn_weights"] = False
+        return tuple(listed), kwargs
+
+    def result(self, output: Any) -> Any:
+        """What the caller asked for: no weights, or the weights averaged over heads."""
+        asked, self._asked = self._asked, None
+        if not (isinstance(output, tuple) and len(output) == 2 and asked is not None):
+            return output
+        out, w = output
+        if not asked:
+            return out, None
+        if self._average and isinstance(w, torch.Tensor):
+            return out, w.mean(dim=-3)  # what MultiheadAttention averages: the heads
+        return output
+
+    def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:
+        m = self._mha
+        if not (isinstance(output, tuple) and len(output) == 2):
+            return self.missing()
+        out, a = output
+        value = args[2] if len(args) > 2 else kwargs.get("value")
+        if not (isinstance(a, torch.Tensor) and isinstance(value, torch.Tensor)):
+            return self.missing()
+        if m.bias_k is not None or m.add_zero_attn:
+            return Emission(
+                problem=f"{self.name}: add_bias_kv / add_zero_attn add keys that are no "
+                "token; attnviz does not record such attention"
+            )
+        if value.dim() == 2:  # one unbatched sequence
+            value, out, a = value[None], out[None], a[None] if a.dim() == 3 else a
+        elif not m.batch_first:
+            value, out = value.transpose(0, 1), out.transpose(0, 1)
+        if a.dim() != 4:
+            return self.missing()
+        heads, q, k = a.shape[1:]
+        e = m.embed_dim
+        if m._qkv_same_embed_dim:
+            w_v = cast(torch.Tensor, m.in_proj_weight)[2 * e :]
+        else:
+            w_v = cast(torch.Tensor, m.v_proj_weight)
+        b_v = None if m.in_proj_bias is None else m.in_proj_bias[2 * e :]
+        em = Emission(fields={"matrix": a}, meta=self.token_meta(q))
+        rows, imgs = spots(q, 16), slice(0, 2)
+
+        def product() -> tuple[torch.Tensor, torch.Tensor]:
+            v = nn.functional.linear(value[imgs], w_v, b_v)
+            v = v.reshape(v.shape[0], k, heads, -1).transpose(1, 2)
+            mixed = (a[imgs][:, :, rows] @ v).transpose(1, 2).reshape(v.shape[0], -1, e)
+            return out[imgs][:, rows], m.out_proj(mixed)
+
+        em.compare("out_proj(matrix @ values) == module's output", product)
+        em.check("rows sum to 1", lambda: sums_to_one(a[:, :, rows], -1))
+        return em
+
+
+class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
+    """timm's ``Attention``: fused (``scaled_dot_product_attention``) or a plain softmax."""
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        super().__init__(name, module, function="softmax")
+        self.watch = frozenset({"softmax", "matmul", "sdpa"})
+
+    def where(self) -> str:
+        return "its scaled_dot_product_attention or softmax"
+
+    def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:
+        calls = self.pieces.get("sdpa", [])
+        if not calls:
+            em = super().end(args, kwargs, output)
+            if em.problem is None:
+                a = em.fields["matrix"]
+                em.meta = self.token_meta(a.shape[-2])
+            return em
+        if len(calls) != 1:
+            return self.missing()
+        (cargs, ckw, out) = calls[0]
+        q, k, v = (cargs[i] if len(cargs) > i else ckw.get(n) for i, n in enumerate("qkv"))
+        mask = cargs[3] if len(cargs) > 3 else ckw.get("attn_mask")
+        causal = bool(cargs[5] if len(cargs) > 5 else ckw.get("is_causal", False))
+        dropout = float(cargs[4] if len(cargs) > 4 else ckw.get("dropout_p", 0.0))
+        if ckw.get("enable_gqa") or dropout > 0:
+            return Emission(
+                problem=f"{self.name}: attention with dropout (training mode) or grouped "
+                "query heads is not recorded; capture in eval mode"
+            )
+        scale = ckw.get("scale")
+        a = attention_matrix(q, k, mask, causal, scale)
+        n = a.shape[-2]
+        em = Emission(fields={"matrix": a, "values": v}, meta=self.token_meta(n))
+        rows = spots(n, 16)
+        em.compare(
+            "matrix @ values == the fused kernel's output",
+            lambda: (out[:, :, rows], (a[:, :, rows].to(v.dtype) @ v)),
+        )
+        em.check("rows sum to 1", lambda: sums_to_one(a[:, :, rows], -1))
+        return em
+
+
+def attention_matrix(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask)``: the matrix ``scaled_dot_product_attention``
+    applies (its documented definition), computed in float32 at least.
+
+    ``scale`` defaults to ``1 / sqrt(head dim)``; a boolean mask keeps the True entries;
+    ``causal`` keeps the lower triangle.
+    """
+    acc = torch.promote_types(q.dtype, torch.float32)
+    s = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * s
+    if causal:
+        n, m = logits.shape[-2:]
+        keep = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        else:
+            logits = logits + mask.to(acc)
+    return logits.softmax(dim=-1)
