@@ -204,3 +204,41 @@ def test_hostile_images_through_the_cli_are_refused_cheaply(tmp_path, name):
     status, grown_mib = done.stdout.split()
     assert status == "2" and int(grown_mib) < 100
     assert "attnviz accepts" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_overlay_of_a_vit_writes_class_token_attention_and_rollout(tmp_path):
+    """The CLI's maps equal an independent forward: the last block's class-token row, the
+    rollout of every block."""
+    import torch
+
+    from attnviz import capture, maps
+    from attnviz.photos import prepare
+    from attnviz.zoo import pretrained
+
+    photo = sample_path("chelsea")
+    torch.manual_seed(0)
+    out, npz = tmp_path / "vit.png", tmp_path / "vit.npz"
+    code = main(["overlay", str(photo), "--model", "timm/vit_tiny_patch16_224",
+                 "--weights", "none", "--size", "96", "--head", "1",
+                 "-o", str(out), "--npz", str(npz)])  # fmt: skip
+    assert code == 0 and Image.open(out).width > 3 * 90
+    data = np.load(npz)
+    torch.manual_seed(0)
+    pre = pretrained("timm/vit_tiny_patch16_224", weights=None)
+    with torch.no_grad(), capture(pre.model) as rec:
+        pre.model(prepare(photo, pre.transforms))
+    last = rec["blocks.11.attn"].matrix[0].mean(0)  # heads averaged
+    np.testing.assert_allclose(data["map/blocks.11.attn"].ravel(), last[0, 1:].numpy(), atol=1e-6)
+    np.testing.assert_allclose(data["map/rollout"], maps.rollout_map(rec)[0].numpy(), atol=1e-6)
+    assert data["self/blocks.0.attn"].shape == (3, 197, 197)
+
+
+def test_overlay_of_a_botnet_and_a_bad_head(tmp_path, capsys):
+    photo = sample_path("coffee")
+    out = tmp_path / "bot.png"
+    code = main(["overlay", str(photo), "--model", "timm/botnet26t_256", "--weights", "none",
+                 "--size", "96", "--head", "3", "-o", str(out)])  # fmt: skip
+    assert code == 0 and out.is_file()
+    code = main(["overlay", str(photo), "--model", "timm/botnet26t_256", "--weights", "none",
+                 "--head", "99", "-o", str(out)])  # fmt: skip
+    assert code == 2 and "--head must be in [0, 4)" in capsys.readouterr().err

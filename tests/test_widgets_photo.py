@@ -37,10 +37,10 @@ def test_target_change_computes_one_gradcam_and_redraws(pre, monkeypatch):
     app = PhotoExplainer(pre, picker=PhotoPicker(value=sample_photos()[0], preview_size=64))
     before = app._cam_png.value
     calls = []
-    import attnviz.widgets.photo as photo
+    import attnviz.explain as explain
 
-    real = photo.gradcam
-    monkeypatch.setattr(photo, "gradcam", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = explain.gradcam
+    monkeypatch.setattr(explain, "gradcam", lambda *a, **k: calls.append(k) or real(*a, **k))
     second = app._target.options[1][1]
     app._target.value = second
     assert len(calls) == 1 and calls[0]["targets"] == [second]

@@ -122,3 +122,44 @@ def test_clear_errors(model, images):
         QueryExplorer(small_resnet(attention="se", width=8), images)
     with pytest.raises(ValueError, match="images"):
         QueryExplorer(model, images[0])
+
+
+# -- vision transformers and local attention --------------------------------------------------
+def test_a_vit_shows_heads_the_class_token_and_the_rollout():
+    timm = pytest.importorskip("timm")
+    from attnviz.maps import rollout_map
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224").eval()
+    images = torch.rand(1, 3, 224, 224)
+    app = QueryExplorer(vit, images)
+    r = app.record()
+    assert [v for _, v in app._what.options] == ["query", "received", "cls", "rollout"]
+    app.query, app.head = (40, 100), 2  # cell (6, 2) of the 14 x 14 patch grid
+    s = app.current()
+    assert s["cell"] == (6, 2) and s["head"] == 2
+    expected = r.matrix[0, 2, 1 + 6 * 14 + 2, 1:].reshape(14, 14)  # the patch's row, patches only
+    torch.testing.assert_close(s["key_map"], expected)
+    app.show = "cls"
+    torch.testing.assert_close(app.current()["key_map"], r.matrix[0, 2, 0, 1:].reshape(14, 14))
+    app.show = "rollout"
+    torch.testing.assert_close(app.current()["key_map"], rollout_map(app._cache["blocks"])[0])
+    with pytest.raises(ValueError, match="show must be one of"):
+        app.show = "nope"
+    app.close()
+
+
+def test_halonet_draws_the_window_a_query_sees():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("halonet26t").eval()
+    app = QueryExplorer(net, torch.rand(1, 3, 256, 256))
+    local = [n for n, r in app._cache["blocks"].items() if r.meta.get("window")]
+    app.block = local[0]
+    app.query = (5, 5)
+    s = app.current()
+    r0, c0, r1, c1 = s["window"]
+    outside = s["key_map"].clone()
+    outside[r0:r1, c0:c1] = 0
+    assert s["key_map"].sum() > 0 and outside.abs().max() == 0  # all of its attention inside
+    app.close()

@@ -1,0 +1,171 @@
+"""Every attention family a user can download, loaded through its library's public loading
+call (weights saved to a local file first: offline), explained on a shipped photo."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from attnviz import maps
+from attnviz.explain import comparison_figure, explain
+from attnviz.photos import load_sample
+from attnviz.records import LocalAttentionRecord
+from attnviz.widgets import ModelPicker, PhotoExplainer, PhotoPicker
+from attnviz.zoo import FAMILIES, Family, pretrained
+
+timm = pytest.importorskip("timm")
+
+#: family -> (a model of it, small enough for CI; the record kind its attention gives)
+CASES = {
+    "vision transformer": ("timm/deit_tiny_distilled_patch16_224.fb_in1k", "self"),
+    "BoTNet": ("timm/botnet26t_256.c1_in1k", "self"),
+    "HaloNet": ("timm/halonet26t.a1h_in1k", "self"),
+    "GCNet": ("timm/gcresnet33ts.ra2_in1k", "context"),
+    "ResNeSt": ("timm/resnest14d.gluon_in1k", "branch"),
+    "SKNet": ("timm/skresnet18.ra_in1k", "branch"),
+    "ECA": ("timm/ecaresnet26t.ra2_in1k", "channel"),
+    "squeeze-and-excitation": ("mobilenet_v3_large", "channel"),
+}
+
+
+def test_every_family_is_covered_and_every_model_name_exists():
+    assert set(CASES) | {"CBAM"} == set(FAMILIES)
+    for family, (name, _) in CASES.items():
+        assert name in FAMILIES[family].models
+    for fam in FAMILIES.values():
+        for name in fam.models:
+            if name.startswith("timm/"):
+                assert timm.is_model(name[5:]) and timm.list_pretrained(name[5:]), name
+            elif name != "official-cbam":
+                assert torchvision.models.get_model_weights(name).DEFAULT.meta["categories"]
+
+
+def _load_from_local_file(name: str, tmp_path, monkeypatch):
+    """Random weights saved where the user's library loads them from, then loaded by the
+    same call a user makes (pretrained(name) / pretrained(name, weights=file))."""
+    torch.manual_seed(3)
+    if name.startswith("timm/"):
+        state = timm.create_model(name[5:]).state_dict()
+        path = tmp_path / "weights.pth"
+        torch.save(state, path)
+        return pretrained(name, weights=path), state
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    state = torchvision.models.get_model(name).state_dict()
+    path = tmp_path / "hub" / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return pretrained(name), state
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_each_family_loads_through_its_library_and_shows_its_attention_on_a_photo(
+    family, tmp_path, monkeypatch
+):
+    name, kind = CASES[family]
+    pre, state = _load_from_local_file(name, tmp_path, monkeypatch)
+    assert pre.pretrained
+    for k, v in pre.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed faithfulness check is a CaptureWarning
+        ex = explain(pre, load_sample("chelsea"), display_side=160)
+    assert all(c.ok for c in ex.recording.checks)
+    kinds = {r.kind for r in ex.recording.values()}
+    assert kind in kinds, (family, kinds)
+    label, rgb = ex.picture()
+    assert rgb.shape == ex.view.shape and rgb.dtype == np.uint8
+    assert len(ex.top(5)) == 5 and ex.gradcam().shape == ex.x.shape[-2:]
+    if kind == "branch":
+        assert ex.branches and label == "branch choice per channel"
+    if family == "HaloNet":
+        assert any(isinstance(r, LocalAttentionRecord) for r in ex.recording.values())
+    if family == "vision transformer":
+        assert ex.recording[ex.default_block].prefix == ("cls", "dist")
+        assert maps.ROLLOUT in ex.views
+
+
+def test_halonet_windows_hold_every_key_a_query_sees():
+    m = timm.create_model("halonet26t").eval()
+    ex = explain(pretrained("timm/halonet26t", weights=None), load_sample("coffee"))
+    del m
+    local = [r for r in ex.recording.values() if isinstance(r, LocalAttentionRecord)]
+    assert local
+    for r in local:
+        hq, wq = r.query_size
+        for cell in [(0, 0), (hq - 1, wq - 1), (hq // 2, wq // 3)]:
+            row = r.head_matrix()[0, cell[0] * wq + cell[1]].reshape(r.key_size)
+            r0, c0, r1, c1 = r.window(cell)
+            inside = row[r0:r1, c0:c1].sum()
+            assert row.sum() > 0 and torch.isclose(inside, row.sum())  # nothing outside
+            assert (r1 - r0) <= r.meta["window"] and (c1 - c0) <= r.meta["window"]
+
+
+def test_a_backbone_without_classifier_shows_attention_only():
+    pre = pretrained("timm/vit_small_patch16_224.dino", weights=None)
+    assert not pre.classifier
+    ex = explain(pre, load_sample("chelsea"))
+    assert ex.top() == [] and ex.probs is None
+    with pytest.raises(ValueError, match="no classifier"):
+        ex.gradcam()
+    assert ex.attention()[0].startswith("class-token")
+
+
+# -- the photo explainer with a model picker -----------------------------------------------------
+SMALL = {
+    "vision transformer": Family("vision transformer", "self-attention", "cls", (
+        "timm/deit_tiny_distilled_patch16_224", "timm/vit_tiny_patch16_224")),
+    "SKNet": Family("SKNet", "branches", "choice", ("timm/skresnet18",)),
+}  # fmt: skip
+
+
+def test_switching_family_model_and_head_changes_the_pictures():
+    picker = ModelPicker(SMALL, weights=None)
+    app = PhotoExplainer(picker, picker=PhotoPicker(value="chelsea", preview_size=64))
+    s = app.current()
+    assert s["model"] == "timm/deit_tiny_distilled_patch16_224" and not s["pretrained"]
+    assert "Random weights" in app._banner.value
+    r = app.ex.recording[s["block"]]
+    torch.testing.assert_close(s["map"], r.token_attention("cls")[0])
+    before = app._se_png.value
+    app.select(block=s["block"], head=2)
+    torch.testing.assert_close(app.current()["map"], r.token_attention("cls", head=2)[0])
+    assert app._se_png.value != before
+    app.select(block=maps.ROLLOUT)
+    assert app._head.disabled and app.current()["label"].startswith("attention rollout")
+    picker.select("vision transformer", "timm/vit_tiny_patch16_224")
+    assert app.current()["model"] == "timm/vit_tiny_patch16_224"
+    shown = app._se_png.value
+    picker.select("SKNet")
+    s = app.current()
+    assert s["model"] == "timm/skresnet18" and s["label"] == "branch choice per channel"
+    assert s["map"] is None and app._se_png.value != shown
+    with pytest.raises(ValueError, match="no family"):
+        picker.select("nope")
+    app.close()
+
+
+def test_weights_that_cannot_be_had_fall_back_to_random_with_the_reason():
+    def offline(name, weights):
+        if weights is not None:
+            raise OSError("no network")
+        return pretrained(name, weights=None)
+
+    picker = ModelPicker(SMALL, family="SKNet", loader=offline)
+    assert picker.pre is not None and not picker.pre.pretrained
+    assert "Random weights" in picker.status and "no network" in picker.status
+
+
+def test_the_comparison_figure_has_one_row_per_family():
+    rows = [
+        (fam, explain(pretrained(name, weights=None), load_sample("chelsea"), display_side=96))
+        for fam, name in [("ViT", "timm/vit_tiny_patch16_224"), ("SKNet", "timm/skresnet18")]
+    ]
+    fig = comparison_figure(rows, side=96)
+    assert fig.width >= 3 * 96 and fig.height >= 2 * (96 + 30)
