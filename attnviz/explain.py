@@ -163,11 +163,24 @@ def explain(pre: Pretrained, image: Any, *, display_side: int = 448) -> Explanat
     )
 
 
-def _caption(ex: Explanation, label: str, block: str | None) -> str:
+def _caption(ex: Explanation, family: str, label: str, block: str | None) -> list[str]:
     weights = "trained weights" if ex.pre.pretrained else "RANDOM WEIGHTS"
     top = ex.top(1)
-    said = f"{top[0][1]} (P={top[0][2]:.2f})" if top else "no classifier"
-    return f"{ex.pre.name} [{weights}]: {said} | {label} {block or ''}"
+    said = f"predicts {top[0][1]} (P={top[0][2]:.2f})" if top else "no classifier"
+    return [f"{family}: {ex.pre.name} [{weights}]", said, f"{label}: {block or ''}"]
+
+
+def _text_block(lines: list[str], width: int) -> Image.Image:
+    """Lines of text wrapped to ``width`` pixels (PIL's default font, ~6 px a character)."""
+    import textwrap
+
+    chars = max(10, width // 6)
+    wrapped = [w for line in lines for w in textwrap.wrap(line, chars) or [""]]
+    canvas = Image.new("RGB", (width, 13 * len(wrapped) + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(wrapped):
+        draw.text((4, 2 + 13 * i), line, fill="black")
+    return canvas
 
 
 def comparison_figure(
@@ -175,7 +188,7 @@ def comparison_figure(
 ) -> Image.Image:
     """One row per family: the photo as the network sees it, its applied attention, and
     Grad-CAM of the predicted class; each row titled with the family, the model, whether
-    its weights are trained, the class predicted and its probability.
+    its weights are trained, the class predicted and its probability, and the block shown.
 
     Args:
         rows: (family name, explanation) pairs.
@@ -183,6 +196,10 @@ def comparison_figure(
         block: the block to draw (default: each explanation's :attr:`default_block`).
     """
     strips = []
+    width = 3 * side + 8
+    header = _text_block(["network input | attention it applied | Grad-CAM of its prediction"],
+                         width)  # fmt: skip
+    strips.append(np.asarray(header))
     for family, ex in rows:
         label, attention = ex.picture(block)
         cam = (
@@ -192,14 +209,11 @@ def comparison_figure(
         )
         panels = [render.fit_height(p, side) for p in (ex.view, attention, cam)]
         panels = [p[:, : panels[0].shape[1]] for p in panels]
-        strip = Image.fromarray(render.montage(panels, ncols=3, pad=4))
-        canvas = Image.new("RGB", (strip.width, strip.height + 30), "white")
-        canvas.paste(strip, (0, 30))
-        draw = ImageDraw.Draw(canvas)
-        draw.text((4, 2), family, fill="black")
-        draw.text((4, 15), _caption(ex, label, block or ex.default_block), fill="black")
-        strips.append(np.asarray(canvas))
+        strip = render.montage(panels, ncols=3, pad=4)
+        title = np.asarray(_text_block(_caption(ex, family, label, block or ex.default_block),
+                                       strip.shape[1]))  # fmt: skip
+        strips += [title, strip, np.full((8, strip.shape[1], 3), 255, np.uint8)]
     width = max(s.shape[1] for s in strips)
-    padded = [np.pad(s, ((0, 6), (0, width - s.shape[1]), (0, 0)), constant_values=255)
+    padded = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255)
               for s in strips]  # fmt: skip
     return Image.fromarray(np.concatenate(padded))

@@ -52,6 +52,7 @@ __all__ = [
     "Preprocess",
     "Pretrained",
     "load_official_cbam",
+    "load_or_random",
     "official_cbam_mapping",
     "official_cbam_resnet50",
     "official_cbam_transforms",
@@ -375,6 +376,29 @@ def pretrained(name: str, *, weights: WeightsArg = "DEFAULT", progress: bool = T
         transforms = resolved.transforms()
         class_names = list(resolved.meta["categories"])
     return Pretrained(model, resolved, transforms, class_names, name, resolved is not None)
+
+
+def load_or_random(
+    name: str, weights: WeightsArg = "DEFAULT", *, loader: Callable[..., Pretrained] | None = None
+) -> tuple[Pretrained, str | None]:
+    """:func:`pretrained`, or the same network with random weights when trained weights
+    cannot be had (offline and not cached, no file): ``(pre, why)``, ``why`` None when
+    the weights loaded (or ``weights=None`` was asked).
+
+    Errors that no weights would fix (an unknown name, timm not installed) are raised.
+    """
+    load = pretrained if loader is None else loader
+    if weights is None:
+        return load(name, weights=None), None
+    try:
+        return load(name, weights=weights), None
+    except (ImportError, TypeError):
+        raise
+    except Exception as e:  # no network and no cached file, most often
+        naming = ("name must be one of", "has no model", "unknown weights")
+        if isinstance(e, ValueError) and any(n in str(e) for n in naming):
+            raise  # a wrong name: no weights file would fix it
+        return load(name, weights=None), f"{type(e).__name__}: {e}"
 
 
 def _import_timm():

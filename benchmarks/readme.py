@@ -32,13 +32,25 @@ def latest_verify() -> Path:
     return runs[-1]
 
 
+def latest_vit() -> Path | None:
+    """The newest full recorded run of the vit benchmark (vision transformers), if any."""
+    runs = sorted(p for p in (ROOT / "benchmarks" / "results").glob("*-vit*.json")
+                  if "-quick" not in p.name)  # fmt: skip
+    return runs[-1] if runs else None
+
+
 def registry_section() -> str:
     path = latest_verify()
-    errors = json.loads(path.read_text())["benchmarks"]["verify"]["exactness"]
-    source = path.relative_to(ROOT).as_posix()
+    errors = dict(json.loads(path.read_text())["benchmarks"]["verify"]["exactness"])
+    sources = [path]
+    vit = latest_vit()
+    if vit is not None:
+        errors.update(json.loads(vit.read_text())["benchmarks"]["vit"].get("exactness", {}))
+        sources.append(vit)
+    named = " and ".join(f"`{p.relative_to(ROOT).as_posix()}`" for p in sources)
     return (
         f"{START}\n{markdown_table(errors)}\n\nLargest check error: over every check of that "
-        f"module type on an example model with random weights, from `{source}` "
+        f"module type on an example model with random weights, from {named} "
         f"(`make bench`).\n{END}"
     )
 

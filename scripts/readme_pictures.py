@@ -1,6 +1,10 @@
 """Render the README's pictures from the showcase checkpoints (scripts/train_showcase.py).
 
-    python scripts/readme_pictures.py build/showcase assets/readme [stn|resnets]
+    python scripts/readme_pictures.py build/showcase assets/readme [stn|resnets|families]
+
+``families`` needs no checkpoint: each family's suggested pretrained network, with its
+trained weights where this machine has them cached, random weights otherwise (every row
+of the picture says which).
 
 Every picture is drawn by attnviz itself: the widgets' own panels, the render module
 and the class-wise plot, on test images the models never saw.
@@ -44,6 +48,21 @@ if "stn" in parts:
         render.stn_grid(data.images[:8], rec["stn"].theta, rec["stn"].output,
                         boxes=data.boxes[:8], scale=3 if kind == "RTS" else 2,
                         ncols=4).save(out / f"{name}.png")  # fmt: skip
+if "families" in parts:
+    # one row per attention family on a shipped photo: trained weights where this machine
+    # has them cached (each row says which), random weights otherwise
+    from attnviz.explain import comparison_figure, explain
+    from attnviz.photos import load_sample
+    from attnviz.zoo import FAMILIES, load_or_random
+
+    photo = load_sample("chelsea")
+    rows = []
+    for family, fam in FAMILIES.items():
+        torch.manual_seed(0)
+        pre, why = load_or_random(fam.models[0], "DEFAULT")
+        print(f"{family}: {fam.models[0]}", "trained" if pre.pretrained else f"random ({why})")
+        rows.append((family, explain(pre, photo, display_side=160)))
+    comparison_figure(rows, side=160).save(out / "families.png")
 if "resnets" not in parts:
     print("wrote", sorted(p.name for p in out.iterdir()))
     sys.exit(0)

@@ -142,11 +142,10 @@ def _marker_moves_right(page):
     assert x_after > x_before, "the selected-channel marker should move right"
 
 
-@pytest.mark.parametrize("name", ["02_squeeze_excitation", "04_photos"])
-def test_channel_slider_moves_the_marker(lab, name):
+def test_02_channel_slider_moves_the_marker(lab):
     server, browser = lab
     page = browser.context.new_page()
-    open_and_run(page, server, f"{name}.ipynb")
+    open_and_run(page, server, "02_squeeze_excitation.ipynb")
     _marker_moves_right(page)
     page.close()
 
@@ -175,8 +174,40 @@ def test_05_query_slider_moves_the_crosshair(lab):
     move_slider(app.locator(".attnviz-query-x").first, steps=8)
     after = wait_for_change(panel, before)
 
-    def cyan_x(a):  # the crosshair's colour, (0, 255, 255)
-        return np.flatnonzero(((a[..., 0] < 80) & (a[..., 1] > 200) & (a[..., 2] > 200)).any(0))
+    assert np.median(_cyan_x(after)) > np.median(_cyan_x(before)), "the crosshair should move right"
+    page.close()
 
-    assert np.median(cyan_x(after)) > np.median(cyan_x(before)), "the crosshair should move right"
+
+def _cyan_x(a):
+    """Columns holding the query explorer's crosshair colour, (0, 255, 255)."""
+    return np.flatnonzero(((a[..., 0] < 80) & (a[..., 1] > 200) & (a[..., 2] > 200)).any(0))
+
+
+def test_04_family_switch_query_slider_and_channels(lab):
+    """Notebook 04: switching the family from vision transformers to SKNet replaces the
+    attention overlay by the branch-choice chart; the ViT query slider moves the crosshair;
+    the SE channel slider moves its marker."""
+    server, browser = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, "04_photos.ipynb")
+    app = page.locator(".attnviz-photo-explainer").first
+    panel = app.locator(".attnviz-photo-attention").first
+    before = screenshot(panel)
+    app.locator(".attnviz-family select").first.select_option("SKNet")
+    after = wait_for_change(panel, before, timeout=120)
+
+    def vertical_detail(a):  # the top band of a branch chart is constant down each column
+        band = a[2 : a.shape[0] // 4].astype(float)
+        return np.abs(np.diff(band, axis=0)).mean()
+
+    assert vertical_detail(before) > 3 * vertical_detail(after), (
+        "the photo overlay should give way to the branch chart's flat bands"
+    )
+    query = page.locator(".attnviz-query-explorer").first
+    shown = query.locator(".attnviz-query").first
+    start = screenshot(shown)
+    move_slider(query.locator(".attnviz-query-x").first, steps=40)
+    moved = wait_for_change(shown, start)
+    assert np.median(_cyan_x(moved)) > np.median(_cyan_x(start)), "the crosshair should move right"
+    _marker_moves_right(page)
     page.close()

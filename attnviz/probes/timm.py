@@ -157,8 +157,11 @@ def register_timm(register: Callable, refuse: Callable) -> None:
         note="timm `halo` (HaloNet): multi-head, local windows",
     )  # fmt: skip
     refuse(_L + "lambda_layer.LambdaLayer", LAMBDA_REASON, note="timm `lambda`")
-    for where in (_L + "attention.Attention", "timm.models.vision_transformer.Attention"):
-        register(
-            where, "self", probe=TokenAttentionProbe,
-            note="timm ViT / DeiT / DINO (fused or plain): multi-head, named tokens",
-        )  # fmt: skip
+    register(
+        _L + "attention.Attention", "self", probe=TokenAttentionProbe,
+        note="timm ViT / DeiT / DINO / DINOv2 (fused or plain): multi-head, named tokens",
+    )  # fmt: skip
+    register(
+        "timm.models.vision_transformer.Attention", "self", probe=TokenAttentionProbe,
+        note="the same class, where older timm releases defined it",
+    )  # fmt: skip

@@ -23,7 +23,7 @@ import ipywidgets as widgets
 
 from .. import maps, render
 from ..explain import explain
-from ..zoo import FAMILIES, Family, Pretrained, pretrained
+from ..zoo import FAMILIES, Family, Pretrained, load_or_random, pretrained
 from ._base import App
 from .upload import PhotoPicker
 
@@ -131,21 +131,15 @@ class ModelPicker:
         name = self.model
         if name is None:
             return
-        weights = self._weights_for(name)
-        why = "weights=None"
         try:
-            pre = self.loader(name, weights=weights) if weights is not None else None
+            pre, why = load_or_random(name, self._weights_for(name), loader=self.loader)
         except ImportError as e:  # e.g. timm missing: nothing to load at all
-            self.status = html.escape(str(e))
-            self._about.value = f"<b style='color:#b00'>{self.status}</b>"
+            self.status = f"<b style='color:#b00'>{html.escape(str(e))}</b>"
+            self._about.value = self.status
             return
-        except Exception as e:  # offline and not cached, no file: random weights
-            pre, why = None, f"{type(e).__name__}: {e}"
-        if pre is None:
-            pre = self.loader(name, weights=None)
         fam = self.families[self.family]
         self.status = "" if pre.pretrained else _RANDOM.format(
-            name=html.escape(name), why=html.escape(why[:300]))  # fmt: skip
+            name=html.escape(name), why=html.escape((why or "weights=None")[:300]))  # fmt: skip
         self._about.value = (f"<i>{html.escape(fam.attention)}</i>; shown: "
                              f"{html.escape(fam.shows)}")  # fmt: skip
         self.pre = pre
