@@ -121,6 +121,26 @@ class Explanation:
             return label, np.asarray(exact)
         return label, render.overlay(self.view, m, alpha=alpha)
 
+    def head_grid(self, block: str | None = None, *, columns: int = 6) -> Image.Image:
+        """Every head of a self-attention block over the photo, labelled (a ViT: where
+        the class token looks in each head, the picture of the DINO paper).
+
+        Raises:
+            ValueError: a block that is not self-attention.
+        """
+        block = self.default_block if block is None else block
+        r = self.recording.get(block) if block is not None else None
+        if not isinstance(r, SelfAttentionRecord):
+            own = [n for n, x in self.recording.items() if x.kind == "self"]
+            raise ValueError(f"{block!r} is not a self-attention block; one of {own}")
+        heads = [self.attention(block, h)[1] for h in range(r.heads)]
+        rows = [heads[i : i + columns] for i in range(0, len(heads), columns)]
+        n = min(columns, len(heads))
+        rows[-1] += [torch.zeros_like(heads[0])] * (n - len(rows[-1]))  # blank cells
+        labels = [[f"head {i + j}" if i + j < len(heads) else "" for j in range(n)]
+                  for i in range(0, len(heads), columns)]  # fmt: skip
+        return render.overlay_grid([self.view] * n, rows, captions=labels)
+
     def gradcam(self, target: int | None = None) -> torch.Tensor:
         """Grad-CAM (H x W in [0, 1]) of class ``target`` (default: the predicted class),
         computed by the grad-cam package; cached per class.

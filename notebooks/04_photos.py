@@ -108,6 +108,13 @@ x_vit = prepare(photo, vit.transforms)
 QueryExplorer(vit.model, x_vit, mean=vit.transforms.mean, std=vit.transforms.std)
 
 # %% [markdown]
+# Where the class token looks in each head of the last block: in a trained ViT
+# different heads pick out different parts of the object.
+
+# %%
+explain(vit, photo, display_side=160).head_grid()
+
+# %% [markdown]
 # ## Local self-attention: HaloNet
 #
 # HaloNet's queries come in blocks; each block sees only a window of keys

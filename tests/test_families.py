@@ -169,3 +169,12 @@ def test_the_comparison_figure_has_one_row_per_family():
     ]
     fig = comparison_figure(rows, side=96)
     assert fig.width >= 3 * 96 and fig.height >= 2 * (96 + 30)
+
+
+def test_every_head_of_a_vit_block_over_the_photo():
+    ex = explain(pretrained("timm/vit_tiny_patch16_224", weights=None), load_sample("chelsea"),
+                 display_side=64)  # fmt: skip
+    grid = ex.head_grid(columns=2)  # 3 heads: 2 rows of 2 cells, one blank
+    assert grid.width > 2 * 64 and grid.height > 2 * 64
+    with pytest.raises(ValueError, match="not a self-attention block"):
+        ex.head_grid(maps.ROLLOUT)
