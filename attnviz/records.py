@@ -54,6 +54,7 @@ __all__ = [
     "SelfAttentionRecord",
     "SpatialRecord",
     "TransformRecord",
+    "TwoStageTransformRecord",
 ]
 
 #: the kinds of attention a record can hold
@@ -297,6 +298,34 @@ class TransformRecord(Record):
         """The sampling grid (B x H' x W' x 2, normalised [-1, 1]) that produced ``output``."""
         out = self.output
         return F.affine_grid(self.theta.float(), list(out.shape), align_corners=self.align_corners)
+
+
+class TwoStageTransformRecord(TransformRecord):
+    """A two-stage spatial transformer (:class:`attnviz.modules.TwoStageTransformer`).
+
+    ``theta`` is the composed transform that sampled ``output``; its pieces are the
+    first stage's ``window`` (B x 2 x 3: where the object is and how big) and the second
+    stage's ``rotation`` (B x 2 x 2: how it was turned), ``theta = [A_1 R | t_1]``;
+    ``crop`` is what the second stage read (the window's crop).
+    """
+
+    @property
+    def window(self) -> torch.Tensor:
+        return self._get("window")
+
+    @property
+    def rotation(self) -> torch.Tensor:
+        return self._get("rotation")
+
+    @property
+    def crop(self) -> torch.Tensor:
+        return self._get("crop")
+
+    @property
+    def angle(self) -> torch.Tensor:
+        """The rotation's angle in radians (B), counter-clockwise in sampling coordinates."""
+        r = self.rotation.double()
+        return torch.atan2(r[:, 1, 0], r[:, 0, 0]).float()
 
 
 class SelfAttentionRecord(Record):

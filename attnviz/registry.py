@@ -350,7 +350,9 @@ def _register_builtins() -> None:
         SpatialGate,
         SpatialTransformer,
         SqueezeExcitation,
+        TwoStageTransformer,
     )
+    from .probes.attention import TwoStageProbe
     from .probes.timm import register_timm
     from .probes.tokens import MultiheadAttentionProbe
 
@@ -360,6 +362,10 @@ def _register_builtins() -> None:
     register_attention_type(
         SpatialTransformer, "transform", "theta", note="STN (Jaderberg et al., 2015)"
     )
+    register_attention_type(
+        TwoStageTransformer, "transform", probe=TwoStageProbe,
+        note="two-stage STN: window (scale, translation), then rotation",
+    )  # fmt: skip
     register_attention_type(NonLocal, "self", "attend", note="non-local block (Wang et al., 2018)")
     register_attention_type(
         TVSqueezeExcitation,

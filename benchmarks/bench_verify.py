@@ -78,6 +78,8 @@ def _own(kind: str) -> Callable[[], nn.Module]:
 
     if kind == "stn":
         return lambda: STCNN.for_rts()
+    if kind == "upright":
+        return lambda: STCNN.for_upright()
     return lambda: small_resnet(attention=kind, width=8)
 
 
@@ -88,10 +90,11 @@ EXAMPLES.update(
         "attnviz-cbam": (_own("cbam"), 64),
         "attnviz-nonlocal": (_own("nonlocal"), 64),
         "attnviz-stn": (_own("stn"), 42),
+        "attnviz-upright": (_own("upright"), 42),
         "torchvision-se": (torchvision.models.mobilenet_v3_small, 64),
     }
 )
-_CHANNELS = {"attnviz-stn": 1}
+_CHANNELS = {"attnviz-stn": 1, "attnviz-upright": 1}
 
 
 def _qualname(m: nn.Module) -> str:

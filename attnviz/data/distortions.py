@@ -24,7 +24,9 @@ from .geometry import canvas_to_digit, grid, ink_boxes, similarity
 __all__ = ["DISTORTIONS", "DigitSample", "DistortedDigits", "distort", "distorted_mnist"]
 
 #: distortion -> default canvas size (pixels), after the STN paper
-DISTORTIONS = {"none": 28, "R": 28, "RTS": 42, "P": 28, "E": 28, "cluttered": 60}
+DISTORTIONS = {
+    "none": 28, "upright": 28, "R": 28, "RTS": 42, "P": 28, "E": 28, "cluttered": 60,
+}  # fmt: skip
 
 
 class DigitSample(NamedTuple):
@@ -146,11 +148,13 @@ def distort(
     Args:
         digits: N x 28 x 28 (or N x 1 x 28 x 28) in [0, 1].
         labels: N int labels.
-        kind: ``"none"``, ``"R"`` (rotation ±90°), ``"RTS"`` (rotation ±45°, scale
-            0.7–1.2, random placement on a 42 x 42 canvas), ``"P"`` (projective: scale
-            0.75–1 and corners moved by N(0, 0.1)), ``"E"`` (elastic: a smooth random
-            displacement) or ``"cluttered"`` (the digit at a random place on 60 x 60 with 8
-            random 6 x 6 fragments of other digits).
+        kind: ``"none"``, ``"upright"`` (nearly upright: rotation ±5°, scale 0.9–1.1,
+            centred within about a pixel; what a classifier behind a transformer that
+            straightens digits should expect), ``"R"`` (rotation ±90°), ``"RTS"``
+            (rotation ±45°, scale 0.7–1.2, random placement on a 42 x 42 canvas), ``"P"``
+            (projective: scale 0.75–1 and corners moved by N(0, 0.1)), ``"E"`` (elastic: a
+            smooth random displacement) or ``"cluttered"`` (the digit at a random place on
+            60 x 60 with 8 random 6 x 6 fragments of other digits).
         seed: the only source of randomness.
         canvas: output size (default from :data:`DISTORTIONS`).
         clutter_pool: digits to cut clutter from (default ``digits``); pass the same
@@ -179,6 +183,8 @@ def distort(
         transforms = canvas_to_digit(similarity(torch.zeros(n), torch.ones(n),
                                                   torch.full((n,), size / 2),
                                                   torch.full((n,), size / 2)), size)  # fmt: skip
+    elif kind == "upright":
+        transforms = _rts(gen, n, size, math.pi / 36, (0.9, 1.1))
     elif kind == "R":
         transforms = _rts(gen, n, size, math.pi / 2, (1.0, 1.0))
     elif kind == "RTS":

@@ -7,14 +7,16 @@ hook (and :func:`attnviz.capture`) sees exactly what the network applied.
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .nonlocal_block import NonLocal
 from .se import SqueezeExcitation
-from .stn import HeatmapHead, SpatialTransformer
+from .stn import AngleHead, HeatmapHead, SpatialTransformer, TwoStageTransformer
 
 __all__ = [
     "CBAM",
+    "AngleHead",
     "ChannelGate",
     "HeatmapHead",
     "NonLocal",
     "SpatialGate",
     "SpatialTransformer",
     "SqueezeExcitation",
+    "TwoStageTransformer",
 ]

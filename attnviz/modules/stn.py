@@ -16,6 +16,7 @@ the module), so forward hooks see each of them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import cast
 
@@ -26,10 +27,14 @@ from torch import nn
 __all__ = [
     "TRANSFORMS",
     "AffineGrid",
+    "AngleHead",
+    "ComposeTheta",
     "GridSampler",
     "HeatmapHead",
+    "RotationMatrix",
     "SpatialTransformer",
     "ThetaBuilder",
+    "TwoStageTransformer",
 ]
 
 #: transform name -> number of parameters regressed by the localisation head
@@ -342,3 +347,180 @@ class SpatialTransformer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+# -- two stages: where and how big, then how turned -------------------------------------------
+class RotationMatrix(nn.Module):
+    """(cos, sin) regressed by a head -> a rotation matrix B x 2 x 2, the pair normalised
+    to unit length first, so any regression gives a proper rotation. Its own module so a
+    forward hook sees the rotation the transformer applied."""
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        c, s = F.normalize(pair, dim=1, eps=1e-6).unbind(dim=1)
+        return torch.stack([c, -s, s, c], dim=1).view(-1, 2, 2)
+
+
+class AngleHead(nn.Module):
+    """Reads a centred crop and regresses how it must be turned: a rotation (B x 2 x 2).
+
+    A small CNN with a fully connected head, so it sees the stroke layout that tells how
+    a digit is turned (a head on globally pooled features discards it): conv 5 x 5 (8),
+    max-pool, ReLU, conv 5 x 5 (16), max-pool, ReLU, FC 64, ReLU, FC 2 = (cos, sin).
+    Initialised to the identity (last layer: weights 0, bias (1, 0)).
+
+    Args:
+        in_channels: channels of the crop.
+        window_size: (h, w) of the crop, at least 16 x 16.
+        hidden: width of the fully connected layer.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, window_size: Sequence[int] = (28, 28), hidden: int = 64
+    ) -> None:
+        super().__init__()
+        h, w = (int(s) for s in window_size)
+        if min(h, w) < 16:
+            raise ValueError(f"the angle head needs a crop of at least 16 x 16, got {h} x {w}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 5), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(8, 16, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+        )  # fmt: skip
+        with torch.no_grad():
+            n = self.features(torch.zeros(1, in_channels, h, w)).shape[1]
+        self.regress = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        self.rotation = RotationMatrix()
+        self.reset_head()
+
+    def reset_head(self) -> None:
+        """The identity rotation: (cos, sin) = (1, 0) whatever the crop."""
+        last = cast(nn.Linear, self.regress[-1])
+        with torch.no_grad():
+            last.weight.zero_()
+            cast(torch.Tensor, last.bias).copy_(torch.tensor([1.0, 0.0]))
+
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        return self.rotation(self.regress(self.features(crop)))
+
+
+class ComposeTheta(nn.Module):
+    """The composed transform: ``[A_1 R | t_1]`` for a window ``[A_1 | t_1]`` (B x 2 x 3)
+    and a rotation R (B x 2 x 2).
+
+    An output point p goes first through R, then through the window: ``A_1 (R p) + t_1``,
+    so the output is the window's crop turned by R about its centre, sampled from the
+    input in one step.
+    """
+
+    def forward(self, window: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        return torch.cat([window[:, :, :2] @ rotation, window[:, :, 2:]], dim=2)
+
+
+class TwoStageTransformer(nn.Module):
+    """A spatial transformer in two stages: find and size the object, then turn it upright.
+
+    Stage 1 (where, how big): a fully convolutional localisation network and a
+    :class:`HeatmapHead` give the window ``A_1 = [[s, 0, t_x], [0, s, t_y]]`` (the
+    paper's attention transform: isotropic scale and translation) and sample a centred
+    crop of the object. Stage 2 (how turned): an :class:`AngleHead` reads that crop and
+    regresses the rotation R. The composed theta ``[s R | t]`` (:class:`ComposeTheta`)
+    samples the input once. At initialisation the window is the whole image (``scale``
+    1) and R the identity, so the transformer starts as the identity.
+
+    Args:
+        localization: fully convolutional f_loc (B x C x H x W -> B x channels x h x w).
+        channels: channels of its feature map.
+        in_channels: image channels.
+        window_size: (h, w) of the first stage's crop, which the angle head reads.
+        output_size: (H', W') of the output.
+        init_scale: the window's initial zoom (1: the whole image).
+        align_corners, padding_value: as for :class:`SpatialTransformer`.
+        consistency: weight of the rotation-consistency loss (0: none). In training mode
+            the crop is also turned by a random angle D and the angle head must answer
+            consistently, ``R(D-turned crop) = D^T R(crop)`` (mean squared difference of
+            the matrices); :func:`attnviz.train.fit` adds it to the classification loss
+            (``auxiliary_loss``). Self-supervised: no true angle is used; it makes the
+            head's answers consistent across orientations, and the classifier decides
+            which orientation is upright.
+
+    Submodules (each output hookable): ``localization``, ``head`` (the heat-map head),
+    ``window`` (the first-stage theta ``A_1``, B x 2 x 3), ``window_sampler`` (the crop),
+    ``angle`` (with ``angle.rotation``: R, B x 2 x 2), ``theta`` (the composed theta,
+    B x 2 x 3), ``grid`` and ``sampler`` (the output, B x C x H' x W').
+    """
+
+    def __init__(
+        self,
+        localization: nn.Module,
+        channels: int = 32,
+        in_channels: int = 1,
+        window_size: Sequence[int] = (28, 28),
+        output_size: Sequence[int] = (28, 28),
+        *,
+        init_scale: float = 1.0,
+        align_corners: bool = False,
+        padding_value: float | None = None,
+        consistency: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not consistency >= 0:
+            raise ValueError(f"consistency must be a weight >= 0, got {consistency!r}")
+        self.consistency = float(consistency)
+        self.auxiliary_loss: torch.Tensor | None = None
+        self.window_size = tuple(int(s) for s in window_size)
+        self.output_size = tuple(int(s) for s in output_size)
+        self.localization = localization
+        self.head = HeatmapHead(channels, "attention", scale=init_scale)
+        self.window = ThetaBuilder("attention")
+        self.window_grid = AffineGrid(align_corners)
+        self.window_sampler = GridSampler(align_corners, padding_value)
+        self.angle = AngleHead(in_channels, self.window_size)
+        self.theta = ComposeTheta()
+        self.grid = AffineGrid(align_corners)
+        self.sampler = GridSampler(align_corners, padding_value)
+
+    transform = "affine"
+
+    @property
+    def align_corners(self) -> bool:
+        return self.grid.align_corners
+
+    def reset_head(self) -> None:
+        """Both stages back to the identity."""
+        self.head.reset_head()
+        self.angle.reset_head()
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(
+                f"TwoStageTransformer expects B x C x H x W input, got shape {tuple(x.shape)}"
+            )
+        src = x if source is None else source
+        if src.dim() != 4 or src.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"source must be B x C x H x W with the same batch as x, got {tuple(src.shape)}"
+            )
+        window = self.window(self.head(self.localization(x)))
+        b, c = x.shape[:2]
+        crop = self.window_sampler(x, self.window_grid(window, (b, c, *self.window_size)))
+        rotation = self.angle(crop)
+        self.auxiliary_loss = None
+        if self.training and self.consistency > 0:
+            self.auxiliary_loss = self.consistency * self._consistency(crop, rotation)
+        theta = self.theta(window, rotation)
+        grid = self.grid(theta, (src.shape[0], src.shape[1], *self.output_size))
+        return self.sampler(src, grid)
+
+    def _consistency(self, crop: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        """mean || R(D-turned crop) - D^T R(crop) ||^2 over the batch, D random turns."""
+        a = (torch.rand(len(crop), device=crop.device, dtype=crop.dtype) * 2 - 1) * math.pi
+        c, s = a.cos(), a.sin()
+        zero = torch.zeros_like(a)
+        d = torch.stack([c, -s, zero, s, c, zero], dim=1).view(-1, 2, 3)
+        grid = F.affine_grid(d, list(crop.shape), align_corners=self.align_corners)
+        pad = self.window_sampler.padding_value or 0.0
+        turned = F.grid_sample(crop - pad, grid, align_corners=self.align_corners) + pad
+        expected = d[:, :, :2].transpose(1, 2) @ rotation
+        return (self.angle(turned) - expected).pow(2).sum(dim=(1, 2)).mean()
+
+    def extra_repr(self) -> str:
+        return f"window_size={self.window_size}, output_size={self.output_size}"

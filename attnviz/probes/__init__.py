@@ -9,6 +9,7 @@ from .attention import (
     LocalAttentionProbe,
     SelfAttentionProbe,
     TransformProbe,
+    TwoStageProbe,
 )
 from .base import FUNCTIONS, Emission, Probe, Refusal
 from .gates import ContextProbe, GateProbe, SelectiveKernelProbe, SplitAttentionProbe
@@ -30,5 +31,6 @@ __all__ = [
     "TokenAttentionProbe",
     "TokenLayout",
     "TransformProbe",
+    "TwoStageProbe",
     "token_layout",
 ]

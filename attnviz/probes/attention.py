@@ -27,6 +27,7 @@ from ..records import (
     LocalAttentionRecord,
     SelfAttentionRecord,
     TransformRecord,
+    TwoStageTransformRecord,
 )
 from .base import Emission, Probe, same_tensor, spots, sums_to_one
 
@@ -35,6 +36,7 @@ __all__ = [
     "LocalAttentionProbe",
     "SelfAttentionProbe",
     "TransformProbe",
+    "TwoStageProbe",
 ]
 
 
@@ -293,4 +295,61 @@ class TransformProbe(Probe):
         em.compare(
             "output == source sampled at theta's grid", lambda: (output[:, :, sh, sw], resampled())
         )
+        return em
+
+
+class TwoStageProbe(TransformProbe):
+    """A two-stage transformer: the composed theta and output (checked as any transformer's),
+    the first stage's window and crop, the second stage's rotation.
+
+    Checks: the composed theta is the window times the rotation (``[A_1 R | t_1]``,
+    exactly as composed); R is a rotation (R R^T = I, det R = 1); the crop is the input
+    sampled at the window's grid.
+    """
+
+    record_type = TwoStageTransformRecord
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        super().__init__(name, module, submodule="theta")
+
+    def taps(self) -> dict[str, nn.Module]:
+        m = self.module
+        return {
+            "theta": self._theta,
+            "window": m.get_submodule("window"),
+            "rotation": m.get_submodule("angle.rotation"),
+            "crop": m.get_submodule("window_sampler"),
+        }
+
+    def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:
+        em = super().end(args, kwargs, output)
+        windows, rotations, crops = (self.outputs(k) for k in ("window", "rotation", "crop"))
+        if em.problem is not None or not (len(windows) == len(rotations) == len(crops) == 1):
+            return em if em.problem is not None else self.missing()
+        theta, window, rot, crop = em.fields["theta"], windows[0], rotations[0], crops[0]
+        x = cast(torch.Tensor, _input(args, kwargs))
+        em.fields.update(window=window, rotation=rot, crop=crop)
+        em.meta["window_size"] = tuple(crop.shape[-2:])
+        em.compare(
+            "theta == [window's A @ rotation | window's t]",
+            lambda: (theta, torch.cat([window[:, :, :2] @ rot, window[:, :, 2:]], dim=2)),
+        )
+
+        def not_rotation() -> torch.Tensor:
+            eye = torch.eye(2, dtype=rot.dtype, device=rot.device)
+            orth = (rot @ rot.transpose(1, 2) - eye).abs().amax()
+            return torch.maximum(orth, (torch.linalg.det(rot) - 1).abs().amax())
+
+        em.check("rotation is a rotation", not_rotation)
+        sampler = self.module.get_submodule("window_sampler")
+        pad = getattr(sampler, "padding_value", None) or 0.0
+        align = bool(getattr(self.module, "align_corners", False))
+        sh, sw = spots(crop.shape[-2]), spots(crop.shape[-1])
+
+        def crop_pair() -> tuple[torch.Tensor, torch.Tensor]:
+            grid = F.affine_grid(window, list(crop.shape), align_corners=align)[:, sh, sw]
+            again = F.grid_sample(x - pad, grid, mode="bilinear", align_corners=align) + pad
+            return crop[:, :, sh, sw], again
+
+        em.compare("crop == input sampled at the window's grid", crop_pair)
         return em

@@ -24,6 +24,8 @@ from ._base import App, ImageIndex, as_list, check_images, redraw
 
 __all__ = ["STNInspector"]
 
+_WINDOW = (0, 190, 255)  # a two-stage transformer's first-stage window
+
 _ROWS = (  # (label, key in the decomposition, format)
     ("scale x", "scale_x", "{:.3f}"),
     ("scale y", "scale_y", "{:.3f}"),
@@ -71,6 +73,10 @@ class STNInspector(App, ImageIndex):
             sample V from (theta is resolution independent); the quadrilateral is
             still drawn on ``images``.
         scale: integer upscaling of the input panel.
+        windows: a two-stage transformer's first-stage windows, shaped like ``thetas``
+            (``record.window`` of :class:`~attnviz.records.TwoStageTransformRecord`):
+            drawn too (blue), and the second stage's angle (the rotation that takes the
+            window to theta) shown in the table.
 
     Raises:
         ValueError: shapes that do not match (images vs thetas, epochs, labels,
@@ -92,10 +98,17 @@ class STNInspector(App, ImageIndex):
         output_size: Sequence[int] | int | None = None,
         source: torch.Tensor | None = None,
         scale: int = 4,
+        windows: torch.Tensor | None = None,
     ) -> None:
         self.images = check_images(images, "images", unit_range=True)
         n, (h, w) = len(self.images), self.images.shape[-2:]
         self.thetas = _check_thetas(thetas, n)
+        self.windows = None if windows is None else _check_thetas(windows, n)
+        if self.windows is not None and self.windows.shape != self.thetas.shape:
+            raise ValueError(
+                f"windows must have the shape of thetas {tuple(self.thetas.shape)}, got "
+                f"{tuple(self.windows.shape)}"
+            )
         e = len(self.thetas)
         self.epochs = list(range(e)) if epochs is None else as_list(epochs, "epochs", e)
         self.labels = None if labels is None else as_list(labels, "labels", n)
@@ -189,7 +202,9 @@ class STNInspector(App, ImageIndex):
             ``index``, ``snapshot``, ``epoch``, ``theta`` (2 x 3 tensor), ``corners``
             (4 x 2 tensor, ``maps.theta_corners``), ``decomposition`` (floats of
             ``maps.decompose_theta``, rotation in radians), ``iou`` (float, or None
-            without boxes), ``label`` and ``prediction`` (None when not given).
+            without boxes), ``label`` and ``prediction`` (None when not given); with
+            ``windows``: ``window_corners`` (4 x 2) and ``angle`` (the second stage's
+            rotation, radians), else None.
         """
         i, k = self.index, self.snapshot
         theta = self.thetas[k, i]
@@ -198,7 +213,15 @@ class STNInspector(App, ImageIndex):
         iou = None
         if self.boxes is not None:
             iou = float(maps.polygon_iou(corners, self.boxes[i])[0])
+        window_corners = angle = None
+        if self.windows is not None:
+            window = self.windows[k, i]
+            window_corners = maps.theta_corners(window, self._input_size)[0]
+            turn = torch.linalg.inv(window[:, :2].double()) @ theta[:, :2].double()
+            angle = math.atan2(float(turn[1, 0]), float(turn[0, 0]))
         return {
+            "window_corners": window_corners,
+            "angle": angle,
             "index": i,
             "snapshot": k,
             "epoch": self.epochs[k],
@@ -213,6 +236,9 @@ class STNInspector(App, ImageIndex):
     # -- drawing -------------------------------------------------------------------------
     def _render_input(self, state: dict) -> Any:
         canvas = render.draw_quad(self.images[state["index"]], state["corners"], scale=self.scale)
+        if state["window_corners"] is not None:
+            canvas = render.draw_quad(canvas, state["window_corners"], scale=self.scale,
+                                      color=_WINDOW)  # fmt: skip
         if self.boxes is not None:
             canvas = render.draw_box(canvas, self.boxes[state["index"]], scale=self.scale)
         return canvas
@@ -227,6 +253,8 @@ class STNInspector(App, ImageIndex):
         parts = dict(parts, rotation_deg=math.degrees(parts["rotation"]))
         rows = [("snapshot", html.escape(str(state["epoch"])))]
         rows += [(label, fmt.format(parts[key])) for label, key, fmt in _ROWS]
+        if state["angle"] is not None:
+            rows.append(("second stage's turn", f"{math.degrees(state['angle']):.1f}°"))
         if state["iou"] is not None:
             rows.append(("IoU with box", f"{state['iou']:.3f}"))
         for key in ("label", "prediction"):
