@@ -259,3 +259,25 @@ def test_torchvision_vit_loads_cached_weights_through_the_weights_api(
     assert pre.pretrained and pre.weights is weights and "vit_b_16" in VIT_NETWORKS
     assert torch.equal(pre.model.conv_proj.weight, state["conv_proj.weight"])
     assert pre.class_names[0] == "tench"
+
+
+def test_sequence_first_and_cross_attention_are_recorded_exactly():
+    """nn.MultiheadAttention outside a ViT: batch_first=False, and queries attending to a
+    different sequence (L != S); out_proj(A V) rebuilt from the module's own weights."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=False).eval()
+    q, kv = torch.randn(5, 2, 16), torch.randn(9, 2, 16)  # L = 5, S = 9, batch 2
+    with torch.no_grad():
+        plain, _ = mha(q, kv, kv, need_weights=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with attnviz.capture(mha) as rec:
+                out, w = mha(q, kv, kv, need_weights=False)
+        r = rec[""]
+        a = r.matrix
+        assert w is None and a.shape == (2, 4, 5, 9) and all(c.ok for c in rec.checks)
+        v = F.linear(kv.transpose(0, 1), mha.in_proj_weight[32:], mha.in_proj_bias[32:])
+        v = v.reshape(2, 9, 4, 4).transpose(1, 2)
+        rebuilt = mha.out_proj((a @ v).transpose(1, 2).reshape(2, 5, 16)).transpose(0, 1)
+    torch.testing.assert_close(rebuilt, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, plain, atol=1e-6, rtol=0)

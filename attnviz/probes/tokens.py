@@ -224,7 +224,8 @@ class MultiheadAttentionProbe(_TokenMixin, SelfAttentionProbe):
         else:
             w_v = cast(torch.Tensor, m.v_proj_weight)
         b_v = None if m.in_proj_bias is None else m.in_proj_bias[2 * e :]
-        em = Emission(fields={"matrix": a}, meta=self.token_meta(q))
+        # self-attention over tokens: the layout's grid; cross-attention: grids unknown
+        em = Emission(fields={"matrix": a}, meta=self.token_meta(q) if q == k else {})
         rows, imgs = spots(q, 16), slice(0, 2)
 
         def product() -> tuple[torch.Tensor, torch.Tensor]:
