@@ -49,6 +49,7 @@ class Explanation:
         views: block -> (label, 1 x h x w map), :func:`attnviz.maps.attention_views`.
         branches: block -> branch record (SKNet, ResNeSt).
         view: the region the network sees, at display size (RGB uint8).
+        cams: the Grad-CAM maps computed so far, by class (filled by :meth:`gradcam`).
     """
 
     pre: Pretrained
@@ -58,7 +59,7 @@ class Explanation:
     views: dict[str, tuple[str, torch.Tensor]]
     branches: dict[str, BranchRecord]
     view: np.ndarray
-    _cams: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    cams: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def blocks(self) -> list[str]:
@@ -153,9 +154,9 @@ class Explanation:
         t = int(self.probs.argmax()) if target is None else int(target)
         if not 0 <= t < self.probs.numel():
             raise ValueError(f"target must be a class index in [0, {self.probs.numel()}), got {t}")
-        if t not in self._cams:
-            self._cams[t] = gradcam(self.pre.model, self.x, targets=[t])[0]
-        return self._cams[t]
+        if t not in self.cams:
+            self.cams[t] = gradcam(self.pre.model, self.x, targets=[t])[0]
+        return self.cams[t]
 
 
 def explain(pre: Pretrained, image: Any, *, display_side: int = 448) -> Explanation:

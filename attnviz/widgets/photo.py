@@ -287,7 +287,7 @@ class PhotoExplainer(App):
         label, m = self.ex.attention(b, head) if b is not None else (None, None)
         return {"model": self.pre.name, "pretrained": self.pre.pretrained,
                 "top5": self.top5, "target": t, "block": b, "head": head,
-                "gradcam": self.ex._cams.get(t) if t is not None else None,
+                "gradcam": self.ex.cams.get(t) if t is not None else None,
                 "map": m, "label": label}  # fmt: skip
 
     def select(self, *, block: str | None = None, head: int | None = None,
@@ -306,4 +306,4 @@ class PhotoExplainer(App):
 
     def _release(self) -> None:
         if hasattr(self, "ex"):
-            self.ex._cams.clear()
+            self.ex.cams.clear()
