@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 
 import psutil
 import torch
@@ -81,3 +82,40 @@ class Busy:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
+
+
+def ms(fn: Callable[[], object]) -> float:
+    """Milliseconds of one call."""
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start)
+
+
+def worst_check_errors(
+    examples: Iterable[tuple[Callable[[], torch.nn.Module], tuple[int, ...]]],
+) -> dict[str, float]:
+    """Registered qualified name -> the largest faithfulness-check error over example
+    models: each built (after ``torch.manual_seed(0)``), given non-trivial normalisation
+    statistics (``attnviz.testing.randomise``) and captured with ``verify="raise"`` on a
+    random input of the given shape."""
+    import attnviz
+    from attnviz.testing import randomise
+
+    worst: dict[str, float] = {}
+    for build, shape in examples:
+        torch.manual_seed(0)
+        model = randomise(build())
+        x = torch.randn(*shape)
+        with torch.no_grad(), attnviz.capture(model, verify="raise") as rec:
+            model(x)
+        for check in rec.checks:
+            m = model.get_submodule(check.name)
+            q = f"{type(m).__module__}.{type(m).__qualname__}"
+            worst[q] = max(worst.get(q, 0.0), check.error)
+    return worst
+
+
+def exactness_table(errors: dict[str, float]) -> list[str]:
+    """The Markdown lines of a table of :func:`worst_check_errors`, a blank line first."""
+    rows = [f"| `{q}` | {e:.1e} |" for q, e in sorted(errors.items())]
+    return ["", "| recognised layer | largest relative error of its checks |", "|---|---:|", *rows]

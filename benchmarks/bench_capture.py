@@ -22,12 +22,11 @@ from __future__ import annotations
 import io
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from _common import Busy, Contention
+from _common import Busy, Contention, ms
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon, Rectangle
 from torchvision.models import mobilenet_v3_small
@@ -41,13 +40,6 @@ from attnviz.widgets import ChannelExplorer, QueryExplorer, SpatialExplorer, STN
 SEED = 0
 SNAPSHOTS = 5  # STN snapshots: identity .. the true transform
 STN_OUTPUT = (28, 28)
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    """Milliseconds of one call."""
-    start = time.perf_counter()
-    fn()
-    return 1000 * (time.perf_counter() - start)
 
 
 # -- (a) capture overhead --------------------------------------------------------------------
@@ -68,8 +60,8 @@ def _overhead(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> 
     hooked()
     p, h = [], []
     for _ in range(reps):  # interleaved, so a busy neighbour slows both alike
-        p.append(_ms(plain))
-        h.append(_ms(hooked))
+        p.append(ms(plain))
+        h.append(ms(hooked))
     rec = kept["rec"]
     stored = sum(r.data.numel() * r.data.element_size() for r in rec.values())
     plain_ms, hooked_ms = statistics.median(p), statistics.median(h)
@@ -138,8 +130,8 @@ def _channel_steps(steps: int) -> dict:
         image = images[0].permute(1, 2, 0).numpy()
         widget, naive = [], []
         for c in order:  # interleaved, so a busy neighbour slows both alike
-            widget.append(_ms(lambda c=c: widget_step(c)))
-            naive.append(_ms(lambda c=c: _naive_channel(image, weights, feats, c)))
+            widget.append(ms(lambda c=c: widget_step(c)))
+            naive.append(ms(lambda c=c: _naive_channel(image, weights, feats, c)))
     finally:
         app.close()
     widget_ms, naive_ms = statistics.median(widget[1:]), statistics.median(naive[1:])
@@ -199,9 +191,9 @@ def _stn_steps(steps: int) -> list[dict]:
                 value = k % size
                 i = value if what == "index" else app.index
                 e = value if what == "snapshot" else app.snapshot
-                widget.append(_ms(lambda what=what, value=value: setattr(app, what, value)))
+                widget.append(ms(lambda what=what, value=value: setattr(app, what, value)))
                 args = parts["images"][i], parts["thetas"][e, i], parts["boxes"][i]
-                naive.append(_ms(lambda args=args: _naive_stn(*args)))
+                naive.append(ms(lambda args=args: _naive_stn(*args)))
             w_ms, n_ms = statistics.median(widget[1:]), statistics.median(naive[1:])
             label = f"{what} slider (42 x 42 input, x4; {STN_OUTPUT[0]} x {STN_OUTPUT[1]} crop)"
             out.append({"app": "STNInspector", "step": label, "widget_ms": w_ms,
@@ -253,7 +245,7 @@ def _busy_steps(steps: int, processes: int = 2) -> list[dict]:
     apps = _slider_apps()
 
     def median_ms(step: Callable[[int], None]) -> float:
-        times = [_ms(lambda k=k: step(k)) for k in range(steps + 1)]
+        times = [ms(lambda k=k: step(k)) for k in range(steps + 1)]
         return statistics.median(times[1:])
 
     try:

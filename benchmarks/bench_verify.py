@@ -29,12 +29,11 @@ from collections.abc import Callable
 import timm
 import torch
 import torchvision
-from _common import Contention
+from _common import Contention, exactness_table, ms, worst_check_errors
 from timm.layers.gather_excite import GatherExcite
 from torch import nn
 
 import attnviz
-from attnviz.testing import randomise
 
 # create_attn name -> (model, input side); the same models as tests/test_timm.py
 EXAMPLES: dict[str, tuple[Callable[[], nn.Module], int]] = {
@@ -97,29 +96,12 @@ EXAMPLES.update(
 _CHANNELS = {"attnviz-stn": 1, "attnviz-upright": 1}
 
 
-def _qualname(m: nn.Module) -> str:
-    return f"{type(m).__module__}.{type(m).__qualname__}"
-
-
 def exactness(quick: bool) -> dict[str, float]:
     """Registered qualified name -> the largest check error over its example model."""
-    worst: dict[str, float] = {}
-    for name, (builder, size) in EXAMPLES.items():
-        torch.manual_seed(0)
-        model = randomise(builder())
-        x = torch.randn(1 if quick else 2, _CHANNELS.get(name, 3), size, size)
-        with torch.no_grad(), attnviz.capture(model, verify="raise") as rec:
-            model(x)
-        for check in rec.checks:
-            q = _qualname(model.get_submodule(check.name))
-            worst[q] = max(worst.get(q, 0.0), check.error)
-    return worst
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return 1000 * (time.perf_counter() - start)
+    return worst_check_errors(
+        (builder, (1 if quick else 2, _CHANNELS.get(name, 3), size, size))
+        for name, (builder, size) in EXAMPLES.items()
+    )
 
 
 class _OwnTime:
@@ -191,7 +173,7 @@ def _cost(name: str, model: nn.Module, x: torch.Tensor, reps: int) -> dict:
     times: dict[str, list[float]] = {"plain": [], "unchecked": [], "checked": []}
     for i in range(reps):  # the order rotates, so no variant always follows another
         for key, fn in runs[i % 3 :] + runs[: i % 3]:
-            times[key].append(_ms(fn))
+            times[key].append(ms(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     # each rep runs all three back to back: its ratios are paired, the noise mostly shared
     paired = {
@@ -239,8 +221,7 @@ def run(quick: bool = False) -> dict:
             f"{r['own_checked_ms']:.1f} | **{r['own_ratio']:.3f}x** |"
         )
     errors = exactness(quick)
-    table += ["", "| recognised layer | largest relative error of its checks |", "|---|---:|"]
-    table += [f"| `{q}` | {e:.1e} |" for q, e in sorted(errors.items())]
+    table += exactness_table(errors)
     return {
         "title": "Faithfulness check: cost and exactness",
         "table": "\n".join(table),

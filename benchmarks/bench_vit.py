@@ -13,19 +13,12 @@ paired runs, order rotated), and the memory the records hold.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torchvision
-from _common import Contention
+from _common import Contention, exactness_table, ms, worst_check_errors
 
 import attnviz
-
-
-def _ms(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return 1000 * (time.perf_counter() - start)
 
 
 def _record_bytes(rec) -> int:
@@ -60,7 +53,7 @@ def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict
     times: dict[str, list[float]] = {k: [] for k, _ in runs}
     for i in range(reps):
         for key, fn in runs[i % 3 :] + runs[: i % 3]:
-            times[key].append(_ms(fn))
+            times[key].append(ms(fn))
     ratio = {
         k: statistics.median(a / p for a, p in zip(times[k], times["plain"]))
         for k in ("float32", "float16")
@@ -79,16 +72,10 @@ def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict
     }
 
 
-def _qualname(m: torch.nn.Module) -> str:
-    return f"{type(m).__module__}.{type(m).__qualname__}"
-
-
 def exactness(quick: bool) -> dict[str, float]:
     """Registered qualified name -> the largest check error over example vision
     transformers with random weights (torchvision's; timm's fused and plain)."""
-    from attnviz.testing import randomise
-
-    models = [lambda: torchvision.models.vit_b_16()]
+    models = [torchvision.models.vit_b_16]
     try:
         import timm
 
@@ -103,17 +90,7 @@ def exactness(quick: bool) -> dict[str, float]:
             models.append(build)
     except ImportError:
         pass
-    worst: dict[str, float] = {}
-    for build in models:
-        torch.manual_seed(0)
-        model = randomise(build()).eval()
-        x = torch.randn(1 if quick else 2, 3, 224, 224)
-        with torch.no_grad(), attnviz.capture(model, verify="raise") as rec:
-            model(x)
-        for check in rec.checks:
-            q = _qualname(model.get_submodule(check.name))
-            worst[q] = max(worst.get(q, 0.0), check.error)
-    return worst
+    return worst_check_errors((build, (1 if quick else 2, 3, 224, 224)) for build in models)
 
 
 def run(quick: bool = False) -> dict:
@@ -141,8 +118,7 @@ def run(quick: bool = False) -> dict:
             f"{r['mib_fp16']:.0f} MiB |"
         )
     errors = exactness(quick)
-    table += ["", "| recognised layer | largest relative error of its checks |", "|---|---:|"]
-    table += [f"| `{q}` | {e:.1e} |" for q, e in sorted(errors.items())]
+    table += exactness_table(errors)
     return {
         "title": "Vision transformers: capturing every attention matrix",
         "table": "\n".join(table),
