@@ -202,6 +202,20 @@ class HeatmapHead(nn.Module):
         return f"transform={self.transform!r}, scale={self.init_scale}"
 
 
+def _source(transformer: nn.Module, x: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+    """What a transformer samples (``source``, else its input ``x``), both checked."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{type(transformer).__name__} expects B x C x H x W input, got shape {tuple(x.shape)}"
+        )
+    src = x if source is None else source
+    if src.dim() != 4 or src.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"source must be B x C x H x W with the same batch as x, got {tuple(src.shape)}"
+        )
+    return src
+
+
 def _infer_features(localization: nn.Module) -> int:
     last = None
     for m in localization.modules():
@@ -331,15 +345,7 @@ class SpatialTransformer(nn.Module):
         return self.theta(params)
 
     def forward(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(
-                f"SpatialTransformer expects B x C x H x W input, got shape {tuple(x.shape)}"
-            )
-        src = x if source is None else source
-        if src.dim() != 4 or src.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"source must be B x C x H x W with the same batch as x, got {tuple(src.shape)}"
-            )
+        src = _source(self, x, source)
         theta = self.regress(x)
         h, w = self.output_size or src.shape[-2:]
         grid = self.grid(theta, (src.shape[0], src.shape[1], h, w))
@@ -490,15 +496,7 @@ class TwoStageTransformer(nn.Module):
         self.angle.reset_head()
 
     def forward(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(
-                f"TwoStageTransformer expects B x C x H x W input, got shape {tuple(x.shape)}"
-            )
-        src = x if source is None else source
-        if src.dim() != 4 or src.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"source must be B x C x H x W with the same batch as x, got {tuple(src.shape)}"
-            )
+        src = _source(self, x, source)
         window = self.window(self.head(self.localization(x)))
         b, c = x.shape[:2]
         crop = self.window_sampler(x, self.window_grid(window, (b, c, *self.window_size)))
