@@ -32,8 +32,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..records import SelfAttentionRecord
 from .attention import SelfAttentionProbe
-from .base import Emission, spots, sums_to_one
+from .base import Emission, Probe, spots, sums_to_one
 
 __all__ = [
     "MultiheadAttentionProbe",
@@ -149,19 +150,20 @@ class _TokenMixin:
         return meta
 
 
-class MultiheadAttentionProbe(_TokenMixin, SelfAttentionProbe):
+class MultiheadAttentionProbe(_TokenMixin, Probe):
     """``torch.nn.MultiheadAttention``: the weights it applied, requested from the module.
 
     The capture calls :meth:`arguments` before the forward (to ask for per-head weights)
-    and :meth:`result` after it (to hand the caller what it asked for).
+    and :meth:`result` after it (to hand the caller what it asked for); nothing is tapped
+    or watched.
     """
 
+    kind = "self"
+    record_type = SelfAttentionRecord
+
     def __init__(self, name: str, module: nn.Module) -> None:
-        nn_module = cast(nn.MultiheadAttention, module)
-        super().__init__(name, module, function="softmax")
-        self.watch = frozenset()
-        self.normalised = True
-        self._mha = nn_module
+        super().__init__(name, module)
+        self._mha = cast(nn.MultiheadAttention, module)
         self._asked: bool | None = None
         self._average = True
 
