@@ -92,9 +92,16 @@ def attention_views(recording: Any) -> dict[str, tuple[str, torch.Tensor]]:
     return out
 
 
+def _self_records(records: Any) -> list[Any]:
+    """The self-attention records of a recording (or a list of records), in order."""
+    if hasattr(records, "values"):
+        records = records.values()
+    return [r for r in records if getattr(r, "kind", None) == "self"]
+
+
 def _token_records(recording: Any) -> list[Any]:
     """The self-attention records over one shared token sequence (a vision transformer)."""
-    found = [r for r in recording.values() if r.kind == "self" and r.prefix]
+    found = [r for r in _self_records(recording) if r.prefix]
     if not found:
         return []
     n = found[0].tokens
@@ -120,9 +127,7 @@ def attention_rollout(records: Any, *, residual: float = 0.5) -> torch.Tensor:
     """
     if not 0.0 <= float(residual) <= 1.0:
         raise ValueError(f"residual must lie in [0, 1], got {residual!r}")
-    if hasattr(records, "values"):
-        records = list(records.values())
-    mats = [r.matrix for r in records if getattr(r, "kind", None) == "self"]
+    mats = [r.matrix for r in _self_records(records)]
     if not mats:
         raise ValueError("attention rollout needs self-attention records (a ViT's blocks)")
     if len({tuple(m.shape[-2:]) for m in mats}) != 1:
@@ -149,9 +154,7 @@ def rollout_map(records: Any, token: str = "cls", *, residual: float = 0.5) -> t
             :func:`attention_rollout`); the token names and grid come from the last one.
         token: a prefix token of the model (``"cls"``, ``"dist"``, ...).
     """
-    if hasattr(records, "values"):
-        records = list(records.values())
-    records = [r for r in records if getattr(r, "kind", None) == "self"]
+    records = _self_records(records)
     rolled = attention_rollout(records, residual=residual)
     last = records[-1]
     if token not in last.prefix:
