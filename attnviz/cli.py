@@ -208,12 +208,9 @@ def overlay(args: argparse.Namespace) -> int:
         said = f"{pre.class_names[target]} (P={ex.probs[target]:.2f})  |  Grad-CAM"
     else:
         cam, target, said = None, None, "no classifier (a backbone): no Grad-CAM"
-    if attention.shape != ex.view.shape:
-        attention = render.fit_height(attention, ex.view.shape[0])
-        panels[-1] = attention
     title = (f"{said}  |  {label} {block}"
              + ("" if pre.pretrained else "  |  RANDOM WEIGHTS"))  # fmt: skip
-    strip = Image.fromarray(_row(panels))
+    strip = Image.fromarray(render.montage(panels, ncols=len(panels), pad=4))
     canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")
     canvas.paste(strip, (0, 18))
     ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
@@ -230,15 +227,6 @@ def overlay(args: argparse.Namespace) -> int:
         np.savez_compressed(npz, **arrays)
         print(f"wrote {npz}")
     return 0
-
-
-def _row(panels: list[Any]) -> Any:
-    """Panels of one height side by side, 4 white pixels apart."""
-    import numpy as np
-
-    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
-    parts = [p for panel in panels for p in (panel, gap)][:-1]
-    return np.concatenate(parts, axis=1)
 
 
 def _outputs(args: argparse.Namespace):

@@ -110,7 +110,8 @@ class Explanation:
     def picture(
         self, block: str | None = None, head: int | None = None, *, alpha: float = 0.5
     ) -> tuple[str, np.ndarray]:
-        """(label, RGB uint8): the block's attention over the photo, or its branch choice."""
+        """(label, RGB uint8 of :attr:`view`'s size): the block's attention over the photo,
+        or its branch choice."""
         block = self.default_block if block is None else block
         label, m = self.attention(block, head)
         if m is None:
@@ -228,8 +229,8 @@ def comparison_figure(
             if ex.probs is not None
             else np.full_like(ex.view, 255)
         )
+        # picture() and the overlay are the view's size: one height gives one width
         panels = [render.fit_height(p, side) for p in (ex.view, attention, cam)]
-        panels = [p[:, : panels[0].shape[1]] for p in panels]
         strip = render.montage(panels, ncols=3, pad=4)
         title = np.asarray(_text_block(_caption(ex, family, label, block or ex.default_block),
                                        strip.shape[1]))  # fmt: skip
