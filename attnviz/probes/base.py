@@ -11,6 +11,14 @@ A probe is made for every recognised module when a capture starts. The capture c
 - :meth:`Probe.end` with the module's input and output, to turn what was seen into record
   fields and faithfulness checks.
 
+Once per capture it calls :meth:`Probe.attach` with the model (for hooks a probe needs on
+it, e.g. to note the input size). A probe that must ask its module for the attention
+defines two more methods, looked up when the capture starts: ``arguments(args, kwargs)``
+returns the (args, kwargs) the module is called with instead, and ``result(output)`` what
+the caller receives instead of the module's output (``nn.MultiheadAttention``: asked for
+its per-head weights, which the caller gets only if it asked; see
+:class:`attnviz.probes.tokens.MultiheadAttentionProbe`).
+
 Either way the record holds the very tensor the module went on to use, not a re-derivation.
 The checks compare the module's real output with its input combined with the recorded
 attention, on a strided sample of positions (a few thousand numbers per call), so they cost
