@@ -215,11 +215,11 @@ def stn_param_groups(model: nn.Module, lr: float = 3e-3, stn_lr: float = 3e-4) -
 
 
 # -- the loop ----------------------------------------------------------------------------
-def _auxiliary(model: nn.Module) -> torch.Tensor | float:
-    """The sum of the ``auxiliary_loss`` tensors modules set in this forward pass (e.g. a
-    two-stage transformer's rotation consistency); 0 when none did."""
+def _auxiliary(modules: list[nn.Module]) -> torch.Tensor | float:
+    """The sum of the ``auxiliary_loss`` tensors ``modules`` set in this forward pass (e.g.
+    a two-stage transformer's rotation consistency); 0 when none did."""
     total: torch.Tensor | float = 0.0
-    for m in model.modules():
+    for m in modules:
         extra = getattr(m, "auxiliary_loss", None)
         if isinstance(extra, torch.Tensor):
             total = total + extra
@@ -376,6 +376,8 @@ def fit(
             history.epochs.append(EpochStats(0, math.nan, math.nan, loss0, acc0, 0.0))
     bar = tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=not progress,
                initial=start_epoch - 1, total=epochs)  # fmt: skip
+    # the modules that can add a loss of their own, found once rather than every step
+    extra = [m for m in model.modules() if hasattr(m, "auxiliary_loss")]
     for epoch in bar:
         dataset = first if epoch == 1 else data(epoch - 1)
         model.train()
@@ -386,7 +388,7 @@ def fit(
             out = model(x)
             loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
-            (loss + _auxiliary(model)).backward()
+            (loss + _auxiliary(extra)).backward()
             opt.step()
             if sched is not None:
                 sched.step()

@@ -271,3 +271,30 @@ def test_tiny_cnn_is_the_tutorial_classifier_sized_for_its_input():
         TinyCNN((12, 12))
     with pytest.raises(ValueError, match="classifier must be"):
         STCNN(classifier="vgg")
+
+
+def test_fit_adds_the_auxiliary_losses_modules_set():
+    """A module's ``auxiliary_loss`` (set in its forward) joins the classification loss:
+    one full-batch SGD step equals the hand-computed step on CE + the auxiliary loss."""
+
+    class Decayed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.auxiliary_loss = None
+
+        def forward(self, x):
+            self.auxiliary_loss = 10.0 * self.fc.weight.pow(2).sum()
+            return self.fc(x.flatten(1))
+
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    torch.manual_seed(0)
+    model = Decayed()
+    w = model.fc.weight.detach().clone().requires_grad_()
+    b = model.fc.bias.detach().clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + 10.0 * w.pow(2).sum()
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    fit(model, torch.utils.data.TensorDataset(x, y), epochs=1, batch_size=64, lr=0.1,
+        optimizer="sgd", schedule=None, progress=False)  # fmt: skip
+    torch.testing.assert_close(model.fc.weight.detach(), w.detach() - 0.1 * gw)
+    torch.testing.assert_close(model.fc.bias.detach(), b.detach() - 0.1 * gb)
