@@ -16,6 +16,7 @@ the matrix the module multiplied by and the values it multiplied, and the check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -247,6 +248,22 @@ class BilinearAttentionProbe(Probe):
         return em
 
 
+def _resampled(
+    src: torch.Tensor, theta: torch.Tensor, out: torch.Tensor, sampler: Any, align: bool
+) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """A check's pair: a sample of the output pixels, and the same pixels sampled again
+    from ``src`` at ``theta``'s grid, bilinearly, with the sampler's ``padding_value``."""
+    pad = getattr(sampler, "padding_value", None) or 0.0
+    sh, sw = spots(out.shape[-2]), spots(out.shape[-1])
+
+    def pair() -> tuple[torch.Tensor, torch.Tensor]:
+        grid = F.affine_grid(theta, list(out.shape), align_corners=align)[:, sh, sw]
+        again = F.grid_sample(src - pad, grid, mode="bilinear", align_corners=align) + pad
+        return out[:, :, sh, sw], again
+
+    return pair
+
+
 class TransformProbe(Probe):
     """A spatial transformer: theta from a submodule, the sampled output, the input size.
 
@@ -285,15 +302,9 @@ class TransformProbe(Probe):
         meta = {"input_size": tuple(src.shape[-2:]), "align_corners": align}
         em = Emission(fields={"theta": theta, "output": output}, meta=meta)
         sampler = getattr(self.module, "sampler", None)
-        pad = getattr(sampler, "padding_value", None) or 0.0
-        sh, sw = spots(output.shape[-2]), spots(output.shape[-1])
-
-        def resampled() -> torch.Tensor:
-            grid = F.affine_grid(theta, list(output.shape), align_corners=align)[:, sh, sw]
-            return F.grid_sample(src - pad, grid, mode="bilinear", align_corners=align) + pad
-
         em.compare(
-            "output == source sampled at theta's grid", lambda: (output[:, :, sh, sw], resampled())
+            "output == source sampled at theta's grid",
+            _resampled(src, theta, output, sampler, align),
         )
         return em
 
@@ -342,14 +353,9 @@ class TwoStageProbe(TransformProbe):
 
         em.check("rotation is a rotation", not_rotation)
         sampler = self.module.get_submodule("window_sampler")
-        pad = getattr(sampler, "padding_value", None) or 0.0
         align = bool(getattr(self.module, "align_corners", False))
-        sh, sw = spots(crop.shape[-2]), spots(crop.shape[-1])
-
-        def crop_pair() -> tuple[torch.Tensor, torch.Tensor]:
-            grid = F.affine_grid(window, list(crop.shape), align_corners=align)[:, sh, sw]
-            again = F.grid_sample(x - pad, grid, mode="bilinear", align_corners=align) + pad
-            return crop[:, :, sh, sw], again
-
-        em.compare("crop == input sampled at the window's grid", crop_pair)
+        em.compare(
+            "crop == input sampled at the window's grid",
+            _resampled(x, window, crop, sampler, align),
+        )
         return em
