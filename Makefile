@@ -1,7 +1,9 @@
 # attnviz: two commands for a newcomer.
 #   make lab    create .venv if needed, install attnviz with its notebook extras, open JupyterLab
 #   make test   create .venv if needed and run the whole test suite
-# Other targets: make demo (HTML gallery of every notebook), make bench, make lint, make clean-venv.
+#   make app    every explorer on the shipped trained models, in one page (Voila, 127.0.0.1:8866)
+# Other targets: make demo (HTML gallery of every notebook), make bench, make lint,
+# make models (retrain the shipped models from scratch), make clean-venv.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnviz-installed
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint bench demo venv clean-venv
+.PHONY: lab app test lint bench demo models venv clean-venv
 
 venv: $(STAMP)
 
@@ -22,6 +24,14 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(PY) -m ipykernel install --user --name attnviz --display-name "Python (attnviz)"
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+app: $(STAMP)
+	$(VENV)/bin/attnviz app $(APP_ARGS)
+
+# Retrains every shipped model (assets/models) by its recipe and rewrites the manifest
+# (about 15 minutes on a 2-core CPU; MODELS_ARGS="--only resnet10_se --device cuda").
+models: $(STAMP)
+	$(VENV)/bin/attnviz models --regenerate $(MODELS_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

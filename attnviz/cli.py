@@ -2,6 +2,8 @@
 
 attnviz demo [--full] [--out build/demo]       run every notebook, write an HTML gallery
 attnviz overlay PHOTO --model NAME -o out.png  Grad-CAM and attention maps of a photo
+attnviz app [--port 8866]                      every explorer on the shipped models (Voila)
+attnviz models [--check | --regenerate]        the shipped trained models and their manifest
 """
 
 from __future__ import annotations
@@ -80,7 +82,10 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
     executed = out / path.name
     nb = None
     try:
-        nb = execute_notebook(path, {"QUICK": not args.full}, timeout=args.timeout,
+        # quick: the notebooks open on the shipped models (TRAIN = False), notebook 04 without
+        # downloads; full: every model trained here, the full recipes
+        params = {"QUICK": not args.full, "TRAIN": bool(args.full)}
+        nb = execute_notebook(path, params, timeout=args.timeout,
                               output=executed, cwd=out)  # fmt: skip
     except NotebookError as e:
         status = e.status
@@ -254,11 +259,65 @@ def _outputs(args: argparse.Namespace):
     return out, npz
 
 
+# -- app, models ----------------------------------------------------------------------------
+def app(args: argparse.Namespace) -> int:
+    """Serve every explorer on the shipped models with Voila."""
+    from .app import serve
+
+    try:
+        return serve(port=args.port, ip=args.ip, open_browser=args.browser,
+                     photo_weights=None if args.no_download else "DEFAULT",
+                     folder=args.models)  # fmt: skip
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        print(f"attnviz app: {e}", file=sys.stderr)
+        return 2
+
+
+def models(args: argparse.Namespace) -> int:
+    """List, check or regenerate the shipped models."""
+    from . import shipped
+
+    try:
+        if args.regenerate:
+            shipped.regenerate(args.only, out=args.out, device=args.device,
+                               log=lambda s: print(s, flush=True))  # fmt: skip
+            return 0
+        folder = args.out
+        if args.check:
+            bad = 0
+            for name in args.only or shipped.names():
+                v = shipped.verify(name, folder)
+                same = v.accuracy_matches and _close(v.measured["scores"], v.manifest["scores"])
+                bad += not same
+                print(f"{name}: sha256 ok, test accuracy {v.measured['test_accuracy']:.2%} "
+                      f"(manifest {v.manifest['test_accuracy']:.2%}), scores "
+                      f"{'match' if same else 'DIFFER'}", flush=True)  # fmt: skip
+            return 1 if bad else 0
+        print(shipped.summary(args.only, folder))
+        return 0
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"attnviz models: {e}", file=sys.stderr)
+        return 2
+
+
+def _close(a: Any, b: Any, tol: float = 1e-6) -> bool:
+    """Scores equal up to ``tol`` (float rounding between machines), keys and nesting equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol * max(1.0, abs(b))
+    return a == b
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="attnviz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run every notebook headless and write an HTML gallery")
-    d.add_argument("--full", action="store_true", help="full runs (default: QUICK = True)")
+    d.add_argument(
+        "--full", action="store_true",
+        help="train every model here with the full recipes (TRAIN = True, QUICK = False; "
+        "default: QUICK = True, the notebooks open on the shipped models)",
+    )  # fmt: skip
     d.add_argument("--out", default="build/demo", help="gallery folder")
     d.add_argument(
         "--notebooks", help="folder of numbered notebooks (default: the ones attnviz ships)"
@@ -288,6 +347,24 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("-o", "--output", default="overlay.png", help="PNG to write")
     o.add_argument("--npz", help="also export the captured weights and maps to this .npz")
     o.set_defaults(run=overlay)
+    a = sub.add_parser("app", help="every explorer on the shipped models, served by Voila")
+    a.add_argument("--port", type=int, default=8866)
+    a.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this "
+                   "machine only)")  # fmt: skip
+    a.add_argument("--browser", action="store_true", help="open a browser tab")
+    a.add_argument("--no-download", action="store_true",
+                   help="photo tab with random weights: download nothing")  # fmt: skip
+    a.add_argument("--models", help="folder of shipped models (default: the ones attnviz ships)")
+    a.set_defaults(run=app)
+    m = sub.add_parser("models", help="list, check or regenerate the shipped trained models")
+    m.add_argument("--check", action="store_true",
+                   help="load each (checksum, weights_only) and re-measure accuracy and scores")
+    m.add_argument("--regenerate", action="store_true",
+                   help="train them from scratch by their recipes and rewrite the manifest")
+    m.add_argument("--only", nargs="+", metavar="NAME", help="only these models")
+    m.add_argument("--out", help="folder of the models (default: the ones attnviz ships)")
+    m.add_argument("--device", help="training device for --regenerate (default: CUDA if any)")
+    m.set_defaults(run=models)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -30,8 +30,9 @@
 # late blocks become class-specific.
 
 # %% tags=["parameters"]
-QUICK = False  # True: a small, fast run (CI); False: the full run, several seeds
-SEED = 0
+TRAIN = False  # False: open on the shipped trained models (seconds); True: train them here
+QUICK = False  # with TRAIN: True is a small, fast run (CI); False the full run, three seeds
+SEED = 0  # with TRAIN (the shipped models were trained and scored with seed 0)
 
 # %%
 import statistics
@@ -39,7 +40,7 @@ import statistics
 import torch
 from IPython.display import Markdown, display
 
-from attnviz import render
+from attnviz import render, shipped
 from attnviz.analysis import channel_stats, plot_class_excitation
 from attnviz.data import digits_on_photos
 from attnviz.models import small_resnet
@@ -50,7 +51,8 @@ N_TRAIN = 2000 if QUICK else 10000
 N_TEST = 500 if QUICK else 2000
 EPOCHS = 1 if QUICK else 6
 SEEDS = [SEED] if QUICK else [SEED, SEED + 1, SEED + 2]
-print("training on", pick_device(), "with", torch.get_num_threads(), "CPU threads")
+DATA_SEED = SEED if TRAIN else 0
+print("training" if TRAIN else "loading the shipped models", "on", pick_device())
 
 # %% [markdown]
 # ## The data: digits on photos
@@ -59,8 +61,7 @@ print("training on", pick_device(), "with", torch.get_num_threads(), "CPU thread
 # the digit's box (the data set also has its exact mask).
 
 # %%
-train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
-test = digits_on_photos("test", n=N_TEST, seed=SEED)
+test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
 render.as_pil(render.montage([render.draw_box(test.images[i], test.boxes[i], scale=2)
                               for i in range(16)], ncols=8))  # fmt: skip
 
@@ -69,6 +70,8 @@ render.as_pil(render.montage([render.draw_box(test.images[i], test.boxes[i], sca
 #
 # The same ResNet-10 (width 16), once plain and once with an SE block on the
 # residual branch of every block (before the addition, as in the papers).
+# With `TRAIN = False` both are the shipped models (one seed, trained by this
+# cell's recipe in full mode); `TRAIN = True` trains three seeds of each here.
 
 
 # %%
@@ -79,7 +82,13 @@ def train_one(attention, seed):
     return model, history
 
 
-runs = {name: [train_one(att, s) for s in SEEDS] for name, att in [("plain", None), ("SE", "se")]}
+if TRAIN:
+    train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
+    runs = {name: [train_one(att, s) for s in SEEDS]
+            for name, att in [("plain", None), ("SE", "se")]}  # fmt: skip
+else:
+    runs = {name: [(shipped.load(key, device=None), shipped.history(key))]
+            for name, key in [("plain", "resnet10_plain"), ("SE", "resnet10_se")]}  # fmt: skip
 rows = ["| network | test accuracy (mean ± sd over seeds) | seeds | train seconds per run |",
         "|---|---:|---:|---:|"]  # fmt: skip
 for name, results in runs.items():

@@ -31,13 +31,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 class LabServer:
     def __init__(self, root: Path, home: Path, timeout: float = 120) -> None:
         self.root, self.token = root, secrets.token_hex(16)
-        env = dict(os.environ)
-        for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"),
-                         ("MPLCONFIGDIR", "mpl"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
-                         ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:  # fmt: skip
-            (home / sub).mkdir(parents=True, exist_ok=True)
-            env[var] = str(home / sub)
+        env = _isolated_env(home)
         notes = home / "settings" / "@jupyterlab" / "apputils-extension"
         notes.mkdir(parents=True, exist_ok=True)
         (notes / "notification.jupyterlab-settings").write_text(
@@ -80,22 +74,85 @@ class LabServer:
         raise TimeoutError(f"jupyter lab did not start within {timeout} s; see {self.log.name}")
 
     def close(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+def _isolated_env(home: Path) -> dict[str, str]:
+    """The environment with Jupyter's config, data and runtime folders under ``home``."""
+    env = dict(os.environ)
+    for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"),
+                     ("MPLCONFIGDIR", "mpl"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+                     ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:  # fmt: skip
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / sub)
+    return env
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate a server and every process it started (kernels), killing stragglers."""
+    try:
+        parent = psutil.Process(proc.pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
         try:
-            parent = psutil.Process(self.proc.pid)
-            family = [*parent.children(recursive=True), parent]
+            p.terminate()
         except psutil.NoSuchProcess:
-            family = []
-        for p in family:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+            pass
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppServer:
+    """``attnviz app`` (Voila) on a free port of 127.0.0.1, photo tab without downloads."""
+
+    def __init__(self, home: Path, timeout: float = 120) -> None:
+        import urllib.request
+
+        env = _isolated_env(home)
+        env["OMP_NUM_THREADS"] = "1"
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.log = open(home / "app.log", "w")  # closed in close()
+        cmd = [sys.executable, "-m", "attnviz.cli", "app", "--port", self.url.rsplit(":", 1)[1],
+               "--no-download"]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"attnviz app exited with {self.proc.returncode}; see "
+                                       f"{self.log.name}")  # fmt: skip
+                try:
+                    with urllib.request.urlopen(self.url + "/voila/static/", timeout=2):
+                        break
+                except OSError as e:
+                    if getattr(e, "code", None) is not None:  # an HTTP answer: it is up
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"attnviz app did not start in {timeout} s; see "
+                                       f"{self.log.name}")  # fmt: skip
+                time.sleep(0.3)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        _stop(self.proc)
         self.log.close()
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from labtools import (
     CHROMIUM,
+    AppServer,
     LabBrowser,
     LabServer,
     copy_notebooks,
@@ -120,9 +121,9 @@ def test_01_spatial_transformer_snapshot_slider_moves_the_box(lab):
     app = page.locator(".attnviz-stn-inspector").first
     panel = app.locator(".attnviz-input").first
     before = screenshot(panel)
-    move_slider(app.locator(".attnviz-snapshot").first)
+    move_slider(app.locator(".attnviz-snapshot").first, steps=5)
     after = wait_for_change(panel, before)
-    # epoch 0 is the identity: the box is the image border; after training it moves inside
+    # epoch 0 is the identity: the box is the image border; by epoch 5 it has moved inside
     h, w = before.shape[:2]
     inner = (slice(h // 10, h - h // 10), slice(w // 10, w - w // 10))
     assert _orange(before)[inner].sum() == 0
@@ -210,4 +211,34 @@ def test_04_family_switch_query_slider_and_channels(lab):
     moved = wait_for_change(shown, start)
     assert np.median(_cyan_x(moved)) > np.median(_cyan_x(start)), "the crosshair should move right"
     _marker_moves_right(page)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def voila(lab, tmp_path_factory):
+    _, browser = lab  # the lab's browser: its teardown fails on any request off 127.0.0.1
+    server = AppServer(tmp_path_factory.mktemp("app-home"))
+    try:
+        yield server.url, browser
+    finally:
+        server.close()
+
+
+def test_app_shows_the_explorers_without_code_and_two_sliders_redraw(voila):
+    """`attnviz app` (Voila): the STN inspector's snapshot slider moves the sampled box, and
+    in the SE tab the channel slider moves the marker; no code on the page."""
+    url, browser = voila
+    page = browser.context.new_page()
+    page.goto(url + "/")
+    app = page.locator(".attnviz-stn-inspector").first
+    app.wait_for(timeout=180_000)
+    panel = app.locator(".attnviz-input").first
+    before = screenshot(panel)
+    move_slider(app.locator(".attnviz-snapshot").first, steps=3)
+    after = wait_for_change(panel, before)
+    assert not np.array_equal(_orange(after), _orange(before)), "the sampled box should move"
+    page.locator(".lm-TabBar-tab", has_text="SE channels").first.click()
+    page.locator(".attnviz-channel-explorer").first.wait_for(timeout=120_000)
+    _marker_moves_right(page)
+    assert "import" not in page.locator("body").inner_text(), "Voila should hide the code"
     page.close()

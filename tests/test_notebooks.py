@@ -13,6 +13,11 @@ from attnviz.nbrun import NotebookError, execute_notebook, inject_parameters
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
+#: notebooks that open on shipped trained models by default (04 uses pretrained networks)
+SHIPPED = ["01_spatial_transformer", "02_squeeze_excitation", "03_cbam", "05_self_attention"]
+#: seconds a notebook may take from start to end in its default mode on a 2-core CPU
+#: (to the first explorer: `python benchmarks/run.py --only startup`, target 20 s)
+DEFAULT_MODE_SECONDS = 180
 
 
 def test_there_are_notebooks():
@@ -33,6 +38,8 @@ def test_notebook_is_paired_and_clean(path):
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "QUICK" in tagged[0].source
+    if path.stem in SHIPPED:
+        assert "TRAIN = False" in tagged[0].source, "notebooks open on the shipped models"
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
@@ -59,7 +66,9 @@ def test_a_failing_cell_is_reported_with_its_number(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
-    out = execute_notebook(path, {"QUICK": True}, timeout=600, output=tmp_path / path.name)
+    """QUICK with TRAIN: every model trained here, one epoch (the training code runs)."""
+    out = execute_notebook(path, {"QUICK": True, "TRAIN": True}, timeout=600,
+                           output=tmp_path / path.name)  # fmt: skip
     errors = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]  # fmt: skip
     assert not errors
@@ -68,6 +77,24 @@ def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
     images = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]  # fmt: skip
     assert widgets and images, "a notebook should show at least one widget and one picture"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_notebook_runs_in_its_default_mode_on_the_shipped_models(name, tmp_path):
+    """As a newcomer runs it: no parameters, the shipped models loaded, nothing trained."""
+    import time
+
+    path = next(p for p in NOTEBOOKS if p.stem == name)
+    start = time.perf_counter()
+    out = execute_notebook(path, {}, timeout=DEFAULT_MODE_SECONDS, output=tmp_path / path.name)
+    seconds = time.perf_counter() - start
+    text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code"
+                   for o in c.outputs)  # fmt: skip
+    assert "loading the shipped models" in text and "epoch" not in text.lower()
+    assert not [o for c in out.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]  # fmt: skip
+    assert seconds < DEFAULT_MODE_SECONDS, f"{name} took {seconds:.0f} s in its default mode"
 
 
 @pytest.mark.slow

@@ -106,7 +106,7 @@ def _imported_top_level(path: Path) -> set[str]:
 # distribution name -> import name, for what attnviz imports
 _IMPORT_NAMES = {"pillow": "PIL", "grad-cam": "pytorch_grad_cam", "scikit-image": "skimage"}
 _OPTIONAL = {"timm": "timm", "nbformat": "notebooks", "nbclient": "notebooks",
-             "nbconvert": "notebooks"}  # fmt: skip
+             "nbconvert": "notebooks", "jupyter_core": "notebooks"}  # fmt: skip
 
 
 def test_core_dependencies_are_what_the_library_imports():

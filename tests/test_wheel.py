@@ -52,14 +52,17 @@ def installed(tmp_path_factory) -> Path:
     return env
 
 
-def test_the_wheel_ships_photos_notebooks_and_type_information(installed, tmp_path):
+def test_the_wheel_ships_photos_models_notebooks_and_type_information(installed, tmp_path):
     py = installed / "bin" / "python"
     code = (
         "import json, attnviz, attnviz.photos as p, attnviz._resources as r\n"
+        "import attnviz.shipped as shipped\n"
         "print(json.dumps({'file': attnviz.__file__, 'photos': p.sample_photos(),\n"
         "  'size': p.load_sample('coffee').size, 'notebooks': sorted(\n"
         "  q.name for q in r.notebooks_dir().glob('*.ipynb')),\n"
-        "  'typed': (r._PACKAGE / 'py.typed').is_file()}))"
+        "  'typed': (r._PACKAGE / 'py.typed').is_file(),\n"
+        "  'models': str(r.models_dir()), 'shipped': sorted(shipped.manifest()['models']),\n"
+        "  'loaded': type(shipped.load('resnet10_se')).__name__}))"
     )
     got = json.loads(_run([str(py), "-c", code], tmp_path).stdout)
     assert Path(got["file"]).is_relative_to(installed)  # the wheel's, not the checkout's
@@ -67,6 +70,9 @@ def test_the_wheel_ships_photos_notebooks_and_type_information(installed, tmp_pa
     assert got["size"][0] > 100
     assert got["notebooks"] == sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
     assert got["typed"]
+    assert Path(got["models"]).is_relative_to(installed)  # the trained models ship in the wheel
+    assert got["shipped"] == sorted(json.loads((REPO / "assets/models/manifest.json").read_text())[
+        "models"]) and got["loaded"] == "SmallResNet"  # fmt: skip
 
 
 def test_attnviz_demo_runs_a_shipped_notebook(installed, tmp_path):

@@ -1,0 +1,224 @@
+"""Every explorer in one page, on the shipped trained models: the attnviz app.
+
+    attnviz app            # or: make app; serves http://127.0.0.1:8866 with Voila
+    attnviz app --port 9000 --no-download
+
+In a notebook, ``attnviz.app.explorers()`` shows the same page. One tab per explorer:
+
+- **Spatial transformer**: replay of the RTS ST-CNN's training (theta of 16 test digits
+  after every epoch, saved with the model) in the STN inspector;
+- **SE channels**: the channel explorer on the SE ResNet-10;
+- **CBAM spatial maps**: the spatial explorer (with its every-block overview) on the CBAM
+  ResNet-10;
+- **Non-local attention**: the query explorer on the non-local ResNet-10;
+- **Photos**: the photo explainer over every attention family (trained weights where they
+  can be downloaded or are cached; random weights, said so, otherwise).
+
+Tabs build their explorer when first opened, so the page is up in seconds. Voila runs the
+page's notebook with its code hidden; the server listens on 127.0.0.1 unless told
+otherwise, and the page loads nothing from outside it (Voila's template without its CDN
+stylesheet links).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from . import shipped
+from .widgets._base import App, close_tree
+
+__all__ = ["TABS", "ExplorerApp", "explorers", "notebook", "serve"]
+
+#: the tabs, in order
+TABS = ("Spatial transformer", "SE channels", "CBAM spatial maps", "Non-local attention",
+        "Photos")  # fmt: skip
+
+
+def _caption(name: str, folder: Any) -> str:
+    e = shipped.entry(name, folder)
+    return (f"<b>{e['title']}</b>: test accuracy {e['test_accuracy']:.1%} on "
+            f"{e['test_images']} test images, trained {e['epochs']} epochs "
+            f"(shipped model <code>{name}</code>; recipe in its manifest)")  # fmt: skip
+
+
+class ExplorerApp(App):
+    """The explorers on the shipped models, one tab each, each built when first opened.
+
+    Args:
+        folder: where the shipped models are (default: the ones attnviz ships).
+        photo_weights: the photo tab's weights (``"DEFAULT"``: trained, downloaded once;
+            ``None``: random weights, nothing downloaded).
+        images: test images per explorer.
+
+    ``explorer(tab)`` builds (if need be) and returns the explorer of a tab.
+    """
+
+    def __init__(
+        self, *, folder: Any = None, photo_weights: str | None = "DEFAULT", images: int = 32
+    ) -> None:
+        shipped.manifest(folder)  # a clear error now if the models are missing
+        self.folder, self.photo_weights, self.n = folder, photo_weights, images
+        self._built: dict[str, App] = {}
+        self._data: dict[str, Any] = {}
+        self.log = widgets.Output()
+        self.tabs = widgets.Tab(children=[widgets.VBox() for _ in TABS])
+        for i, title in enumerate(TABS):
+            self.tabs.set_title(i, title)
+        self.tabs.observe(self._guard(lambda change: self._open(change["new"])), "selected_index")
+        head = widgets.HTML(
+            "<h2 style='margin:0.2em 0'>attnviz: attention inside image networks</h2>"
+            "Models trained by the notebooks' recipes and shipped with attnviz. Each tab is "
+            "one explorer; move its sliders."
+        )
+        self.root = widgets.VBox([head, self.tabs, self.log])
+        self.tabs.selected_index = 0
+        self._open(0)
+
+    def _test(self, name: str) -> Any:
+        if name not in self._data:
+            self._data[name] = shipped.test_data(name)
+        return self._data[name]
+
+    def _make(self, tab: str) -> tuple[App, str]:
+        from .widgets import (
+            ChannelExplorer,
+            ModelPicker,
+            PhotoExplainer,
+            QueryExplorer,
+            SpatialExplorer,
+            STNInspector,
+        )
+
+        n, folder = self.n, self.folder
+        if tab == "Spatial transformer":
+            test, hist = self._test("stcnn_rts"), shipped.history("stcnn_rts", folder)
+            snap = hist.snapshot("stn")
+            k = snap.shape[1]
+            app: App = STNInspector(
+                test.images[:k], snap, epochs=list(range(len(snap))),
+                labels=test.labels[:k].tolist(), predictions=hist.snapshot("predictions"),
+                boxes=test.boxes[:k],
+            )  # fmt: skip
+            return app, _caption("stcnn_rts", folder) + ": its training, epoch by epoch"
+        if tab == "Photos":
+            picker = ModelPicker(weights=self.photo_weights)
+            return PhotoExplainer(picker), "Any photo, any attention family."
+        name, make = {
+            "SE channels": ("resnet10_se", ChannelExplorer),
+            "CBAM spatial maps": ("resnet10_cbam", SpatialExplorer),
+            "Non-local attention": ("resnet10_nonlocal", QueryExplorer),
+        }[tab]
+        test = self._test(name)
+        model = shipped.load(name, folder=folder)
+        kwargs = {} if make is QueryExplorer else {"labels": test.labels[:n].tolist()}
+        return make(model, test.images[:n], **kwargs), _caption(name, folder)
+
+    def explorer(self, tab: str) -> App:
+        """The explorer of ``tab`` (one of :data:`TABS`), built on first use."""
+        if tab not in TABS:
+            raise KeyError(f"no tab {tab!r}; the tabs are {', '.join(TABS)}")
+        if tab not in self._built:
+            app, caption = self._make(tab)
+            self._built[tab] = app
+            self.tabs.children[TABS.index(tab)].children = (widgets.HTML(caption), app.root)
+        return self._built[tab]
+
+    def _open(self, index: int | None) -> None:
+        if index is not None:
+            self.explorer(TABS[index])
+
+    def _release(self) -> None:
+        for app in self._built.values():
+            app.close()
+            close_tree(app.root)
+        self._built.clear()
+
+
+def explorers(**kwargs: Any) -> ExplorerApp:
+    """The app in a notebook cell (arguments as for :class:`ExplorerApp`)."""
+    return ExplorerApp(**kwargs)
+
+
+def notebook(path: str | os.PathLike, *, photo_weights: str | None = "DEFAULT",
+             folder: Any = None) -> Path:  # fmt: skip
+    """Write the one-cell notebook Voila serves (the code cell is hidden by Voila)."""
+    import nbformat
+
+    args = f"photo_weights={photo_weights!r}" + (f", folder={str(folder)!r}" if folder else "")
+    nb = nbformat.v4.new_notebook()
+    code = f"from attnviz.app import explorers\n\nexplorers({args})"
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}  # fmt: skip
+    path = Path(path)
+    nbformat.write(nb, path)
+    return path
+
+
+def _offline_template(root: Path) -> str:
+    """A Voila template that is Voila's own ``lab`` template without its two stylesheet
+    links to a CDN (Font Awesome, which Voila's bundle already carries), so the page
+    loads nothing from outside this machine. Written under ``root`` (a ``JUPYTER_PATH``
+    entry); returns the template's name."""
+    from jupyter_core.paths import jupyter_path
+
+    name = "attnviz-offline"
+    for base in jupyter_path("voila", "templates", "lab"):
+        index = Path(base) / "index.html.j2"
+        if index.is_file():
+            break
+    else:
+        raise FileNotFoundError("Voila's 'lab' template was not found: reinstall voila")
+    lines = index.read_text(encoding="utf-8").splitlines(keepends=True)
+    folder = root / "voila" / "templates" / name
+    folder.mkdir(parents=True)
+    (folder / "index.html.j2").write_text(
+        "".join(line for line in lines if "https://" not in line), encoding="utf-8"
+    )
+    (folder / "conf.json").write_text('{"base_template": "lab"}\n', encoding="utf-8")
+    return name
+
+
+def serve(
+    *,
+    port: int = 8866,
+    ip: str = "127.0.0.1",
+    open_browser: bool = False,
+    photo_weights: str | None = "DEFAULT",
+    folder: Any = None,
+    run: Callable[..., Any] = subprocess.call,
+) -> int:
+    """Serve the app with Voila until interrupted; returns Voila's exit status.
+
+    Raises:
+        ImportError: Voila is not installed (``pip install 'attnviz[notebooks]'``).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("voila") is None:
+        raise ImportError("the app runs on Voila: pip install 'attnviz[notebooks]' (or voila)")
+    shipped.manifest(folder)
+    with tempfile.TemporaryDirectory(prefix="attnviz-app-") as tmp:
+        page = notebook(Path(tmp) / "attnviz.ipynb", photo_weights=photo_weights, folder=folder)
+        template = _offline_template(Path(tmp) / "share")
+        env = dict(os.environ)
+        env["JUPYTER_PATH"] = os.pathsep.join(
+            [str(Path(tmp) / "share"), *filter(None, [env.get("JUPYTER_PATH")])]
+        )
+        cmd = [sys.executable, "-m", "voila", str(page), f"--Voila.ip={ip}", f"--port={port}",
+               "--strip_sources=True", "--theme=light", f"--template={template}"]  # fmt: skip
+        if not open_browser:
+            cmd.append("--no-browser")
+        print(f"attnviz app: http://{ip}:{port}/ (Ctrl-C stops it)", flush=True)
+        try:
+            return int(run(cmd, cwd=tmp, env=env) or 0)
+        except KeyboardInterrupt:
+            return 0
