@@ -1,6 +1,10 @@
-"""Render the README's pictures from the showcase checkpoints (scripts/train_showcase.py).
+"""Render the README's pictures from the trained models attnviz ships (attnviz.shipped).
 
-    python scripts/readme_pictures.py build/showcase assets/readme [stn|resnets|families]
+    python scripts/readme_pictures.py assets/readme [stn|resnets|families]
+
+Anyone can regenerate the pictures and check them against the committed ones: the models
+are the shipped files (checksums in assets/models/manifest.json), the data is generated
+from data that ships with the dependencies, so the same torch gives the same pictures.
 
 ``families`` needs no checkpoint: each family's suggested pretrained network, with its
 trained weights where this machine has them cached, random weights otherwise (every row
@@ -19,15 +23,13 @@ import torch
 from PIL import Image
 
 import attnviz
-from attnviz import render
+from attnviz import render, shipped
 from attnviz.analysis import channel_stats, plot_class_excitation
 from attnviz.cam import gradcam, softmax_scores
 from attnviz.data import digits_on_photos, distorted_mnist
-from attnviz.models import STCNN, small_resnet
-from attnviz.train import load_checkpoint
 from attnviz.widgets import ChannelExplorer
 
-src, out = Path(sys.argv[1]), Path(sys.argv[2])
+out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
 
 
@@ -35,14 +37,13 @@ def png(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-parts = sys.argv[3:] or ["stn", "resnets"]
+parts = sys.argv[2:] or ["stn", "resnets"]
 if "stn" in parts:
     # 1. spatial transformers: sampled region and crop, RTS and cluttered
-    for kind, model, ckpt, name in [("RTS", STCNN.for_rts(), "stcnn_rts", "stn"),
-                                    ("cluttered", STCNN.for_clutter(), "stcnn_clutter",
-                                     "stn_clutter")]:  # fmt: skip
+    for kind, model_name, name in [("RTS", "stcnn_rts", "stn"),
+                                   ("cluttered", "stcnn_clutter", "stn_clutter")]:  # fmt: skip
         data = distorted_mnist(kind, "test", seed=0)
-        load_checkpoint(src / f"{ckpt}.pt", model)
+        model = shipped.load(model_name)
         with torch.no_grad(), attnviz.capture(model) as rec:
             model(data.images[:8])
         render.stn_grid(data.images[:8], rec["stn"].theta, rec["stn"].output,
@@ -69,12 +70,8 @@ if "resnets" not in parts:
 
 # 2. the channel explorer's panels for one image
 test = digits_on_photos("test", n=2000, seed=0)
-nets = {}
-for name, attention in [("plain", None), ("+SE", "se"), ("+CBAM", "cbam")]:
-    kwargs = {"spatial_kernel": 3} if attention == "cbam" else None
-    nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2,
-                              attention_kwargs=kwargs)  # fmt: skip
-    load_checkpoint(src / f"resnet10_{attention or 'plain'}.pt", nets[name])
+nets = {name: shipped.load(f"resnet10_{key}")
+        for name, key in [("plain", "plain"), ("+SE", "se"), ("+CBAM", "cbam")]}  # fmt: skip
 explorer = ChannelExplorer(nets["+SE"], test.images[:8], labels=test.labels[:8].tolist())
 explorer.block = "layer3.0.attention"
 explorer.channel = int(explorer.current()["weights"].argmax())
