@@ -4,6 +4,8 @@ attnviz demo [--full] [--out build/demo]       run every notebook, write an HTML
 attnviz overlay PHOTO --model NAME -o out.png  Grad-CAM and attention maps of a photo
 attnviz app [--port 8866]                      every explorer on the shipped models (Voila)
 attnviz models [--check | --regenerate]        the shipped trained models and their manifest
+attnviz stats --model M --data DIR --out F.pt  attention statistics over a data set (torchrun)
+attnviz plot F.pt [-o classwise.png]           the class-wise figure or a channel's top images
 """
 
 from __future__ import annotations
@@ -259,6 +261,100 @@ def _outputs(args: argparse.Namespace):
     return out, npz
 
 
+# -- stats, plot ------------------------------------------------------------------------------
+def _stats_model(name: str, weights: str, image_size: int | None):
+    """(model, transform, description) for `attnviz stats --model NAME`."""
+    from torchvision import transforms as T
+
+    from . import shipped
+
+    if name.startswith("shipped:"):
+        model = shipped.load(name.split(":", 1)[1])
+        steps: list[Any] = [T.Resize((image_size, image_size))] if image_size else []
+        return model, T.Compose([*steps, T.ToTensor()]), {"model": name, "weights": "shipped"}
+    from .zoo import pretrained
+
+    pre = pretrained(name, weights=None if weights.lower() == "none" else weights)
+    transform = pre.transforms
+    if image_size:
+        transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
+    return pre.model, transform, {"model": name, "weights": str(pre.weights)}
+
+
+def stats(args: argparse.Namespace) -> int:
+    """Attention statistics over a data set (resumable; the same under torchrun)."""
+    from .stats import dataset_stats, open_dataset
+
+    try:
+        model, transform, describe = _stats_model(args.model, args.weights, args.image_size)
+        dataset = open_dataset(args.data, transform)
+    except (ValueError, TypeError, ImportError, FileNotFoundError, KeyError) as e:
+        print(f"attnviz stats: {e}", file=sys.stderr)
+        return 2
+    if args.device:
+        device = args.device
+        if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+        model = model.to(device)
+    describe["transform"] = repr(transform)
+    try:
+        result = dataset_stats(
+            model, dataset, out=args.out, blocks=args.blocks, batch_size=args.batch_size,
+            num_workers=args.workers, shard_size=args.shard_size, top_k=args.top_k,
+            bins=args.bins, progress=not args.no_progress, describe=describe,
+        )  # fmt: skip
+    except ValueError as e:
+        print(f"attnviz stats: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result.summary())
+        print(f"wrote {args.out}")
+    return 0
+
+
+def plot(args: argparse.Namespace) -> int:
+    """The class-wise excitation figure, or a channel's top-k gallery, from a stats file."""
+    import numpy as np
+
+    from . import render
+    from .analysis import plot_class_excitation
+    from .stats import DatasetStats, open_dataset
+
+    try:
+        result = DatasetStats.load(args.stats)
+        if args.gallery:
+            from torchvision.transforms import ToTensor
+
+            from .widgets.gallery import ChannelGallery
+
+            if not args.data:
+                print("attnviz plot: --gallery needs --data (the images)", file=sys.stderr)
+                return 2
+            block, channel = args.gallery[0], int(args.gallery[1])
+            gallery = ChannelGallery(result, open_dataset(args.data, ToTensor()), k=args.k)
+            gallery.block, gallery.channel = block, channel
+            pictures = gallery.pictures()
+            import io
+
+            from PIL import Image
+
+            panels = [np.asarray(Image.open(io.BytesIO(pictures[k])).convert("RGB"))
+                      for k in ("top", "bottom")]  # fmt: skip
+            width = max(p.shape[1] for p in panels)
+            padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)),
+                             constant_values=255) for p in panels]  # fmt: skip
+            Image.fromarray(np.concatenate(padded)).save(args.output)
+        else:
+            figure = plot_class_excitation(result.channel_stats(), blocks=args.blocks,
+                                           channels=args.channels)  # fmt: skip
+            render.figure_to_image(figure).save(args.output)
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        print(f"attnviz plot: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
 # -- app, models ----------------------------------------------------------------------------
 def app(args: argparse.Namespace) -> int:
     """Serve every explorer on the shipped models with Voila."""
@@ -347,6 +443,34 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("-o", "--output", default="overlay.png", help="PNG to write")
     o.add_argument("--npz", help="also export the captured weights and maps to this .npz")
     o.set_defaults(run=overlay)
+    s = sub.add_parser("stats", help="attention statistics over a data set (torchrun-ready)")
+    s.add_argument("--model", required=True,
+                   help="shipped:<name> (attnviz's trained models), a torchvision network, "
+                   "timm/<name> or official-cbam")  # fmt: skip
+    s.add_argument("--weights", default="DEFAULT", help="as for overlay (torchvision/timm)")
+    s.add_argument("--data", required=True, nargs="+",
+                   help="an image folder (one sub-folder per class) or .tar shards")
+    s.add_argument("--out", required=True, help="the statistics file (resumable)")
+    s.add_argument("--blocks", nargs="+", help="glob patterns of blocks (default all)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    s.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    s.add_argument("--top-k", type=int, default=16, help="images kept per channel and side")
+    s.add_argument("--bins", type=int, default=50, help="histogram bins over [0, 1]")
+    s.add_argument("--image-size", type=int, help="resize images to this square side")
+    s.add_argument("--device", help="cuda, cuda:1, cpu (torchrun: cuda:$LOCAL_RANK)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(run=stats)
+    p = sub.add_parser("plot", help="pictures from a statistics file")
+    p.add_argument("stats", help="a file written by attnviz stats")
+    p.add_argument("-o", "--output", default="classwise.png", help="PNG to write")
+    p.add_argument("--blocks", nargs="+", help="blocks of the class-wise figure (default all)")
+    p.add_argument("--channels", type=int, help="the first N channels (default all)")
+    p.add_argument("--gallery", nargs=2, metavar=("BLOCK", "CHANNEL"),
+                   help="the top and bottom images of one channel instead")
+    p.add_argument("--data", nargs="+", help="the data set the statistics came from (gallery)")
+    p.add_argument("-k", type=int, default=8, help="images per gallery row")
+    p.set_defaults(run=plot)
     a = sub.add_parser("app", help="every explorer on the shipped models, served by Voila")
     a.add_argument("--port", type=int, default=8866)
     a.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this "

@@ -36,16 +36,20 @@ SEED = 0  # with TRAIN (the shipped models were trained and scored with seed 0)
 
 # %%
 import statistics
+import tempfile
+from pathlib import Path
 
 import torch
 from IPython.display import Markdown, display
+from torch.utils.data import TensorDataset
 
 from attnviz import render, shipped
 from attnviz.analysis import channel_stats, plot_class_excitation
 from attnviz.data import digits_on_photos
 from attnviz.models import small_resnet
+from attnviz.stats import DatasetStats, dataset_stats
 from attnviz.train import fit, pick_device
-from attnviz.widgets import ChannelExplorer
+from attnviz.widgets import ChannelExplorer, ChannelGallery
 
 N_TRAIN = 2000 if QUICK else 10000
 N_TEST = 500 if QUICK else 2000
@@ -127,6 +131,35 @@ explorer
 stats = channel_stats(se_model, test.images, test.labels, class_names=[str(c) for c in range(10)])
 display(Markdown(stats.to_table()))
 render.figure_to_image(plot_class_excitation(stats))
+
+# %% [markdown]
+# ## The same statistics over any data set, from a file
+#
+# `channel_stats` above holds the test images in memory. `attnviz.stats.dataset_stats`
+# streams a data set of any size (an image folder, WebDataset tar shards or any torch
+# `Dataset`) and reduces it exactly: per class and block, the mean and variance of every
+# channel's weight (merged in float64 with Chan's parallel formula), a histogram of the
+# weights, the mean spatial map of spatial gates, and the images that excite each
+# channel most and least. It writes one self-describing file, resumes after an
+# interruption, and runs unchanged on many processes under `torchrun` (`attnviz stats`
+# on the command line; see the README). Here it streams the test images; the table
+# and the figure are drawn from the file.
+
+# %%
+test_set = TensorDataset(test.images, test.labels)
+stats_file = Path(tempfile.gettempdir()) / "attnviz-se-test-stats.pt"
+dataset_stats(se_model.cpu(), test_set, out=stats_file, num_classes=10, shard_size=500)
+from_file = DatasetStats.load(stats_file)
+display(Markdown(from_file.summary()))
+render.figure_to_image(plot_class_excitation(from_file.channel_stats()))
+
+# %% [markdown]
+# Which images excite a channel most, and which least? Pick a block and a channel:
+# the first row holds the test images with the highest weight for it, the second the
+# lowest, and the bars its mean weight for each class (0 to 9).
+
+# %%
+ChannelGallery(stats_file, test_set)
 
 # %% [markdown]
 # ## What you are looking at

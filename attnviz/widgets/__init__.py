@@ -5,6 +5,7 @@ Each app is a small class with ``.root`` (its box), ``close()`` and
 """
 
 from .channels import ChannelExplorer
+from .gallery import ChannelGallery
 from .photo import ModelPicker, PhotoExplainer
 from .query import QueryExplorer
 from .spatial import SpatialExplorer
@@ -13,6 +14,7 @@ from .upload import PhotoPicker
 
 __all__ = [
     "ChannelExplorer",
+    "ChannelGallery",
     "ModelPicker",
     "PhotoExplainer",
     "PhotoPicker",

@@ -1,0 +1,606 @@
+"""Attention statistics over whole data sets: streamed, exact, resumable, distributed.
+
+The SE paper's class-wise excitation figure, and the questions that follow it ("which
+channels fire for which class?", "which images excite channel c most?", "where does block
+k look on average?"), are statistics over a data set of any size::
+
+    from attnviz.stats import dataset_stats, DatasetStats
+    stats = dataset_stats(model, dataset, out="stats.pt")      # any Dataset of (image, label)
+    stats.channel_stats()        # -> analysis.ChannelStats: plot_class_excitation(...)
+    stats.top("layer3.0.attention", channel=5)          # the images that excite it most
+    stats.mean_map("layer4.0.attention.spatial_gate")   # mean spatial map per class
+
+or from the shell, on an image folder (torchvision's ``ImageFolder`` layout) or
+WebDataset-style tar shards, and on many processes with ``torchrun``::
+
+    attnviz stats --model resnet50_se... --data /imagenet/val --out val-stats.pt
+    torchrun --nproc_per_node 4 -m attnviz.cli stats --model ... --data ... --out ...
+
+**What is reduced**, per block and per class, in float64: for channel attention (SE,
+ECA, CBAM's Mc, ...) the count, mean and M2 of every channel's weight, merged with Chan
+et al.'s parallel formula (so partial results combine exactly), a histogram of the
+weights and the top-k and bottom-k images of every channel (by data set index); for
+spatial attention (CBAM's Ms) the sum of the maps at the block's native resolution. The
+memory is that of these accumulators, independent of the data set's size.
+
+**Shards and resuming**: the data set's indices are cut into shards of ``shard_size``
+consecutive images; each process reduces every ``world_size``-th shard, its partial
+result starting from zero at every shard and merged shard after shard. After every shard
+the process writes its state atomically to ``<out>.parts/rank-R-of-W.pt``; a re-run with
+the same arguments skips the shards already done and ends with the same file as an
+uninterrupted run (bit for bit).
+
+**Many processes**: under ``torchrun`` (``torch.distributed``; NCCL on GPUs, gloo on
+CPUs) each rank reduces its shards, then rank 0 gathers the ranks' partial results
+(``all_gather_object``, no shared file system needed) and merges them in rank order:
+the result equals a single process's up to float64 rounding (~1e-15 relative). Not
+distributed: the final merge and the write, on rank 0 (small: one partial per rank).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from . import storage
+from ._resources import version
+from .analysis import ChannelStats
+from .capture import capture
+from .records import ChannelRecord, SpatialRecord
+from .running import inference, model_device
+
+__all__ = [
+    "DatasetStats",
+    "TarShards",
+    "dataset_stats",
+    "fingerprint",
+    "model_fingerprint",
+    "open_dataset",
+]
+
+FORMAT = "attnviz-stats-1"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
+
+
+# -- data ------------------------------------------------------------------------------------------
+class TarShards(torch.utils.data.Dataset):
+    """WebDataset-style tar shards as a map-style data set: ``(image, label)`` by index.
+
+    Each sample is the files sharing one key (the member name up to its first dot after
+    the last ``/``): an image (``.jpg``, ``.png``, ...) and its label in ``.cls`` (an
+    integer as text). The tar files are indexed once (member offsets), then read at
+    random, so shards of any size stream with workers and resume like any data set.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable | None = None):
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ValueError("TarShards needs at least one .tar file")
+        self.transform = transform
+        self.samples: list[tuple[int, int, int, int]] = []  # (tar, image offset, size, label)
+        for t, path in enumerate(self.paths):
+            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+            with tarfile.open(path) as tar:
+                for m in tar.getmembers():
+                    if not m.isfile():
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    key, _, ext = base.partition(".")
+                    groups.setdefault(f"{folder}/{key}", {})[f".{ext.lower()}"] = m
+                for key, files in groups.items():
+                    image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
+                    if image is None or ".cls" not in files:
+                        raise ValueError(
+                            f"{path}: sample {key!r} needs an image ({', '.join(IMAGE_EXTENSIONS)})"
+                            f" and a .cls label; it has {sorted(files)}"
+                        )
+                    f = tar.extractfile(files[".cls"])
+                    label = int(f.read().decode().strip()) if f is not None else -1
+                    self.samples.append((t, image.offset_data, image.size, label))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        t, offset, size, label = self.samples[i]
+        with open(self.paths[t], "rb") as f:
+            f.seek(offset)
+            image = Image.open(io.BytesIO(f.read(size))).convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+    @property
+    def targets(self) -> list[int]:
+        return [s[3] for s in self.samples]
+
+
+def open_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], transform: Callable):
+    """An image folder (``ImageFolder`` layout: one sub-folder per class) or tar shards
+    (a ``.tar`` file, several, or a folder of them) as a data set of (tensor, label)."""
+    from torchvision.datasets import ImageFolder
+
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, os.PathLike)) else path)]
+    tars = [p for p in paths if p.suffix == ".tar"]
+    if len(paths) == 1 and paths[0].is_dir():
+        inside = sorted(paths[0].glob("*.tar"))
+        if inside:
+            tars = inside
+        else:
+            try:
+                return ImageFolder(str(paths[0]), transform=transform)
+            except FileNotFoundError as e:  # no class folders, or no images in them
+                raise FileNotFoundError(
+                    f"{paths[0]}: not an image folder with images (one sub-folder of images per "
+                    f"class, as torchvision's ImageFolder reads) nor a folder of .tar shards "
+                    f"({e})"
+                ) from None
+    if tars:
+        missing = [str(p) for p in tars if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"no such tar shard: {', '.join(missing)}")
+        return TarShards(tars, transform)
+    raise FileNotFoundError(
+        f"{', '.join(map(str, paths))}: not an image folder (one sub-folder of images per "
+        "class) nor .tar shards"
+    )
+
+
+def fingerprint(dataset: Any) -> str:
+    """A SHA-256 that changes when the data set does: its files (names and sizes) for an
+    image folder or tar shards, else its length and its first and last samples."""
+    h = hashlib.sha256()
+    h.update(f"{type(dataset).__name__}:{len(dataset)}".encode())
+    samples = getattr(dataset, "samples", None)
+    if isinstance(dataset, TarShards):
+        for p in dataset.paths:
+            h.update(f"{p.name}:{p.stat().st_size}".encode())
+        h.update(repr(dataset.samples).encode())
+    elif isinstance(samples, list) and samples and isinstance(samples[0], tuple):
+        root = Path(getattr(dataset, "root", "."))
+        for file, label in samples:
+            h.update(f"{Path(file).relative_to(root)}:{Path(file).stat().st_size}:{label}".encode())
+    else:
+        for i in sorted({0, len(dataset) - 1}):
+            x, y = dataset[i]
+            h.update(torch.as_tensor(x).contiguous().numpy().tobytes())
+            h.update(str(int(y)).encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A SHA-256 of the model's state (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# -- accumulators ----------------------------------------------------------------------------------
+def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan, Golub & LeVeque's parallel update of (count, mean, M2), per row (class)."""
+    n = n_a + n_b
+    nn_ = n.to(torch.float64).clamp_min(1)[:, None]
+    delta = mean_b - mean_a
+    fa, fb = n_a.to(torch.float64)[:, None], n_b.to(torch.float64)[:, None]
+    mean = mean_a + delta * (fb / nn_)
+    m2 = m2_a + m2_b + delta * delta * (fa * fb / nn_)
+    return n, mean, m2
+
+
+def _topk_merge(values: torch.Tensor, index: torch.Tensor, k: int, largest: bool):
+    """The k best of each column, ties broken by the smaller data set index (deterministic),
+    whatever order the rows come in (partial results of different shards or ranks)."""
+    order = torch.argsort(index, dim=0, stable=True)
+    values, index = values.gather(0, order), index.gather(0, order)
+    order = torch.argsort(values, dim=0, descending=largest, stable=True)[:k]
+    return values.gather(0, order), index.gather(0, order)
+
+
+def _new_channel(k: int, c: int, bins: int, top_k: int) -> dict[str, torch.Tensor]:
+    return {
+        "n": torch.zeros(k, dtype=torch.long),
+        "mean": torch.zeros(k, c, dtype=torch.float64),
+        "m2": torch.zeros(k, c, dtype=torch.float64),
+        "hist": torch.zeros(bins + 2, dtype=torch.long),  # [below 0, bins over [0, 1], above 1]
+        "top_values": torch.empty(0, c, dtype=torch.float64),
+        "top_index": torch.empty(0, c, dtype=torch.long),
+        "bottom_values": torch.empty(0, c, dtype=torch.float64),
+        "bottom_index": torch.empty(0, c, dtype=torch.long),
+    }
+
+
+def _add_channel(acc: dict, w: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, top_k: int):
+    w = w.detach().to("cpu", torch.float64)
+    k = len(acc["n"])
+    n_b = torch.bincount(y, minlength=k)
+    s = torch.zeros_like(acc["mean"]).index_add_(0, y, w)
+    mean_b = s / n_b.to(torch.float64).clamp_min(1)[:, None]
+    d = w - mean_b[y]
+    m2_b = torch.zeros_like(acc["m2"]).index_add_(0, y, d * d)
+    acc["n"], acc["mean"], acc["m2"] = _chan(acc["n"], acc["mean"], acc["m2"], n_b, mean_b, m2_b)
+    bins = len(acc["hist"]) - 2
+    flat = w.flatten()
+    inside = (flat >= 0) & (flat <= 1)
+    cell = (flat[inside] * bins).long().clamp_max(bins - 1) + 1
+    acc["hist"] += torch.bincount(cell, minlength=bins + 2)
+    acc["hist"][0] += int((flat < 0).sum())
+    acc["hist"][-1] += int((flat > 1).sum())
+    rows = idx[:, None].expand_as(w)
+    for side, largest in (("top", True), ("bottom", False)):
+        # the kept rows (best first, ties by index) all have smaller indices than this batch,
+        # whose rows come in index order: one stable sort keeps ties in index order
+        values = torch.cat([acc[f"{side}_values"], w])
+        order = torch.argsort(values, dim=0, descending=largest, stable=True)[:top_k]
+        acc[f"{side}_values"] = values.gather(0, order)
+        acc[f"{side}_index"] = torch.cat([acc[f"{side}_index"], rows]).gather(0, order)
+
+
+def _merge_channel(a: dict, b: dict, top_k: int) -> dict:
+    out = dict(a)
+    out["n"], out["mean"], out["m2"] = _chan(a["n"], a["mean"], a["m2"], b["n"], b["mean"], b["m2"])
+    out["hist"] = a["hist"] + b["hist"]
+    for side, largest in (("top", True), ("bottom", False)):
+        out[f"{side}_values"], out[f"{side}_index"] = _topk_merge(
+            torch.cat([a[f"{side}_values"], b[f"{side}_values"]]),
+            torch.cat([a[f"{side}_index"], b[f"{side}_index"]]), top_k, largest,
+        )  # fmt: skip
+    return out
+
+
+def _new_spatial(k: int, h: int, w: int) -> dict[str, torch.Tensor]:
+    return {"n": torch.zeros(k, dtype=torch.long),
+            "sum": torch.zeros(k, h, w, dtype=torch.float64)}  # fmt: skip
+
+
+def _add_spatial(acc: dict, m: torch.Tensor, y: torch.Tensor) -> None:
+    acc["n"] += torch.bincount(y, minlength=len(acc["n"]))
+    acc["sum"].index_add_(0, y, m.detach().to("cpu", torch.float64))
+
+
+def _merge_spatial(a: dict, b: dict) -> dict:
+    return {"n": a["n"] + b["n"], "sum": a["sum"] + b["sum"]}
+
+
+def _merge(a: dict | None, b: dict | None, top_k: int) -> dict | None:
+    """Merge two partial results (block name -> accumulator); either may be empty."""
+    if a is None or not a:
+        return b
+    if b is None or not b:
+        return a
+    out = {}
+    for name in list(a) + [n for n in b if n not in a]:
+        if name not in a or name not in b:
+            out[name] = a.get(name) or b[name]
+        elif a[name]["kind"] == "channel":
+            out[name] = {"kind": "channel", **_merge_channel(a[name], b[name], top_k)}
+        else:
+            out[name] = {"kind": "spatial", **_merge_spatial(a[name], b[name])}
+    return out
+
+
+# -- one batch ------------------------------------------------------------------------------------
+def _reduce_batch(model, x, y, idx, blocks, acc: dict, k: int, bins: int, top_k: int) -> None:
+    with torch.no_grad(), capture(model, kinds=("channel", "spatial"), blocks=blocks) as rec:
+        model(x)
+    for name, r in rec.items():
+        if r.calls != 1:
+            raise ValueError(f"{name} ran {r.calls} times in one forward pass; select blocks "
+                             "that run once (blocks=)")  # fmt: skip
+        if r.kind == "channel":
+            w = cast(ChannelRecord, r).weights
+            if name not in acc:
+                acc[name] = {"kind": "channel", **_new_channel(k, w.shape[1], bins, top_k)}
+            _add_channel(acc[name], w, y, idx, top_k)
+        else:
+            m = cast(SpatialRecord, r).map
+            if name not in acc:
+                acc[name] = {"kind": "spatial", **_new_spatial(k, *m.shape[-2:])}
+            _add_spatial(acc[name], m.reshape(len(m), *m.shape[-2:]), y)
+
+
+# -- the result ------------------------------------------------------------------------------------
+@dataclass
+class DatasetStats:
+    """What :func:`dataset_stats` computed, with what it was computed on.
+
+    Attributes:
+        blocks: block name -> accumulator (plain tensors): ``kind`` ``"channel"`` with
+            ``n`` (K), ``mean`` and ``m2`` (K x C, float64), ``hist`` (bins + 2: below 0,
+            ``bins`` over [0, 1], above 1), ``top_values``/``top_index`` and
+            ``bottom_values``/``bottom_index`` (k x C); or ``"spatial"`` with ``n`` (K)
+            and ``sum`` (K x h x w, float64).
+        counts: images per class (K).
+        class_names: K names.
+        meta: model, weights, transform, data set (kind, root, size, fingerprint),
+            settings, processes, attnviz and torch versions.
+    """
+
+    blocks: dict[str, dict[str, Any]]
+    counts: torch.Tensor
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channel_blocks(self) -> list[str]:
+        return [n for n, b in self.blocks.items() if b["kind"] == "channel"]
+
+    @property
+    def spatial_blocks(self) -> list[str]:
+        return [n for n, b in self.blocks.items() if b["kind"] == "spatial"]
+
+    def _block(self, name: str, kind: str) -> dict[str, Any]:
+        names = self.channel_blocks if kind == "channel" else self.spatial_blocks
+        if name not in names:
+            raise KeyError(f"no {kind} block {name!r}; the {kind} blocks are {names}")
+        return self.blocks[name]
+
+    def channel_stats(self) -> ChannelStats:
+        """The per-class means and within-class variances as :class:`ChannelStats` (for
+        :func:`~attnviz.analysis.plot_class_excitation` and ``.specificity()``)."""
+        mean, var, overall = {}, {}, {}
+        for name in self.channel_blocks:
+            b = self.blocks[name]
+            n = b["n"].to(torch.float64)[:, None]
+            empty = b["n"] == 0
+            mean[name] = b["mean"].masked_fill(empty[:, None], float("nan"))
+            var[name] = (b["m2"] / n).masked_fill(empty[:, None], float("nan"))
+            overall[name] = (b["mean"] * n).sum(0) / n.sum()
+        return ChannelStats(self.channel_blocks, mean, var, overall, self.counts.clone(),
+                            list(self.class_names))  # fmt: skip
+
+    def specificity(self) -> dict[str, float]:
+        """Class-specificity of each channel block (see ``ChannelStats.specificity``)."""
+        return self.channel_stats().specificity()
+
+    def top(
+        self, block: str, channel: int, *, lowest: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, data set indices) of the images that excite ``channel`` most (or least),
+        best first."""
+        b = self._block(block, "channel")
+        side = "bottom" if lowest else "top"
+        c = b[f"{side}_values"].shape[1]
+        if not 0 <= channel < c:
+            raise IndexError(f"channel must be in [0, {c}) for {block}, got {channel}")
+        return b[f"{side}_values"][:, channel], b[f"{side}_index"][:, channel]
+
+    def histogram(self, block: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts over [0, 1], bin edges) of every weight of ``block`` (counts below 0 and
+        above 1, if any, are ``blocks[block]["hist"][0]`` and ``[-1]``)."""
+        h = self._block(block, "channel")["hist"]
+        return h[1:-1], torch.linspace(0, 1, len(h) - 1, dtype=torch.float64)
+
+    def mean_map(self, block: str) -> torch.Tensor:
+        """K x h x w: the mean spatial map of each class (NaN for empty classes)."""
+        b = self._block(block, "spatial")
+        return b["sum"] / b["n"].to(torch.float64)[:, None, None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "blocks": self.blocks, "counts": self.counts,
+                "class_names": self.class_names, "meta": self.meta}  # fmt: skip
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (readable with ``torch.load(weights_only=True)``)."""
+        return storage.atomic_save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DatasetStats:
+        data = storage.read(path, what="statistics file")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an attnviz statistics file ({FORMAT})")
+        return cls(data["blocks"], data["counts"], list(data["class_names"]), data["meta"])
+
+    def summary(self) -> str:
+        """A Markdown table: blocks, kind, channels or map size, specificity."""
+        spec = self.specificity() if self.channel_blocks else {}
+        rows = ["| block | kind | size | class specificity |", "|---|---|---|---:|"]
+        for name, b in self.blocks.items():
+            size = (f"{b['mean'].shape[1]} channels" if b["kind"] == "channel"
+                    else "x".join(map(str, b["sum"].shape[1:])))  # fmt: skip
+            s = f"{spec[name]:.3f}" if name in spec else "—"
+            rows.append(f"| {name} | {b['kind']} | {size} | {s} |")
+        return "\n".join(rows)
+
+
+# -- the streaming pass ---------------------------------------------------------------------------
+def _distributed() -> tuple[int, int, Any]:
+    """(rank, world size, torch.distributed or None): set up under torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1, None
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # one GPU per process, as torchrun numbers them on a node
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def _labels_of(dataset: Any) -> Any:
+    return getattr(dataset, "targets", None)
+
+
+def dataset_stats(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    out: str | os.PathLike | None = None,
+    blocks: str | Sequence[str] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    shard_size: int = 1024,
+    top_k: int = 16,
+    bins: int = 50,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    describe: Mapping[str, Any] | None = None,
+    on_shard: Callable[[int], None] | None = None,
+) -> DatasetStats:
+    """Reduce a data set's attention to per-class statistics in one streaming pass.
+
+    Args:
+        model: any network :func:`attnviz.capture` records channel or spatial attention in.
+        dataset: a map-style data set of ``(image tensor, label)`` (``ImageFolder``,
+            :class:`TarShards`, a ``TensorDataset``, ...); see :func:`open_dataset`.
+        out: the statistics file (written atomically); with it the run is resumable
+            (state in ``<out>.parts/``). Without it nothing is written.
+        blocks: glob pattern(s) choosing blocks (default every channel and spatial block).
+        batch_size, num_workers: of the ``DataLoader``.
+        shard_size: images per shard (the unit of resuming and of distribution).
+        top_k: images kept per channel, highest and lowest.
+        bins: histogram bins over [0, 1].
+        num_classes, class_names: K (default: ``dataset.classes``, else max label + 1).
+        device: where the model runs (default: its parameters' device).
+        progress: a tqdm bar (rank 0).
+        describe: stored in the file's ``meta`` (model name, weights, transform, ...).
+        on_shard: called with each shard's number after its state is written (tests).
+
+    Returns:
+        The :class:`DatasetStats` (on every rank; rank 0 writes ``out``).
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    size = len(dataset)
+    if size == 0:
+        raise ValueError("the data set is empty")
+    names = list(class_names) if class_names is not None else getattr(dataset, "classes", None)
+    if num_classes is None:
+        if names:
+            num_classes = len(names)
+        else:
+            labels = _labels_of(dataset)
+            if labels is None:
+                raise ValueError("pass num_classes= (the data set has no .classes or .targets)")
+            num_classes = int(max(labels)) + 1
+    names = [str(c) for c in (names or range(num_classes))]
+    rank, world, dist = _distributed()
+    device = torch.device(device) if device is not None else model_device(model)
+    config = {"size": size, "fingerprint": fingerprint(dataset),
+              "model": model_fingerprint(model), "batch_size": batch_size,
+              "shard_size": shard_size, "top_k": top_k, "bins": bins, "num_classes": num_classes,
+              "blocks": blocks, "world_size": world}  # fmt: skip
+    if dist is not None:  # every rank must read the same data with the same model
+        views: list[Any] = [None] * world
+        dist.all_gather_object(views, (config["fingerprint"], config["model"]))
+        if len(set(views)) > 1:
+            raise ValueError(
+                "the processes see different data sets or models (fingerprints differ): give "
+                "every node the same files at the same path and the same weights"
+            )
+    shards = list(range(rank, -(-size // shard_size), world))
+    state_path = None
+    acc: dict | None = None
+    done: list[int] = []
+    if out is not None:
+        parts = Path(f"{out}.parts")
+        parts.mkdir(parents=True, exist_ok=True)
+        state_path = parts / f"rank-{rank}-of-{world}.pt"
+        if state_path.exists():
+            state = storage.read(state_path, what="statistics state")
+            if state.get("config") != json.loads(json.dumps(config)):
+                raise ValueError(
+                    f"{state_path} is the state of a different run (model, data set, settings "
+                    f"or number of processes differ): delete {parts} to start again"
+                )
+            acc, done = state["acc"], list(state["done"])
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        todo_images = sum(min(shard_size, size - s * shard_size) for s in shards if s not in done)
+        bar = tqdm(total=todo_images * world, desc="attnviz stats", unit="img")
+    with inference(model):
+        for shard in shards:
+            if shard in done:
+                continue
+            start = shard * shard_size
+            indices = list(range(start, min(start + shard_size, size)))
+            loader = DataLoader(Subset(dataset, indices), batch_size=batch_size,
+                                num_workers=num_workers, shuffle=False)  # fmt: skip
+            part: dict = {}
+            seen = start
+            for x, y in loader:
+                y = torch.as_tensor(y).long()
+                if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+                    raise ValueError(f"labels must lie in [0, {num_classes}), got "
+                                     f"[{int(y.min())}, {int(y.max())}]")  # fmt: skip
+                idx = torch.arange(seen, seen + len(y))
+                seen += len(y)
+                _reduce_batch(model, x.to(device), y, idx, blocks, part, num_classes, bins, top_k)
+                if bar is not None:
+                    bar.update(len(y) * world)
+            acc = _merge(acc, part, top_k)
+            done.append(shard)
+            if state_path is not None:
+                storage.atomic_save({"config": config, "acc": acc, "done": done}, state_path)
+            if on_shard is not None:
+                on_shard(shard)
+    if bar is not None:
+        bar.close()
+    if dist is not None:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, acc)
+        acc = None
+        for part in gathered:  # rank order: the same on every rank
+            acc = _merge(acc, part, top_k)
+    if not acc:
+        raise ValueError("the model recorded no channel or spatial attention (blocks=?)")
+    first = next(iter(acc.values()))
+    counts = first["n"].clone()
+    meta = {"attnviz": version(), "torch": torch.__version__, "processes": world,
+            "dataset": {"kind": type(dataset).__name__, "size": size,
+                        "fingerprint": config["fingerprint"],
+                        "root": str(getattr(dataset, "root", "") or "")},
+            "settings": {k: config[k] for k in ("batch_size", "shard_size", "top_k", "bins")},
+            "blocks": blocks, **dict(describe or {})}  # fmt: skip
+    meta["model_fingerprint"] = config["model"]
+    stats = DatasetStats(acc, counts, names, storage_safe(meta))
+    if out is not None and rank == 0:
+        stats.save(out)
+    if dist is not None:
+        dist.barrier()
+    if state_path is not None:  # the file is written: the run's state is not needed any more
+        state_path.unlink(missing_ok=True)
+        if dist is not None:
+            dist.barrier()
+        if rank == 0 and not any(state_path.parent.iterdir()):
+            state_path.parent.rmdir()
+    return stats
+
+
+def storage_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` with values ``weights_only`` loading refuses turned into their repr."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, Mapping):
+            out[k] = storage_safe(v)
+        elif isinstance(v, str):
+            out[k] = str(v)  # plain str (torch.__version__ is a subclass weights_only refuses)
+        elif v is None or isinstance(v, (bool, int, float)):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(i, (bool, int, float, str))
+                                                  for i in v):  # fmt: skip
+            out[k] = [str(i) if isinstance(i, str) else i for i in v]
+        else:
+            out[k] = repr(v)
+    return out

@@ -1,0 +1,129 @@
+"""Browse the channels of a statistics file: the images that excite each one most and least."""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import render
+from ..stats import DatasetStats
+from ._base import App
+
+__all__ = ["ChannelGallery"]
+
+
+class ChannelGallery(App):
+    """Pick a block and a channel of a :func:`attnviz.stats.dataset_stats` result; see the
+    top-k images with the highest weight for that channel, the k with the lowest, and the
+    channel's mean weight for every class (bars).
+
+    Args:
+        stats: a :class:`~attnviz.stats.DatasetStats` or the path of a statistics file.
+        dataset: the data set the statistics were computed on (``dataset[i]`` is an image
+            or ``(image, label)``; image tensors in [0, 1] or PIL images): the gallery
+            reads only the images it shows.
+        side: pixels per image tile.
+        k: images per row (at most the file's top-k).
+
+    ``.current()`` gives the block, channel and the data set indices shown.
+    """
+
+    def __init__(
+        self, stats: DatasetStats | str | os.PathLike, dataset: Any, *, side: int = 72,
+        k: int | None = None,
+    ) -> None:  # fmt: skip
+        self.stats = stats if isinstance(stats, DatasetStats) else DatasetStats.load(stats)
+        blocks = self.stats.channel_blocks
+        if not blocks:
+            raise ValueError("the statistics file holds no channel-attention block")
+        size = self.stats.meta.get("dataset", {}).get("size")
+        if size is not None and len(dataset) != size:
+            raise ValueError(
+                f"the statistics were computed on a data set of {size} images, this one has "
+                f"{len(dataset)}: pass the same data set (same order)"
+            )
+        self.dataset, self.side = dataset, side
+        self.k = min(k or 10**9, len(self.stats.blocks[blocks[0]]["top_index"]))
+        self.log = widgets.Output()
+        self._block = widgets.Dropdown(options=blocks, value=blocks[-1], description="block")
+        self._channel = widgets.IntSlider(0, 0, self._channels() - 1, description="channel",
+                                          continuous_update=False)  # fmt: skip
+        self._top_png = widgets.Image(format="png")
+        self._bottom_png = widgets.Image(format="png")
+        self._means_png = widgets.Image(format="png")
+        self._info = widgets.HTML()
+        self._block.observe(self._guard(lambda _: self._new_block()), "value")
+        self._channel.observe(self._guard(lambda _: self._redraw()), "value")
+        self.root = widgets.VBox([
+            widgets.HBox([self._block, self._channel]),
+            widgets.HTML("<b>highest weight</b>"), self._top_png,
+            widgets.HTML("<b>lowest weight</b>"), self._bottom_png,
+            widgets.HTML("<b>mean weight per class</b>"), self._means_png,
+            self._info, self.log,
+        ])  # fmt: skip
+        self.root.add_class("attnviz-channel-gallery")
+        self._channel.add_class("attnviz-gallery-channel")
+        self._top_png.add_class("attnviz-gallery-top")
+        self._redraw()
+
+    def _channels(self) -> int:
+        return int(self.stats.blocks[self._block.value]["mean"].shape[1])
+
+    @property
+    def block(self) -> str:
+        return self._block.value
+
+    @block.setter
+    def block(self, name: str) -> None:
+        self._block.value = name
+
+    @property
+    def channel(self) -> int:
+        return self._channel.value
+
+    @channel.setter
+    def channel(self, c: int) -> None:
+        if not 0 <= c < self._channels():
+            raise ValueError(f"channel must be in [0, {self._channels() - 1}], got {c}")
+        self._channel.value = c
+
+    def _new_block(self) -> None:
+        self._channel.max = self._channels() - 1
+        self._redraw()
+
+    def _tile(self, i: int) -> np.ndarray:
+        item = self.dataset[int(i)]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        arr = render.to_uint8_rgb(image.clamp(0, 1) if isinstance(image, torch.Tensor) else image)
+        return np.asarray(Image.fromarray(arr).resize((self.side, self.side)))
+
+    def current(self) -> dict[str, Any]:
+        top_values, top = self.stats.top(self.block, self.channel)
+        low_values, low = self.stats.top(self.block, self.channel, lowest=True)
+        k = self.k
+        return {"block": self.block, "channel": self.channel,
+                "top": top[:k].tolist(), "top_weights": top_values[:k].tolist(),
+                "bottom": low[:k].tolist(), "bottom_weights": low_values[:k].tolist()}  # fmt: skip
+
+    def _redraw(self) -> None:
+        now = self.current()
+        for key, widget in (("top", self._top_png), ("bottom", self._bottom_png)):
+            self._show(widget, render.montage([self._tile(i) for i in now[key]], ncols=self.k))
+        means = self.stats.channel_stats().mean[self.block][:, self.channel]
+        chart, _ = render.bar_chart(np.nan_to_num(means.numpy(), nan=0.0), 0.0, 1.0)
+        self._show(self._means_png, chart)
+        names = self.stats.class_names
+        best = int(torch.nan_to_num(means, nan=-1.0).argmax())
+        self._info.value = html.escape(
+            f"{self.block}, channel {self.channel}: highest weights "
+            f"{', '.join(f'{w:.3f}' for w in now['top_weights'][:5])}; lowest "
+            f"{', '.join(f'{w:.3f}' for w in now['bottom_weights'][:5])}; the class with the "
+            f"highest mean weight: {names[best]} ({float(means[best]):.3f}). Bars: classes "
+            f"0 to {len(names) - 1} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+        )

@@ -1,0 +1,131 @@
+"""`attnviz stats` throughput: against plain inference over the same loader, and 1 vs 2
+processes under torchrun.
+
+Data: digits on photos (64 x 64) written as an image folder of PNGs (decoded by the
+DataLoader, as a real folder is); model: the shipped SE ResNet-10 (every SE weight of
+4 blocks reduced per class, with histograms and top-16 per channel). Plain inference is
+the same DataLoader (same batches, same shards) with the model's forward and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import Contention
+from torch.utils.data import DataLoader, Subset
+from torchvision.transforms import ToTensor
+
+from attnviz import render, shipped
+from attnviz.data import digits_on_photos
+from attnviz.stats import dataset_stats, open_dataset
+
+
+def _folder(root: Path, n: int) -> Path:
+    data = digits_on_photos("test", n=n, seed=3)
+    for k in range(10):
+        (root / str(k)).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        render.as_pil(data.images[i]).save(root / str(int(data.labels[i])) / f"{i:05d}.png")
+    return root
+
+
+def _plain(model, dataset, batch: int, shard: int, workers: int) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(dataset), shard):
+            idx = list(range(s, min(s + shard, len(dataset))))
+            for x, _ in DataLoader(Subset(dataset, idx), batch_size=batch, num_workers=workers):
+                model(x)
+    return time.perf_counter() - start
+
+
+def _stats(model, dataset, batch: int, shard: int, workers: int, out: Path) -> float:
+    start = time.perf_counter()
+    dataset_stats(model, dataset, out=out, batch_size=batch, shard_size=shard,
+                  num_workers=workers, num_classes=10, progress=False)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def _torchrun(folder: Path, out: Path, procs: int, threads: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+           "--master_addr", "127.0.0.1", "--master_port", str(29500 + procs), "-m",
+           "attnviz.cli", "stats", "--model", "shipped:resnet10_se", "--data", str(folder),
+           "--out", str(out), "--batch-size", "64", "--shard-size", "256",
+           "--no-progress"]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _ratio(model, dataset, batch: int, shard: int, workers: int, reps: int, tmp: Path) -> dict:
+    """Paired runs of plain inference and attnviz stats over the same loader."""
+    _plain(model, Subset(dataset, range(min(len(dataset), batch))), batch, shard, 0)  # warm-up
+    plain, stats = [], []
+    for r in range(reps):
+        order = [("plain", plain), ("stats", stats)]
+        for key, times in order if r % 2 == 0 else order[::-1]:
+            if key == "plain":
+                times.append(_plain(model, dataset, batch, shard, workers))
+            else:
+                times.append(_stats(model, dataset, batch, shard, workers, tmp / f"{batch}-{r}.pt"))
+    return {"images": len(dataset), "batch": batch, "plain_s": statistics.median(plain),
+            "stats_s": statistics.median(stats),
+            "throughput_ratio": statistics.median(p / s for p, s in zip(plain, stats))}  # fmt: skip
+
+
+def run(quick: bool = False) -> dict:
+    import torchvision
+
+    meter = Contention()
+    n, n_big, reps = (256, 32, 1) if quick else (4000, 384, 3)
+    shard, workers = 512, 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _folder(Path(tmp) / "images", n)
+        small = open_dataset(folder, ToTensor())
+        rows.append({"model": "shipped SE ResNet-10 (64 x 64 PNGs; a 1 ms forward)",
+                     **_ratio(shipped.load("resnet10_se"), small, 64, shard, workers, reps,
+                              Path(tmp))})  # fmt: skip
+        weights = torchvision.models.MobileNet_V3_Large_Weights.DEFAULT
+        big = Subset(open_dataset(folder, weights.transforms()), range(n_big))
+        torch.manual_seed(0)
+        mobilenet = torchvision.models.mobilenet_v3_large().eval()  # random weights: offline
+        rows.append({"model": "torchvision mobilenet_v3_large (the same PNGs resized to 224)",
+                     **_ratio(mobilenet, big, 32, 128, workers, reps, Path(tmp))})  # fmt: skip
+        one = _torchrun(folder, Path(tmp) / "one.pt", 1, 1)
+        two = _torchrun(folder, Path(tmp) / "two.pt", 2, 1)
+        one_two_threads = _torchrun(folder, Path(tmp) / "one2.pt", 1, 2)
+    table = ["| model | images | batch | plain inference | attnviz stats | stats throughput / "
+             "plain |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        table.append(f"| {r['model']} | {r['images']} | {r['batch']} | {r['plain_s']:.1f} s | "
+                     f"{r['stats_s']:.1f} s | **{r['throughput_ratio']:.2f}x** |")  # fmt: skip
+    table += ["", "| `attnviz stats` under torchrun, shipped SE ResNet-10, "
+              f"{n} images | 1 process x 1 thread | 2 processes x 1 thread | speed-up 1 -> 2 | "
+              "1 process x 2 threads |", "|---|---:|---:|---:|---:|",
+              f"| wall seconds (process start and model load included) | {one:.1f} s | "
+              f"{two:.1f} s | **{one / two:.2f}x** | {one_two_threads:.1f} s |"]  # fmt: skip
+    procs = {"torchrun_1x1_s": one, "torchrun_2x1_s": two, "torchrun_1x2_s": one_two_threads,
+             "speedup_1_to_2": one / two}  # fmt: skip
+    return {
+        "title": "Dataset statistics: throughput and processes",
+        "table": "\n".join(table),
+        "rows": rows,
+        "processes": procs,
+        "notes": [
+            f"Same DataLoader for both ({workers} worker process decoding PNGs, shards of "
+            f"{shard} for ResNet-10, 128 for MobileNet); medians of {reps} paired runs, order "
+            "alternated; the stats run includes the faithfulness checks of every capture, "
+            "writing its state after every shard and the final file. MobileNet has random "
+            "weights (no download here): the cost does not depend on the weights. "
+            + meter.note()
+        ],
+    }

@@ -1,0 +1,286 @@
+"""Dataset statistics: streamed == in memory, tar shards == image folder, resumable after a
+kill, 1 process == 2 processes under torchrun, memory flat over 10,000 images."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, TensorDataset
+from torchvision.transforms import ToTensor
+
+from attnviz import cli, shipped
+from attnviz.analysis import channel_stats, spatial_maps
+from attnviz.capture import capture
+from attnviz.data import digits_on_photos
+from attnviz.models import small_resnet
+from attnviz.photos import load_sample, sample_photos
+from attnviz.stats import DatasetStats, TarShards, dataset_stats, open_dataset
+
+TOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """An ImageFolder: 64 x 64 crops of the shipped photos, one class per photo, 9 each."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for name in sample_photos():
+        photo = load_sample(name).convert("RGB").resize((256, 256))
+        (root / name).mkdir()
+        for i in range(9):
+            x, y = rng.integers(0, 256 - 96, 2)
+            crop = photo.crop((int(x), int(y), int(x) + 96, int(y) + 96)).resize((64, 64))
+            crop.save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def se():
+    return shipped.load("resnet10_se")
+
+
+def _tensors(dataset):
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def _same_channel_stats(streamed, reference):
+    assert streamed.names == reference.names
+    assert torch.equal(streamed.counts, reference.counts)
+    for n in reference.names:
+        for field in ("mean", "var_within", "overall_mean"):
+            a, b = getattr(streamed, field)[n], getattr(reference, field)[n]
+            assert torch.allclose(a, b, atol=TOL, rtol=0, equal_nan=True), (n, field)
+
+
+def test_image_folder_streamed_equals_in_memory(folder, se, tmp_path):
+    dataset = open_dataset(folder, ToTensor())
+    # the same batches both ways: a network's float32 output may differ in its last bits
+    # between batch sizes, and 1e-10 compares the reduction, not the convolutions
+    stats = dataset_stats(se, dataset, out=tmp_path / "s.pt", batch_size=8, shard_size=16,
+                          num_workers=2, progress=False)  # fmt: skip
+    x, y = _tensors(dataset)
+    reference = channel_stats(se, x, y, num_classes=4, class_names=dataset.classes, batch_size=8)
+    _same_channel_stats(stats.channel_stats(), reference)
+    assert stats.class_names == sample_photos() and stats.counts.tolist() == [9] * 4
+    # the file describes itself and reads back with weights_only
+    again = DatasetStats.load(tmp_path / "s.pt")
+    assert again.meta["dataset"]["kind"] == "ImageFolder" and again.meta["dataset"]["size"] == 36
+    assert again.meta["attnviz"] and len(again.meta["dataset"]["fingerprint"]) == 64
+    _same_channel_stats(again.channel_stats(), reference)
+
+
+def test_top_k_and_histogram_equal_a_brute_force_pass(folder, se):
+    dataset = open_dataset(folder, ToTensor())
+    stats = dataset_stats(se, dataset, batch_size=7, shard_size=10, top_k=5, bins=20,
+                          progress=False)  # fmt: skip
+    x, _ = _tensors(dataset)
+    with torch.no_grad(), capture(se, kinds="channel") as rec:
+        se(x)
+    for name, r in rec.items():
+        w = r.weights.double()
+        values, index = stats.top(name, 3)
+        order = sorted(range(len(w)), key=lambda i: (-w[i, 3].item(), i))[:5]
+        assert index.tolist() == order and torch.equal(values, w[order, 3])
+        _, low_index = stats.top(name, 3, lowest=True)
+        assert low_index.tolist() == sorted(range(len(w)), key=lambda i: (w[i, 3].item(), i))[:5]
+        counts, edges = stats.histogram(name)
+        expected = torch.histc(w.flatten(), bins=20, min=0, max=1)
+        assert counts.sum() == w.numel() and torch.equal(counts.double(), expected.double())
+        assert len(edges) == 21
+
+
+def test_digits_on_photos_channel_and_spatial_maps(tmp_path):
+    cbam = shipped.load("resnet10_cbam")
+    test = digits_on_photos("test", n=300, seed=1)
+    dataset = TensorDataset(test.images, test.labels)
+    stats = dataset_stats(cbam, dataset, num_classes=10, batch_size=32, shard_size=64,
+                          progress=False)  # fmt: skip
+    reference = channel_stats(cbam, test.images, test.labels, num_classes=10, batch_size=32)
+    _same_channel_stats(stats.channel_stats(), reference)
+    maps = spatial_maps(cbam, test.images, batch_size=32)
+    assert stats.spatial_blocks == list(maps)
+    for name, m in maps.items():
+        reference = torch.stack([m[test.labels == k].double().mean(0) for k in range(10)])
+        assert torch.allclose(stats.mean_map(name), reference, atol=TOL, rtol=0)
+
+
+def _write_tars(folder: Path, out: Path) -> list[Path]:
+    """The image folder as two WebDataset shards (key.png + key.cls), in ImageFolder order."""
+    dataset = open_dataset(folder, None)
+    tars = [out / "shard-000.tar", out / "shard-001.tar"]
+    half = len(dataset.samples) // 2
+    for t, chunk in enumerate([dataset.samples[:half], dataset.samples[half:]]):
+        with tarfile.open(tars[t], "w") as tar:
+            for j, (file, label) in enumerate(chunk):
+                key = f"s{t}_{j:04d}"
+                tar.add(file, arcname=f"{key}.png")
+                cls = out / f"{key}.cls"
+                cls.write_text(str(label))
+                tar.add(cls, arcname=f"{key}.cls")
+    return tars
+
+
+def test_tar_shards_give_the_image_folder_result(folder, se, tmp_path):
+    tars = _write_tars(folder, tmp_path)
+    shards = open_dataset(tmp_path, ToTensor())
+    assert isinstance(shards, TarShards) and len(shards) == 36
+    a = dataset_stats(se, shards, num_classes=4, batch_size=8, shard_size=10, progress=False)
+    b = dataset_stats(se, open_dataset(folder, ToTensor()), batch_size=8, shard_size=10,
+                      progress=False)  # fmt: skip
+    for name in a.blocks:
+        for key in ("mean", "m2", "top_index", "hist"):
+            assert torch.equal(a.blocks[name][key], b.blocks[name][key])
+    with pytest.raises(ValueError, match="needs an image"):
+        with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+            tar.add(tmp_path / "s0_0000.cls", arcname="x.cls")
+        TarShards([tmp_path / "bad.tar"])
+    assert tars[0].is_file()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(folder, se, tmp_path):
+    dataset = open_dataset(folder, ToTensor())
+    whole = dataset_stats(se, dataset, out=tmp_path / "a.pt", shard_size=8, progress=False)
+
+    def stop(shard):
+        if shard == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=8, progress=False,
+                      on_shard=stop)  # fmt: skip
+    assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.pt.parts").is_dir()
+    with pytest.raises(ValueError, match="different run.*delete"):
+        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=5, progress=False)
+    seen = []
+    resumed = dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=8, progress=False,
+                            on_shard=seen.append)  # fmt: skip
+    assert seen == [3, 4]  # shards 0-2 were done
+    for name in whole.blocks:
+        for key, value in whole.blocks[name].items():
+            assert key == "kind" or torch.equal(value, resumed.blocks[name][key]), (name, key)
+    assert not (tmp_path / "b.pt.parts").exists(), "a finished run removes its state"
+
+
+def _stats_cli(folder, out, *extra):
+    return [sys.executable, "-m", "attnviz.cli", "stats", "--model", "shipped:resnet10_se",
+            "--data", str(folder), "--out", str(out), "--batch-size", "4", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_stats_cli(folder, tmp_path / "a.pt", "--shard-size", "4"), env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    proc = subprocess.Popen(_stats_cli(folder, tmp_path / "b.pt", "--shard-size", "4"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    state = tmp_path / "b.pt.parts" / "rank-0-of-1.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (tmp_path / "b.pt").exists(), "killed before it finished"
+    subprocess.run(_stats_cli(folder, tmp_path / "b.pt", "--shard-size", "4"), env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    a, b = DatasetStats.load(tmp_path / "a.pt"), DatasetStats.load(tmp_path / "b.pt")
+    for name in a.blocks:
+        for key, value in a.blocks[name].items():
+            assert key == "kind" or torch.equal(value, b.blocks[name][key]), (name, key)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_equal_one(folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one.pt"
+    subprocess.run(_stats_cli(folder, one, "--shard-size", "5"), env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    two = tmp_path / "two.pt"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         *_stats_cli(folder, two, "--shard-size", "5")[1:]],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = DatasetStats.load(one), DatasetStats.load(two)
+    assert b.meta["processes"] == 2 and a.meta["processes"] == 1
+    assert torch.equal(a.counts, b.counts) and list(a.blocks) == list(b.blocks)
+    for name in a.blocks:
+        for key in ("n", "hist", "top_index", "bottom_index"):
+            assert torch.equal(a.blocks[name][key], b.blocks[name][key]), (name, key)
+        for key in ("mean", "m2", "top_values"):
+            assert torch.allclose(a.blocks[name][key], b.blocks[name][key], atol=1e-12, rtol=0)
+
+
+class _Synthetic(Dataset):
+    """n images made from their index on the fly: nothing held in memory."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(3, 32, 32, generator=g), i % 10
+
+
+def test_memory_stays_flat_over_ten_thousand_images():
+    torch.manual_seed(0)
+    model = small_resnet(10, attention="cbam", width=8).eval()
+    rss = []
+    def measure(shard):
+        rss.append(psutil.Process().memory_info().rss)
+
+    stats = dataset_stats(model, _Synthetic(10_000), num_classes=10, batch_size=100,
+                          shard_size=1000, progress=False, on_shard=measure)  # fmt: skip
+    assert int(stats.counts.sum()) == 10_000 and len(rss) == 10
+    grown = (max(rss[2:]) - rss[2]) / 2**20
+    assert grown < 25, f"RSS grew by {grown:.0f} MiB from shard 3 to 10: {rss}"
+
+
+def test_bad_input_says_what_to_do(se, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        dataset_stats(se, TensorDataset(torch.zeros(0, 3, 64, 64), torch.zeros(0)),
+                      num_classes=2)  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        dataset_stats(se, TensorDataset(torch.zeros(4, 3, 64, 64), torch.tensor([0, 1, 5, 1])),
+                      num_classes=2, progress=False)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="not an image folder"):
+        open_dataset(tmp_path, ToTensor())
+
+
+def test_plot_and_gallery_from_the_file(folder, se, tmp_path, capsys):
+    out = tmp_path / "s.pt"
+    assert cli.main(["stats", "--model", "shipped:resnet10_se", "--data", str(folder), "--out",
+                     str(out), "--no-progress"]) == 0  # fmt: skip
+    assert cli.main(["plot", str(out), "-o", str(tmp_path / "classwise.png")]) == 0
+    assert Image.open(tmp_path / "classwise.png").size[0] > 300
+    assert cli.main(["plot", str(out), "-o", str(tmp_path / "gallery.png"), "--gallery",
+                     "layer3.0.attention", "5", "--data", str(folder)]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "gallery.png").size[0] > 100
+    assert cli.main(["plot", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.png")]) == 2
