@@ -26,6 +26,7 @@ from attnviz.capture import capture
 from attnviz.data import digits_on_photos
 from attnviz.models import small_resnet
 from attnviz.photos import load_sample, sample_photos
+from attnviz.render import as_pil
 from attnviz.stats import DatasetStats, TarShards, dataset_stats, open_dataset
 
 TOL = 1e-10
@@ -183,8 +184,20 @@ def _stats_cli(folder, out, *extra):
             "--data", str(folder), "--out", str(out), "--batch-size", "4", *extra]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory):
+    """240 digits on photos as an ImageFolder of PNGs (60 shards of 4: time to kill a run)."""
+    root = tmp_path_factory.mktemp("digits")
+    test = digits_on_photos("test", n=240, seed=4)
+    for i, (x, y) in enumerate(zip(test.images, test.labels.tolist())):
+        (root / str(y)).mkdir(exist_ok=True)
+        as_pil(x).save(root / str(y) / f"{i:04d}.png")
+    return root
+
+
 @pytest.mark.slow
-def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(folder, tmp_path):
+def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(digits_folder, tmp_path):
+    folder = digits_folder
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_stats_cli(folder, tmp_path / "a.pt", "--shard-size", "4"), env=env,
                    check=True, capture_output=True)  # fmt: skip
