@@ -336,14 +336,26 @@ def plot(args: argparse.Namespace) -> int:
             pictures = gallery.pictures()
             import io
 
-            from PIL import Image
+            from PIL import Image, ImageDraw
 
-            panels = [np.asarray(Image.open(io.BytesIO(pictures[k])).convert("RGB"))
-                      for k in ("top", "bottom")]  # fmt: skip
-            width = max(p.shape[1] for p in panels)
-            padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)),
-                             constant_values=255) for p in panels]  # fmt: skip
-            Image.fromarray(np.concatenate(padded)).save(args.output)
+            now = gallery.current()
+            rows = []
+            for key in ("top", "bottom"):
+                strip = np.asarray(Image.open(io.BytesIO(pictures[key])).convert("RGB"))
+                words = ", ".join(f"{w:.3f}" for w in now[f"{key}_weights"])
+                label = f"{'highest' if key == 'top' else 'lowest'} weights: {words}"
+                rows.append((label, strip))
+            width = max(420, *(s.shape[1] for _, s in rows))
+            height = sum(16 + s.shape[0] + 6 for _, s in rows) + 18
+            canvas = Image.new("RGB", (width, height), "white")
+            draw = ImageDraw.Draw(canvas)
+            draw.text((4, 3), f"{block}, channel {channel}", fill="black")
+            y = 18
+            for label, strip in rows:
+                draw.text((4, y + 2), label, fill="black")
+                canvas.paste(Image.fromarray(strip), (0, y + 16))
+                y += 16 + strip.shape[0] + 6
+            canvas.save(args.output)
         else:
             figure = plot_class_excitation(result.channel_stats(), blocks=args.blocks,
                                            channels=args.channels)  # fmt: skip
