@@ -297,3 +297,13 @@ def test_plot_and_gallery_from_the_file(folder, se, tmp_path, capsys):
                      "layer3.0.attention", "5", "--data", str(folder)]) == 0  # fmt: skip
     assert Image.open(tmp_path / "gallery.png").size[0] > 100
     assert cli.main(["plot", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_cli_names_a_wrong_model_or_data(folder, tmp_path, capsys):
+    out = str(tmp_path / "s.pt")
+    assert cli.main(["stats", "--model", "shipped:nope", "--data", str(folder), "--out", out]) == 2
+    assert "the shipped models are" in capsys.readouterr().err
+    assert cli.main(["stats", "--model", "shipped:resnet10_se", "--data", str(tmp_path / "none"),
+                     "--out", out]) == 2  # fmt: skip
+    assert "not an image folder" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()
