@@ -499,6 +499,7 @@ def dataset_stats(
               "model": model_fingerprint(model), "batch_size": batch_size,
               "shard_size": shard_size, "top_k": top_k, "bins": bins, "num_classes": num_classes,
               "blocks": blocks, "world_size": world}  # fmt: skip
+    config = json.loads(json.dumps(config))  # plain lists: compares equal when read back
     if dist is not None:  # every rank must read the same data with the same model
         views: list[Any] = [None] * world
         dist.all_gather_object(views, (config["fingerprint"], config["model"]))
@@ -517,7 +518,7 @@ def dataset_stats(
         state_path = parts / f"rank-{rank}-of-{world}.pt"
         if state_path.exists():
             state = storage.read(state_path, what="statistics state")
-            if state.get("config") != json.loads(json.dumps(config)):
+            if state.get("config") != config:
                 raise ValueError(
                     f"{state_path} is the state of a different run (model, data set, settings "
                     f"or number of processes differ): delete {parts} to start again"

@@ -157,7 +157,10 @@ class _Interrupt(Exception):
 
 def test_interrupted_and_resumed_equals_uninterrupted(folder, se, tmp_path):
     dataset = open_dataset(folder, ToTensor())
-    whole = dataset_stats(se, dataset, out=tmp_path / "a.pt", shard_size=8, progress=False)
+    some = ("layer[23]*",)  # a tuple of patterns: read back from the state file, it must match
+    whole = dataset_stats(se, dataset, out=tmp_path / "a.pt", shard_size=8, progress=False,
+                          blocks=some)  # fmt: skip
+    assert list(whole.blocks) == ["layer2.0.attention", "layer3.0.attention"]
 
     def stop(shard):
         if shard == 2:
@@ -165,13 +168,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(folder, se, tmp_path):
 
     with pytest.raises(_Interrupt):
         dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=8, progress=False,
-                      on_shard=stop)  # fmt: skip
+                      on_shard=stop, blocks=some)  # fmt: skip
     assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.pt.parts").is_dir()
     with pytest.raises(ValueError, match="different run.*delete"):
-        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=5, progress=False)
+        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=5, progress=False,
+                      blocks=some)  # fmt: skip
     seen = []
     resumed = dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=8, progress=False,
-                            on_shard=seen.append)  # fmt: skip
+                            on_shard=seen.append, blocks=some)  # fmt: skip
     assert seen == [3, 4]  # shards 0-2 were done
     for name in whole.blocks:
         for key, value in whole.blocks[name].items():
