@@ -33,7 +33,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from . import shipped
-from .widgets._base import App, close_tree
+from .widgets._base import App
 
 __all__ = ["TABS", "ExplorerApp", "explorers", "notebook", "serve"]
 
@@ -137,8 +137,7 @@ class ExplorerApp(App):
 
     def _release(self) -> None:
         for app in self._built.values():
-            app.close()
-            close_tree(app.root)
+            app.close()  # closes its widgets too
         self._built.clear()
 
 
