@@ -239,12 +239,22 @@ def _add_channel(acc: dict, w: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
     acc["hist"][-1] += int((flat > 1).sum())
     rows = idx[:, None].expand_as(w)
     for side, largest in (("top", True), ("bottom", False)):
+        kept, kept_index = acc[f"{side}_values"], acc[f"{side}_index"]
+        new, new_index = w, rows
+        if len(kept) >= top_k:
+            # only images that beat a channel's k-th kept weight can enter it (an equal
+            # weight does not: its index is larger); the rest need no sorting
+            edge = kept[-1]
+            enters = ((w > edge) if largest else (w < edge)).any(1)
+            if not bool(enters.any()):
+                continue
+            new, new_index = w[enters], rows[enters]
         # the kept rows (best first, ties by index) all have smaller indices than this batch,
         # whose rows come in index order: one stable sort keeps ties in index order
-        values = torch.cat([acc[f"{side}_values"], w])
+        values = torch.cat([kept, new])
         order = torch.argsort(values, dim=0, descending=largest, stable=True)[:top_k]
         acc[f"{side}_values"] = values.gather(0, order)
-        acc[f"{side}_index"] = torch.cat([acc[f"{side}_index"], rows]).gather(0, order)
+        acc[f"{side}_index"] = torch.cat([kept_index, new_index]).gather(0, order)
 
 
 def _merge_channel(a: dict, b: dict, top_k: int) -> dict:
@@ -291,7 +301,24 @@ def _merge(a: dict | None, b: dict | None, top_k: int) -> dict | None:
 
 
 # -- one batch ------------------------------------------------------------------------------------
-def _reduce_batch(model, x, y, idx, blocks, acc: dict, k: int, bins: int, top_k: int) -> None:
+#: channel weights are reduced in chunks of at least this many images (within a shard): the
+#: bookkeeping per call is fixed, so fewer, larger calls cost less per image
+CHUNK = 512
+
+
+def _flush(acc: dict, pending: dict, top_k: int) -> None:
+    """Reduce the channel weights waiting in ``pending`` into ``acc`` (one call per block)."""
+    for name, parts in pending.items():
+        if parts:
+            w, y, idx = (torch.cat(p) for p in zip(*parts))
+            _add_channel(acc[name], w, y, idx, top_k)
+    pending.clear()
+
+
+def _reduce_batch(model, x, y, idx, blocks, acc: dict, pending: dict, k: int, bins: int,
+                  top_k: int) -> None:  # fmt: skip
+    """One batch: spatial maps summed now, channel weights queued in ``pending`` (flushed
+    every :data:`CHUNK` images and at the end of a shard)."""
     with torch.no_grad(), capture(model, kinds=("channel", "spatial"), blocks=blocks) as rec:
         model(x)
     for name, r in rec.items():
@@ -302,12 +329,40 @@ def _reduce_batch(model, x, y, idx, blocks, acc: dict, k: int, bins: int, top_k:
             w = cast(ChannelRecord, r).weights
             if name not in acc:
                 acc[name] = {"kind": "channel", **_new_channel(k, w.shape[1], bins, top_k)}
-            _add_channel(acc[name], w, y, idx, top_k)
+            pending.setdefault(name, []).append((w.detach().cpu(), y, idx))
         else:
             m = cast(SpatialRecord, r).map
             if name not in acc:
                 acc[name] = {"kind": "spatial", **_new_spatial(k, *m.shape[-2:])}
             _add_spatial(acc[name], m.reshape(len(m), *m.shape[-2:]), y)
+    waiting = pending and sum(len(p[1]) for p in next(iter(pending.values())))
+    if waiting and waiting >= CHUNK:
+        _flush(acc, pending, top_k)
+
+
+class _ShardBatches:
+    """Batch sampler over whole shards: batches of consecutive indices that never cross a
+    shard's end. :meth:`plan` gives, batch by batch in the same order, (shard, first index,
+    whether the batch ends its shard). Nothing is listed ahead: memory is flat."""
+
+    def __init__(self, shards: list[int], shard_size: int, batch_size: int, size: int) -> None:
+        self.shards, self.shard_size, self.batch_size, self.size = (
+            shards, shard_size, batch_size, size)  # fmt: skip
+
+    def plan(self):
+        for shard in self.shards:
+            start = shard * self.shard_size
+            stop = min(start + self.shard_size, self.size)
+            for b in range(start, stop, self.batch_size):
+                yield shard, b, b + self.batch_size >= stop
+
+    def __iter__(self):
+        for _, b, _ in self.plan():
+            stop = min((b // self.shard_size + 1) * self.shard_size, self.size)
+            yield list(range(b, min(b + self.batch_size, stop)))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.plan())
 
 
 # -- the result ------------------------------------------------------------------------------------
@@ -474,7 +529,7 @@ def dataset_stats(
     Returns:
         The :class:`DatasetStats` (on every rank; rank 0 writes ``out``).
     """
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -530,27 +585,28 @@ def dataset_stats(
 
         todo_images = sum(min(shard_size, size - s * shard_size) for s in shards if s not in done)
         bar = tqdm(total=todo_images * world, desc="attnviz stats", unit="img")
+    todo = [s for s in shards if s not in done]
+    # one DataLoader for all the shards (its workers start once); its batches never cross a
+    # shard's end, and it yields them in the sampler's order, which _batches repeats
+    sampler = _ShardBatches(todo, shard_size, batch_size, size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    part: dict = {}
+    pending: dict = {}
     with inference(model):
-        for shard in shards:
-            if shard in done:
+        for (x, y), (shard, start, last) in zip(loader, sampler.plan()):
+            y = torch.as_tensor(y).long()
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+                raise ValueError(f"labels must lie in [0, {num_classes}), got "
+                                 f"[{int(y.min())}, {int(y.max())}]")  # fmt: skip
+            idx = torch.arange(start, start + len(y))
+            _reduce_batch(model, x.to(device), y, idx, blocks, part, pending, num_classes, bins,
+                          top_k)  # fmt: skip
+            if bar is not None:
+                bar.update(len(y) * world)
+            if not last:
                 continue
-            start = shard * shard_size
-            indices = list(range(start, min(start + shard_size, size)))
-            loader = DataLoader(Subset(dataset, indices), batch_size=batch_size,
-                                num_workers=num_workers, shuffle=False)  # fmt: skip
-            part: dict = {}
-            seen = start
-            for x, y in loader:
-                y = torch.as_tensor(y).long()
-                if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-                    raise ValueError(f"labels must lie in [0, {num_classes}), got "
-                                     f"[{int(y.min())}, {int(y.max())}]")  # fmt: skip
-                idx = torch.arange(seen, seen + len(y))
-                seen += len(y)
-                _reduce_batch(model, x.to(device), y, idx, blocks, part, num_classes, bins, top_k)
-                if bar is not None:
-                    bar.update(len(y) * world)
-            acc = _merge(acc, part, top_k)
+            _flush(part, pending, top_k)
+            acc, part = _merge(acc, part, top_k), {}
             done.append(shard)
             if state_path is not None:
                 storage.atomic_save({"config": config, "acc": acc, "done": done}, state_path)
