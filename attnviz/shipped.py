@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import storage
 from ._resources import models_dir, version
 
 __all__ = [
@@ -365,19 +365,6 @@ def history(name: str, folder: str | os.PathLike | None = None) -> Any:
     return state["history"]
 
 
-def _write_json(data: Mapping[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- regenerate -----------------------------------------------------------------------------------
 def regenerate(
     only: Sequence[str] | None = None,
@@ -455,7 +442,7 @@ def regenerate(
         }
         data["models"] = {k: data["models"][k] for k in names() if k in data["models"]}
         data["command"] = "attnviz models --regenerate"
-        _write_json(data, folder / MANIFEST)
+        storage.atomic_write_text(json.dumps(data, indent=1) + "\n", folder / MANIFEST)
         log(f"{name}: test accuracy {measured['test_accuracy']:.2%} (float32 "
             f"{float32['test_accuracy']:.2%}), {seconds:.0f} s on {dev.type}")  # fmt: skip
     return data

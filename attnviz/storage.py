@@ -4,6 +4,7 @@
   disk, then moved into place with ``os.replace``: a crash (or ``kill -9``) at any moment
   leaves the old file or the new one, never half of one. The file gets the permissions a
   new file normally gets (0644 under the usual umask), not the temporary file's 0600.
+  :func:`atomic_write_text` writes text (a JSON manifest, say) the same way.
 - :func:`check_loadable`: what ``torch.load(weights_only=True)`` will refuse (a ``Path``,
   a numpy array, any Python object), found before writing, with the key that holds it.
 - :func:`read`: ``torch.load(weights_only=True)`` with a clear error for a folder, a
@@ -15,12 +16,13 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["atomic_save", "check_loadable", "read"]
+__all__ = ["atomic_save", "atomic_write_text", "check_loadable", "read"]
 
 _ZIP = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 _PICKLE = b"\x80"  # the legacy format starts with a pickle protocol opcode
@@ -34,12 +36,21 @@ def _umask() -> int:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (see the module docstring)."""
+    return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_save` writes tensors."""
+    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
