@@ -179,19 +179,24 @@ def _batches(images: Any, labels: Any, batch_size: int) -> Iterator[tuple[torch.
         yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
-def _batch_weights(model: nn.Module, x: torch.Tensor, blocks: Any) -> dict[str, torch.Tensor]:
-    """One forward pass; the excitation of every block (B x C). The records die here."""
-    with torch.no_grad(), capture(model, kinds="channel", blocks=blocks) as rec:
+def _records_once(model: nn.Module, x: torch.Tensor, kinds: Any, blocks: Any) -> dict[str, Any]:
+    """One forward pass under ``capture(kinds=, blocks=)``: the records, each block having run
+    exactly once (a block that runs twice cannot be reduced per image)."""
+    with torch.no_grad(), capture(model, kinds=kinds, blocks=blocks) as rec:
         model(x)
-    out = {}
     for name, r in rec.items():
         if r.calls != 1:
             raise ValueError(
                 f"{name} ran {r.calls} times in one forward pass; select blocks that run "
                 "once (blocks=)"
             )
-        out[name] = cast(ChannelRecord, r).weights  # kinds="channel"
-    return out
+    return dict(rec.items())
+
+
+def _batch_weights(model: nn.Module, x: torch.Tensor, blocks: Any) -> dict[str, torch.Tensor]:
+    """One forward pass; the excitation of every block (B x C). The records die here."""
+    records = _records_once(model, x, "channel", blocks)
+    return {name: cast(ChannelRecord, r).weights for name, r in records.items()}
 
 
 def _classes(

@@ -54,8 +54,7 @@ from torch import nn
 
 from . import storage
 from ._resources import version
-from .analysis import ChannelStats
-from .capture import capture
+from .analysis import ChannelStats, _records_once
 from .records import ChannelRecord, SpatialRecord
 from .running import inference, model_device
 
@@ -319,12 +318,7 @@ def _reduce_batch(model, x, y, idx, blocks, acc: dict, pending: dict, k: int, bi
                   top_k: int) -> None:  # fmt: skip
     """One batch: spatial maps summed now, channel weights queued in ``pending`` (flushed
     every :data:`CHUNK` images and at the end of a shard)."""
-    with torch.no_grad(), capture(model, kinds=("channel", "spatial"), blocks=blocks) as rec:
-        model(x)
-    for name, r in rec.items():
-        if r.calls != 1:
-            raise ValueError(f"{name} ran {r.calls} times in one forward pass; select blocks "
-                             "that run once (blocks=)")  # fmt: skip
+    for name, r in _records_once(model, x, ("channel", "spatial"), blocks).items():
         if r.kind == "channel":
             w = cast(ChannelRecord, r).weights
             if name not in acc:
