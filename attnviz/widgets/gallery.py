@@ -49,6 +49,7 @@ class ChannelGallery(App):
                 f"{len(dataset)}: pass the same data set (same order)"
             )
         self.dataset, self.side = dataset, side
+        self._class_means = self.stats.channel_stats().mean  # block -> K x C, for the bars
         self.k = min(k or 10**9, len(self.stats.blocks[blocks[0]]["top_index"]))
         self.log = widgets.Output()
         self._block = widgets.Dropdown(options=blocks, value=blocks[-1], description="block")
@@ -115,7 +116,7 @@ class ChannelGallery(App):
         now = self.current()
         for key, widget in (("top", self._top_png), ("bottom", self._bottom_png)):
             self._show(widget, render.montage([self._tile(i) for i in now[key]], ncols=self.k))
-        means = self.stats.channel_stats().mean[self.block][:, self.channel]
+        means = self._class_means[self.block][:, self.channel]
         chart, _ = render.bar_chart(np.nan_to_num(means.numpy(), nan=0.0), 0.0, 1.0)
         self._show(self._means_png, chart)
         names = self.stats.class_names
