@@ -110,7 +110,7 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -126,7 +126,7 @@ class AppServer:
 
         env = _isolated_env(home)
         env["OMP_NUM_THREADS"] = "1"
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.log = open(home / "app.log", "w")  # closed in close()
         cmd = [sys.executable, "-m", "attnviz.cli", "app", "--port", self.url.rsplit(":", 1)[1],
                "--no-download"]  # fmt: skip

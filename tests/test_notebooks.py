@@ -9,12 +9,13 @@ import nbformat
 import pytest
 from nbfixtures import write_notebook
 
+from attnviz import shipped
 from attnviz.nbrun import NotebookError, execute_notebook, inject_parameters
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 #: notebooks that open on shipped trained models by default (04 uses pretrained networks)
-SHIPPED = ["01_spatial_transformer", "02_squeeze_excitation", "03_cbam", "05_self_attention"]
+SHIPPED = sorted({nb for recipe in shipped.RECIPES.values() for nb in recipe.notebooks})
 #: seconds a notebook may take from start to end in its default mode on a 2-core CPU
 #: (to the first explorer: `python benchmarks/run.py --only startup`, target 20 s)
 DEFAULT_MODE_SECONDS = 180

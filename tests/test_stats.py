@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from labtools import free_port
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms import ToTensor
@@ -222,12 +222,6 @@ def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(digits_folder,
             assert key == "kind" or torch.equal(value, b.blocks[name][key]), (name, key)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_under_torchrun_equal_one(folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -237,7 +231,7 @@ def test_two_processes_under_torchrun_equal_one(folder, tmp_path):
     two = tmp_path / "two.pt"
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
          *_stats_cli(folder, two, "--shard-size", "5")[1:]],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
