@@ -63,6 +63,9 @@ from torch import nn
 from ._compat import renamed_kwargs
 from .probes import Probe, Refusal
 from .probes.base import Emission, Watch
+from .probes.kernels import Frame, KernelProbe, Tracker, first_image, tracked
+from .probes.layouts import Scene, layout_for
+from .probes.tokens import token_layout
 from .records import KINDS, Check, Recording
 from .registry import find_attention_modules, list_attention_types
 
@@ -271,40 +274,65 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self._thread: int | None = None
         self._active: dict[int, Watch | None] = {}
         self._errors: dict[tuple[str, str], list[Any]] = {}
+        self._patterns = _as_patterns(blocks)
+        self._tracker = Tracker()
+        self._kernel_probes: dict[str, KernelProbe] = {}
+        self._scene: dict[str, Any] = {}
         self.recording: Recording | None = None
 
     def _select(self, named, kinds, patterns) -> tuple[list[Probe], list[Refusal]]:
         found = list(find_attention_modules(named))
         model = self.root
-        if not found:
+        self._covered = {id(m) for _, m, _ in found}
+        roots = [n for n, _, _ in found]
+        # frames: every module that could run a kernel, outside the registered modules
+        # (whose own frames mark what runs inside them as covered)
+        self._tracked = [
+            (n, m)
+            for n, m in named
+            if id(m) in self._covered
+            or (tracked(m) and not any(n.startswith(r + ".") for r in roots if r))
+        ]
+        open_ = [n for n, m in self._tracked if id(m) not in self._covered]
+        if not found and not open_:
             raise ValueError(
-                f"{type(model).__name__} has no recognised attention module. attnviz recognises "
-                f"{len(list_attention_types())} module types (attnviz.list_attention_types() "
-                "lists them); teach it another with attnviz.register_attention_type(ModuleType, "
-                "kind='channel', submodule='gate')."
+                f"{type(model).__name__} has no recognised attention module and no module "
+                "that could compute one (it is built of torch.nn's own layers only). attnviz "
+                f"recognises {len(list_attention_types())} module types "
+                "(attnviz.list_attention_types() lists them) and any module that calls "
+                "scaled_dot_product_attention or multiplies values by a softmax; teach it "
+                "another with attnviz.register_attention_type(ModuleType, kind='channel', "
+                "submodule='gate')."
             )
         if patterns is not None:
             available = [n for n, _, _ in found]
+            names = [n for n, _ in self._tracked]
             for p in patterns:
-                if not any(fnmatch.fnmatchcase(n, p) for n in available):
+                if not any(fnmatch.fnmatchcase(n, p) for n in available + names):
                     raise ValueError(
-                        f"block pattern {p!r} matches no attention module; available: {available}"
+                        f"block pattern {p!r} matches no attention module (nor any module "
+                        f"that could run one); available: {available or names[:20]}"
                     )
             found = [t for t in found if any(fnmatch.fnmatchcase(t[0], p) for p in patterns)]
         made = [spec.make(name, module) for name, module, spec in found]
         probes = [p for p in made if isinstance(p, Probe)]
         refused = [p for p in made if isinstance(p, Refusal)]
+        self._generic = any(
+            patterns is None or any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in open_
+        )
+        self._kinds = None if kinds is None else ({kinds} if isinstance(kinds, str) else set(kinds))
         if kinds is not None:
             kinds = {kinds} if isinstance(kinds, str) else set(kinds)
             bad = kinds - set(KINDS)
             if bad:
                 raise ValueError(f"unknown kind(s) {sorted(bad)}; kinds are {KINDS}")
             probes = [p for p in probes if p.kind in kinds]
-            if not probes:
+            self._generic = self._generic and "self" in kinds
+            if not probes and not self._generic:
                 raise ValueError(
                     f"{type(model).__name__} has no attention module of kind {sorted(kinds)}"
                 )
-        if not probes:
+        if not probes and not self._generic:
             why = "; ".join(f"{r.name} ({r.module_type}): {r.reason}" for r in refused)
             raise ValueError(f"nothing to record: every selected module is refused. {why}")
         return probes, refused
@@ -364,16 +392,84 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             if output is None:  # the forward raised: nothing to record
                 probe.begin()
                 return None
+            self._tracker.quiet += 1
             try:
                 emission = probe.end(args, kwargs, output)
                 probe.begin()  # drop references to this call's tensors
                 self._take(probe, emission)
             finally:
+                self._tracker.quiet -= 1
                 # what the caller asked for (e.g. no attention weights), whatever happened
                 returned = restore(output) if restore is not None else None
             return returned
 
         return hook
+
+    # -- attention found by what modules compute (probes.kernels) --------------------------
+    def _push(self, name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if not self._mine():
+                return
+            stack = self._tracker.stack
+            covered = id(module) in self._covered or any(f.covered for f in stack)
+            if not stack:
+                self._tracker.__enter__()
+            stack.append(Frame(name, module, args, kwargs, covered))
+
+        return hook
+
+    def _pop(self, _module: nn.Module, _args: tuple, _kwargs: dict, output: Any) -> None:
+        stack = self._tracker.stack
+        if not self._mine() or not stack:
+            return
+        frame = stack.pop()
+        try:
+            if stack and frame.tainted:  # a softmax result handed back to the caller
+                outs = output if isinstance(output, (tuple, list)) else (output,)
+                for t in outs:
+                    hit = frame.tainted.get(id(t))
+                    if hit is not None and hit[0] is t:
+                        stack[-1].tainted[id(t)] = hit
+            if (frame.calls or frame.problems) and not frame.covered and output is not None:
+                self._tracker.quiet += 1
+                try:
+                    self._kernels(frame, stack)
+                finally:
+                    self._tracker.quiet -= 1
+        finally:
+            if not stack:
+                self._tracker.__exit__(None, None, None)
+
+    def _note_input(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._mine():
+            x = first_image(args, kwargs)
+            if x is not None:
+                self._scene["images"] = int(x.shape[0])
+                self._scene["image_size"] = (int(x.shape[-2]), int(x.shape[-1]))
+                if self._scene["tokens"] is not None:
+                    self._scene["tokens"].image_size = self._scene["image_size"]
+
+    def _kernels(self, frame: Frame, stack: list[Frame]) -> None:
+        rec = self.recording
+        assert rec is not None  # hooks exist only inside the ``with``
+        if self._patterns is not None and not any(
+            fnmatch.fnmatchcase(frame.name, p) for p in self._patterns
+        ):
+            return
+        if frame.problems:
+            rec.unrecorded.setdefault(frame.name, frame.problems[0])
+        scene = Scene(
+            frame.module, frame.args, frame.kwargs,
+            [(f.module, f.args, f.kwargs) for f in reversed(stack)],
+            self._scene.get("images"), self._scene.get("image_size"), self._scene["tokens"],
+        )  # fmt: skip
+        layout = layout_for(scene)
+        for i, call in enumerate(frame.calls):
+            name = frame.name if len(frame.calls) == 1 else f"{frame.name}[{i}]"
+            probe = self._kernel_probes.get(name)
+            if probe is None:
+                probe = self._kernel_probes[name] = KernelProbe(name, frame.module)
+            self._take(probe, probe.emission(call, self._scene.get("images"), layout))
 
     def _take(self, probe: Probe, em: Emission) -> None:
         if em.problem is not None:
@@ -452,6 +548,19 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 self._handles.append(
                     m.register_forward_hook(self._end(probe), with_kwargs=True, always_call=True)
                 )
+            if self._generic:
+                self._scene = {"tokens": token_layout(self.root)}
+                self._handles.append(
+                    self.root.register_forward_pre_hook(self._note_input, with_kwargs=True)
+                )
+                for name, m in self._tracked:
+                    push = self._push(name)  # first of the module's pre-hooks, last post-hook
+                    self._handles.append(
+                        m.register_forward_pre_hook(push, with_kwargs=True, prepend=True)
+                    )
+                    self._handles.append(
+                        m.register_forward_hook(self._pop, with_kwargs=True, always_call=True)
+                    )
             if self.eval:
                 self._eval_modules = _eval_enter(self.root, self._modules)
         except BaseException:
@@ -466,6 +575,16 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.remove()
         checks = self._finish()
+        rec = self.recording
+        if exc_type is None and rec is not None:
+            if rec.unrecorded:
+                listed = "; ".join(f"{n}: {why}" for n, why in rec.unrecorded.items())
+                self._complain(
+                    f"attention ran but was NOT recorded in {len(rec.unrecorded)} module(s) "
+                    f"(the records are partial; Recording.unrecorded lists them): {listed}"
+                )
+            if not self.probes and not len(rec) and not rec.unrecorded and rec.forwards:
+                raise ValueError(self._nothing_applied(rec))
         if exc_type is None:
             failed = [c for c in checks if not c.ok]
             if failed:
@@ -480,6 +599,26 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                     f"captured attention disagrees with what the module computed: {lines}. "
                     "The registration may name the wrong submodule or kind."
                 )
+
+    def _nothing_applied(self, rec: Recording) -> str:
+        """Why a capture that found no registered module recorded nothing."""
+        model = type(self.root).__name__
+        if rec.refused:
+            why = "; ".join(f"{n}: {r}" for n, r in rec.refused.items())
+            return f"nothing to record: every selected module is refused. {why}"
+        if self._kinds is not None:
+            return (
+                f"{model} has no attention module of kind {sorted(self._kinds)}: none is "
+                "registered, and no module ran scaled_dot_product_attention or multiplied "
+                "values by a softmax result in this forward pass"
+            )
+        return (
+            f"{model} applied no attention in this forward pass: no module attnviz "
+            "recognises ran, and no module called scaled_dot_product_attention or "
+            "multiplied values by a softmax result. If it applies attention in another "
+            "form, teach attnviz with attnviz.register_attention_type(ModuleType, kind=..., "
+            "submodule=...)."
+        )
 
     def _finish(self) -> list[Check]:
         if self.recording is None or not self._errors:
@@ -503,6 +642,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 if watch is not None:
                     watch.__exit__(None, None, None)
             self._active = {}
+            if self._tracker.stack:  # a forward that raised past its hooks
+                self._tracker.stack.clear()
+                self._tracker.__exit__(None, None, None)
         finally:
             _eval_exit(self._eval_modules)
             self._eval_modules = []

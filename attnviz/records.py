@@ -55,6 +55,7 @@ __all__ = [
     "SpatialRecord",
     "TransformRecord",
     "TwoStageTransformRecord",
+    "WindowAttentionRecord",
 ]
 
 #: the kinds of attention a record can hold
@@ -383,6 +384,13 @@ class SelfAttentionRecord(Record):
         return int(self.matrix.shape[dim]) - len(self.prefix)
 
     def _grid(self, key: str, dim: int) -> tuple[int, int]:
+        if self.meta.get("tokens_unplaced"):
+            raise ValueError(
+                f"{self.name}: its matrix ({self.meta.get('kernel', 'attention')}, shape "
+                f"{self.meta.get('kernel_shape')}) is recorded exactly, but attnviz knows no "
+                f"layout for {self.module_type} that places its tokens on the image; the "
+                "matrix itself is in record.matrix (images x (groups x heads) x Q x K)"
+            )
         if self.meta.get("tokens_unnamed"):
             raise ValueError(
                 f"{self.name}: {self._positions(dim)} tokens that are no square grid, and "
@@ -556,6 +564,125 @@ class LocalAttentionRecord(SelfAttentionRecord):
         return inside.reshape(b, h, hq * wq, hk * wk), lost.reshape(b, h, hq * wq)
 
 
+class WindowAttentionRecord(SelfAttentionRecord):
+    """Self-attention in groups of tokens placed anywhere on the map (Swin's shifted
+    windows, MaxViT's blocks and dilated grids).
+
+    ``windows`` (B x G x heads x Q x K) is the matrix as the module computed and applied
+    it, one Q x K matrix per group (window) and head. ``meta["query_pos"]`` and
+    ``meta["key_pos"]`` (G x Q, G x K) give each token's flat index on the query and key
+    grids (row-major on ``query_size`` / ``key_size``), -1 for a token with no place on the
+    map (zero padding: it takes part as a key, and its weight is :meth:`padding_mass`).
+    ``matrix`` lays the groups out over the whole map (B x heads x HqWq x HkWk, zero
+    outside each query's group; memory grows with the square of the map, so rows
+    (:meth:`key_row`) and :meth:`received` are computed from the groups directly).
+    """
+
+    _main = "windows"
+
+    @property
+    def windows(self) -> torch.Tensor:
+        return self._get("windows")
+
+    @property
+    def heads(self) -> int:
+        return int(self._parts["windows"][0].shape[2]) if self._has("windows") else 0
+
+    @property
+    def tokens(self) -> int:
+        return self._cells("query_size")
+
+    def _cells(self, key: str) -> int:
+        h, w = self.meta[key]
+        return int(h * w)
+
+    def _positions(self, dim: int) -> int:
+        return self._cells("query_size" if dim == 2 else "key_size")
+
+    def _scatter(self, rows: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+        """Lay rows (B x G x heads x R x K, one set of R rows per group) on the key grid,
+        summed over the groups: B x heads x R x HkWk."""
+        b, g, h, r, k = rows.shape
+        kpos = self.meta["key_pos"].to(rows.device)
+        valid = kpos >= 0
+        out = rows.new_zeros(b, h, r, self._cells("key_size"))
+        src = rows.permute(0, 2, 3, 1, 4)[..., valid]  # B x heads x R x (valid keys)
+        idx = kpos.expand(g, k)[valid]
+        return out.index_add_(-1, idx, src) if g else out
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        if "matrix" not in self._cache:
+            w = self.windows.float()
+            b, g, h, q, k = w.shape
+            qpos = self.meta["query_pos"].to(w.device)
+            kpos = self.meta["key_pos"].to(w.device)
+            nq, nk = self._cells("query_size"), self._cells("key_size")
+            dense = w.new_zeros(b, h, nq, nk)
+            keep = (qpos[:, :, None] >= 0) & (kpos[:, None, :] >= 0)  # G x Q x K
+            rows = qpos[:, :, None].expand(g, q, k)[keep]
+            cols = kpos[:, None, :].expand(g, q, k)[keep]
+            vals = w.permute(0, 2, 1, 3, 4)[:, :, keep]  # B x heads x (kept)
+            flat = dense.view(b, h, nq * nk)
+            flat.index_add_(-1, rows * nk + cols, vals)
+            self._cache["matrix"] = dense
+        return self._cache["matrix"]
+
+    def padding_mass(self) -> torch.Tensor:
+        """B x heads x (HqWq): the weight each query cell put on padded keys (no place)."""
+        w = self.windows.float()
+        kpos = self.meta["key_pos"].to(w.device)
+        lost = (w * (kpos < 0)[None, :, None, None, :]).sum(-1)  # B x G x heads x Q
+        return self._by_query(lost)
+
+    def _by_query(self, per_token: torch.Tensor) -> torch.Tensor:
+        """B x G x heads x Q values laid on the query grid: B x heads x HqWq."""
+        b, _, h, _ = per_token.shape
+        qpos = self.meta["query_pos"].to(per_token.device)
+        keep = qpos >= 0
+        out = per_token.new_zeros(b, h, self._cells("query_size"))
+        return out.index_add_(-1, qpos[keep], per_token.permute(0, 2, 1, 3)[:, :, keep])
+
+    def _query(self, cell: int) -> tuple[int, int]:
+        qpos = self.meta["query_pos"]
+        hit = (qpos == cell).nonzero()
+        if not len(hit):
+            raise ValueError(f"{self.name}: query cell {cell} is in no group")
+        return int(hit[0, 0]), int(hit[0, 1])
+
+    def key_row(
+        self, query_xy: Sequence[float], image_size: Sequence[int], *, head: int | None = None
+    ) -> torch.Tensor:
+        """Where the query under image pixel (x, y) looks, on the key grid: B x Hk x Wk,
+        from its own group's row (zero outside the keys it saw)."""
+        i, j = self.query_cell(query_xy, image_size)
+        g, t = self._query(i * self.query_size[1] + j)
+        rows = self.windows[:, g : g + 1, :, t : t + 1].float()
+        kpos = self.meta["key_pos"][g : g + 1].to(rows.device)
+        valid = kpos[0] >= 0
+        out = rows.new_zeros(rows.shape[0], rows.shape[2], self._cells("key_size"))
+        out.index_add_(-1, kpos[0][valid], rows[:, 0, :, 0][..., valid])
+        if head is None:
+            row = out.mean(1)
+        else:
+            self._check_head(head)
+            row = out[:, head]
+        return row.reshape(-1, *self.key_size)
+
+    def received(self, *, head: int | None = None) -> torch.Tensor:
+        """Attention each key cell receives, averaged over all query cells: B x Hk x Wk."""
+        w = self.windows.float()
+        qpos = self.meta["query_pos"].to(w.device)
+        summed = (w * (qpos >= 0)[None, :, None, :, None]).sum(3, keepdim=True)
+        got = self._scatter(summed, qpos)[:, :, 0] / self._cells("query_size")
+        if head is None:
+            out = got.mean(1)
+        else:
+            self._check_head(head)
+            out = got[:, head]
+        return out.reshape(-1, *self.key_size)
+
+
 class BilinearAttentionRecord(SelfAttentionRecord):
     """Bilinear (separable) attention (BAT): rows mix along H, columns along W.
 
@@ -653,6 +780,9 @@ class Recording(Mapping[str, Record]):
         checks: every faithfulness check run, as :class:`Check` objects (filled when the
             capture ends).
         refused: modules recognised but not recorded, with the reason.
+        unrecorded: modules that ran an attention kernel (scaled-dot-product attention, or
+            a softmax result multiplied with values) that could not be recorded, with the
+            reason; the capture also names them in a :class:`~attnviz.CaptureWarning`.
         forwards: forward passes of the captured model recorded (calls of its root module).
     """
 
@@ -660,6 +790,7 @@ class Recording(Mapping[str, Record]):
         self._records: dict[str, Record] = {}
         self.checks: list[Check] = []
         self.refused: dict[str, str] = {}
+        self.unrecorded: dict[str, str] = {}
         self.forwards = 0
 
     def __getitem__(self, name: str) -> Record:
@@ -705,4 +836,5 @@ class Recording(Mapping[str, Record]):
     def __repr__(self) -> str:
         lines = [f"  {r!r}" for r in self._records.values()]
         lines += [f"  refused {n}: {why}" for n, why in self.refused.items()]
+        lines += [f"  NOT RECORDED {n}: {why}" for n, why in self.unrecorded.items()]
         return "Recording(\n" + "\n".join(lines) + "\n)" if lines else "Recording()"

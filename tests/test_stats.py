@@ -94,7 +94,9 @@ def test_top_k_and_histogram_equal_a_brute_force_pass(folder, se):
         w = r.weights.double()
         values, index = stats.top(name, 3)
         order = sorted(range(len(w)), key=lambda i: (-w[i, 3].item(), i))[:5]
-        assert index.tolist() == order and torch.equal(values, w[order, 3])
+        # batches of 7 and one batch of 36 may round a convolution differently (1 ulp)
+        assert index.tolist() == order
+        torch.testing.assert_close(values, w[order, 3], rtol=1e-6, atol=0)
         _, low_index = stats.top(name, 3, lowest=True)
         assert low_index.tolist() == sorted(range(len(w)), key=lambda i: (w[i, 3].item(), i))[:5]
         counts, edges = stats.histogram(name)

@@ -321,8 +321,10 @@ def test_bilinear_attention_rows_and_columns_reproduce_the_block():
 def test_lambda_layers_are_refused_with_the_reason():
     model = timm.create_model("lambda_resnet26t", pretrained=False)
     assert any(isinstance(m, LambdaLayer) for m in model.modules())
-    with pytest.raises(ValueError, match="lambda layer .* applies no attention map"):
-        attnviz.capture(model)
+    with pytest.warns(attnviz.CaptureWarning, match="by design"):
+        with pytest.raises(ValueError, match="lambda layer .* applies no attention map"):
+            with attnviz.capture(model):
+                model(torch.randn(1, 3, 64, 64))
     mixed = nn.Sequential(squeeze_excite.SEModule(16), LambdaLayer(16, feat_size=None, r=3))
     with pytest.warns(attnviz.CaptureWarning, match="not recorded by design"):
         with attnviz.capture(mixed) as rec:

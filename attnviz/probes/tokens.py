@@ -94,6 +94,9 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
     own = getattr(model, "token_layout", None)
     if isinstance(own, TokenLayout):
         return own
+    hf = _hugging_face_layout(model)
+    if hf is not None:
+        return hf
     name = type(model).__name__
     if isinstance(getattr(model, "class_token", None), torch.Tensor) and hasattr(
         model, "patch_size"
@@ -114,6 +117,54 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
         return None  # tokens this function cannot name: no layout rather than a guess
     patch = _pair(getattr(embed, "patch_size", 16))
     return TokenLayout(tuple(prefix), patch, f"{name} (cls_token, dist_token, reg_token)")
+
+
+#: Hugging Face embeddings' attributes that put a token before the patches, in the order
+#: their ``forward`` concatenates them (ViT/BEiT/DINOv2 ``cls_token``, CLIP
+#: ``class_embedding``, DeiT ``distillation_token``, DINOv2 ``register_tokens``)
+_HF_PREFIX = (
+    ("cls_token", "cls"),
+    ("class_embedding", "cls"),
+    ("distillation_token", "dist"),
+    ("register_tokens", "reg"),
+)
+
+
+def _hugging_face_layout(model: nn.Module) -> TokenLayout | None:
+    """The layout of a Hugging Face ``transformers`` vision encoder: the patch size from
+    its config, the leading tokens from its embeddings module's parameters."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    patch = getattr(config, "patch_size", None)
+    vision = getattr(config, "vision_config", None)
+    if patch is None and vision is not None:
+        patch = getattr(vision, "patch_size", None)
+    if patch is None:
+        return None
+    embeddings = next(
+        (
+            m
+            for m in model.modules()
+            if type(m).__name__.endswith("Embeddings")
+            and any(hasattr(m, a) for a in ("patch_embeddings", "patch_embedding"))
+        ),
+        None,
+    )
+    if embeddings is None:
+        return None
+    prefix: list[str] = []
+    for attr, label in _HF_PREFIX:
+        t = getattr(embeddings, attr, None)
+        if not isinstance(t, torch.Tensor):
+            continue
+        if label == "reg":
+            prefix += [f"reg{i + 1}" for i in range(int(t.shape[-2]))]
+        elif label not in prefix:
+            prefix.append(label)
+    name = type(model).__name__
+    return TokenLayout(tuple(prefix), _pair(patch), f"{name} (config.patch_size, "
+                       f"{type(embeddings).__name__}'s tokens)")  # fmt: skip
 
 
 class _TokenMixin:
