@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ._compat import renamed_kwargs
 from .maps import upsample
+from .maps.views import weighted_activation
 
 __all__ = [
     "KINDS",
@@ -144,6 +145,17 @@ class Record:
             raise AttributeError(f"{self.name}: no {field!r} was recorded")
         return list(self._parts[field])
 
+    def view(self) -> tuple[str, torch.Tensor]:
+        """One picture per image of this attention on its feature grid: (label, B x h x w).
+
+        Each kind says what its picture is (see the subclasses); this is the one place
+        :func:`attnviz.maps.attention_view` and the explorers ask.
+
+        Raises:
+            ValueError: a kind (or a record) with no picture on the image grid.
+        """
+        raise ValueError(f"{self.name}: {self.kind} attention has no picture on the image grid")
+
     def __repr__(self) -> str:
         parts = self._parts.get(self._main) or []
         if parts:
@@ -165,6 +177,16 @@ class ChannelRecord(Record):
         return self._get("weights")
 
 
+    def view(self) -> tuple[str, torch.Tensor]:
+        """The weighted activation ``sum_c s_c u_c`` (needs ``capture(..., features=True)``):
+        derived from the weights, not a map the module applied."""
+        if "features" not in self._parts:
+            raise ValueError(
+                f"{self.name}: a channel record has a picture only as the weighted "
+                "activation, which needs capture(..., features=True)"
+            )
+        return "SE-weighted activation", weighted_activation(self.features, self.weights)
+
 class SpatialRecord(Record):
     """A spatial map (CBAM's Ms): ``map`` is B x H x W."""
 
@@ -175,6 +197,10 @@ class SpatialRecord(Record):
     def map(self) -> torch.Tensor:
         return self._get("map")
 
+
+    def view(self) -> tuple[str, torch.Tensor]:
+        """The map itself."""
+        return "spatial map", self.map.float()
 
 class ElementwiseRecord(Record):
     """A gate per channel and position (Gather-Excite with extent, strip attention).
@@ -189,6 +215,10 @@ class ElementwiseRecord(Record):
     def gate(self) -> torch.Tensor:
         return self._get("gate")
 
+
+    def view(self) -> tuple[str, torch.Tensor]:
+        """The gate's mean over channels."""
+        return "gate (mean over channels)", self.gate.float().mean(1)
 
 class AxialRecord(Record):
     """A gate factorised along the two axes (coordinate attention, efficient local attention).
@@ -212,6 +242,10 @@ class AxialRecord(Record):
         """The applied gate, B x C x H x W: ``height[..., :, None] * width[..., None, :]``."""
         return self.height[..., :, None] * self.width[..., None, :]
 
+
+    def view(self) -> tuple[str, torch.Tensor]:
+        """The mean over channels of ``height x width``."""
+        return "axial gate (mean over channels)", self.gate().float().mean(1)
 
 class BranchRecord(Record):
     """Attention over K branches per channel (selective kernels, ResNeSt's split attention).
@@ -270,6 +304,10 @@ class ContextRecord(Record):
     def has_shift(self) -> bool:
         return self._has("shift")
 
+
+    def view(self) -> tuple[str, torch.Tensor]:
+        """The pooling map: where the context is gathered from."""
+        return "context pooling map", self.map.float()
 
 class TransformRecord(Record):
     """A spatial transformer's A_theta (B x 2 x 3), its output V and the input's H x W."""
@@ -495,6 +533,14 @@ class SelfAttentionRecord(Record):
     def received(self, *, head: int | None = None) -> torch.Tensor:
         """Attention each key receives, averaged over all queries: (B, Hk, Wk) float32."""
         return self.head_matrix(head).mean(dim=1).reshape(-1, *self.key_size)
+
+    def view(self) -> tuple[str, torch.Tensor]:
+        """Where the class token looks, averaged over heads (a vision transformer: the DINO
+        paper's picture), else the attention each key position receives, averaged over
+        queries and heads."""
+        if "cls" in self.prefix and self.key_size:
+            return "class-token attention (mean over heads)", self.token_attention("cls")
+        return "attention received (mean over queries)", self.received()
 
 
 class LocalAttentionRecord(SelfAttentionRecord):

@@ -51,27 +51,10 @@ def attention_view(record: Any) -> tuple[str, torch.Tensor]:
         ValueError: a kind with no picture on the image grid (branch, transform), or a
             channel record without features.
     """
-    kind = record.kind
-    if kind == "channel":
-        if "features" not in record._parts:
-            raise ValueError(
-                f"{record.name}: a channel record has a picture only as the weighted "
-                "activation, which needs capture(..., features=True)"
-            )
-        return "SE-weighted activation", weighted_activation(record.features, record.weights)
-    if kind == "spatial":
-        return "spatial map", record.map.float()
-    if kind == "elementwise":
-        return "gate (mean over channels)", record.gate.float().mean(1)
-    if kind == "axial":
-        return "axial gate (mean over channels)", record.gate().float().mean(1)
-    if kind == "context":
-        return "context pooling map", record.map.float()
-    if kind == "self":
-        if "cls" in record.prefix:
-            return "class-token attention (mean over heads)", record.token_attention("cls")
-        return "attention received (mean over queries)", record.received()
-    raise ValueError(f"{record.name}: {kind} attention has no picture on the image grid")
+    view = getattr(record, "view", None)
+    if view is None:
+        raise ValueError(f"{record!r} is no attnviz record")
+    return view()
 
 
 def attention_views(recording: Any) -> dict[str, tuple[str, torch.Tensor]]:

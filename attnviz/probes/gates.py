@@ -29,7 +29,13 @@ from ..records import (
 )
 from .base import Emission, Probe, sample, sums_to_one
 
-__all__ = ["ContextProbe", "GateProbe", "SelectiveKernelProbe", "SplitAttentionProbe"]
+__all__ = [
+    "ContextProbe",
+    "GateProbe",
+    "SelectiveKernelProbe",
+    "SeparableContextProbe",
+    "SplitAttentionProbe",
+]
 
 GATE_RECORDS: dict[str, type[Record]] = {
     "channel": ChannelRecord,
@@ -370,6 +376,87 @@ class ContextProbe(Probe):
             "context == sum_p map_p input_p",
             lambda: (contexts[0].reshape(b, c)[bs, cs], pooled()),
         )
+        if self.keep_features:
+            em.fields["features"] = x
+        return em
+
+
+class SeparableContextProbe(Probe):
+    """MobileViT-v2's separable self-attention (timm ``LinearSelfAttention``; Mehta and
+    Rastegari, "Separable Self-attention for Mobile Vision Transformers", 2022, eq. 2-4).
+
+    There is no query-key matrix. The block unfolds its feature map into P pixel offsets
+    (i, j) of ph x pw patches and N patches; one latent query scores every patch, a softmax
+    over N per offset (``context_scores``, B x 1 x P x N): the context of offset p is
+    ``sum_n scores[p, n] key[:, p, n]``, and the output ``relu(value) * context``. The
+    record is these scores, as a context map: laid back on the feature map, pixel
+    (ny ph + i, nx pw + j) holds ``scores[i pw + j, ny nw + nx]``, so each of the P
+    interleaved sub-lattices sums to one (``meta["offsets"]`` = P).
+    """
+
+    kind = "context"
+    record_type = ContextRecord
+    watch = frozenset({"softmax"})
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        super().__init__(name, module)
+        self._grid: tuple[int, int, int, int] | None = None  # nh, nw, ph, pw
+
+    def taps(self) -> dict[str, nn.Module]:
+        return {"mixed": self.module.get_submodule("out_proj")}
+
+    def where(self) -> str:
+        return "the softmax of its context scores"
+
+    def attach(self, root: nn.Module) -> list[Any]:
+        """Note the patch grid of the MobileViT-v2 block around the module in every forward
+        (the module itself sees only P x N)."""
+        block = next(
+            (
+                m
+                for m in root.modules()
+                if hasattr(m, "patch_size") and hasattr(m, "transformer")
+                and any(c is self.module for c in m.modules())
+            ),
+            None,
+        )  # fmt: skip
+        if block is None:
+            return []
+
+        def note(_module: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.dim() == 4:
+                ph, pw = (int(p) for p in cast(Any, block).patch_size)
+                nh, nw = -(-int(x.shape[-2]) // ph), -(-int(x.shape[-1]) // pw)
+                self._grid = (nh, nw, ph, pw)
+
+        return [block.register_forward_pre_hook(note)]
+
+    def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:
+        x = args[0] if args else None
+        scores, mixed = self.outputs("softmax"), self.pieces.get("mixed", [])
+        if (len(args) > 1 and args[1] is not None) or kwargs.get("x_prev") is not None:
+            return Emission(problem=f"{self.name}: cross-attention to another map is not recorded")
+        if not isinstance(x, torch.Tensor) or len(scores) != 1 or len(mixed) != 1:
+            return self.missing()
+        s = scores[0]  # B x 1 x P x N
+        b, _, p, n = s.shape
+        if self._grid is None or self._grid[0] * self._grid[1] != n:
+            return Emission(problem=f"{self.name}: its patch grid for {n} patches is unknown")
+        nh, nw, ph, pw = self._grid
+        laid = s.reshape(b, ph, pw, nh, nw).permute(0, 3, 1, 4, 2).reshape(b, nh * ph, nw * pw)
+        m = self.module
+        d = cast(int, m.embed_dim)
+
+        def applied() -> tuple[torch.Tensor, torch.Tensor]:
+            qkv = cast(nn.Module, m.qkv_proj)(x[:2])
+            _, key, value = qkv.split([1, d, d], dim=1)
+            context = (key * s[:2]).sum(dim=-1, keepdim=True)
+            return mixed[0][0][0][:2], torch.relu(value) * context
+
+        em = Emission(fields={"map": laid}, meta={"offsets": p, "patch": (ph, pw)})
+        em.compare("relu(value) * sum_n scores_n key_n == the mixed values", applied)
+        em.check("each offset's scores sum to 1", lambda: sums_to_one(s, -1))
         if self.keep_features:
             em.fields["features"] = x
         return em

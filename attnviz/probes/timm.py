@@ -44,7 +44,13 @@ from torch import nn
 
 from .attention import BilinearAttentionProbe, LocalAttentionProbe
 from .base import Probe
-from .gates import ContextProbe, GateProbe, SelectiveKernelProbe, SplitAttentionProbe
+from .gates import (
+    ContextProbe,
+    GateProbe,
+    SelectiveKernelProbe,
+    SeparableContextProbe,
+    SplitAttentionProbe,
+)
 from .tokens import TokenAttentionProbe
 
 __all__ = ["LAMBDA_REASON", "TIMM_LAYERS", "register_timm"]
@@ -157,6 +163,10 @@ def register_timm(register: Callable, refuse: Callable) -> None:
         note="timm `halo` (HaloNet): multi-head, local windows",
     )  # fmt: skip
     refuse(_L + "lambda_layer.LambdaLayer", LAMBDA_REASON, note="timm `lambda`")
+    register(
+        "timm.models.mobilevit.LinearSelfAttention", "context", probe=SeparableContextProbe,
+        note="MobileViT-v2 separable self-attention: context scores over patches per offset",
+    )  # fmt: skip
     register(
         _L + "attention.Attention", "self", probe=TokenAttentionProbe,
         note="timm ViT / DeiT / DINO / DINOv2 (fused or plain): multi-head, named tokens",

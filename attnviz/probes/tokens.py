@@ -102,7 +102,8 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
         model, "patch_size"
     ):  # torchvision
         return TokenLayout(("cls",), _pair(model.patch_size), f"{name}.class_token")
-    embed = getattr(model, "patch_embed", None)
+    # TNT keeps its patches in ``pixel_embed`` (its outer tokens: [cls, patches])
+    embed = getattr(model, "patch_embed", None) or getattr(model, "pixel_embed", None)
     if embed is None or not hasattr(model, "num_prefix_tokens"):
         return None
     prefix: list[str] = []
@@ -173,19 +174,37 @@ class _TokenMixin:
     name: str
     layout: TokenLayout | None = None
 
+    images: int | None = None
+
     def attach(self, root: nn.Module) -> list[Any]:
-        """Read the model's token layout, and note its input size in every forward."""
+        """Read the model's token layout, and note its input size (and batch) in every
+        forward."""
         self.layout = token_layout(root)
-        if self.layout is None:
-            return []
         layout = self.layout
 
         def note(_module: nn.Module, args: tuple) -> None:
             x = args[0] if args else None
             if isinstance(x, torch.Tensor) and x.dim() == 4:
-                layout.image_size = (int(x.shape[-2]), int(x.shape[-1]))
+                self.images = int(x.shape[0])
+                if layout is not None:
+                    layout.image_size = (int(x.shape[-2]), int(x.shape[-1]))
 
         return [root.register_forward_pre_hook(note)]
+
+    def per_image(self, em: Emission) -> Emission:
+        """Sequences of one image folded into the batch (MobileViT v1 runs its transformer
+        on B x P sequences, one per pixel offset of its patches, image-major) become
+        heads of that image: matrix B x (P x heads) x N x N."""
+        a, b = em.fields.get("matrix"), self.images
+        if a is None or b is None or a.shape[0] == b or a.shape[0] % b:
+            return em
+        fold = a.shape[0] // b
+        for key in ("matrix", "values"):
+            t = em.fields.get(key)
+            if t is not None:
+                em.fields[key] = t.reshape(b, fold * t.shape[1], *t.shape[2:])
+        em.meta["heads_are"] = f"{fold} sequences per image x {a.shape[1]} heads"
+        return em
 
     def token_meta(self, n: int) -> dict[str, Any]:
         layout = self.layout
@@ -309,7 +328,7 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
             if em.problem is None:
                 a = em.fields["matrix"]
                 em.meta = self.token_meta(a.shape[-2])
-            return em
+            return self.per_image(em)
         if len(calls) != 1:
             return self.missing()
         (cargs, ckw, out) = calls[0]
@@ -332,7 +351,7 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
             lambda: (out[:, :, rows], (a[:, :, rows].to(v.dtype) @ v)),
         )
         em.check("rows sum to 1", lambda: sums_to_one(a[:, :, rows], -1))
-        return em
+        return self.per_image(em)
 
 
 def attention_matrix(
