@@ -183,8 +183,8 @@ class Tracker(TorchFunctionMode):
             return
         if func in _EINSUM and isinstance(out, torch.Tensor):
             eq = args[0] if args and isinstance(args[0], str) else None
-            self._einsum(frame, eq, ins, out, hits)
-            return
+            if self._einsum(frame, eq, ins, out, hits):
+                return
         same = [t for t in _outputs(out) if any(t is ins[i] for i, _ in hits)]
         for t in _outputs(out):
             # in place or returned as is (dropout in eval): still the softmax itself
@@ -214,15 +214,20 @@ class Tracker(TorchFunctionMode):
             )
 
     def _einsum(self, frame: Frame, eq: str | None, ins: list[torch.Tensor],
-                out: torch.Tensor, hits: list) -> None:  # fmt: skip
-        why = f"an einsum {eq!r} over a softmax result that is no matrix product"
+                out: torch.Tensor, hits: list) -> bool:  # fmt: skip
+        """An einsum over a softmax result: a matrix product with values (a kernel call,
+        True), one that keeps the matrix whole (mixing heads, say: followed on, False), or
+        one that is neither (a problem, True)."""
+        why = f"an einsum {eq!r} over a softmax result that is no matrix product with values"
         if eq is None or "->" not in eq or "." in eq or len(ins) != 2 or len(hits) != 1:
             frame.problems.append(why)
-            return
+            return True
         lhs, o = eq.replace(" ", "").split("->")
         terms = lhs.split(",")
         i, (_, dim, pure) = hits[0]
         t, v = terms[i], terms[1 - i]
+        if len(t) >= 2 and t[-2] in o and t[-1] in o:
+            return False  # the matrix survives (e.g. heads mixed): a transformation of it
         a_t, v_t = ins[i], ins[1 - i]
         contracted = [c for c in t if c in v and c not in o]
         qs = [c for c in t if c in o and c not in v]
@@ -230,16 +235,17 @@ class Tracker(TorchFunctionMode):
         lead = [c for c in o if c in t and c in v]
         if len(contracted) != 1 or len(qs) != 1 or len(ds) != 1 or len(set(t)) != len(t):
             frame.problems.append(why)
-            return
+            return True
         c, q, d, b = contracted[0], qs[0], ds[0], "".join(lead)
         if sorted(t) != sorted(b + q + c) or sorted(v) != sorted(b + c + d):
             frame.problems.append(why)
-            return
+            return True
         a = torch.einsum(f"{t}->{b}{q}{c}", a_t)
         vv = torch.einsum(f"{v}->{b}{c}{d}", v_t)
         prod = torch.einsum(f"{o}->{b}{q}{d}", out)
         normal = pure and dim is not None and t[dim] == c
         frame.calls.append(KernelCall(f"softmax, then einsum {eq!r}", a, vv, prod, normal))
+        return True
 
 
 class KernelProbe(Probe):

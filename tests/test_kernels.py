@@ -1,0 +1,243 @@
+"""Attention found by what a module computes (attnviz.probes.kernels): modules no registry
+names, written the ways people write attention, recorded exactly and checked; kernels
+that cannot be read are named, never dropped silently."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import attnviz
+from attnviz.probes import kernels
+
+
+class SdpaAttention(nn.Module):
+    """A user's multi-head attention over an NCHW map, through the fused kernel."""
+
+    def __init__(self, c: int = 8, heads: int = 2, *, dropout: float = 0.0, mask: bool = False,
+                 scale: float | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.heads, self.dropout, self.scale = heads, dropout, scale
+        self.bias = nn.Parameter(torch.randn(heads, 1, 1)) if mask else None
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        qkv = self.qkv(t).reshape(b, h * w, 3, self.heads, c // self.heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def mask(self, n: int) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        d = torch.arange(n, dtype=torch.float32)
+        return -(d[:, None] - d[None, :]).abs() / n * self.bias  # heads x n x n, float
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_heads(x)
+        kwargs = {} if self.scale is None else {"scale": self.scale}
+        out = F.scaled_dot_product_attention(q, k, v, self.mask(h * w), self.dropout, **kwargs)
+        return self.proj(out.transpose(1, 2).reshape(b, h * w, c)).transpose(1, 2).view(b, c, h, w)
+
+
+class ExplicitAttention(SdpaAttention):
+    """The same attention written out, in one of the forms found in the zoo."""
+
+    def __init__(self, form: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.form = form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_heads(x)
+        a = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+        if self.form == "a@v":
+            out = a @ v
+        elif self.form == "v@a^T":  # timm's Attention2d, LeViT's conv mode
+            out = (v.transpose(-2, -1) @ a.transpose(-2, -1)).transpose(-2, -1)
+        elif self.form == "einsum":  # torchvision's MaxViT
+            out = torch.einsum("b h i j, b h j d -> b h i d", a, v)
+        elif self.form == "mixed heads":  # CaiT's talking heads: mixed after the softmax
+            a = torch.einsum("bhij,gh->bgij", a, torch.eye(self.heads).flip(0) * 0.5 + 0.25)
+            out = a @ v
+        else:  # an einsum that sums the matrix away: no product with the values
+            out = v * torch.einsum("bhij->bhi", a)[..., None]
+        return self.proj(out.transpose(1, 2).reshape(b, h * w, c)).transpose(1, 2).view(b, c, h, w)
+
+
+class Net(nn.Module):
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.stem(x))
+
+
+def _expected(net: Net, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) from the module's own weights, per head."""
+    m = net.attn
+    q, k, _ = m.qkv_heads(net.stem(x))
+    scale = m.scale if m.scale is not None else 1 / math.sqrt(q.shape[-1])
+    logits = q @ k.transpose(-2, -1) * scale
+    mask = m.mask(q.shape[-2])
+    return (logits + (0 if mask is None else mask)).softmax(-1)
+
+
+def _capture(net: nn.Module, x: torch.Tensor, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", attnviz.CaptureWarning)
+        with attnviz.capture(net, **kwargs) as rec:
+            net(x)
+    return rec
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+@pytest.mark.parametrize("mask", [False, True])
+def test_a_fused_kernel_in_a_users_module_is_recorded_exactly(mask, scale):
+    torch.manual_seed(0)
+    net = Net(SdpaAttention(mask=mask, scale=scale)).eval()
+    x = torch.randn(2, 3, 4, 5)
+    rec = _capture(net, x)
+    r = rec["attn"]
+    assert r.kind == "self" and r.meta["kernel"] == "scaled_dot_product_attention"
+    torch.testing.assert_close(r.matrix, _expected(net, x), rtol=1e-5, atol=1e-6)
+    assert r.query_size == (4, 5) and r.key_size == (4, 5)  # the module input's own grid
+    assert all(c.ok for c in rec.checks) and rec.checks
+
+
+@pytest.mark.parametrize("form", ["a@v", "v@a^T", "einsum"])
+def test_explicit_attention_in_every_form_is_recorded_exactly(form):
+    torch.manual_seed(1)
+    net = Net(ExplicitAttention(form)).eval()
+    x = torch.randn(2, 3, 4, 4)
+    rec = _capture(net, x)
+    r = rec["attn"]
+    torch.testing.assert_close(r.matrix, _expected(net, x), rtol=1e-5, atol=1e-6)
+    assert {c.what for c in rec.checks} == {
+        "matrix @ values == the module's own product",
+        *(["rows sum to 1"] if form != "v@a^T" else []),  # the softmax itself, over keys
+    }
+    assert all(c.ok for c in rec.checks)
+
+
+def test_the_matrix_applied_after_the_softmax_is_the_one_recorded():
+    torch.manual_seed(2)
+    net = Net(ExplicitAttention("mixed heads")).eval()
+    x = torch.randn(1, 3, 4, 4)
+    rec = _capture(net, x)
+    a = _expected(net, x)
+    mixed = torch.einsum("bhij,gh->bgij", a, torch.eye(2).flip(0) * 0.5 + 0.25)
+    torch.testing.assert_close(rec["attn"].matrix, mixed, rtol=1e-5, atol=1e-6)
+
+
+def test_recording_the_softmax_instead_of_the_mixed_matrix_is_caught(monkeypatch):
+    """A planted mistake in the explicit path: the softmax recorded, not the operand the
+    module multiplied its values by."""
+    torch.manual_seed(2)
+    net = Net(ExplicitAttention("mixed heads")).eval()
+    real = kernels.Tracker._product
+
+    def softmax_instead(self, frame, left, right, out, hits):
+        real(self, frame, left, right, out, hits)
+        call = frame.calls[-1]
+        sm = next(t for t, _, pure in frame.tainted.values() if pure and t.shape == left.shape)
+        call.matrix = sm
+
+    monkeypatch.setattr(kernels.Tracker, "_product", softmax_instead)
+    with pytest.warns(attnviz.CaptureWarning, match=r"attn: matrix @ values == the module's own"):
+        with attnviz.capture(net):
+            net(torch.randn(1, 3, 4, 4))
+
+
+def test_a_kernel_rebuilt_without_its_mask_is_caught(monkeypatch):
+    torch.manual_seed(3)
+    net = Net(SdpaAttention(mask=True)).eval()
+    real = kernels.attention_matrix
+    monkeypatch.setattr(
+        kernels, "attention_matrix", lambda q, k, mask, causal, scale: real(q, k, None, causal, scale)
+    )
+    with pytest.raises(attnviz.FaithfulnessError, match="attn: matrix @ values"):
+        with attnviz.capture(net, verify="raise"):
+            net(torch.randn(1, 3, 4, 4))
+
+
+def test_a_kernel_that_cannot_be_read_is_named_never_dropped():
+    net = Net(SdpaAttention(dropout=0.5))
+    with pytest.warns(attnviz.CaptureWarning, match=r"NOT recorded.*attn: .*dropout"):
+        with attnviz.capture(net) as rec:
+            net(torch.randn(1, 3, 4, 4))
+    assert "dropout" in rec.unrecorded["attn"] and "attn" not in rec
+    assert "NOT RECORDED attn" in repr(rec)
+    odd = Net(ExplicitAttention("other"))
+    with pytest.warns(attnviz.CaptureWarning, match=r"NOT recorded.*attn: an einsum"):
+        with attnviz.capture(odd) as rec:
+            odd(torch.randn(1, 3, 4, 4))
+    assert list(rec.unrecorded) == ["attn"]
+
+
+class PoolMixer(nn.Module):
+    """PoolFormer's token mixer: no attention at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 3, 1, 1) - x
+
+
+def test_a_model_without_attention_is_told_so():
+    net = Net(PoolMixer())
+    with pytest.raises(ValueError, match="Net applied no attention in this forward pass"):
+        with attnviz.capture(net):
+            net(torch.randn(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="built of torch.nn's own layers only"):
+        attnviz.capture(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()))
+
+
+def test_kinds_and_blocks_select_found_attention_too():
+    torch.manual_seed(4)
+    net = Net(SdpaAttention())
+    with pytest.raises(ValueError, match="no attention module of kind"):
+        with attnviz.capture(net, kinds="channel"):
+            pass
+    rec = _capture(net, torch.randn(1, 3, 4, 4), kinds="self", blocks="attn")
+    assert list(rec) == ["attn"]
+    with pytest.raises(ValueError, match="matches no attention module"):
+        attnviz.capture(net, blocks="layer9*")
+
+
+def test_hooks_and_the_torch_function_mode_are_gone_after_a_raise():
+    net = Net(SdpaAttention())
+    before = [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in net.modules()]
+
+    class Boom(RuntimeError):
+        pass
+
+    with pytest.raises(Boom):
+        with attnviz.capture(net):
+            net(torch.randn(1, 3, 4, 4))
+            raise Boom
+    assert [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in net.modules()] == before
+    assert not torch.overrides._is_torch_function_mode_enabled()
+
+
+def test_separable_attention_of_mobilevit_v2_is_recorded_as_context_scores():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(5)
+    model = timm.create_model("mobilevitv2_050", num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    rec = _capture(model, x)
+    ctx = rec.select(kind="context")
+    assert ctx and all(c.ok for c in rec.checks)
+    r = ctx[0]
+    p = r.meta["offsets"]
+    ph, pw = r.meta["patch"]
+    # each pixel offset's scores are a distribution over the patches
+    by_offset = r.map.reshape(2, -1, ph, r.map.shape[-1] // pw, pw).sum((1, 3))
+    torch.testing.assert_close(by_offset, torch.ones(2, ph, pw))
+    assert p == ph * pw and r.view()[1].shape == r.map.shape
