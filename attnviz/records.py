@@ -437,6 +437,12 @@ class SelfAttentionRecord(Record):
             )
         n = self._positions(dim)
         size = self.meta.get(key)
+        if n == 0:
+            raise ValueError(
+                f"{self.name}: its {'queries' if dim == 2 else 'keys'} are named tokens only "
+                f"({', '.join(self.prefix)}; class attention), with no grid: use "
+                "token_attention()"
+            )
         if size is None:
             side = math.isqrt(n)
             if side * side != n:

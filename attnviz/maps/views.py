@@ -84,7 +84,8 @@ def _self_records(records: Any) -> list[Any]:
 
 def _token_records(recording: Any) -> list[Any]:
     """The self-attention records over one shared token sequence (a vision transformer)."""
-    found = [r for r in _self_records(recording) if r.prefix]
+    # square matrices over named tokens: class attention (one query) does not roll out
+    found = [r for r in _self_records(recording) if r.prefix and r.tokens == r.matrix.shape[-1]]
     if not found:
         return []
     n = found[0].tokens

@@ -132,10 +132,22 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         x = self.images[index : index + 1].to(self.device)
         with torch.no_grad(), capture(self.model, kinds="self") as rec:
             self.model(x)
-        # kinds="self": every record is a SelfAttentionRecord
-        blocks = cast("dict[str, SelfAttentionRecord]", dict(rec.items()))
+        # kinds="self": every record is a SelfAttentionRecord; shown: those whose queries
+        # and keys lie on the image (not class attention's single query, not tokens no
+        # layout places, which are listed below the panel)
+        blocks, self.unplaced = {}, {}
+        for name, r in cast("dict[str, SelfAttentionRecord]", dict(rec.items())).items():
+            try:
+                r.query_size, r.key_size  # noqa: B018 (raises where there is no grid)
+                blocks[name] = r
+            except ValueError as e:
+                self.unplaced[name] = str(e)
         if not blocks:
-            raise ValueError("no self-attention block ran in the forward pass")
+            why = "; ".join(f"{n}: {w}" for n, w in self.unplaced.items())
+            raise ValueError(
+                "no self-attention block ran in the forward pass with queries on the image"
+                + (f" ({why})" if why else "")
+            )
         self._cache = {
             "index": index,
             "blocks": blocks,
@@ -340,7 +352,11 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             f"range [{float(m.min()):.3g}, {float(m.max()):.3g}] (per map; uniform "
             f"{s['uniform']:.3g})",
         ]
-        return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
+        out = "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
+        if self.unplaced:
+            names = ", ".join(html.escape(n) for n in self.unplaced)
+            out += f"<br><small>not shown here (no query grid on the image): {names}</small>"
+        return out
 
     @redraw
     def _redraw(self) -> None:
