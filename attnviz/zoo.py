@@ -47,6 +47,7 @@ __all__ = [
     "TIMM_PREFIX",
     "TORCHVISION_NETWORKS",
     "VIT_NETWORKS",
+    "WINDOW_NETWORKS",
     "Family",
     "OfficialAvgPool",
     "Preprocess",
@@ -86,8 +87,21 @@ _VIT = (
 VIT_NETWORKS: dict[str, str] = {
     n: _VIT for n in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
 }
+_SWIN = (
+    "Swin Transformer (Liu et al., ICCV 2021; v2: CVPR 2022): multi-head self-attention "
+    "within 7 x 7 (v2: 8 x 8) windows, shifted by half a window on alternate blocks"
+)
+_MAXVIT = (
+    "MaxViT (Tu et al., ECCV 2022): MBConv with SE, then attention within 7 x 7 blocks and "
+    "across a dilated 7 x 7 grid"
+)
+#: torchvision's hierarchical transformers, by name
+WINDOW_NETWORKS: dict[str, str] = {
+    **{n: _SWIN for n in ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b")},
+    "maxvit_t": _MAXVIT,
+}
 #: every torchvision network :func:`pretrained` takes by name
-TORCHVISION_NETWORKS: dict[str, str] = {**SE_NETWORKS, **VIT_NETWORKS}
+TORCHVISION_NETWORKS: dict[str, str] = {**SE_NETWORKS, **VIT_NETWORKS, **WINDOW_NETWORKS}
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,43 @@ FAMILIES: dict[str, Family] = {
                 "timm/vit_small_patch16_224.dino",
                 "timm/vit_betwixt_patch16_reg4_gap_256.sbb_in1k",
             ),
+        ),
+        Family(
+            "Swin",
+            "multi-head self-attention within shifted windows, four stages of patch merging",
+            "any position as a query at every stage, its window placed on the image (the "
+            "cyclic shift undone); attention received",
+            (
+                "swin_t",
+                "swin_v2_t",
+                "timm/swin_tiny_patch4_window7_224.ms_in1k",
+                "timm/swinv2_tiny_window8_256.ms_in1k",
+            ),
+        ),
+        Family(
+            "MaxViT / CoAtNet",
+            "attention within local blocks and across a dilated grid (MaxViT); global "
+            "attention in late stages (CoAtNet); SE in the convolutions",
+            "any position as a query, the block or the dilated grid it sees; SE channels",
+            ("maxvit_t", "timm/maxvit_tiny_tf_224.in1k", "timm/coatnet_0_rw_224.sw_in1k"),
+        ),
+        Family(
+            "BEiT / EVA / CaiT",
+            "ViT-style attention with relative-position biases (BEiT), rotary position "
+            "embeddings (EVA-02), or class attention after patch-only layers (CaiT)",
+            "any patch as a query; the class token's attention where it has one",
+            (
+                "timm/beit_base_patch16_224.in22k_ft_in22k_in1k",
+                "timm/eva02_tiny_patch14_224.mim_in22k",
+                "timm/cait_xxs24_224.fb_dist_in1k",
+            ),
+        ),
+        Family(
+            "PVT / Twins",
+            "attention whose keys are a strided reduction of the map (spatial-reduction "
+            "attention), or local windows then sub-sampled global attention (Twins)",
+            "any position as a query over the coarser key grid",
+            ("timm/pvt_v2_b0.in1k", "timm/twins_svt_small.in1k"),
         ),
         Family(
             "BoTNet",

@@ -390,3 +390,31 @@ def _maxvit(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | 
     if lead[0] != b * pos.shape[0]:
         return None
     return Placement(b, pos.shape[0], lead[1], (h, w), (h, w), pos, pos, source=what)
+
+
+@_register("torchvision.models.maxvit.RelativePositionalMultiHeadAttention")
+def _torchvision_maxvit(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
+    """torchvision's MaxViT: its ``PartitionAttentionLayer`` cuts the NCHW map into P x P
+    windows (window: group = window, token = i P + j) or, for grid attention, into
+    P = H / partition_size cells and swaps the axes (group = offset i P + j inside a cell,
+    token = the cell); token (i, j) of cell (gy, gx) lies at (gy P + i, gx P + j)."""
+    found = scene.parent_with("partition_type", "p", "grid_size")
+    b = scene.images
+    if found is None or b is None or len(lead) != 3 or lead[0] != b or not found[1]:
+        return None
+    layer, (x, *_), _ = found
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return None
+    h, w, p = int(x.shape[2]), int(x.shape[3]), int(cast(Any, layer).p)
+    if h % p or w % p:
+        return None
+    cells = torch.arange(h * w).reshape(h // p, p, w // p, p)  # gy, i, gx, j
+    if layer.partition_type == "window":
+        pos = cells.permute(0, 2, 1, 3).reshape(-1, p * p)
+        what = f"window partition {p} x {p}"
+    else:
+        pos = cells.permute(1, 3, 0, 2).reshape(p * p, -1)
+        what = f"grid partition: cells of {p} x {p}, a group holds one position of each cell"
+    if pos.shape != (lead[1], q):
+        return None
+    return Placement(b, lead[1], lead[2], (h, w), (h, w), pos, pos, source=what)
