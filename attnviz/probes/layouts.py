@@ -327,9 +327,15 @@ def _torchvision_swin(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Pl
 
 
 @_register(
-    "transformers.models.swin.modeling_swin.SwinAttention",
-    "transformers.models.swinv2.modeling_swinv2.Swinv2Attention",
-    "transformers.models.donut.modeling_donut_swin.DonutSwinAttention",
+    *(
+        f"transformers.models.{m}.{cls}"
+        for m, name in (
+            ("swin.modeling_swin", "Swin"),
+            ("swinv2.modeling_swinv2", "Swinv2"),
+            ("donut.modeling_donut_swin", "DonutSwin"),
+        )
+        for cls in (f"{name}Attention", f"{name}SelfAttention")  # 5.x; 4.x computes in the
+    )  # self-attention submodule
 )
 def _hf_swin(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
     found = scene.parent_with("window_size", "shift_size", "set_shift_and_window_size")
