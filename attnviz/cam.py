@@ -106,7 +106,8 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     as grad-cam's README and the CBAM paper. Vision transformers: the first LayerNorm of
     the last block (torchvision ``encoder.layers[-1].ln_1``, timm ``blocks[-1].norm1``),
     as grad-cam's ViT tutorial; its tokens are laid on the patch grid by
-    :func:`token_reshape`. Models with a ``features`` ``nn.Sequential``
+    :func:`token_reshape`. Swin (torchvision, timm): its last stage, channels-last maps
+    made channels-first by :func:`token_reshape`. Models with a ``features`` ``nn.Sequential``
     (VGG, MobileNet, EfficientNet, ``SmallCNN``): its last element that contains a
     convolution. Otherwise: the last ``nn.Conv2d`` in registration order that is not part of
     an attention module (a CBAM spatial gate's 2 -> 1 convolution explains nothing).
@@ -117,6 +118,9 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     layer4 = getattr(model, "layer4", None)
     if isinstance(layer4, nn.Sequential) and len(layer4):
         return layer4[-1]
+    swin = _channels_last_stages(model)
+    if swin is not None:
+        return swin[-1]
     vit = _vit_target_layer(model)
     if vit is not None:
         return vit
@@ -135,6 +139,23 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
+#: hierarchical transformers whose stages return B x H x W x C (channels last)
+_CHANNELS_LAST = {
+    "torchvision.models.swin_transformer.SwinTransformer": "features",
+    "timm.models.swin_transformer.SwinTransformer": "layers",
+    "timm.models.swin_transformer_v2.SwinTransformerV2": "layers",
+}
+
+
+def _channels_last_stages(model: nn.Module) -> nn.Sequential | None:
+    """Swin's stages (torchvision ``features``, timm ``layers``), whose outputs are
+    channels-last maps, or None for other models."""
+    cls = type(model)
+    attr = _CHANNELS_LAST.get(f"{cls.__module__}.{cls.__qualname__}")
+    stages = getattr(model, attr, None) if attr else None
+    return stages if isinstance(stages, nn.Sequential) and len(stages) else None
+
+
 def _vit_target_layer(model: nn.Module) -> nn.Module | None:
     if token_layout(model) is None:
         return None
@@ -150,6 +171,9 @@ def _vit_target_layer(model: nn.Module) -> nn.Module | None:
 def token_reshape(model: nn.Module, image_size: Sequence[int] | None = None) -> Any:
     """grad-cam's ``reshape_transform`` for a vision transformer, or None for other models.
 
+    Swin (torchvision's and timm's): its stages' channels-last maps (B x H x W x C) become
+    B x C x H x W.
+
     Drops the model's named leading tokens (class, distillation, register tokens; see
     :func:`attnviz.token_layout`) and lays the patch tokens (B x N x C) on the patch grid
     as B x C x h x w, the layout Grad-CAM averages gradients over.
@@ -159,6 +183,8 @@ def token_reshape(model: nn.Module, image_size: Sequence[int] | None = None) -> 
         image_size: (H, W) of its input, from which the patch grid follows (default: a
             square grid).
     """
+    if _channels_last_stages(model) is not None:  # Swin: B x H x W x C -> B x C x H x W
+        return lambda t: t.permute(0, 3, 1, 2) if t.dim() == 4 else t
     layout = token_layout(model)
     if layout is None:
         return None
@@ -168,13 +194,15 @@ def token_reshape(model: nn.Module, image_size: Sequence[int] | None = None) -> 
     def reshape(t: torch.Tensor) -> torch.Tensor:
         if t.dim() != 3:
             return t
-        grid = layout.grid(t.shape[1])
+        grid, p = layout.grid(t.shape[1]), len(layout.prefix)
+        if grid is None and layout.image_size is not None:  # patches only (CaiT's layers)
+            h, w = (s // q for s, q in zip(layout.image_size, layout.patch))
+            grid, p = ((h, w), 0) if h * w == t.shape[1] else (None, p)
         if grid is None:
             raise ValueError(
                 f"{t.shape[1]} tokens do not fit {len(layout.prefix)} leading tokens "
                 f"{list(layout.prefix)} and a patch grid"
             )
-        p = len(layout.prefix)
         return t[:, p:].reshape(t.shape[0], *grid, t.shape[2]).permute(0, 3, 1, 2)
 
     return reshape

@@ -31,6 +31,10 @@ CASES = {
     "SKNet": ("timm/skresnet18.ra_in1k", "branch"),
     "ECA": ("timm/ecaresnet26t.ra2_in1k", "channel"),
     "squeeze-and-excitation": ("mobilenet_v3_large", "channel"),
+    "Swin": ("swin_t", "self"),
+    "MaxViT / CoAtNet": ("timm/maxvit_tiny_tf_224.in1k", "self"),
+    "BEiT / EVA / CaiT": ("timm/cait_xxs24_224.fb_dist_in1k", "self"),
+    "PVT / Twins": ("timm/pvt_v2_b0.in1k", "self"),
 }
 
 
