@@ -117,7 +117,16 @@ def attention_rollout(records: Any, *, residual: float = 0.5) -> torch.Tensor:
     if len({tuple(m.shape[-2:]) for m in mats}) != 1:
         raise ValueError(
             "attention rollout needs every block over the same tokens; got matrices of "
-            f"{sorted({tuple(m.shape[-2:]) for m in mats})} (pass one model's blocks)"
+            f"{sorted({tuple(m.shape[-2:]) for m in mats})}. A hierarchical model (Swin, "
+            "PVT, MaxViT, ...) merges patches between stages, so no token of one stage is a "
+            "token of the next and rollout is not defined across stages: pass one stage's "
+            "blocks, e.g. rec.select(blocks='layers.0.*')"
+        )
+    if any(m.shape[-2] != m.shape[-1] for m in mats):
+        raise ValueError(
+            "attention rollout needs square matrices (every token a query and a key); "
+            "class attention (one query) or spatial-reduction attention (keys on a coarser "
+            "grid) does not compose"
         )
     n = mats[0].shape[-1]
     eye = torch.eye(n, dtype=torch.float64)
