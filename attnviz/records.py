@@ -538,6 +538,7 @@ class SelfAttentionRecord(Record):
 
     def received(self, *, head: int | None = None) -> torch.Tensor:
         """Attention each key receives, averaged over all queries: (B, Hk, Wk) float32."""
+        self.query_size  # noqa: B018 (raises for class attention: no query on the grid)
         return self.head_matrix(head).mean(dim=1).reshape(-1, *self.key_size)
 
     def view(self) -> tuple[str, torch.Tensor]:

@@ -302,9 +302,10 @@ def _timm_swin(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement
     if x.dim() != 4:  # SwinV2-cr blocks take B x H x W x C too; anything else: unknown
         return None
     size = (int(x.shape[1]), int(x.shape[2]))
+    # timm decides the shift when it builds the block (none where the window spans the
+    # map) and rolls by block.shift_size whatever the input: always_partition, or
+    # another input size with strict_img_size=False, keep a shift on a small map
     window, shift = _pair(block.window_size), _pair(block.shift_size)
-    if window[0] >= size[0] and window[1] >= size[1]:
-        shift = (0, 0)
     what = f"{type(block).__name__}: windows {window}, shift {shift}, roll then pad"
     return _windows(scene, lead, q, size, window, shift, False, what)
 

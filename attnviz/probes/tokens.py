@@ -296,8 +296,17 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         else:
             w_v = cast(torch.Tensor, m.v_proj_weight)
         b_v = None if m.in_proj_bias is None else m.in_proj_bias[2 * e :]
-        # self-attention over tokens: the layout's grid; cross-attention: grids unknown
-        em = Emission(fields={"matrix": a}, meta=self.token_meta(q) if q == k else {})
+        # self-attention over tokens: the layout's grid; cross-attention (SigLIP's pooling
+        # head: one learned query over the patches): the keys' grid where the layout has it
+        if q == k:
+            meta = self.token_meta(q)
+        else:
+            keys = self.token_meta(k)
+            meta = {"key_size": keys["key_size"]} if "key_size" in keys and not keys.get(
+                "prefix") else {}  # fmt: skip
+        meta["kernel"] = "nn.MultiheadAttention, asked for its per-head weights"
+        meta["kernel_shape"] = tuple(int(s) for s in a.shape)
+        em = Emission(fields={"matrix": a}, meta=meta)
         rows, imgs = spots(q, 16), slice(0, 2)
 
         def product() -> tuple[torch.Tensor, torch.Tensor]:
