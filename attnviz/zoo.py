@@ -164,9 +164,9 @@ FAMILIES: dict[str, Family] = {
             "embeddings (EVA-02), or class attention after patch-only layers (CaiT)",
             "any patch as a query; the class token's attention where it has one",
             (
-                "timm/beit_base_patch16_224.in22k_ft_in22k_in1k",
-                "timm/eva02_tiny_patch14_224.mim_in22k",
                 "timm/cait_xxs24_224.fb_dist_in1k",
+                "timm/eva02_tiny_patch14_224.mim_in22k",
+                "timm/beit_base_patch16_224.in22k_ft_in22k_in1k",
             ),
         ),
         Family(

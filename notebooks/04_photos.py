@@ -82,7 +82,8 @@ for name, family in FAMILIES.items():
 # Left: Grad-CAM of the chosen class. Right: the chosen block's attention as
 # the network applied it — a vision transformer's class-token attention (per
 # head or averaged over heads) or its attention rollout through all blocks, a
-# self-attention block's attention received, GCNet's context-pooling map, an
+# self-attention block's attention received (Swin's and MaxViT's windows laid
+# back where they came from on the photo), GCNet's context-pooling map, an
 # SE block's weighted activation $\sum_c s_c\,u_c$, or for SKNet and ResNeSt
 # which branch each channel chose (one row per branch, a column per channel,
 # bright = chosen).
