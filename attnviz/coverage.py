@@ -9,14 +9,14 @@ The zoo:
 
 - **timm**: every model module of timm (``timm.list_modules()``: ``swin_transformer``,
   ``maxxvit``, ``resnet``, ...) is a family. Each is represented by its smallest
-  registered model that carries the family's attention (:data:`TIMM_CASES`), plus one
-  row per further attention mechanism the family holds (``byoanet``: HaloNet, BoTNet
-  and LambdaNet; ``resnet``: SE and ECA variants; ...). Families without attention
-  (ResNet-D, ConvNeXt, Inception, ...) are swept too: they must say that they apply no
-  attention. Large models are built with smaller depths or widths where the constructor
-  takes them (shown beside the model name); the attention modules are the same
-  classes, called the same way. A timm module missing from :data:`TIMM_CASES` (a newer
-  timm) is represented by its smallest registered model at its default input.
+  registered model (:data:`TIMM_CASES`), plus one row per further attention mechanism
+  the family holds (``byoanet``: HaloNet, BoTNet and LambdaNet; ``resnet``: SE and ECA
+  variants; ...). Families without attention (ConvNeXt, Inception, VGG, ...) are swept
+  too: they must say that they apply no attention. Large models are built with smaller
+  depths or widths where the constructor takes them (shown beside the model name); the
+  attention modules are the same classes, called the same way. A timm module missing
+  from :data:`TIMM_CASES` (a newer timm) is represented by its smallest registered model
+  at its default input.
 - **torchvision**: its transformers, ``vit_b_16``, ``swin_t``, ``swin_v2_t``, ``maxvit_t``.
 - **Hugging Face transformers** (if installed): ViT, DeiT, DINOv2, DINOv2 with
   registers, CLIP's and SigLIP's vision towers, BEiT and Swin encoders with tiny configs,
@@ -47,17 +47,19 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .capture import CaptureWarning, capture
-from .records import KINDS, Recording
+from .records import KINDS, Record, Recording
 from .registry import find_attention_modules
 
 __all__ = [
@@ -77,6 +79,7 @@ __all__ = [
     "cases",
     "family_status",
     "markdown_table",
+    "readme_section",
     "run_case",
     "summary",
     "sweep",
@@ -137,7 +140,7 @@ class CoverageRow:
         note: the reasons behind the status (verbatim: unrecorded kernels, failed checks,
             refusals, the error), or what the unplaced records are.
         unrecorded: ``Recording.unrecorded``; refused: ``Recording.refused``;
-        failed: the failed checks, ``"name: what (error e, tolerance t)"``.
+        failed: the failed checks, name -> ``"what (error e, tolerance t)"``.
         warnings: the messages of every :class:`~attnviz.CaptureWarning` the capture
             emitted.
     """
@@ -155,7 +158,7 @@ class CoverageRow:
     overrides: str = ""
     unrecorded: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
-    failed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -166,28 +169,31 @@ class CoverageRow:
 
 # -- timm -------------------------------------------------------------------------------------
 #: timm module -> the models that represent it: (name, input side, constructor overrides).
-#: The first is the family's smallest model that carries its attention; the others add the
-#: family's further attention mechanisms. Overrides shrink large models (depth, width,
-#: image size) and never change which attention modules run.
+#: The first is the family's smallest registered model (by parameters; a small one where the
+#: smallest is slow on a CPU: byoanet's halonet_h1), with or without attention; the others
+#: add each further attention mechanism of the family, so that a family whose smallest
+#: model has none (resnet, regnet, cspnet, metaformer) shows its SE, ECA or self-attention
+#: variants too. Overrides shrink large models (depth, width, image size) and never change
+#: which attention modules run; the input side is the smallest each model accepts cheaply.
 TIMM_CASES: dict[str, list[tuple[str, int, dict[str, Any]]]] = {
     "beit": [("beit_base_patch16_224", 64, {"img_size": 64, "depth": 2})],
     "byoanet": [
-        ("halonet_h1", 128, {}),
+        ("eca_halonext26ts", 256, {}),
         ("eca_botnext26ts_256", 128, {"img_size": 128}),
-        ("haloregnetz_b", 128, {}),
+        ("haloregnetz_b", 224, {}),
         ("lambda_resnet26t", 128, {}),
     ],
     "byobnet": [
         ("test_byobnet", 64, {}),
         ("eca_resnext26ts", 64, {}),
         ("gcresnext26ts", 64, {}),
-        ("bat_resnext26ts", 64, {}),
+        ("bat_resnext26ts", 256, {}),
         ("resnet50_clip", 224, {}),
     ],
     "cait": [("cait_xxs24_224", 64, {"img_size": 64, "depth": 2})],
-    "coat": [("coat_tiny", 64, {})],
+    "coat": [("coat_tiny", 64, {"img_size": 64})],
     "convit": [("convit_tiny", 64, {"img_size": 64})],
-    "convmixer": [("convmixer_768_32", 64, {"depth": 2})],
+    "convmixer": [("convmixer_768_32", 64, {})],
     "convnext": [("test_convnext", 64, {})],
     "cpubone": [("cpubone_nano", 64, {})],
     "crossvit": [("crossvit_tiny_240", 240, {})],
@@ -196,9 +202,12 @@ TIMM_CASES: dict[str, list[tuple[str, int, dict[str, Any]]]] = {
     "cspnext": [("cspnext_tiny", 64, {})],
     "davit": [
         ("davit_tiny", 64, {}),
-        ("davit_base_fl", 64, {"depths": (1, 1, 1, 1), "embed_dims": (32, 64, 128, 256),
-                               "num_heads": (1, 2, 4, 8)}),
-    ],  # fmt: skip
+        (
+            "davit_base_fl",
+            64,
+            {"depths": (1, 1, 1, 1), "embed_dims": (32, 64, 128, 256), "num_heads": (1, 2, 4, 8)},
+        ),
+    ],
     "deepseek_vit": [("deepseek_vit_412m", 84, {"img_size": 84, "depth": 2})],
     "deit": [("deit_tiny_patch16_224", 64, {"img_size": 64})],
     "densenet": [("densenet121", 64, {})],
@@ -215,9 +224,12 @@ TIMM_CASES: dict[str, list[tuple[str, int, dict[str, Any]]]] = {
         ("vit_tiny_patch16_dinov3_qkvb", 64, {"img_size": 64}),
         ("vit_pe_spatial_tiny_patch16_512", 64, {"img_size": 64}),
         ("vit_pe_core_tiny_patch16_384", 64, {"img_size": 64}),
-        ("eva02_enormous_patch14_clip_224", 56,
-         {"img_size": 56, "depth": 2, "embed_dim": 64, "num_heads": 4}),
-    ],  # fmt: skip
+        (
+            "eva02_enormous_patch14_clip_224",
+            56,
+            {"img_size": 56, "depth": 2, "embed_dim": 64, "num_heads": 4},
+        ),
+    ],
     "fasternet": [("fasternet_t0", 64, {})],
     "fastvit": [("fastvit_t8", 64, {}), ("fastvit_mci0", 64, {})],
     "focalnet": [("focalnet_tiny_srf", 64, {})],
@@ -227,7 +239,7 @@ TIMM_CASES: dict[str, list[tuple[str, int, dict[str, Any]]]] = {
     "hardcorenas": [("hardcorenas_b", 64, {})],
     "hgnet": [("hgnetv2_b0", 64, {})],
     "hiera": [("hiera_tiny_224", 224, {})],
-    "hieradet_sam2": [("sam2_hiera_tiny", 224, {"img_size": 224})],
+    "hieradet_sam2": [("sam2_hiera_tiny", 224, {})],
     "hrnet": [("hrnet_w18_small", 64, {})],
     "iformer": [("iformer_t", 224, {})],
     "inception_next": [("inception_next_atto", 64, {})],
@@ -239,7 +251,7 @@ TIMM_CASES: dict[str, list[tuple[str, int, dict[str, Any]]]] = {
     "lowformer": [("lowformer_b0", 224, {})],
     "mambaout": [("test_mambaout", 64, {})],
     "maxxvit": [
-        ("test_coatnet", 64, {}),
+        ("test_coatnet", 64, {"img_size": 64}),
         ("test_maxvit", 64, {"img_size": 64}),
         ("maxvit_tiny_pm_256", 64, {"img_size": 64}),
     ],
@@ -459,12 +471,14 @@ def _select(models: Iterable[Case | str] | None) -> list[Case]:
             out += every[library]
             continue
         hit = [c for c in every[library] if rest in (c.family, c.model)]
-        if not hit and library == "timm" and _import("timm").is_model(rest):
-            timm = _import("timm")
+        timm = _import("timm") if library == "timm" and not hit else None
+        if timm is not None and timm.is_model(rest):
+            family = next(
+                (f for f in timm.list_modules() if timm.models.is_model_in_modules(rest, [f])), "?"
+            )
             cfg = timm.get_pretrained_cfg(rest)
             side = int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
-            hit = [_timm_case(timm, timm.models._registry._model_to_module.get(rest, "?"),
-                              rest, side, {})]  # fmt: skip
+            hit = [_timm_case(timm, family, rest, side, {}, note="at its default input")]
         if not hit:
             raise ValueError(f"{m!r} names no library, family or model of the sweep")
         out += hit
@@ -473,33 +487,67 @@ def _select(models: Iterable[Case | str] | None) -> list[Case]:
 
 # -- running ----------------------------------------------------------------------------------
 def _first_line(e: BaseException) -> str:
+    """The exception's type and first line; where it has no message, where it was raised."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    if text:
+        return f"{type(e).__name__}: {text[0]}"
+    tb = traceback.extract_tb(e.__traceback__)
+    inside = [f for f in tb if "/torch/" not in f.filename] or tb
+    where = f" (raised in {inside[-1].name}, {Path(inside[-1].filename).name})" if inside else ""
+    return f"{type(e).__name__}{where}"
 
 
-def _refusals(model: nn.Module) -> dict[str, str]:
-    return {
-        n: spec.reason for n, _, spec in find_attention_modules(model) if spec.kind == "refused"
-    }
+def _refusal_note(model: nn.Module | None, refused: dict[str, str]) -> str:
+    """One line per refused module type: ``refused: LambdaLayer x3: <reason>``."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for name, why in refused.items():
+        try:
+            what = type(model.get_submodule(name)).__name__ if model is not None else name
+        except AttributeError:
+            what = name
+        counts[(what, why)] += 1
+    return "; ".join(
+        f"refused: {what}{f' x{n}' if n > 1 else ''}: {why}"
+        for (what, why), n in sorted(counts.items())
+    )
 
 
-def _classify(row: CoverageRow, rec: Recording) -> None:
+def _unplaced(r: Record) -> str | None:
+    """Why a self-attention record's tokens are not placed on the image, or None.
+
+    Placed: the record states where its queries or its keys lie (``query_size`` or
+    ``key_size``; class attention has keys on the image and a named query)."""
+    if r.meta.get("tokens_unplaced"):
+        return "no layout"
+    if r.meta.get("tokens_unnamed"):
+        return "leading tokens not named"
+    for grid in ("key_size", "query_size"):
+        try:
+            getattr(r, grid)
+        except ValueError:
+            continue
+        return None
+    return "no grid"
+
+
+def _classify(row: CoverageRow, rec: Recording, model: nn.Module) -> None:
     row.kinds = dict(Counter(r.kind for r in rec.values()))
-    unplaced = [r for r in rec.values() if r.kind == "self" and r.meta.get("tokens_unplaced")]
+    why = {n: _unplaced(r) for n, r in rec.items() if r.kind == "self"}
+    unplaced = [(rec[n], w) for n, w in why.items() if w is not None]
     row.unplaced = len(unplaced)
-    row.placed = row.kinds.get("self", 0) - row.unplaced
+    row.placed = len(why) - row.unplaced
     row.unrecorded = dict(rec.unrecorded)
     row.refused = dict(rec.refused)
-    row.failed = [
-        f"{c.name}: {c.what} (error {c.error:.3g}, tolerance {c.tolerance:g})"
+    row.failed = {
+        c.name: f"{c.what} (error {c.error:.3g}, tolerance {c.tolerance:g})"
         for c in rec.checks
         if not c.ok
-    ]
+    }
     notes = []
     if row.unrecorded or row.failed:
         row.status = PARTIAL
         notes += [f"not recorded: {n}: {why}" for n, why in row.unrecorded.items()]
-        notes += [f"check failed: {f}" for f in row.failed]
+        notes += [f"check failed: {n}: {what}" for n, what in row.failed.items()]
     elif row.refused:
         row.status = REFUSED
     elif not len(rec):
@@ -507,14 +555,29 @@ def _classify(row: CoverageRow, rec: Recording) -> None:
         notes += row.warnings or ["no record, no refusal, nothing unrecorded"]
     elif unplaced:
         row.status = RECORDED_NOT_PLACED
-        counts = Counter(r.module_type for r in unplaced)
-        notes.append("unplaced: " + ", ".join(f"{t} ({n})" for t, n in sorted(counts.items())))
+        counts = Counter((w, r.module_type) for r, w in unplaced)
+        for reason in sorted({w for w, _ in counts}):
+            what = ", ".join(f"{t} ({n})" for (w, t), n in sorted(counts.items()) if w == reason)
+            notes.append(f"unplaced ({reason}): {what}")
     else:
         row.status = RECORDED
     if row.refused:
-        reasons = Counter(f"{n.rsplit('.', 1)[-1]}: {why}" for n, why in row.refused.items())
-        notes.append("refused: " + "; ".join(sorted(reasons)))
-    row.note = "; ".join([row.note, *notes]) if row.note else "; ".join(notes)
+        notes.append(_refusal_note(model, row.refused))
+    row.note = _join(row.note, *notes)
+
+
+def _call(case: Case, model: nn.Module, x: torch.Tensor) -> Any:
+    return case.forward(model, x) if case.forward is not None else model(x)
+
+
+def _without_capture(case: Case, model: nn.Module, x: torch.Tensor) -> str:
+    """Whether the model's forward fails without a capture too (who is to blame)."""
+    try:
+        with torch.no_grad():
+            _call(case, model, x)
+    except Exception as e:
+        return f"fails without a capture too ({_first_line(e)})"
+    return "runs without a capture: the capture broke it"
 
 
 def run_case(case: Case, *, batch: int = 1) -> CoverageRow:
@@ -524,7 +587,7 @@ def run_case(case: Case, *, batch: int = 1) -> CoverageRow:
                       overrides=case.overrides, note=case.note)  # fmt: skip
     if case.skip is not None:
         row.status = case.skip if case.skip.startswith("skipped") else SKIPPED
-        row.note = "; ".join(s for s in (case.note, case.skip) if s and s != row.status)
+        row.note = _join(case.note, case.skip if case.skip != row.status else "")
         return row
     start = time.perf_counter()
     stage = "build"
@@ -539,29 +602,39 @@ def run_case(case: Case, *, batch: int = 1) -> CoverageRow:
             cap = capture(model)
             stage = "forward"
             with cap as rec, torch.no_grad():
-                (case.forward or (lambda m, t: m(t)))(model, x)
-                stage = "close"  # the capture's exit may say: no attention applied
-        except ValueError as e:
+                _call(case, model, x)
+                stage = "close"  # the capture's exit may say: no attention was applied
+        except Exception as e:
             message = str(e)
-            if stage in ("capture", "close") and "every selected module is refused" in message:
+            ours = isinstance(e, ValueError) and stage in ("capture", "close")
+            if ours and "every selected module is refused" in message:
                 row.status = REFUSED
                 row.refused = _refusals(model) if model is not None else {}
-                row.note = _join(row.note, message)
-            elif stage in ("capture", "close") and (
+                row.note = _join(row.note, _refusal_note(model, row.refused) or message)
+            elif ours and (
                 "applied no attention" in message or "no recognised attention module" in message
             ):
                 row.status = NO_ATTENTION
             else:
                 row.note = _join(row.note, f"{stage}: {_first_line(e)}")
-        except Exception as e:
-            row.note = _join(row.note, f"{stage}: {_first_line(e)}")
+                if stage == "forward" and model is not None:
+                    row.note = _join(row.note, _without_capture(case, model, x))
         else:
-            row.warnings = [str(w.message) for w in caught if w.category is CaptureWarning]
-            _classify(row, rec)
-        if not row.warnings:
-            row.warnings = [str(w.message) for w in caught if w.category is CaptureWarning]
+            row.warnings = _messages(caught)
+            _classify(row, rec, model)
+        row.warnings = row.warnings or _messages(caught)
     row.seconds = time.perf_counter() - start
     return row
+
+
+def _messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, CaptureWarning)]
+
+
+def _refusals(model: nn.Module) -> dict[str, str]:
+    return {
+        n: spec.reason for n, _, spec in find_attention_modules(model) if spec.kind == "refused"
+    }
 
 
 def _join(*parts: str) -> str:
@@ -679,3 +752,23 @@ def markdown_table(rows: Iterable[CoverageRow], *, seconds: bool = False) -> str
         cells.append(r.note)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def readme_section(rows: Iterable[CoverageRow]) -> str:
+    """What the README shows between its coverage markers: the counts in a sentence, then
+    :func:`markdown_table` (the same from run to run: no timings)."""
+    rows = list(rows)
+    s = summary(rows)
+    share = "-" if s["exact_share"] is None else f"{s['exact_share']:.1%}"
+    placed = "-" if s["placed_share"] is None else f"{s['placed_share']:.1%}"
+    sentence = (
+        f"Swept with random weights, one image each ({s['rows']} models of {s['families']} "
+        f"families: every timm model module, torchvision's transformers, Hugging Face's "
+        f"vision encoders): of the {s['attention_bearing']} families with attention, "
+        f"**{s['exact']} are recorded exactly ({share})** and {s['placed']} of them also "
+        f"placed on the image ({placed}); {s['partial']} partial, {s['refused']} refused "
+        f"by design, {s['errors']} errors; {s['no_attention']} families apply no attention "
+        "and are told so. Regenerate with `python scripts/coverage_table.py --write "
+        "README.md`; `tests/test_coverage.py` keeps it current."
+    )
+    return sentence + "\n\n" + markdown_table(rows)

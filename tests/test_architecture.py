@@ -23,7 +23,7 @@ LAYERS = {
     "capture": 4,
     "metrics": 5, "render": 5,
     "data": 6, "models": 6, "photos": 6, "train": 6, "cam": 6, "zoo": 6, "analysis": 6,
-    "testing": 6, "explain": 6, "shipped": 6, "stats": 6,
+    "testing": 6, "explain": 6, "shipped": 6, "stats": 6, "coverage": 6,
     "widgets": 7,
     "cli": 8, "nbrun": 8, "app": 8,
     "__init__": 9,  # the package's front door re-exports, nothing imports it

@@ -9,7 +9,9 @@ the block's own roll / pad / partition code. Models are tiny (random weights, ev
 with every normalisation randomised (BatchNorm running statistics, LayerNorm weights and
 biases), so that nothing cancels by accident; each capture runs with ``verify="raise"``.
 
-Facts about where each family keeps q, k, biases and geometry: ../shared/TRANSFORMER_ZOO_NOTES.md.
+Where each family keeps q, k, its biases and its geometry is read from the installed
+timm, torchvision and transformers sources; each test's helper says which function it
+mirrors.
 """
 
 from __future__ import annotations

@@ -159,10 +159,16 @@ def _register(*names: str) -> Callable[[Layout], Layout]:
 
 
 # -- global ---------------------------------------------------------------------------------
+def _module_batch(scene: Scene) -> int | None:
+    x = scene.args[0] if scene.args else next(iter(scene.kwargs.values()), None)
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+
+
 def _split_lead(scene: Scene, lead: tuple[int, ...]) -> tuple[int, int] | None:
-    """(images, heads) of a global kernel, or None when its lead holds more than that."""
+    """(images, heads) of a global kernel, or None when its lead holds more than that
+    (windows folded into the batch show in the module input's batch: B x windows)."""
     b = scene.images
-    if b is None:
+    if b is None or _module_batch(scene) not in (b, None):
         return None
     if len(lead) == 2 and lead[0] == b:
         return b, lead[1]
@@ -175,7 +181,16 @@ def _split_lead(scene: Scene, lead: tuple[int, ...]) -> tuple[int, int] | None:
 
 
 def _input_grid(scene: Scene, n: int) -> tuple[int, int] | None:
-    """The module input's own grid when it holds exactly ``n`` positions."""
+    """The module input's own grid when it holds exactly ``n`` positions and tiles the
+    model's input image with a whole stride (a zero-padded window does not)."""
+    grid = _own_grid(scene, n)
+    if grid is None or scene.image_size is None:
+        return grid
+    (h, w), (gh, gw) = scene.image_size, grid
+    return grid if h % gh == 0 and w % gw == 0 else None
+
+
+def _own_grid(scene: Scene, n: int) -> tuple[int, int] | None:
     x = scene.args[0] if scene.args else next(iter(scene.kwargs.values()), None)
     if not isinstance(x, torch.Tensor):
         return None
@@ -425,3 +440,35 @@ def _torchvision_maxvit(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> 
     if pos.shape != (lead[1], q):
         return None
     return Placement(b, lead[1], lead[2], (h, w), (h, w), pos, pos, source=what)
+
+
+@_register("timm.models.hiera.MaskUnitAttention")
+def _unrolled(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
+    """Hiera keeps its tokens in its own "unrolled" order (mask units, then pooling
+    strides), not row-major: no layout reads that order yet, so its records stay
+    unplaced rather than drawn in the wrong places."""
+    return None
+
+
+@_register("timm.models.vision_transformer_sam.Attention")
+def _sam(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
+    """SAM's image encoder: blocks with ``window_size > 0`` pad the B x H x W x C map to
+    a multiple of the window and attend within windows (heads folded into the batch,
+    image-major, then window, then head); the others attend globally."""
+    found = scene.parent_with("window_size")
+    b = scene.images
+    if found is None or b is None or not found[1] or len(lead) != 1:
+        return None
+    block, (x, *_), _ = found
+    ws = int(cast(Any, block).window_size)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return None
+    if ws <= 0:
+        return global_layout(scene, lead, q, k)
+    size = (int(x.shape[1]), int(x.shape[2]))
+    pos = window_positions(size, (ws, ws), (0, 0), pad_first=True)
+    heads = getattr(scene.module, "num_heads", None)
+    if not isinstance(heads, int) or lead[0] != b * pos.shape[0] * heads or q != ws * ws:
+        return None
+    what = f"{type(block).__name__}: windows ({ws}, {ws}), zero padding"
+    return Placement(b, pos.shape[0], heads, size, size, pos, pos, source=what)
