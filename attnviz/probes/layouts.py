@@ -101,6 +101,8 @@ class Placement:
     key_pos: torch.Tensor | None = None
     prefix: tuple[str, ...] = ()
     source: str = ""
+    heads_first: bool = False  # lead flattened as (images, heads, groups): NesT
+
 
     def fields(self, a: torch.Tensor, v: torch.Tensor) -> tuple[dict, dict, type]:
         """Record fields, metadata and record class for matrix ``a`` and values ``v``."""
@@ -117,9 +119,14 @@ class Placement:
             if self.query_size is None and q != len(self.prefix):
                 meta["tokens_unplaced"] = True
             return {"matrix": a4, "values": v4}, meta, SelfAttentionRecord
-        shape = (self.images, self.groups, self.heads)
-        w = a.reshape(*shape, q, k)
-        vv = v.reshape(*shape, k, v.shape[-1])
+        if self.heads_first:
+            shape = (self.images, self.heads, self.groups)
+            w = a.reshape(*shape, q, k).transpose(1, 2)
+            vv = v.reshape(*shape, k, v.shape[-1]).transpose(1, 2)
+        else:
+            shape = (self.images, self.groups, self.heads)
+            w = a.reshape(*shape, q, k)
+            vv = v.reshape(*shape, k, v.shape[-1])
         meta.update(
             query_size=self.query_size,
             key_size=self.key_size,
@@ -294,14 +301,21 @@ def _pair(v: Any) -> tuple[int, int]:
 
 def _windows(scene: Scene, lead: tuple[int, ...], q: int, size: tuple[int, int],
              window: tuple[int, int], shift: tuple[int, int], pad_first: bool,
-             source: str) -> Placement | None:  # fmt: skip
+             source: str, *, heads_first: bool = False) -> Placement | None:  # fmt: skip
+    """Windows of a map, row-major, each row-major inside: lead (images x windows, heads),
+    (images, windows, heads) or, ``heads_first``, (images, heads, windows)."""
     b = scene.images
-    if b is None or len(lead) != 2 or q != window[0] * window[1]:
+    if b is None or q != window[0] * window[1]:
         return None
     pos = window_positions(size, window, shift, pad_first=pad_first)
-    if lead[0] != b * pos.shape[0]:
+    g = pos.shape[0]
+    if len(lead) == 2 and lead[0] == b * g:
+        heads = lead[1]
+    elif len(lead) == 3 and lead[0] == b and lead[2 if heads_first else 1] == g:
+        heads = lead[1 if heads_first else 2]
+    else:
         return None
-    return Placement(b, pos.shape[0], lead[1], size, size, pos, pos, source=source)
+    return Placement(b, g, heads, size, size, pos, pos, source=source, heads_first=heads_first)
 
 
 @_register(
@@ -472,3 +486,56 @@ def _sam(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | Non
         return None
     what = f"{type(block).__name__}: windows ({ws}, {ws}), zero padding"
     return Placement(b, pos.shape[0], heads, size, size, pos, pos, source=what)
+
+
+def _map_size(x: Any, channels_last: bool) -> tuple[int, int] | None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return None
+    dims = (1, 2) if channels_last else (2, 3)
+    return int(x.shape[dims[0]]), int(x.shape[dims[1]])
+
+
+@_register("timm.models.tiny_vit.Attention", "timm.models.davit.WindowAttention")
+def _padded_windows(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
+    """TinyViT and DaViT: the block zero-pads its map (bottom, right) to a multiple of the
+    window and cuts it into windows, row-major, with no shift (TinyViT's blocks take
+    B x H x W x C, DaViT's spatial blocks B x C x H x W). A map of exactly one window is
+    attended to globally."""
+    found = scene.parent_with("window_size")
+    if found is None or not found[1]:
+        return None
+    block, (x, *_), _ = found
+    ws = _pair(cast(Any, block).window_size)
+    size = _map_size(x, channels_last=type(block).__name__ == "TinyVitBlock")
+    if size is None:
+        return None
+    what = f"{type(block).__name__}: windows {ws}, zero padding"
+    return _windows(scene, lead, q, size, ws, (0, 0), True, what)
+
+
+@_register("timm.models.twins.LocallyGroupedAttn")
+def _twins_local(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
+    """Twins' locally-grouped attention: the H x W tokens (size given beside them) padded
+    to ws x ws windows, the window axis before the heads: lead (images, windows, heads)."""
+    size, ws = _feature_size(scene), int(cast(Any, scene.module).ws)
+    if size is None:
+        return None
+    return _windows(scene, lead, q, size, (ws, ws), (0, 0), True, f"windows ({ws}, {ws})")
+
+
+@_register("timm.models.nest.Attention")
+def _nest(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | None:
+    """NesT: each level's map is cut into T square blocks of block_size x block_size
+    (``blockify``, row-major), attended to separately; heads come before the block axis:
+    lead (images, heads, blocks)."""
+    found = scene.parent_with("block_size")
+    x = scene.args[0] if scene.args else None
+    if found is None or not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return None
+    bs, t = int(cast(Any, found[0]).block_size), int(x.shape[1])
+    side = math.isqrt(t)
+    if side * side != t:
+        return None
+    size = (side * bs, side * bs)
+    return _windows(scene, lead, q, size, (bs, bs), (0, 0), True, f"blocks ({bs}, {bs})",
+                    heads_first=True)  # fmt: skip
