@@ -69,7 +69,15 @@ from .probes.tokens import token_layout
 from .records import KINDS, Check, Recording
 from .registry import find_attention_modules, list_attention_types
 
-__all__ = ["CaptureWarning", "FaithfulnessError", "capture"]
+__all__ = ["ATTENTION_MODES", "CaptureWarning", "FaithfulnessError", "capture"]
+
+#: what a capture keeps of self-attention computed by a fused kernel (``attention=``)
+ATTENTION_MODES = {
+    "factors": "q, k, values and the kernel's mask and scale, O(N d) per head; rows, "
+    "maps and the whole matrix computed exactly when asked (the default: thousands of "
+    "tokens fit)",
+    "full": "every matrix, O(N^2) per head, computed during the forward",
+}
 
 #: relative error above which a faithfulness check fails, by the output's dtype
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -223,6 +231,13 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             eval); every module's flag is restored when the last capture of it closes.
         features: also keep what each attention was applied to (``record.features``), e.g.
             to show a channel before and after scaling. Costs memory: B x C x H x W per module.
+        attention: what to keep of attention computed by a fused
+            ``scaled_dot_product_attention`` (timm's ViTs, EVA, BEiT, Hugging Face's
+            ``sdpa``, ...): ``"factors"`` (default) keeps the kernel's q, k, mask and scale,
+            O(N d) per head, and records compute rows, maps and the whole matrix exactly
+            when asked (:class:`~attnviz.FactoredAttentionRecord`); ``"full"`` computes
+            and keeps every N x N matrix during the forward. Attention a module forms
+            itself (an explicit softmax) is kept as it was applied either way.
         verify: check every record against its module's output as it is taken (default):
             a disagreement warns with :class:`CaptureWarning`; ``"raise"`` makes it a
             :class:`FaithfulnessError`; ``False`` skips the checks.
@@ -246,6 +261,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         eval: bool = True,
         features: bool = False,
         verify: bool | str = True,
+        attention: str = "factors",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"capture() needs a torch.nn.Module, got {type(model).__name__}")
@@ -255,6 +271,12 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             )
         if verify not in (True, False, "raise"):
             raise TypeError(f"verify must be True, False or 'raise', got {verify!r}")
+        if attention not in ATTENTION_MODES:
+            raise ValueError(
+                f"attention must be one of {sorted(ATTENTION_MODES)}, got {attention!r}: "
+                + "; ".join(f"{k!r}: {v}" for k, v in ATTENTION_MODES.items())
+            )
+        self.attention = attention
         self.model = model
         self.root = _eager_root(model)
         named = list(self.root.named_modules())
@@ -275,7 +297,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self._active: dict[int, Watch | None] = {}
         self._errors: dict[tuple[str, str], list[Any]] = {}
         self._patterns = _as_patterns(blocks)
-        self._tracker = Tracker()
+        self._tracker = Tracker(factored=attention == "factors")
         self._kernel_probes: dict[str, KernelProbe] = {}
         self._scene: dict[str, Any] = {}
         self.recording: Recording | None = None
@@ -539,6 +561,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 self._handles += probe.attach(self.root)
             for probe in self.probes:
                 probe.keep_features = self.features
+                probe.factored = self.attention == "factors"
                 m = probe.module
                 self._handles.append(
                     m.register_forward_pre_hook(self._begin(probe), with_kwargs=True)

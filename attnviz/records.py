@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ._compat import renamed_kwargs
 from .maps import upsample
+from .maps.attention import Rows, attention_rows, matrix_bytes
 from .maps.views import weighted_activation
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Check",
     "ContextRecord",
     "ElementwiseRecord",
+    "FactoredAttentionRecord",
     "LocalAttentionRecord",
     "Record",
     "Recording",
@@ -58,6 +60,9 @@ __all__ = [
     "TwoStageTransformRecord",
     "WindowAttentionRecord",
 ]
+
+#: the largest whole matrix a factored record computes when asked (bytes; set to change)
+MATRIX_LIMIT = 2 * 2**30
 
 #: the kinds of attention a record can hold
 KINDS = ("channel", "spatial", "elementwise", "axial", "branch", "context", "transform", "self")
@@ -541,6 +546,21 @@ class SelfAttentionRecord(Record):
         self.query_size  # noqa: B018 (raises for class attention: no query on the grid)
         return self.head_matrix(head).mean(dim=1).reshape(-1, *self.key_size)
 
+    def query_rows(self, rows: Rows = None) -> torch.Tensor:
+        """Rows of the matrix (every token, prefix included): B x heads x R x K float32."""
+        m = self.matrix
+        return m[:, :, slice(None) if rows is None else rows].float()
+
+    def key_column(self, key: int) -> torch.Tensor:
+        """Column ``key`` of the matrix: how much every query takes from that key (every
+        token, prefix included), B x heads x Q float32."""
+        return self.matrix[..., key].float()
+
+    def top_keys(self, rows: Rows, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` largest weights of the chosen query rows and their key indices (every
+        token, prefix included): (values, indices), each B x heads x R x k."""
+        return self.query_rows(rows).topk(k, dim=-1)
+
     def view(self) -> tuple[str, torch.Tensor]:
         """Where the class token looks, averaged over heads (a vision transformer: the DINO
         paper's picture), else the attention each key position receives, averaged over
@@ -548,6 +568,130 @@ class SelfAttentionRecord(Record):
         if "cls" in self.prefix and self.key_size:
             return "class-token attention (mean over heads)", self.token_attention("cls")
         return "attention received (mean over queries)", self.received()
+
+
+class FactoredAttentionRecord(SelfAttentionRecord):
+    """Self-attention kept as the factors its kernel formed the matrix from.
+
+    A fused ``scaled_dot_product_attention`` applies ``softmax(q k^T * scale + mask)``;
+    this record keeps ``q`` (B x heads x N x d) and ``k`` (B x heads x M x d) as the
+    kernel received them (RoPE already applied), ``values``, the additive ``mask`` if
+    there was one (``record.mask``, as passed: a relative-position bias is shared by the
+    batch) and the scale, and computes exactly the rows it is asked for
+    (:meth:`query_rows`): O(N d) numbers held instead of O(N M), so capture works at
+    thousands of tokens. The grid methods (:meth:`token_attention`, :meth:`key_row`,
+    :meth:`query_map`, :meth:`received`) compute rows in chunks and never hold the
+    matrix; ``matrix`` computes all of it on request, refusing beyond
+    :data:`MATRIX_LIMIT` bytes with the size and the alternatives.
+    """
+
+    _main = "q"
+    #: query rows per chunk when streaming (received, rollout)
+    chunk = 256
+
+    @property
+    def q(self) -> torch.Tensor:
+        return self._get("q")
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self._get("k")
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The kernel's additive (or boolean) mask, broadcastable to B x heads x N x M; a
+        mask shared by the batch (``meta["shared_mask"]``) is kept once."""
+        if not self._has("mask"):
+            return None
+        return self._parts["mask"][0] if self.meta.get("shared_mask") else self._get("mask")
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self.matrix
+
+    @property
+    def tokens(self) -> int:
+        return int(self._parts["q"][0].shape[2]) if self._has("q") else 0
+
+    @property
+    def keys(self) -> int:
+        return int(self._parts["k"][0].shape[2]) if self._has("k") else 0
+
+    def _positions(self, dim: int) -> int:
+        return (self.tokens if dim == 2 else self.keys) - len(self.prefix)
+
+    def query_rows(self, rows: Rows = None) -> torch.Tensor:
+        """Rows of the matrix, computed from q and k: B x heads x R x K float32."""
+        m = self.meta
+        return attention_rows(self.q, self.k, self.mask, m.get("causal", False),
+                              m.get("scale"), rows)  # fmt: skip
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The whole matrix (B x heads x N x M), computed now; refused beyond
+        :data:`MATRIX_LIMIT` bytes."""
+        if "matrix" not in self._cache:
+            shape = (self.batch_size, self.heads, self.tokens, self.keys)
+            size = matrix_bytes(shape)
+            if size > MATRIX_LIMIT:
+                raise MemoryError(
+                    f"{self.name}: the whole matrix {shape} would take {size / 2**20:,.0f} MiB "
+                    f"(attnviz.records.MATRIX_LIMIT is {MATRIX_LIMIT / 2**20:,.0f} MiB): ask for "
+                    "rows instead (record.query_rows(...), token_attention, key_row, received, "
+                    "maps.rollout_map stream them), or raise MATRIX_LIMIT"
+                )
+            self._cache["matrix"] = self.query_rows()
+        return self._cache["matrix"]
+
+    def key_column(self, key: int) -> torch.Tensor:
+        """Column ``key``, streamed in chunks of :attr:`chunk` rows: B x heads x N."""
+        parts = [
+            self.query_rows(slice(s, min(s + self.chunk, self.tokens)))[..., key]
+            for s in range(0, self.tokens, self.chunk)
+        ]
+        return torch.cat(parts, dim=-1)
+
+    def _heads(self, t: torch.Tensor, head: int | None) -> torch.Tensor:
+        if head is None:
+            return t.mean(dim=1)
+        self._check_head(head)
+        return t[:, head]
+
+    def token_attention(self, token: str = "cls", *, head: int | None = None) -> torch.Tensor:
+        if token not in self.prefix:
+            super().token_attention(token)  # raises, listing the tokens
+        t, p = self.prefix.index(token), len(self.prefix)
+        row = self._heads(self.query_rows([t])[:, :, 0, p:], head)
+        return row.reshape(-1, *self.key_size)
+
+    def key_row(
+        self, query_xy: Sequence[float], image_size: Sequence[int], *, head: int | None = None
+    ) -> torch.Tensor:
+        i, j = self.query_cell(query_xy, image_size)
+        p = len(self.prefix)
+        row = self._heads(self.query_rows([p + i * self.query_size[1] + j])[:, :, 0, p:], head)
+        return row.reshape(-1, *self.key_size)
+
+    def received(self, *, head: int | None = None) -> torch.Tensor:
+        """Attention each key receives, averaged over all queries, streamed in chunks of
+        :attr:`chunk` rows: B x Hk x Wk."""
+        self.query_size  # noqa: B018 (raises for class attention: no query on the grid)
+        p, n = len(self.prefix), self.tokens
+        total = None
+        for start in range(p, n, self.chunk):
+            part = self.query_rows(slice(start, min(start + self.chunk, n)))[..., p:].sum(2)
+            total = part if total is None else total + part
+        assert total is not None
+        return self._heads(total / (n - p), head).reshape(-1, *self.key_size)
+
+    def __repr__(self) -> str:
+        if not self._has("q"):
+            return super().__repr__()
+        shape = (self.batch_size, self.heads, self.tokens, self.keys)
+        return (
+            f"{type(self).__name__}(name={self.name!r}, type={self.module_type}, "
+            f"factors of a {shape} matrix, calls={self.calls})"
+        )
 
 
 class LocalAttentionRecord(SelfAttentionRecord):

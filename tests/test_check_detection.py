@@ -403,10 +403,10 @@ def _missed(monkeypatch: pytest.MonkeyPatch, what: str) -> None:
     """Make the probe compute the fused kernel's matrix without ``what`` (mask, causal, scale)."""
     real = token_probes.attention_matrix
 
-    def partial(q, k, mask=None, causal=False, scale=None):
+    def partial(q, k, mask=None, causal=False, scale=None, rows=None):
         kept = {"mask": mask, "causal": causal, "scale": scale}
         kept[what] = {"mask": None, "causal": False, "scale": None}[what]
-        return real(q, k, kept["mask"], kept["causal"], kept["scale"])
+        return real(q, k, kept["mask"], kept["causal"], kept["scale"], rows)
 
     for module in list(sys.modules.values()):  # every attnviz module that imported it
         if getattr(module, "__name__", "").startswith("attnviz.") and (

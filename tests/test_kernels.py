@@ -161,8 +161,8 @@ def test_a_kernel_rebuilt_without_its_mask_is_caught(monkeypatch):
     torch.manual_seed(3)
     net = Net(SdpaAttention(mask=True)).eval()
     real = kernels.attention_matrix
-    def unmasked(q, k, _mask, causal, scale):
-        return real(q, k, None, causal, scale)
+    def unmasked(q, k, _mask, causal, scale, rows=None):
+        return real(q, k, None, causal, scale, rows)
 
     monkeypatch.setattr(kernels, "attention_matrix", unmasked)
     with pytest.raises(attnviz.FaithfulnessError, match="attn: matrix @ values"):

@@ -150,7 +150,7 @@ def test_a_wrong_fused_matrix_fails_its_check(monkeypatch):
     monkeypatch.setattr(
         token_probes,
         "attention_matrix",
-        lambda q, k, mask, causal, scale: real(q, k, mask, causal, 0.5),
+        lambda q, k, mask, causal, scale, rows=None: real(q, k, mask, causal, 0.5, rows),
     )
     m = _timm("vit_tiny_patch16_224", True)
     with pytest.raises(attnviz.FaithfulnessError, match="fused kernel"):

@@ -142,15 +142,51 @@ def attention_rollout(records: Any, *, residual: float = 0.5) -> torch.Tensor:
 def rollout_map(records: Any, token: str = "cls", *, residual: float = 0.5) -> torch.Tensor:
     """The rollout row of a named token over the patches, on the patch grid: B x h x w.
 
+    The row ``e_t^T A'_L ... A'_1`` of :func:`attention_rollout`, computed as a row vector
+    times one block's matrix at a time, from the last block to the first, each matrix
+    read in chunks of query rows (``record.query_rows``): a factored record never forms
+    its matrix, so this costs one pass over the blocks' rows and holds one chunk at a
+    time, at any number of tokens.
+
     Args:
         records: a vision transformer's self-attention records (see
             :func:`attention_rollout`); the token names and grid come from the last one.
         token: a prefix token of the model (``"cls"``, ``"dist"``, ...).
     """
+    if not 0.0 <= float(residual) <= 1.0:
+        raise ValueError(f"residual must lie in [0, 1], got {residual!r}")
     records = _self_records(records)
-    rolled = attention_rollout(records, residual=residual)
+    if not records:
+        raise ValueError("attention rollout needs self-attention records (a ViT's blocks)")
     last = records[-1]
     if token not in last.prefix:
         raise ValueError(f"no token {token!r}; the model's leading tokens are {list(last.prefix)}")
+    n = {r.tokens for r in records}
+    if len(n) != 1 or any(getattr(r, "keys", r.tokens) != r.tokens for r in records):
+        attention_rollout(records, residual=residual)  # raises with the reason
+    n_tokens = last.tokens
     t, p = last.prefix.index(token), len(last.prefix)
-    return rolled[:, t, p:].reshape(-1, *last.key_size)
+    x = None
+    for r in reversed(records):
+        b = r.batch_size
+        if x is None:
+            x = torch.zeros(b, n_tokens, dtype=torch.float64)
+            x[:, t] = 1.0
+        x = _times_block(x, r, residual)
+    assert x is not None
+    return x[:, p:].float().reshape(-1, *last.key_size)
+
+
+def _times_block(x: torch.Tensor, record: Any, residual: float, chunk: int = 256) -> torch.Tensor:
+    """``x A'`` for one block, ``A' = rownorm(residual I + (1 - residual) mean_h A)``, with
+    A read ``chunk`` query rows at a time."""
+    n = x.shape[1]
+    out = torch.zeros_like(x)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        a = record.query_rows(slice(start, stop)).to(torch.float64).mean(dim=1)  # B x c x N
+        a = (1 - residual) * a
+        a[:, torch.arange(stop - start), torch.arange(start, stop)] += residual
+        a = a / a.sum(dim=-1, keepdim=True)
+        out += torch.einsum("bc,bcn->bn", x[:, start:stop], a)
+    return out

@@ -137,6 +137,7 @@ class Probe:
         self.name = name
         self.module = module
         self.keep_features = False
+        self.factored = False  # capture(attention="factors"): keep a fused kernel's q and k
         self.pieces: dict[str, list[Any]] = {}
 
     def taps(self) -> dict[str, nn.Module]:

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..records import SelfAttentionRecord
+from ..records import FactoredAttentionRecord, SelfAttentionRecord
 from .base import FUNCTIONS, Emission, Probe, spots, sums_to_one
 from .tokens import attention_matrix
 
@@ -70,11 +70,28 @@ class KernelCall:
     """
 
     how: str
-    matrix: torch.Tensor
+    matrix: torch.Tensor | None  # None: a fused kernel kept as its factors
     values: torch.Tensor
     product: torch.Tensor
     normalised: bool
     problem: str | None = None
+    factors: dict[str, Any] | None = None  # q, k, mask, causal, scale of a fused kernel
+
+    def rows(self, rows: Any = None) -> torch.Tensor:
+        """The matrix's rows (lead... x R x K): read, or computed from the factors."""
+        if self.factors is None:
+            assert self.matrix is not None
+            return self.matrix if rows is None else self.matrix[..., rows, :]
+        f = self.factors
+        return attention_matrix(f["q"], f["k"], f["mask"], f["causal"], f["scale"], rows=rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.factors is None:
+            assert self.matrix is not None
+            return tuple(self.matrix.shape)
+        q, k = self.factors["q"], self.factors["k"]
+        return (*q.shape[:-1], int(k.shape[-2]))
 
 
 @dataclass
@@ -118,9 +135,10 @@ class Tracker(TorchFunctionMode):
     is entered as a torch function mode while the outermost tracked module runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, factored: bool = False) -> None:
         super().__init__()
         self.stack: list[Frame] = []
+        self.factored = factored  # keep a fused kernel's q and k, not its matrix
         self.quiet = 0  # > 0 while attnviz itself computes (records, checks): not the model
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -158,8 +176,13 @@ class Tracker(TorchFunctionMode):
         if kwargs.get("enable_gqa") and q.shape[-3] != k.shape[-3]:
             rep = q.shape[-3] // k.shape[-3]
             k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
-        a = attention_matrix(q, k, mask, bool(causal), scale)
-        frame.calls.append(KernelCall("scaled_dot_product_attention", a, v, out, True))
+        how = "scaled_dot_product_attention"
+        if self.factored:
+            factors = {"q": q, "k": k, "mask": mask, "causal": bool(causal), "scale": scale}
+            frame.calls.append(KernelCall(how, None, v, out, True, factors=factors))
+        else:
+            a = attention_matrix(q, k, mask, bool(causal), scale)
+            frame.calls.append(KernelCall(how, a, v, out, True))
 
     # -- explicit ---------------------------------------------------------------------------
     def _taint_of(self, t: torch.Tensor) -> tuple[torch.Tensor, int | None, bool] | None:
@@ -259,41 +282,93 @@ class KernelProbe(Probe):
     record_type = SelfAttentionRecord
 
     def emission(self, call: KernelCall, batch: int | None, layout: Any) -> Emission:
-        a, v, p = call.matrix, call.values, call.product
-        if a.shape[:-2] != v.shape[:-2]:
+        shape = call.shape
+        lead_shape, (q, k) = shape[:-2], shape[-2:]
+        v, p = call.values, call.product
+        if tuple(v.shape[:-2]) != lead_shape:
             try:
-                v = v.expand(*a.shape[:-2], *v.shape[-2:])
+                v = v.expand(*lead_shape, *v.shape[-2:])
             except RuntimeError:
                 return Emission(problem=f"{self.name}: a kernel whose values do not line up")
-        q, k = a.shape[-2:]
-        lead = int(math.prod(a.shape[:-2]))
-        placed = layout(a.shape[:-2], q, k) if layout is not None else None
-        if placed is not None:
-            fields, meta, record_type = placed.fields(a, v)
-            self.record_type = record_type
+        lead = int(math.prod(lead_shape))
+        placed = layout(lead_shape, q, k) if layout is not None else None
+        if call.factors is not None and (placed is None or placed.query_pos is None):
+            fields, meta = self._factors(call, v, placed, batch, lead)
         else:
-            b = batch if batch and lead % batch == 0 else lead
-            matrix = a.reshape(b, lead // b, q, k)
-            fields = {"matrix": matrix, "values": v.reshape(b, lead // b, k, v.shape[-1])}
-            meta = {"tokens_unplaced": True}
+            a = call.rows()  # windows: small matrices, kept whole
+            if placed is not None:
+                fields, meta, record_type = placed.fields(a, v)
+                self.record_type = record_type
+            else:
+                b = batch if batch and lead % batch == 0 else lead
+                fields = {"matrix": a.reshape(b, lead // b, q, k),
+                          "values": v.reshape(b, lead // b, k, v.shape[-1])}  # fmt: skip
+                meta = {"tokens_unplaced": True}
+                self.record_type = SelfAttentionRecord
         meta["kernel"] = call.how
-        meta["kernel_shape"] = tuple(int(s) for s in a.shape)
+        meta["kernel_shape"] = shape
         em = Emission(fields=fields, meta=meta)
-        rows = spots(q, 16)
-        a3 = a.reshape(lead, q, k)
-        v3 = v.reshape(lead, k, -1)
-        p3 = p.reshape(lead, q, -1)
+        rows = list(range(q))[spots(q, 16)]
         imgs = slice(None, None, max(1, lead // 64))  # images, windows and heads: about 64
+
+        def sampled() -> torch.Tensor:
+            return call.rows(rows).reshape(lead, len(rows), k)[imgs]
+
+        v3, p3 = v.reshape(lead, k, -1), p.reshape(lead, q, -1)
         em.compare(
             "matrix @ values == the module's own product",
-            lambda: (p3[imgs, rows], a3[imgs, rows].to(v3.dtype) @ v3[imgs]),
+            lambda: (p3[imgs, rows], sampled().to(v3.dtype) @ v3[imgs]),
         )
         if call.normalised:
-            em.check("rows sum to 1", lambda: sums_to_one(a3[imgs, rows], -1))
+            em.check("rows sum to 1", lambda: sums_to_one(sampled(), -1))
         return em
+
+    def _factors(self, call: KernelCall, v: torch.Tensor, placed: Any, batch: int | None,
+                 lead: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
+        """Record fields of a fused kernel kept as its factors (a global or unplaced
+        kernel; windows keep their small matrices)."""
+        f = cast(dict, call.factors)
+        q, k = f["q"], f["k"]
+        if placed is not None:
+            b, h = placed.images, placed.heads
+            meta: dict[str, Any] = {"layout": placed.source, "prefix": placed.prefix}
+            for key in ("query_size", "key_size"):
+                if getattr(placed, key) is not None:
+                    meta[key] = getattr(placed, key)
+            if placed.query_size is None and q.shape[-2] != len(placed.prefix):
+                meta["tokens_unplaced"] = True
+        else:
+            b = batch if batch and lead % batch == 0 else lead
+            h = lead // b
+            meta = {"tokens_unplaced": True}
+        k = k.expand(*q.shape[:-2], *k.shape[-2:]) if k.shape[:-2] != q.shape[:-2] else k
+        fields = {
+            "q": q.reshape(b, h, q.shape[-2], q.shape[-1]),
+            "k": k.reshape(b, h, k.shape[-2], k.shape[-1]),
+            "values": v.reshape(b, h, v.shape[-2], v.shape[-1]),
+        }
+        mask = f["mask"]
+        if mask is not None:
+            fields["mask"], meta["shared_mask"] = _mask_field(mask, q, k, b, h)
+        meta["scale"] = f["scale"]
+        meta["causal"] = f["causal"]
+        self.record_type = FactoredAttentionRecord
+        return fields, meta
 
     def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:  # not hook-driven
         raise NotImplementedError
+
+
+def _mask_field(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, b: int,
+                h: int) -> tuple[torch.Tensor, bool]:  # fmt: skip
+    """A kernel's mask as a record keeps it: as passed when it broadcasts against the
+    record's B x heads x N x M (a bias shared by the batch, batch 1, is kept once:
+    ``True``), else expanded to it."""
+    full = (*q.shape[:-1], k.shape[-2])
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+    if len(full) == 4 and full[:2] == (b, h) and m.dim() == 4:
+        return m, m.shape[0] == 1
+    return mask.expand(full).reshape(b, h, *full[-2:]), False
 
 
 def first_image(args: tuple, kwargs: dict) -> torch.Tensor | None:

@@ -32,7 +32,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..records import SelfAttentionRecord
+from ..maps.attention import Rows, attention_rows
+from ..records import FactoredAttentionRecord, SelfAttentionRecord
 from .attention import SelfAttentionProbe
 from .base import Emission, Probe, spots, sums_to_one
 
@@ -195,11 +196,11 @@ class _TokenMixin:
         """Sequences of one image folded into the batch (MobileViT v1 runs its transformer
         on B x P sequences, one per pixel offset of its patches, image-major) become
         heads of that image: matrix B x (P x heads) x N x N."""
-        a, b = em.fields.get("matrix"), self.images
+        a, b = em.fields.get("matrix", em.fields.get("q")), self.images
         if a is None or b is None or a.shape[0] == b or a.shape[0] % b:
             return em
         fold = a.shape[0] // b
-        for key in ("matrix", "values"):
+        for key in ("matrix", "values", "q", "k"):
             t = em.fields.get(key)
             if t is not None:
                 em.fields[key] = t.reshape(b, fold * t.shape[1], *t.shape[2:])
@@ -351,15 +352,34 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
                 "query heads is not recorded; capture in eval mode"
             )
         scale = ckw.get("scale")
-        a = attention_matrix(q, k, mask, causal, scale)
-        n = a.shape[-2]
-        em = Emission(fields={"matrix": a, "values": v}, meta=self.token_meta(n))
-        rows = spots(n, 16)
+        n = q.shape[-2]
+        rows = list(range(n))[spots(n, 16)]
+        meta = self.token_meta(n)
+        if self.factored:  # the kernel's factors; rows computed when asked
+            self.record_type = FactoredAttentionRecord
+            fields = {"q": q, "k": k, "values": v}
+            if mask is not None:
+                fields["mask"] = mask if mask.dim() == 4 else mask.reshape(
+                    (1,) * (4 - mask.dim()) + tuple(mask.shape))  # fmt: skip
+                meta["shared_mask"] = fields["mask"].shape[0] == 1
+            meta.update(scale=scale, causal=causal, kernel="scaled_dot_product_attention")
+            em = Emission(fields=fields, meta=meta)
+
+            def sampled() -> torch.Tensor:
+                return attention_matrix(q, k, mask, causal, scale, rows=rows)
+        else:
+            self.record_type = SelfAttentionRecord
+            a = attention_matrix(q, k, mask, causal, scale)
+            em = Emission(fields={"matrix": a, "values": v}, meta=meta)
+
+            def sampled() -> torch.Tensor:
+                return a[:, :, rows]
+
         em.compare(
             "matrix @ values == the fused kernel's output",
-            lambda: (out[:, :, rows], (a[:, :, rows].to(v.dtype) @ v)),
+            lambda: (out[:, :, rows], (sampled().to(v.dtype) @ v)),
         )
-        em.check("rows sum to 1", lambda: sums_to_one(a[:, :, rows], -1))
+        em.check("rows sum to 1", lambda: sums_to_one(sampled(), -1))
         return self.per_image(em)
 
 
@@ -369,23 +389,13 @@ def attention_matrix(
     mask: torch.Tensor | None = None,
     causal: bool = False,
     scale: float | None = None,
+    rows: Rows = None,
 ) -> torch.Tensor:
     """``softmax(q k^T * scale + mask)``: the matrix ``scaled_dot_product_attention``
-    applies (its documented definition), computed in float32 at least.
+    applies (its documented definition), computed in float32 at least; only the query
+    ``rows`` asked for (default all), by :func:`attnviz.maps.attention.attention_rows`.
 
     ``scale`` defaults to ``1 / sqrt(head dim)``; a boolean mask keeps the True entries;
     ``causal`` keeps the lower triangle.
     """
-    acc = torch.promote_types(q.dtype, torch.float32)
-    s = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    logits = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * s
-    if causal:
-        n, m = logits.shape[-2:]
-        keep = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~keep, float("-inf"))
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        else:
-            logits = logits + mask.to(acc)
-    return logits.softmax(dim=-1)
+    return attention_rows(q, k, mask, causal, scale, rows)
