@@ -423,6 +423,13 @@ class SelfAttentionRecord(Record):
         """Rows of ``matrix``: every token (prefix and patches) or position."""
         return int(self._parts[self._main][0].shape[2]) if self._has(self._main) else 0
 
+    @property
+    def keys(self) -> int:
+        """Columns of ``matrix``: every key token (prefix and patches) or position."""
+        if self._main == "matrix":
+            return int(self._parts["matrix"][0].shape[-1]) if self._has("matrix") else 0
+        return int(self.matrix.shape[-1])
+
     def _positions(self, dim: int) -> int:
         return int(self.matrix.shape[dim]) - len(self.prefix)
 

@@ -96,3 +96,24 @@ def test_torchvision_se_capture(device):
     for r in rec.values():
         assert r.weights.device.type == "cpu" and r.features.shape[:2] == r.weights.shape
     assert all(c.ok for c in rec.checks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_factored_attention_stays_on_the_device_and_gives_the_cpu_rows(device):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", img_size=64, depth=2).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad(), attnviz.capture(model) as cpu:
+        model(x)
+    model.to(device)
+    with torch.no_grad(), attnviz.capture(model, records_on=None) as here:
+        model(x.to(device))
+    r = here["blocks.1.attn"]
+    assert r.q.device.type == device and r.query_rows([0]).device.type == device
+    assert all(c.ok for c in here.checks)
+    # TF32 matmuls on some GPUs: rows agree to a few 1e-4
+    want = cpu["blocks.1.attn"].token_attention("cls")
+    torch.testing.assert_close(r.token_attention("cls").cpu(), want, atol=5e-4, rtol=0)
+    rolled = attnviz.maps.rollout_map(here).cpu()
+    torch.testing.assert_close(rolled, attnviz.maps.rollout_map(cpu), atol=5e-4, rtol=0)

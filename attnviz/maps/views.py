@@ -85,7 +85,7 @@ def _self_records(records: Any) -> list[Any]:
 def _token_records(recording: Any) -> list[Any]:
     """The self-attention records over one shared token sequence (a vision transformer)."""
     # square matrices over named tokens: class attention (one query) does not roll out
-    found = [r for r in _self_records(recording) if r.prefix and r.tokens == r.matrix.shape[-1]]
+    found = [r for r in _self_records(recording) if r.prefix and r.tokens == r.keys]
     if not found:
         return []
     n = found[0].tokens
@@ -162,7 +162,7 @@ def rollout_map(records: Any, token: str = "cls", *, residual: float = 0.5) -> t
     if token not in last.prefix:
         raise ValueError(f"no token {token!r}; the model's leading tokens are {list(last.prefix)}")
     n = {r.tokens for r in records}
-    if len(n) != 1 or any(getattr(r, "keys", r.tokens) != r.tokens for r in records):
+    if len(n) != 1 or any(r.keys != r.tokens for r in records):
         attention_rollout(records, residual=residual)  # raises with the reason
     n_tokens = last.tokens
     t, p = last.prefix.index(token), len(last.prefix)
@@ -181,12 +181,16 @@ def _times_block(x: torch.Tensor, record: Any, residual: float, chunk: int = 256
     """``x A'`` for one block, ``A' = rownorm(residual I + (1 - residual) mean_h A)``, with
     A read ``chunk`` query rows at a time."""
     n = x.shape[1]
-    out = torch.zeros_like(x)
+    out = None
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         a = record.query_rows(slice(start, stop)).to(torch.float64).mean(dim=1)  # B x c x N
+        if out is None:  # where the record computes: the CPU, or its GPU
+            x = x.to(a.device)
+            out = torch.zeros_like(x)
         a = (1 - residual) * a
         a[:, torch.arange(stop - start), torch.arange(start, stop)] += residual
         a = a / a.sum(dim=-1, keepdim=True)
         out += torch.einsum("bc,bcn->bn", x[:, start:stop], a)
+    assert out is not None
     return out
