@@ -32,12 +32,15 @@ Rules worth knowing:
   while the capture is open), so the hooks see every module; records equal the eager
   model's. Without ``set_stance`` (torch < 2.6) capture refuses a compiled model and says
   how to capture its eager module.
-- **Modules asked for their attention**: inside a capture, ``nn.MultiheadAttention``
-  (torchvision's ViT) is called with ``need_weights=True, average_attn_weights=False``,
-  so it computes its per-head matrix explicitly and returns it; the caller still
-  receives what it asked for (``None`` or the head average). A fused
-  ``scaled_dot_product_attention`` (timm's ViT) is left as it is: its matrix is computed
-  beside it from the same q and k and checked against its output.
+- **Fused attention is kept as its factors** (``attention="factors"``, the default): a
+  ``scaled_dot_product_attention`` (timm's ViTs, Hugging Face's ``sdpa``) and a plain
+  ``nn.MultiheadAttention`` call (torchvision's ViT: no masks) run as they are, and the
+  record keeps their q, k (from the kernel's arguments, or the module's own input
+  projection), values, mask and scale; rows and maps are computed from them when asked,
+  and checked against the module's output on sampled rows. With ``attention="full"``
+  (or masks on a ``MultiheadAttention`` call) the whole matrices are kept:
+  ``nn.MultiheadAttention`` is then called with ``need_weights=True,
+  average_attn_weights=False`` and the caller still receives what it asked for.
 - **Refused modules** (e.g. timm's LambdaLayer, which has no attention map) are listed in
   ``Recording.refused`` with the reason and never recorded.
 - **Calls, not images**: every call of a module is recorded, and its rows are appended

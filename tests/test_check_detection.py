@@ -384,7 +384,22 @@ class _RolledWeights(nn.MultiheadAttention):
 def _multihead(planted: bool, _mp: pytest.MonkeyPatch) -> tuple[nn.Module, Run]:
     m = (_RolledWeights if planted else nn.MultiheadAttention)(8, 2, batch_first=True).eval()
     x = torch.randn(2, 6, 8)
-    return m, _forward(x, x, x)
+    # a key padding mask (masking nothing) makes the capture ask for the module's weights
+    return m, _forward(x, x, x, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool))
+
+
+class _SharperQueries(nn.MultiheadAttention):
+    """Applies attention to queries scaled by 1.5: not what its input projection says."""
+
+    def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(query * 1.5, *args, **kwargs)
+
+
+def _multihead_factors(planted: bool, _mp: pytest.MonkeyPatch) -> tuple[nn.Module, Run]:
+    """Kept as factors (no mask): q and k recomputed from the module's own projection."""
+    m = (_SharperQueries if planted else nn.MultiheadAttention)(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 6, 8)
+    return m, _forward(x, x, x, need_weights=False)
 
 
 # -- fused: timm's Attention calling scaled_dot_product_attention ----------------------------------
@@ -524,6 +539,10 @@ CASES: dict[str, tuple[list[str], Build]] = {
     "multi-head: weights returned shifted": (
         ["out_proj(matrix @ values) == module's output"],
         _multihead,
+    ),
+    "multi-head factors: queries scaled inside": (
+        ["out_proj(matrix @ values) == module's output"],
+        _multihead_factors,
     ),
     "fused: attention mask ignored": ([FUSED], _fused("mask")),
     "fused: causal flag ignored": ([FUSED], _fused("causal")),

@@ -66,7 +66,19 @@ def _eva() -> nn.Module:
     return _timm("eva02_tiny_patch14_224", img_size=56, depth=2)
 
 
+def _torchvision_vit() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None, image_size=32).eval()
+    model.encoder.layers = model.encoder.layers[:2]
+    randomise(model)
+    return model
+
+
 CASES = {
+    "torchvision ViT (nn.MultiheadAttention, need_weights=False)": (
+        _torchvision_vit, (2, 3, 32, 32)),
     "timm ViT, fused (registered probe)": (_vit, (2, 3, 64, 64)),
     "EVA-02, RoPE (found by its kernel)": (_eva, (2, 3, 56, 56)),
     "BEiT, relative-position bias as the mask": (

@@ -237,11 +237,36 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         self._mha = cast(nn.MultiheadAttention, module)
         self._asked: bool | None = None
         self._average = True
+        self._factors = False
 
     def where(self) -> str:
         return "the attention weights it returns"
 
-    def arguments(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _plain(self, args: tuple, kwargs: dict) -> bool:
+        """A call whose matrix is ``softmax(q k^T / sqrt(d))`` with q, k from the input
+        projection (no masks, no causality, no extra keys, inference): its factors say it
+        all, and the module runs as its caller called it (its own fast path, the weights
+        it was asked for)."""
+        m = self._mha
+
+        def arg(i: int, name: str) -> Any:
+            return args[i] if len(args) > i else kwargs.get(name)
+
+        return (
+            self.factored
+            and not m.training
+            and m.bias_k is None
+            and not m.add_zero_attn
+            and arg(3, "key_padding_mask") is None
+            and arg(5, "attn_mask") is None
+            and not arg(7, "is_causal")
+        )
+
+    def arguments(self, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._factors = self._plain(args, kwargs)
+        if self._factors:
+            self._asked = None
+            return None  # called as the caller called it
         listed, kwargs = list(args), dict(kwargs)
         # forward(query, key, value, key_padding_mask, need_weights, attn_mask,
         #         average_attn_weights, is_causal)
@@ -275,6 +300,9 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         m = self._mha
         if not (isinstance(output, tuple) and len(output) == 2):
             return self.missing()
+        if self._factors:
+            return self._factored(args, kwargs, output[0])
+        self.record_type = SelfAttentionRecord
         out, a = output
         value = args[2] if len(args) > 2 else kwargs.get("value")
         if not (isinstance(a, torch.Tensor) and isinstance(value, torch.Tensor)):
@@ -321,6 +349,54 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         return em
 
 
+    def _factored(self, args: tuple, kwargs: dict, out: torch.Tensor) -> Emission:
+        """q, k and v from the module's own input projection, kept as factors; checked:
+        ``out_proj(rows @ v)`` equals the module's output on sampled rows."""
+        m = self._mha
+        given = [args[i] if len(args) > i else kwargs.get(n)
+                 for i, n in enumerate(("query", "key", "value"))]  # fmt: skip
+        inputs = [t for t in given if isinstance(t, torch.Tensor)]
+        if len(inputs) != 3:
+            return self.missing()
+        if inputs[0].dim() == 2:  # one unbatched sequence
+            inputs, out = [t[None] for t in inputs], out[None]
+        elif not m.batch_first:
+            inputs, out = [t.transpose(0, 1) for t in inputs], out.transpose(0, 1)
+        e, heads = m.embed_dim, m.num_heads
+        if m._qkv_same_embed_dim:
+            weights = cast(torch.Tensor, m.in_proj_weight).split(e)
+        else:
+            weights = cast(tuple, (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight))
+        biases = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.split(e)
+        q, k, v = (
+            nn.functional.linear(t, w, bias).reshape(t.shape[0], t.shape[1], heads, -1)
+            .transpose(1, 2)
+            for t, w, bias in zip(inputs, weights, biases)
+        )  # fmt: skip
+        n, keys = q.shape[2], k.shape[2]
+        meta = self.token_meta(n) if n == keys else {}
+        if n != keys:
+            grid = self.token_meta(keys)
+            if "key_size" in grid and not grid.get("prefix"):
+                meta["key_size"] = grid["key_size"]
+        meta.update(scale=None, causal=False, kernel="nn.MultiheadAttention, kept as factors",
+                    kernel_shape=(*q.shape[:-1], keys))  # fmt: skip
+        self.record_type = FactoredAttentionRecord
+        em = Emission(fields={"q": q, "k": k, "values": v}, meta=meta)
+        rows, imgs = list(range(n))[spots(n, 16)], slice(0, 2)
+
+        def sampled() -> torch.Tensor:
+            return attention_matrix(q[imgs], k[imgs], rows=rows)
+
+        def product() -> tuple[torch.Tensor, torch.Tensor]:
+            mixed = (sampled().to(v.dtype) @ v[imgs]).transpose(1, 2)
+            return out[imgs][:, rows], m.out_proj(mixed.reshape(mixed.shape[0], -1, e))
+
+        em.compare("out_proj(matrix @ values) == module's output", product)
+        em.check("rows sum to 1", lambda: sums_to_one(sampled(), -1))
+        return em
+
+
 class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
     """timm's ``Attention``: fused (``scaled_dot_product_attention``) or a plain softmax."""
 
@@ -362,7 +438,8 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
                 fields["mask"] = mask if mask.dim() == 4 else mask.reshape(
                     (1,) * (4 - mask.dim()) + tuple(mask.shape))  # fmt: skip
                 meta["shared_mask"] = fields["mask"].shape[0] == 1
-            meta.update(scale=scale, causal=causal, kernel="scaled_dot_product_attention")
+            meta.update(scale=scale, causal=causal, kernel="scaled_dot_product_attention",
+                        kernel_shape=(*q.shape[:-1], int(k.shape[-2])))  # fmt: skip
             em = Emission(fields=fields, meta=meta)
 
             def sampled() -> torch.Tensor:
