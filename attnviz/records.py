@@ -130,6 +130,11 @@ class Record:
         return self._get("features")
 
     @property
+    def nbytes(self) -> int:
+        """Bytes the record holds (every field of every call)."""
+        return sum(t.numel() * t.element_size() for ts in self._parts.values() for t in ts)
+
+    @property
     def batch_size(self) -> int:
         """Images recorded: the sum of the batch sizes of every recorded call."""
         return sum(p.shape[0] for p in self._parts.get(self._main, []))
@@ -1007,6 +1012,11 @@ class Recording(Mapping[str, Record]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes every record holds together (what ``attention=`` and ``dtype=`` change)."""
+        return sum(r.nbytes for r in self._records.values())
 
     def __len__(self) -> int:
         return len(self._records)

@@ -28,11 +28,6 @@ CASES = [
 ]
 
 
-def _bytes(rec) -> int:
-    return sum(t.numel() * t.element_size() for r in rec.values() for p in r._parts.values()
-               for t in p)  # fmt: skip
-
-
 def _case(label: str, name: str, side: int, modes: tuple[str, ...], reps: int) -> dict:
     import timm
 
@@ -51,7 +46,7 @@ def _case(label: str, name: str, side: int, modes: tuple[str, ...], reps: int) -
             with torch.no_grad(), attnviz.capture(model, attention=mode) as rec:
                 model(x)
             assert all(c.ok for c in rec.checks)
-            held[mode] = _bytes(rec) / 2**20
+            held[mode] = rec.nbytes / 2**20
             kept[mode] = rec
 
         return fn

@@ -21,11 +21,6 @@ from _common import Contention, exactness_table, ms, worst_check_errors
 import attnviz
 
 
-def _record_bytes(rec) -> int:
-    return sum(t.numel() * t.element_size() for r in rec.values() for ts in r._parts.values()
-               for t in ts)  # fmt: skip
-
-
 def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict:
     model.eval()
     sizes: dict[str, int] = {}
@@ -39,7 +34,7 @@ def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict
             with torch.no_grad(), attnviz.capture(model, dtype=dtype) as rec:
                 model(x)
             assert rec.checks and all(c.ok for c in rec.checks)
-            sizes[key] = _record_bytes(rec)
+            sizes[key] = rec.nbytes
 
         return fn
 

@@ -18,11 +18,6 @@ from _common import Contention, ms
 import attnviz
 
 
-def _record_bytes(rec) -> int:
-    return sum(t.numel() * t.element_size() for r in rec.values() for ts in r._parts.values()
-               for t in ts)  # fmt: skip
-
-
 class _HF(torch.nn.Module):
     """Hugging Face's ViTModel called as ``model(pixel_values=x)``, unchanged inside."""
 
@@ -66,7 +61,7 @@ def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict
         with torch.no_grad(), attnviz.capture(model) as rec:
             model(x)
         assert rec.checks and all(c.ok for c in rec.checks) and not rec.unrecorded
-        seen["mib"] = _record_bytes(rec) / 2**20
+        seen["mib"] = rec.nbytes / 2**20
         seen["records"] = len(rec)
         seen["worst"] = max(float(c.error or 0) for c in rec.checks)
 

@@ -143,6 +143,8 @@ def test_factored_records_hold_q_and_k_not_the_matrix():
     assert set(r._parts) == {"q", "k", "values"}
     assert r.q.shape == r.k.shape == (2, 6, 17, 64) and r.meta["scale"] is None
     assert "factors of a (2, 6, 17, 17) matrix" in repr(r)
+    held = sum(t.numel() * t.element_size() for f in ("q", "k", "values") for t in r._parts[f])
+    assert r.nbytes == held and rec.nbytes == sum(x.nbytes for x in rec.values())
 
 
 def test_a_whole_matrix_too_large_is_refused_with_its_size_and_the_alternatives(monkeypatch):
@@ -202,7 +204,7 @@ with torch.no_grad():
     with attnviz.capture(m) as rec:
         m(x)
     s = time.perf_counter() - t
-held = sum(t.numel() * t.element_size() for r in rec.values() for p in r._parts.values() for t in p)
+held = rec.nbytes
 qk = sum((r.q.numel() + r.k.numel()) * r.q.element_size() for r in rec.values())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"held": held, "qk": qk, "grew": (peak - base) * 1024, "seconds": s,
