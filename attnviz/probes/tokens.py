@@ -32,7 +32,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..maps.attention import Rows, attention_rows
+from ..maps.attention import attention_rows
 from ..records import FactoredAttentionRecord, SelfAttentionRecord
 from .attention import SelfAttentionProbe
 from .base import Emission, Probe, spots, sums_to_one
@@ -460,19 +460,7 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
         return self.per_image(em)
 
 
-def attention_matrix(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    rows: Rows = None,
-) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask)``: the matrix ``scaled_dot_product_attention``
-    applies (its documented definition), computed in float32 at least; only the query
-    ``rows`` asked for (default all), by :func:`attnviz.maps.attention.attention_rows`.
-
-    ``scale`` defaults to ``1 / sqrt(head dim)``; a boolean mask keeps the True entries;
-    ``causal`` keeps the lower triangle.
-    """
-    return attention_rows(q, k, mask, causal, scale, rows)
+#: ``softmax(q k^T * scale + mask)``: the matrix ``scaled_dot_product_attention`` applies
+#: (its documented definition), in float32 at least, the query ``rows`` asked for (default
+#: all): :func:`attnviz.maps.attention.attention_rows`, under the name the probes use
+attention_matrix = attention_rows
