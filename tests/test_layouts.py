@@ -135,3 +135,20 @@ def test_davit_windows_follow_its_padding_and_partition():
     tokens = _window_inputs(block, block.attn, idx)[..., 0]
     assert torch.equal(r.meta["query_pos"], (tokens - 1).long().clamp(min=-1))
     assert (r.meta["query_pos"] < 0).any()
+
+
+def test_sam_windows_follow_its_padding_and_partition():
+    torch.manual_seed(5)
+    # a 20 x 20 patch map in 14 x 14 windows: padded to 28, four windows
+    model = timm.create_model("samvit_base_patch16_224", img_size=320, depth=2,
+                              global_attn_indexes=(), embed_dim=64, num_heads=2)  # fmt: skip
+    model.eval()
+    r = _captured(model, (320, 320), "blocks.0.attn")
+    from timm.models.vision_transformer_sam import window_partition
+
+    h, w = r.query_size
+    idx = (torch.arange(h * w, dtype=torch.float32) + 1).reshape(1, h, w, 1)
+    wins, _ = window_partition(idx, model.blocks[0].window_size)
+    placed = (wins.reshape(wins.shape[0], -1) - 1).long().clamp(min=-1)
+    assert torch.equal(r.meta["query_pos"], placed)
+    assert r.windows.shape[1:3] == (4, 2) and (r.meta["query_pos"] < 0).any()
