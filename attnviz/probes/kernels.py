@@ -44,7 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..records import FactoredAttentionRecord, SelfAttentionRecord
 from .base import FUNCTIONS, Emission, Probe, spots, sums_to_one
-from .tokens import attention_matrix
+from .tokens import attention_matrix, factored_fields
 
 __all__ = ["Frame", "KernelCall", "KernelProbe", "Tracker", "tracked"]
 
@@ -74,7 +74,6 @@ class KernelCall:
     values: torch.Tensor
     product: torch.Tensor
     normalised: bool
-    problem: str | None = None
     factors: dict[str, Any] | None = None  # q, k, mask, causal, scale of a fused kernel
 
     def rows(self, rows: Any = None) -> torch.Tensor:
@@ -328,47 +327,22 @@ class KernelProbe(Probe):
         """Record fields of a fused kernel kept as its factors (a global or unplaced
         kernel; windows keep their small matrices)."""
         f = cast(dict, call.factors)
-        q, k = f["q"], f["k"]
         if placed is not None:
             b, h = placed.images, placed.heads
-            meta: dict[str, Any] = {"layout": placed.source, "prefix": placed.prefix}
-            for key in ("query_size", "key_size"):
-                if getattr(placed, key) is not None:
-                    meta[key] = getattr(placed, key)
-            if placed.query_size is None and q.shape[-2] != len(placed.prefix):
-                meta["tokens_unplaced"] = True
+            meta = placed.meta(f["q"].shape[-2])
         else:
             b = batch if batch and lead % batch == 0 else lead
             h = lead // b
             meta = {"tokens_unplaced": True}
-        k = k.expand(*q.shape[:-2], *k.shape[-2:]) if k.shape[:-2] != q.shape[:-2] else k
-        fields = {
-            "q": q.reshape(b, h, q.shape[-2], q.shape[-1]),
-            "k": k.reshape(b, h, k.shape[-2], k.shape[-1]),
-            "values": v.reshape(b, h, v.shape[-2], v.shape[-1]),
-        }
-        mask = f["mask"]
-        if mask is not None:
-            fields["mask"], meta["shared_mask"] = _mask_field(mask, q, k, b, h)
-        meta["scale"] = f["scale"]
-        meta["causal"] = f["causal"]
+        fields, kept = factored_fields(
+            f["q"], f["k"], v, f["mask"], scale=f["scale"], causal=f["causal"], how=call.how,
+            images=b, heads=h,
+        )  # fmt: skip
         self.record_type = FactoredAttentionRecord
-        return fields, meta
+        return fields, {**meta, **kept}
 
     def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:  # not hook-driven
         raise NotImplementedError
-
-
-def _mask_field(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, b: int,
-                h: int) -> tuple[torch.Tensor, bool]:  # fmt: skip
-    """A kernel's mask as a record keeps it: as passed when it broadcasts against the
-    record's B x heads x N x M (a bias shared by the batch, batch 1, is kept once:
-    ``True``), else expanded to it."""
-    full = (*q.shape[:-1], k.shape[-2])
-    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
-    if len(full) == 4 and full[:2] == (b, h) and m.dim() == 4:
-        return m, m.shape[0] == 1
-    return mask.expand(full).reshape(b, h, *full[-2:]), False
 
 
 def first_image(args: tuple, kwargs: dict) -> torch.Tensor | None:

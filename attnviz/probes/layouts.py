@@ -104,21 +104,25 @@ class Placement:
     heads_first: bool = False  # lead flattened as (images, heads, groups): NesT
 
 
+    def meta(self, queries: int) -> dict[str, Any]:
+        """A global group's record metadata: layout, named tokens, grids (``queries``
+        tokens that are neither named nor on a grid are unplaced)."""
+        meta: dict[str, Any] = {"layout": self.source, "prefix": self.prefix}
+        if self.query_size is not None:
+            meta["query_size"] = self.query_size
+        if self.key_size is not None:
+            meta["key_size"] = self.key_size
+        if self.query_size is None and queries != len(self.prefix):
+            meta["tokens_unplaced"] = True
+        return meta
+
     def fields(self, a: torch.Tensor, v: torch.Tensor) -> tuple[dict, dict, type]:
         """Record fields, metadata and record class for matrix ``a`` and values ``v``."""
         q, k = a.shape[-2:]
-        meta: dict[str, Any] = {"layout": self.source}
         if self.query_pos is None:
             a4 = a.reshape(self.images, self.heads, q, k)
             v4 = v.reshape(self.images, self.heads, k, v.shape[-1])
-            meta["prefix"] = self.prefix
-            if self.query_size is not None:
-                meta["query_size"] = self.query_size
-            if self.key_size is not None:
-                meta["key_size"] = self.key_size
-            if self.query_size is None and q != len(self.prefix):
-                meta["tokens_unplaced"] = True
-            return {"matrix": a4, "values": v4}, meta, SelfAttentionRecord
+            return {"matrix": a4, "values": v4}, self.meta(q), SelfAttentionRecord
         if self.heads_first:
             shape = (self.images, self.heads, self.groups)
             w = a.reshape(*shape, q, k).transpose(1, 2)
@@ -127,12 +131,8 @@ class Placement:
             shape = (self.images, self.groups, self.heads)
             w = a.reshape(*shape, q, k)
             vv = v.reshape(*shape, k, v.shape[-1])
-        meta.update(
-            query_size=self.query_size,
-            key_size=self.key_size,
-            query_pos=self.query_pos,
-            key_pos=self.key_pos,
-        )
+        meta = {"layout": self.source, "query_size": self.query_size, "key_size": self.key_size,
+                "query_pos": self.query_pos, "key_pos": self.key_pos}  # fmt: skip
         return {"windows": w, "values": vv}, meta, WindowAttentionRecord
 
 

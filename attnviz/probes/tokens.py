@@ -379,10 +379,10 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
             grid = self.token_meta(keys)
             if "key_size" in grid and not grid.get("prefix"):
                 meta["key_size"] = grid["key_size"]
-        meta.update(scale=None, causal=False, kernel="nn.MultiheadAttention, kept as factors",
-                    kernel_shape=(*q.shape[:-1], keys))  # fmt: skip
+        fields, kept = factored_fields(q, k, v, None, scale=None, causal=False,
+                                       how="nn.MultiheadAttention, kept as factors")  # fmt: skip
         self.record_type = FactoredAttentionRecord
-        em = Emission(fields={"q": q, "k": k, "values": v}, meta=meta)
+        em = Emission(fields=fields, meta={**meta, **kept})
         rows, imgs = list(range(n))[spots(n, 16)], slice(0, 2)
 
         def sampled() -> torch.Tensor:
@@ -433,14 +433,9 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
         meta = self.token_meta(n)
         if self.factored:  # the kernel's factors; rows computed when asked
             self.record_type = FactoredAttentionRecord
-            fields = {"q": q, "k": k, "values": v}
-            if mask is not None:
-                fields["mask"] = mask if mask.dim() == 4 else mask.reshape(
-                    (1,) * (4 - mask.dim()) + tuple(mask.shape))  # fmt: skip
-                meta["shared_mask"] = fields["mask"].shape[0] == 1
-            meta.update(scale=scale, causal=causal, kernel="scaled_dot_product_attention",
-                        kernel_shape=(*q.shape[:-1], int(k.shape[-2])))  # fmt: skip
-            em = Emission(fields=fields, meta=meta)
+            fields, kept = factored_fields(q, k, v, mask, scale=scale, causal=causal,
+                                           how="scaled_dot_product_attention")  # fmt: skip
+            em = Emission(fields=fields, meta={**meta, **kept})
 
             def sampled() -> torch.Tensor:
                 return attention_matrix(q, k, mask, causal, scale, rows=rows)
@@ -458,6 +453,45 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
         )
         em.check("rows sum to 1", lambda: sums_to_one(sampled(), -1))
         return self.per_image(em)
+
+
+def factored_fields(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    scale: float | None,
+    causal: bool,
+    how: str,
+    images: int | None = None,
+    heads: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Fields and metadata of a :class:`~attnviz.records.FactoredAttentionRecord`: the
+    kernel's q, k and values (lead... x N x d, as it received them), laid out ``images`` x
+    ``heads`` (default: q's first two dimensions), its scale and causality, and its mask:
+    as passed where it broadcasts against the record's images x heads x N x M (a mask
+    shared by the batch, batch 1, is kept once: ``meta["shared_mask"]``), else expanded
+    to it."""
+    b, h = (q.shape[0], q.shape[1]) if images is None or heads is None else (images, heads)
+    if k.shape[:-2] != q.shape[:-2]:
+        k = k.expand(*q.shape[:-2], *k.shape[-2:])
+    shape = (*q.shape[:-1], int(k.shape[-2]))
+
+    def lay(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, h, *t.shape[-2:])
+
+    fields = {"q": lay(q), "k": lay(k), "values": lay(v)}
+    meta: dict[str, Any] = {"scale": scale, "causal": causal, "kernel": how,
+                            "kernel_shape": shape}  # fmt: skip
+    if mask is not None:
+        m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+        if len(shape) == 4 and shape[:2] == (b, h) and m.dim() == 4:
+            fields["mask"], meta["shared_mask"] = m, m.shape[0] == 1
+        else:
+            fields["mask"] = mask.expand(shape).reshape(b, h, *shape[-2:])
+            meta["shared_mask"] = False
+    return fields, meta
 
 
 #: ``softmax(q k^T * scale + mask)``: the matrix ``scaled_dot_product_attention`` applies
