@@ -478,10 +478,14 @@ class SelfAttentionRecord(Record):
         p = len(self.prefix)
         if p:
             m = m[:, :, p:, p:]
+        return self._heads(m, head)
+
+    def _heads(self, t: torch.Tensor, head: int | None) -> torch.Tensor:
+        """``t`` (B x heads x ...) in float32: one head's, or the mean over heads (None)."""
         if head is None:
-            return m.float().mean(dim=1)
+            return t.float().mean(dim=1)
         self._check_head(head)
-        return m[:, head].float()
+        return t[:, head].float()
 
     def _check_head(self, head: Any) -> None:
         n = self.heads
@@ -506,12 +510,7 @@ class SelfAttentionRecord(Record):
             )
         t, p = self.prefix.index(token), len(self.prefix)
         m = self.matrix[:, :, t, p:]
-        if head is None:
-            row = m.float().mean(dim=1)
-        else:
-            self._check_head(head)
-            row = m[:, head].float()
-        return row.reshape(-1, *self.key_size)
+        return self._heads(m, head).reshape(-1, *self.key_size)
 
     def query_cell(self, query_xy: Sequence[float], image_size: Sequence[int]) -> tuple[int, int]:
         """The query cell (i, j) under image pixel (x, y): (floor(y Hq / H), floor(x Wq / W)).
@@ -663,12 +662,6 @@ class FactoredAttentionRecord(SelfAttentionRecord):
         ]
         return torch.cat(parts, dim=-1)
 
-    def _heads(self, t: torch.Tensor, head: int | None) -> torch.Tensor:
-        if head is None:
-            return t.mean(dim=1)
-        self._check_head(head)
-        return t[:, head]
-
     def token_attention(self, token: str = "cls", *, head: int | None = None) -> torch.Tensor:
         if token not in self.prefix:
             super().token_attention(token)  # raises, listing the tokens
@@ -808,11 +801,11 @@ class WindowAttentionRecord(SelfAttentionRecord):
     def _positions(self, dim: int) -> int:
         return self._cells("query_size" if dim == 2 else "key_size")
 
-    def _scatter(self, rows: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
-        """Lay rows (B x G x heads x R x K, one set of R rows per group) on the key grid,
-        summed over the groups: B x heads x R x HkWk."""
+    def _scatter(self, rows: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+        """Lay rows (B x G x heads x R x K, one set of R rows per group, its keys at
+        ``kpos``, G x K) on the key grid, summed over the groups: B x heads x R x HkWk."""
         b, g, h, r, k = rows.shape
-        kpos = self.meta["key_pos"].to(rows.device)
+        kpos = kpos.to(rows.device)
         valid = kpos >= 0
         out = rows.new_zeros(b, h, r, self._cells("key_size"))
         src = rows.permute(0, 2, 3, 1, 4)[..., valid]  # B x heads x R x (valid keys)
@@ -867,29 +860,16 @@ class WindowAttentionRecord(SelfAttentionRecord):
         i, j = self.query_cell(query_xy, image_size)
         g, t = self._query(i * self.query_size[1] + j)
         rows = self.windows[:, g : g + 1, :, t : t + 1].float()
-        kpos = self.meta["key_pos"][g : g + 1].to(rows.device)
-        valid = kpos[0] >= 0
-        out = rows.new_zeros(rows.shape[0], rows.shape[2], self._cells("key_size"))
-        out.index_add_(-1, kpos[0][valid], rows[:, 0, :, 0][..., valid])
-        if head is None:
-            row = out.mean(1)
-        else:
-            self._check_head(head)
-            row = out[:, head]
-        return row.reshape(-1, *self.key_size)
+        laid = self._scatter(rows, self.meta["key_pos"][g : g + 1])[:, :, 0]
+        return self._heads(laid, head).reshape(-1, *self.key_size)
 
     def received(self, *, head: int | None = None) -> torch.Tensor:
         """Attention each key cell receives, averaged over all query cells: B x Hk x Wk."""
         w = self.windows.float()
         qpos = self.meta["query_pos"].to(w.device)
         summed = (w * (qpos >= 0)[None, :, None, :, None]).sum(3, keepdim=True)
-        got = self._scatter(summed, qpos)[:, :, 0] / self._cells("query_size")
-        if head is None:
-            out = got.mean(1)
-        else:
-            self._check_head(head)
-            out = got[:, head]
-        return out.reshape(-1, *self.key_size)
+        got = self._scatter(summed, self.meta["key_pos"])[:, :, 0] / self._cells("query_size")
+        return self._heads(got, head).reshape(-1, *self.key_size)
 
 
 class BilinearAttentionRecord(SelfAttentionRecord):
@@ -926,13 +906,6 @@ class BilinearAttentionRecord(SelfAttentionRecord):
     def _positions(self, dim: int) -> int:
         return int(self.rows.shape[-1] * self.cols.shape[-1])
 
-    def _groups(self, t: torch.Tensor, head: int | None) -> torch.Tensor:
-        if head is None:
-            return t.float().mean(dim=1)
-        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < t.shape[1]:
-            raise ValueError(f"head must be an int in [0, {t.shape[1]}) or None, got {head!r}")
-        return t[:, head].float()
-
     def key_row(
         self, query_xy: Sequence[float], image_size: Sequence[int], *, head: int | None = None
     ) -> torch.Tensor:
@@ -942,12 +915,12 @@ class BilinearAttentionRecord(SelfAttentionRecord):
         """
         i, j = self.query_cell(query_xy, image_size)
         outer = self.rows[:, :, i, :, None].float() * self.cols[:, :, None, :, j].float()
-        return self._groups(outer, head)
+        return self._heads(outer, head)
 
     def received(self, *, head: int | None = None) -> torch.Tensor:
         """Mean attention each key receives: (mean_i P[i, k]) (mean_j Q[l, j]), B x H x W."""
         outer = self.rows.float().mean(2)[..., :, None] * self.cols.float().mean(-1)[..., None, :]
-        return self._groups(outer, head)
+        return self._heads(outer, head)
 
 
 def _image_size(size: Sequence[int]) -> tuple[int, int]:
