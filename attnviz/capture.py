@@ -345,7 +345,6 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self._generic = any(
             patterns is None or any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in open_
         )
-        self._kinds = None if kinds is None else ({kinds} if isinstance(kinds, str) else set(kinds))
         if kinds is not None:
             kinds = {kinds} if isinstance(kinds, str) else set(kinds)
             bad = kinds - set(KINDS)
@@ -357,6 +356,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 raise ValueError(
                     f"{type(model).__name__} has no attention module of kind {sorted(kinds)}"
                 )
+        self._kinds = kinds
         if not probes and not self._generic:
             why = "; ".join(f"{r.name} ({r.module_type}): {r.reason}" for r in refused)
             raise ValueError(f"nothing to record: every selected module is refused. {why}")
@@ -471,8 +471,6 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             if x is not None:
                 self._scene["images"] = int(x.shape[0])
                 self._scene["image_size"] = (int(x.shape[-2]), int(x.shape[-1]))
-                if self._scene["tokens"] is not None:
-                    self._scene["tokens"].image_size = self._scene["image_size"]
 
     def _kernels(self, frame: Frame, stack: list[Frame]) -> None:
         rec = self.recording
