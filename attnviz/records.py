@@ -794,6 +794,10 @@ class WindowAttentionRecord(SelfAttentionRecord):
     def tokens(self) -> int:
         return self._cells("query_size")
 
+    @property
+    def keys(self) -> int:
+        return self._cells("key_size")
+
     def _cells(self, key: str) -> int:
         h, w = self.meta[key]
         return int(h * w)

@@ -152,3 +152,20 @@ def test_sam_windows_follow_its_padding_and_partition():
     placed = (wins.reshape(wins.shape[0], -1) - 1).long().clamp(min=-1)
     assert torch.equal(r.meta["query_pos"], placed)
     assert r.windows.shape[1:3] == (4, 2) and (r.meta["query_pos"] < 0).any()
+
+
+def test_rollout_stops_at_patch_merging_and_at_class_attention_with_the_reason():
+    torch.manual_seed(6)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=112, depths=(1, 1),
+                             num_heads=(2, 4), embed_dim=32).eval()  # fmt: skip
+    with torch.no_grad(), attnviz.capture(swin) as rec:
+        swin(torch.randn(1, 3, 112, 112))
+    with pytest.raises(ValueError, match=r"\(196, 196\), \(784, 784\).*merges patches"):
+        attnviz.maps.attention_rollout(rec)
+    one_stage = attnviz.maps.attention_rollout(rec.select(blocks="layers.0.*"))
+    torch.testing.assert_close(one_stage.sum(-1), torch.ones(1, 784))
+    cait = timm.create_model("cait_xxs24_224", img_size=64, depth=1, depth_token_only=2).eval()
+    with torch.no_grad(), attnviz.capture(cait, blocks="blocks_token_only.*") as rec:
+        cait(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="square matrices"):
+        attnviz.maps.rollout_map(rec)

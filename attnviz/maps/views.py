@@ -92,6 +92,32 @@ def _token_records(recording: Any) -> list[Any]:
     return [r for r in found if r.tokens == n and r.prefix == found[0].prefix]
 
 
+def _rollout_blocks(records: Any, residual: float) -> list[Any]:
+    """The self-attention records a rollout composes, checked: a residual in [0, 1], and
+    every block a square matrix over the same tokens (counted, not formed)."""
+    if not 0.0 <= float(residual) <= 1.0:
+        raise ValueError(f"residual must lie in [0, 1], got {residual!r}")
+    blocks = _self_records(records)
+    if not blocks:
+        raise ValueError("attention rollout needs self-attention records (a ViT's blocks)")
+    sizes = {(r.tokens, r.keys) for r in blocks}
+    if len(sizes) != 1:
+        raise ValueError(
+            "attention rollout needs every block over the same tokens; got matrices of "
+            f"{sorted(sizes)}. A hierarchical model (Swin, PVT, MaxViT, ...) merges patches "
+            "between stages, so no token of one stage is a token of the next and rollout "
+            "is not defined across stages: pass one stage's blocks, e.g. "
+            "rec.select(blocks='layers.0.*')"
+        )
+    if any(q != k for q, k in sizes):
+        raise ValueError(
+            "attention rollout needs square matrices (every token a query and a key); "
+            "class attention (one query) or spatial-reduction attention (keys on a coarser "
+            "grid) does not compose"
+        )
+    return blocks
+
+
 def attention_rollout(records: Any, *, residual: float = 0.5) -> torch.Tensor:
     """Attention rollout (Abnar and Zuidema, ACL 2020) through a stack of blocks: B x N x N.
 
@@ -109,25 +135,7 @@ def attention_rollout(records: Any, *, residual: float = 0.5) -> torch.Tensor:
         ValueError: no self-attention records, records over different token counts, or
             ``residual`` outside [0, 1].
     """
-    if not 0.0 <= float(residual) <= 1.0:
-        raise ValueError(f"residual must lie in [0, 1], got {residual!r}")
-    mats = [r.matrix for r in _self_records(records)]
-    if not mats:
-        raise ValueError("attention rollout needs self-attention records (a ViT's blocks)")
-    if len({tuple(m.shape[-2:]) for m in mats}) != 1:
-        raise ValueError(
-            "attention rollout needs every block over the same tokens; got matrices of "
-            f"{sorted({tuple(m.shape[-2:]) for m in mats})}. A hierarchical model (Swin, "
-            "PVT, MaxViT, ...) merges patches between stages, so no token of one stage is a "
-            "token of the next and rollout is not defined across stages: pass one stage's "
-            "blocks, e.g. rec.select(blocks='layers.0.*')"
-        )
-    if any(m.shape[-2] != m.shape[-1] for m in mats):
-        raise ValueError(
-            "attention rollout needs square matrices (every token a query and a key); "
-            "class attention (one query) or spatial-reduction attention (keys on a coarser "
-            "grid) does not compose"
-        )
+    mats = [r.matrix for r in _rollout_blocks(records, residual)]
     n = mats[0].shape[-1]
     eye = torch.eye(n, dtype=torch.float64)
     out = None
@@ -153,17 +161,10 @@ def rollout_map(records: Any, token: str = "cls", *, residual: float = 0.5) -> t
             :func:`attention_rollout`); the token names and grid come from the last one.
         token: a prefix token of the model (``"cls"``, ``"dist"``, ...).
     """
-    if not 0.0 <= float(residual) <= 1.0:
-        raise ValueError(f"residual must lie in [0, 1], got {residual!r}")
-    records = _self_records(records)
-    if not records:
-        raise ValueError("attention rollout needs self-attention records (a ViT's blocks)")
+    records = _rollout_blocks(records, residual)
     last = records[-1]
     if token not in last.prefix:
         raise ValueError(f"no token {token!r}; the model's leading tokens are {list(last.prefix)}")
-    n = {r.tokens for r in records}
-    if len(n) != 1 or any(r.keys != r.tokens for r in records):
-        attention_rollout(records, residual=residual)  # raises with the reason
     n_tokens = last.tokens
     t, p = last.prefix.index(token), len(last.prefix)
     x = None
