@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable
 
@@ -89,6 +90,27 @@ def ms(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return 1000 * (time.perf_counter() - start)
+
+
+def rotated_ms(
+    runs: list[tuple[str, Callable[[], object]]], reps: int, *, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Milliseconds of each named run over ``reps`` rounds, after ``warmup`` untimed
+    rounds; the order rotates every round, so no variant always follows another."""
+    for _ in range(warmup):
+        for _, fn in runs:
+            fn()
+    times: dict[str, list[float]] = {k: [] for k, _ in runs}
+    for i in range(reps):
+        shift = i % len(runs)
+        for key, fn in runs[shift:] + runs[:shift]:
+            times[key].append(ms(fn))
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], key: str, base: str = "plain") -> float:
+    """The median of each round's own ``key`` / ``base`` time ratio."""
+    return statistics.median(a / b for a, b in zip(times[key], times[base]))
 
 
 def worst_check_errors(

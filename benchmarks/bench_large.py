@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from _common import Contention, ms
+from _common import Contention, ms, paired_ratio, rotated_ms
 
 import attnviz
 from attnviz import maps
@@ -52,10 +52,7 @@ def _case(label: str, name: str, side: int, modes: tuple[str, ...], reps: int) -
         return fn
 
     runs = [("plain", plain)] + [(m, captured(m)) for m in modes]
-    times: dict[str, list[float]] = {k: [] for k, _ in runs}
-    for i in range(reps):
-        for key, fn in runs[i % len(runs):] + runs[: i % len(runs)]:
-            times[key].append(ms(fn))
+    times = rotated_ms(runs, reps, warmup=0)
     row: dict = {"model": label, "tokens": None, "plain_ms": statistics.median(times["plain"])}
     rec = kept["factors"]
     r = next(iter(rec.values()))
@@ -63,7 +60,7 @@ def _case(label: str, name: str, side: int, modes: tuple[str, ...], reps: int) -
     qk = sum((t.q.numel() + t.k.numel()) * t.q.element_size() for t in rec.values())
     row["qk_mib"] = qk / 2**20
     for m in modes:
-        row[f"{m}_ratio"] = statistics.median(a / p for a, p in zip(times[m], times["plain"]))
+        row[f"{m}_ratio"] = paired_ratio(times, m)
         row[f"{m}_mib"] = held[m]
     # views afterwards, from the factored records
     last = list(rec.values())[-1]

@@ -29,7 +29,13 @@ from collections.abc import Callable
 import timm
 import torch
 import torchvision
-from _common import Contention, exactness_table, ms, worst_check_errors
+from _common import (
+    Contention,
+    exactness_table,
+    paired_ratio,
+    rotated_ms,
+    worst_check_errors,
+)
 from timm.layers.gather_excite import GatherExcite
 from torch import nn
 
@@ -168,18 +174,10 @@ def _cost(name: str, model: nn.Module, x: torch.Tensor, reps: int) -> dict:
         assert rec.checks and all(c.ok for c in rec.checks)
 
     runs = [("plain", plain), ("unchecked", unchecked), ("checked", checked)]
-    for _, fn in runs * 2:
-        fn()  # warm-up
-    times: dict[str, list[float]] = {"plain": [], "unchecked": [], "checked": []}
-    for i in range(reps):  # the order rotates, so no variant always follows another
-        for key, fn in runs[i % 3 :] + runs[: i % 3]:
-            times[key].append(ms(fn))
+    times = rotated_ms(runs, reps, warmup=2)
     med = {k: statistics.median(v) for k, v in times.items()}
     # each rep runs all three back to back: its ratios are paired, the noise mostly shared
-    paired = {
-        k: statistics.median(a / p for a, p in zip(times[k], times["plain"]))
-        for k in ("unchecked", "checked")
-    }
+    paired = {k: paired_ratio(times, k) for k in ("unchecked", "checked")}
     n = sum(1 for _ in attnviz.find_attention_modules(model))
     own = {v: _own_ms(model, x, v, max(3, reps // 2)) for v in (False, True)}
     return {

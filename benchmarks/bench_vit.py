@@ -16,7 +16,7 @@ import statistics
 
 import torch
 import torchvision
-from _common import Contention, exactness_table, ms, worst_check_errors
+from _common import Contention, exactness_table, paired_ratio, rotated_ms, worst_check_errors
 
 import attnviz
 
@@ -43,16 +43,8 @@ def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict
         ("float32", captured()),
         ("float16", captured(torch.float16, "float16")),
     ]
-    for _, fn in runs:
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k, _ in runs}
-    for i in range(reps):
-        for key, fn in runs[i % 3 :] + runs[: i % 3]:
-            times[key].append(ms(fn))
-    ratio = {
-        k: statistics.median(a / p for a, p in zip(times[k], times["plain"]))
-        for k in ("float32", "float16")
-    }
+    times = rotated_ms(runs, reps)
+    ratio = {k: paired_ratio(times, k) for k in ("float32", "float16")}
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "model": name,

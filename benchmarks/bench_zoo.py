@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from _common import Contention, ms
+from _common import Contention, paired_ratio, rotated_ms
 
 import attnviz
 
@@ -66,18 +66,13 @@ def _cost(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict
         seen["worst"] = max(float(c.error or 0) for c in rec.checks)
 
     runs = [("plain", plain), ("captured", captured)]
-    for _, fn in runs:
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k, _ in runs}
-    for i in range(reps):
-        for key, fn in runs[i % 2 :] + runs[: i % 2]:
-            times[key].append(ms(fn))
+    times = rotated_ms(runs, reps)
     return {
         "model": name,
         "input": " x ".join(map(str, x.shape)),
         "plain_ms": statistics.median(times["plain"]),
         "captured_ms": statistics.median(times["captured"]),
-        "ratio": statistics.median(a / p for a, p in zip(times["captured"], times["plain"])),
+        "ratio": paired_ratio(times, "captured"),
         "records": seen["records"],
         "mib": seen["mib"],
         "worst_check": seen["worst"],
