@@ -294,13 +294,17 @@ def _blocks(model: nn.Module, cls: str) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if type(m).__name__ == cls}
 
 
+def _swin_v1_windows(run: Run):
+    """(name, record, its SwinTransformerBlock) for every windowed record of ``run``."""
+    blocks = _blocks(run.model, "SwinTransformerBlock")
+    for name in window_names(run):
+        yield name, run.rec[name], blocks[name.rsplit(".", 1)[0]]
+
+
 def test_timm_swin_v1_matrix_per_window(swin_v1: Run) -> None:
     """Each window's matrix: scaled q k^T + relative-position bias (+ the -100 shift mask)."""
-    blocks = _blocks(swin_v1.model, "SwinTransformerBlock")
     shifted = 0
-    for name in window_names(swin_v1):
-        rec = swin_v1.rec[name]
-        block = blocks[name.rsplit(".", 1)[0]]
+    for name, rec, block in _swin_v1_windows(swin_v1):
         (x,), kw = swin_v1.inputs[name]
         mask = None
         if any(block.shift_size):
@@ -321,11 +325,8 @@ def test_timm_swin_v1_matrix_per_window(swin_v1: Run) -> None:
 def test_timm_swin_v1_placement_against_index_image(swin_v1: Run) -> None:
     """The most important check: query_pos / key_pos against the block's own roll, pad
     and window_partition of an index image, on a map that needs padding."""
-    blocks = _blocks(swin_v1.model, "SwinTransformerBlock")
     padded = 0
-    for name in window_names(swin_v1):
-        rec = swin_v1.rec[name]
-        block = blocks[name.rsplit(".", 1)[0]]
+    for name, rec, block in _swin_v1_windows(swin_v1):
         size = rec.meta["query_size"]
         assert size == block.input_resolution, name
         expected = timm_swin_positions(block, size)
@@ -337,11 +338,8 @@ def test_timm_swin_v1_placement_against_index_image(swin_v1: Run) -> None:
 
 
 def test_timm_swin_v1_dense_matrix_and_padding(swin_v1: Run) -> None:
-    blocks = _blocks(swin_v1.model, "SwinTransformerBlock")
     heavy = 0
-    for name in window_names(swin_v1):
-        rec = swin_v1.rec[name]
-        block = blocks[name.rsplit(".", 1)[0]]
+    for name, rec, block in _swin_v1_windows(swin_v1):
         (x,), kw = swin_v1.inputs[name]
         windows = swin_v1_windows(block.attn, x, kw.get("mask"), images=2)
         size = rec.meta["query_size"]
