@@ -34,6 +34,7 @@ a softmax consumed as both operands) is never dropped silently: the module is li
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -310,6 +311,7 @@ class KernelProbe(Probe):
         rows = list(range(q))[spots(q, 16)]
         imgs = slice(None, None, max(1, lead // 64))  # images, windows and heads: about 64
 
+        @functools.cache  # both checks read the same rows: computed once
         def sampled() -> torch.Tensor:
             return call.rows(rows).reshape(lead, len(rows), k)[imgs]
 

@@ -25,6 +25,7 @@ Where the matrix is read:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -385,6 +386,7 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         em = Emission(fields=fields, meta={**meta, **kept})
         rows, imgs = list(range(n))[spots(n, 16)], slice(0, 2)
 
+        @functools.cache  # both checks read the same rows: computed once
         def sampled() -> torch.Tensor:
             return attention_matrix(q[imgs], k[imgs], rows=rows)
 
@@ -437,15 +439,17 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
                                            how="scaled_dot_product_attention")  # fmt: skip
             em = Emission(fields=fields, meta={**meta, **kept})
 
-            def sampled() -> torch.Tensor:
+            def chosen() -> torch.Tensor:
                 return attention_matrix(q, k, mask, causal, scale, rows=rows)
         else:
             self.record_type = SelfAttentionRecord
             a = attention_matrix(q, k, mask, causal, scale)
             em = Emission(fields={"matrix": a, "values": v}, meta=meta)
 
-            def sampled() -> torch.Tensor:
+            def chosen() -> torch.Tensor:
                 return a[:, :, rows]
+
+        sampled = functools.cache(chosen)  # both checks read the same rows: computed once
 
         em.compare(
             "matrix @ values == the fused kernel's output",
