@@ -38,15 +38,16 @@ from .widgets._base import App
 __all__ = ["TABS", "ExplorerApp", "explorers", "notebook", "serve"]
 
 #: the tabs, in order
-TABS = ("Spatial transformer", "SE channels", "CBAM spatial maps", "Non-local attention",
-        "Photos")  # fmt: skip
+TABS = ("Spatial transformer", "SE channels", "CBAM spatial maps", "Non-local attention", "Photos")
 
 
 def _caption(name: str, folder: Any) -> str:
     e = shipped.entry(name, folder)
-    return (f"<b>{e['title']}</b>: test accuracy {e['test_accuracy']:.1%} on "
-            f"{e['test_images']} test images, trained {e['epochs']} epochs "
-            f"(shipped model <code>{name}</code>; recipe in its manifest)")  # fmt: skip
+    return (
+        f"<b>{e['title']}</b>: test accuracy {e['test_accuracy']:.1%} on "
+        f"{e['test_images']} test images, trained {e['epochs']} epochs "
+        f"(shipped model <code>{name}</code>; recipe in its manifest)"
+    )
 
 
 class ExplorerApp(App):
@@ -103,10 +104,13 @@ class ExplorerApp(App):
             snap = hist.snapshot("stn")
             k = snap.shape[1]
             app: App = STNInspector(
-                test.images[:k], snap, epochs=list(range(len(snap))),
-                labels=test.labels[:k].tolist(), predictions=hist.snapshot("predictions"),
+                test.images[:k],
+                snap,
+                epochs=list(range(len(snap))),
+                labels=test.labels[:k].tolist(),
+                predictions=hist.snapshot("predictions"),
                 boxes=test.boxes[:k],
-            )  # fmt: skip
+            )
             return app, _caption("stcnn_rts", folder) + ": its training, epoch by epoch"
         if tab == "Photos":
             picker = ModelPicker(weights=self.photo_weights)
@@ -146,8 +150,9 @@ def explorers(**kwargs: Any) -> ExplorerApp:
     return ExplorerApp(**kwargs)
 
 
-def notebook(path: str | os.PathLike, *, photo_weights: str | None = "DEFAULT",
-             folder: Any = None) -> Path:  # fmt: skip
+def notebook(
+    path: str | os.PathLike, *, photo_weights: str | None = "DEFAULT", folder: Any = None
+) -> Path:
     """Write the one-cell notebook Voila serves (the code cell is hidden by Voila)."""
     import nbformat
 
@@ -155,8 +160,11 @@ def notebook(path: str | os.PathLike, *, photo_weights: str | None = "DEFAULT",
     nb = nbformat.v4.new_notebook()
     code = f"from attnviz.app import explorers\n\nexplorers({args})"
     nb.cells = [nbformat.v4.new_code_cell(code)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}  # fmt: skip
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = Path(path)
     nbformat.write(nb, path)
     return path
@@ -212,8 +220,17 @@ def serve(
         env["JUPYTER_PATH"] = os.pathsep.join(
             [str(Path(tmp) / "share"), *filter(None, [env.get("JUPYTER_PATH")])]
         )
-        cmd = [sys.executable, "-m", "voila", str(page), f"--Voila.ip={ip}", f"--port={port}",
-               "--strip_sources=True", "--theme=light", f"--template={template}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "voila",
+            str(page),
+            f"--Voila.ip={ip}",
+            f"--port={port}",
+            "--strip_sources=True",
+            "--theme=light",
+            f"--template={template}",
+        ]
         if not open_browser:
             cmd.append("--no-browser")
         print(f"attnviz app: http://{ip}:{port}/ (Ctrl-C stops it)", flush=True)

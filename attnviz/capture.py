@@ -482,10 +482,14 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         if frame.problems:
             rec.unrecorded.setdefault(frame.name, frame.problems[0])
         scene = Scene(
-            frame.module, frame.args, frame.kwargs,
+            frame.module,
+            frame.args,
+            frame.kwargs,
             [(f.module, f.args, f.kwargs) for f in reversed(stack)],
-            self._scene.get("images"), self._scene.get("image_size"), self._scene["tokens"],
-        )  # fmt: skip
+            self._scene.get("images"),
+            self._scene.get("image_size"),
+            self._scene["tokens"],
+        )
         layout = layout_for(scene)
         for i, call in enumerate(frame.calls):
             name = frame.name if len(frame.calls) == 1 else f"{frame.name}[{i}]"
@@ -513,8 +517,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 for what, mode, fn, low, high in em.checks:
                     self._note(probe, em, what, mode, low, high, fn())
 
-    def _note(self, probe: Probe, em: Emission, what: str, mode: str, low: float, high: float,
-              value: Any) -> None:  # fmt: skip
+    def _note(
+        self, probe: Probe, em: Emission, what: str, mode: str, low: float, high: float, value: Any
+    ) -> None:
         """Keep what a check measured in this call, in as few tensor operations as possible
         (a check runs in every forward); the capture reduces them all when it ends."""
         if mode in ("relative", "product"):

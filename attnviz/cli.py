@@ -27,8 +27,11 @@ def _need_notebook_extra() -> None:
     """ImportError naming the extra when the Jupyter pieces ``attnviz demo`` runs on are missing."""
     import importlib.util
 
-    missing = [m for m in ("nbformat", "nbclient", "nbconvert", "ipykernel")
-               if importlib.util.find_spec(m) is None]  # fmt: skip
+    missing = [
+        m
+        for m in ("nbformat", "nbclient", "nbconvert", "ipykernel")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         raise ImportError(
             f"running notebooks needs {', '.join(missing)}: pip install 'attnviz[notebooks]'"
@@ -60,9 +63,11 @@ def _index(results: list[dict], out: Path, quick: bool) -> Path:
     )
     mode, when = "quick" if quick else "full", time.strftime("%Y-%m-%d %H:%M")
     failed = sum(not r["ok"] for r in results)
-    style = ("body{font-family:sans-serif;margin:2em} td{padding:.3em 1em;vertical-align:top} "
-             ".ok{color:#070} .bad{color:#b00;font-weight:bold} "
-             "pre{max-width:60em;white-space:pre-wrap}")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;margin:2em} td{padding:.3em 1em;vertical-align:top} "
+        ".ok{color:#070} .bad{color:#b00;font-weight:bold} "
+        "pre{max-width:60em;white-space:pre-wrap}"
+    )
     page = (
         f"<!doctype html><meta charset='utf-8'><title>attnviz gallery</title><style>{style}</style>"
         f"<h1>attnviz notebooks</h1><p>Mode: {mode}; run {when}; {len(results)} notebooks, "
@@ -87,8 +92,7 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
         # quick: the notebooks open on the shipped models (TRAIN = False), notebook 04 without
         # downloads; full: every model trained here, the full recipes
         params = {"QUICK": not args.full, "TRAIN": bool(args.full)}
-        nb = execute_notebook(path, params, timeout=args.timeout,
-                              output=executed, cwd=out)  # fmt: skip
+        nb = execute_notebook(path, params, timeout=args.timeout, output=executed, cwd=out)
     except NotebookError as e:
         status = e.status
         where = f"cell {e.cell}: " if e.cell >= 0 else ""
@@ -105,8 +109,14 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
     except Exception as e:  # the page could not be rendered: say so, keep going
         error += f"\n(no HTML page: {type(e).__name__}: {e})"
         page = ""
-    return {"name": path.stem, "html": page, "ok": status == "ok", "status": status,
-            "seconds": time.perf_counter() - start, "error": error}  # fmt: skip
+    return {
+        "name": path.stem,
+        "html": page,
+        "ok": status == "ok",
+        "status": status,
+        "seconds": time.perf_counter() - start,
+        "error": error,
+    }
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -125,8 +135,11 @@ def demo(args: argparse.Namespace) -> int:
         chosen = [p for p in paths if any(p.name.startswith(o) for o in args.only)]
         unknown = [o for o in args.only if not any(p.name.startswith(o) for p in paths)]
         if unknown:
-            print(f"--only {unknown}: no such notebook in {src}; choose from "
-                  f"{[p.stem for p in paths]}", file=sys.stderr)  # fmt: skip
+            print(
+                f"--only {unknown}: no such notebook in {src}; choose from "
+                f"{[p.stem for p in paths]}",
+                file=sys.stderr,
+            )
             return 2
         paths = chosen
     if not paths:
@@ -134,8 +147,11 @@ def demo(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     if out.resolve() in {p.resolve().parent for p in paths}:
-        print(f"--out {out} holds the source notebooks: the executed copies would replace "
-              "them; choose another folder (default build/demo)", file=sys.stderr)  # fmt: skip
+        print(
+            f"--out {out} holds the source notebooks: the executed copies would replace "
+            "them; choose another folder (default build/demo)",
+            file=sys.stderr,
+        )
         return 2
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -145,8 +161,11 @@ def demo(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(paths)}] {path.name} ({mode}) ...", flush=True)
             r = _run_one(path, out, args)
             results.append(r)
-            print(f"    {r['status']} in {r['seconds']:.0f} s"
-                  + (f" -> {out / r['html']}" if r["html"] else ""), flush=True)  # fmt: skip
+            print(
+                f"    {r['status']} in {r['seconds']:.0f} s"
+                + (f" -> {out / r['html']}" if r["html"] else ""),
+                flush=True,
+            )
             if r["error"]:
                 print(strip_ansi(r["error"]), file=sys.stderr)
     finally:  # even on Ctrl-C: the gallery of what ran
@@ -183,19 +202,26 @@ def overlay(args: argparse.Namespace) -> int:
         print(f"attnviz overlay: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # no network and no cached file, most often
-        print(f"could not load {args.model} with weights {args.weights!r}: {e}\n"
-              "Offline? torchvision looks in $TORCH_HOME/hub/checkpoints, timm in the Hugging "
-              "Face cache; pass a weights file, or --weights none for random weights.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"could not load {args.model} with weights {args.weights!r}: {e}\n"
+            "Offline? torchvision looks in $TORCH_HOME/hub/checkpoints, timm in the Hugging "
+            "Face cache; pass a weights file, or --weights none for random weights.",
+            file=sys.stderr,
+        )
         return 2
     if args.target is not None and not 0 <= args.target < len(pre.class_names):
-        print(f"attnviz overlay: --target must be a class index in [0, {len(pre.class_names)}), "
-              f"got {args.target}", file=sys.stderr)  # fmt: skip
+        print(
+            f"attnviz overlay: --target must be a class index in [0, {len(pre.class_names)}), "
+            f"got {args.target}",
+            file=sys.stderr,
+        )
         return 2
     ex = explain(pre, photo, display_side=args.size)
     if not ex.blocks:
-        print(f"{args.model} records no attention with a picture: {list(ex.recording)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{args.model} records no attention with a picture: {list(ex.recording)}",
+            file=sys.stderr,
+        )
         return 2
     block = args.block or ex.default_block
     if block not in ex.blocks:
@@ -203,8 +229,10 @@ def overlay(args: argparse.Namespace) -> int:
         return 2
     heads = ex.heads(block)
     if args.head is not None and not 0 <= args.head < heads:
-        print(f"attnviz overlay: --head must be in [0, {heads}) for {block}, got {args.head}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"attnviz overlay: --head must be in [0, {heads}) for {block}, got {args.head}",
+            file=sys.stderr,
+        )
         return 2
     label, attention = ex.picture(block, args.head)
     panels = [ex.view, attention]
@@ -215,8 +243,7 @@ def overlay(args: argparse.Namespace) -> int:
         said = f"{pre.class_names[target]} (P={ex.probs[target]:.2f})  |  Grad-CAM"
     else:
         cam, target, said = None, None, "no classifier (a backbone): no Grad-CAM"
-    title = (f"{said}  |  {label} {block}"
-             + ("" if pre.pretrained else "  |  RANDOM WEIGHTS"))  # fmt: skip
+    title = f"{said}  |  {label} {block}" + ("" if pre.pretrained else "  |  RANDOM WEIGHTS")
     strip = Image.fromarray(render.montage(panels, ncols=len(panels), pad=4))
     canvas = Image.new("RGB", (strip.width, strip.height + 18), "white")
     canvas.paste(strip, (0, 18))
@@ -299,10 +326,18 @@ def stats(args: argparse.Namespace) -> int:
     describe["transform"] = repr(transform)
     try:
         result = dataset_stats(
-            model, dataset, out=args.out, blocks=args.blocks, batch_size=args.batch_size,
-            num_workers=args.workers, shard_size=args.shard_size, top_k=args.top_k,
-            bins=args.bins, progress=not args.no_progress, describe=describe,
-        )  # fmt: skip
+            model,
+            dataset,
+            out=args.out,
+            blocks=args.blocks,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            shard_size=args.shard_size,
+            top_k=args.top_k,
+            bins=args.bins,
+            progress=not args.no_progress,
+            describe=describe,
+        )
     except ValueError as e:
         print(f"attnviz stats: {e}", file=sys.stderr)
         return 2
@@ -357,8 +392,9 @@ def plot(args: argparse.Namespace) -> int:
                 y += 16 + strip.shape[0] + 6
             canvas.save(args.output)
         else:
-            figure = plot_class_excitation(result.channel_stats(), blocks=args.blocks,
-                                           channels=args.channels)  # fmt: skip
+            figure = plot_class_excitation(
+                result.channel_stats(), blocks=args.blocks, channels=args.channels
+            )
             render.figure_to_image(figure).save(args.output)
     except (OSError, ValueError, KeyError, IndexError) as e:
         print(f"attnviz plot: {e}", file=sys.stderr)
@@ -373,9 +409,13 @@ def app(args: argparse.Namespace) -> int:
     from .app import serve
 
     try:
-        return serve(port=args.port, ip=args.ip, open_browser=args.browser,
-                     photo_weights=None if args.no_download else "DEFAULT",
-                     folder=args.models)  # fmt: skip
+        return serve(
+            port=args.port,
+            ip=args.ip,
+            open_browser=args.browser,
+            photo_weights=None if args.no_download else "DEFAULT",
+            folder=args.models,
+        )
     except (ImportError, FileNotFoundError, ValueError) as e:
         print(f"attnviz app: {e}", file=sys.stderr)
         return 2
@@ -387,8 +427,9 @@ def models(args: argparse.Namespace) -> int:
 
     try:
         if args.regenerate:
-            shipped.regenerate(args.only, out=args.out, device=args.device,
-                               log=lambda s: print(s, flush=True))  # fmt: skip
+            shipped.regenerate(
+                args.only, out=args.out, device=args.device, log=lambda s: print(s, flush=True)
+            )
             return 0
         folder = args.out
         if args.check:
@@ -397,9 +438,12 @@ def models(args: argparse.Namespace) -> int:
                 v = shipped.verify(name, folder)
                 same = v.accuracy_matches and _close(v.measured["scores"], v.manifest["scores"])
                 bad += not same
-                print(f"{name}: sha256 ok, test accuracy {v.measured['test_accuracy']:.2%} "
-                      f"(manifest {v.manifest['test_accuracy']:.2%}), scores "
-                      f"{'match' if same else 'DIFFER'}", flush=True)  # fmt: skip
+                print(
+                    f"{name}: sha256 ok, test accuracy {v.measured['test_accuracy']:.2%} "
+                    f"(manifest {v.manifest['test_accuracy']:.2%}), scores "
+                    f"{'match' if same else 'DIFFER'}",
+                    flush=True,
+                )
             return 1 if bad else 0
         print(shipped.summary(args.only, folder))
         return 0
@@ -422,32 +466,37 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run every notebook headless and write an HTML gallery")
     d.add_argument(
-        "--full", action="store_true",
+        "--full",
+        action="store_true",
         help="train every model here with the full recipes (TRAIN = True, QUICK = False; "
         "default: QUICK = True, the notebooks open on the shipped models)",
-    )  # fmt: skip
+    )
     d.add_argument("--out", default="build/demo", help="gallery folder")
     d.add_argument(
         "--notebooks", help="folder of numbered notebooks (default: the ones attnviz ships)"
     )
     d.add_argument(
-        "--only", nargs="+", metavar="NOTEBOOK",
+        "--only",
+        nargs="+",
+        metavar="NOTEBOOK",
         help="run only these notebooks (a number such as 02, or a name)",
-    )  # fmt: skip
+    )
     d.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     d.set_defaults(run=demo)
     o = sub.add_parser("overlay", help="Grad-CAM and attention maps of a photo, as a PNG")
     o.add_argument("image", help="a photo (any format Pillow reads)")
     o.add_argument(
-        "--model", default="mobilenet_v3_large",
+        "--model",
+        default="mobilenet_v3_large",
         help="a torchvision network (an SE network, vit_b_16, ...), timm/<name> (e.g. "
         "timm/botnet26t_256, timm/deit_small_patch16_224) or official-cbam",
-    )  # fmt: skip
+    )
     o.add_argument(
-        "--weights", default="DEFAULT",
+        "--weights",
+        default="DEFAULT",
         help="DEFAULT, a torchvision weights name, a weights file (timm, official-cbam), "
         "or 'none' for random",
-    )  # fmt: skip
+    )
     o.add_argument("--block", help="attention module to draw (default: the last with a picture)")
     o.add_argument("--head", type=int, help="one attention head (default: the mean over heads)")
     o.add_argument("--target", type=int, help="class index to explain (default: predicted)")
@@ -456,12 +505,19 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--npz", help="also export the captured weights and maps to this .npz")
     o.set_defaults(run=overlay)
     s = sub.add_parser("stats", help="attention statistics over a data set (torchrun-ready)")
-    s.add_argument("--model", required=True,
-                   help="shipped:<name> (attnviz's trained models), a torchvision network, "
-                   "timm/<name> or official-cbam")  # fmt: skip
+    s.add_argument(
+        "--model",
+        required=True,
+        help="shipped:<name> (attnviz's trained models), a torchvision network, "
+        "timm/<name> or official-cbam",
+    )
     s.add_argument("--weights", default="DEFAULT", help="as for overlay (torchvision/timm)")
-    s.add_argument("--data", required=True, nargs="+",
-                   help="an image folder (one sub-folder per class) or .tar shards")
+    s.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="an image folder (one sub-folder per class) or .tar shards",
+    )
     s.add_argument("--out", required=True, help="the statistics file (resumable)")
     s.add_argument("--blocks", nargs="+", help="glob patterns of blocks (default all)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -478,25 +534,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default="classwise.png", help="PNG to write")
     p.add_argument("--blocks", nargs="+", help="blocks of the class-wise figure (default all)")
     p.add_argument("--channels", type=int, help="the first N channels (default all)")
-    p.add_argument("--gallery", nargs=2, metavar=("BLOCK", "CHANNEL"),
-                   help="the top and bottom images of one channel instead")
+    p.add_argument(
+        "--gallery",
+        nargs=2,
+        metavar=("BLOCK", "CHANNEL"),
+        help="the top and bottom images of one channel instead",
+    )
     p.add_argument("--data", nargs="+", help="the data set the statistics came from (gallery)")
     p.add_argument("-k", type=int, default=8, help="images per gallery row")
     p.set_defaults(run=plot)
     a = sub.add_parser("app", help="every explorer on the shipped models, served by Voila")
     a.add_argument("--port", type=int, default=8866)
-    a.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this "
-                   "machine only)")  # fmt: skip
+    a.add_argument(
+        "--ip", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
     a.add_argument("--browser", action="store_true", help="open a browser tab")
-    a.add_argument("--no-download", action="store_true",
-                   help="photo tab with random weights: download nothing")  # fmt: skip
+    a.add_argument(
+        "--no-download", action="store_true", help="photo tab with random weights: download nothing"
+    )
     a.add_argument("--models", help="folder of shipped models (default: the ones attnviz ships)")
     a.set_defaults(run=app)
     m = sub.add_parser("models", help="list, check or regenerate the shipped trained models")
-    m.add_argument("--check", action="store_true",
-                   help="load each (checksum, weights_only) and re-measure accuracy and scores")
-    m.add_argument("--regenerate", action="store_true",
-                   help="train them from scratch by their recipes and rewrite the manifest")
+    m.add_argument(
+        "--check",
+        action="store_true",
+        help="load each (checksum, weights_only) and re-measure accuracy and scores",
+    )
+    m.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="train them from scratch by their recipes and rewrite the manifest",
+    )
     m.add_argument("--only", nargs="+", metavar="NAME", help="only these models")
     m.add_argument("--out", help="folder of the models (default: the ones attnviz ships)")
     m.add_argument("--device", help="training device for --regenerate (default: CUDA if any)")

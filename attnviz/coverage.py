@@ -337,13 +337,22 @@ def _shown(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in overrides.items())
 
 
-def _timm_case(timm: Any, family: str, name: str, side: int, overrides: dict[str, Any],
-               note: str = "") -> Case:  # fmt: skip
+def _timm_case(
+    timm: Any, family: str, name: str, side: int, overrides: dict[str, Any], note: str = ""
+) -> Case:
     def build() -> nn.Module:
         return timm.create_model(name, pretrained=False, **overrides)
 
-    return Case("timm", family, name, (side, side), build, _shown(overrides), note=note,
-                skip=TIMM_SKIPPED.get(name))  # fmt: skip
+    return Case(
+        "timm",
+        family,
+        name,
+        (side, side),
+        build,
+        _shown(overrides),
+        note=note,
+        skip=TIMM_SKIPPED.get(name),
+    )
 
 
 def _smallest_timm_model(timm: Any, family: str) -> tuple[str, int] | None:
@@ -386,19 +395,36 @@ def _timm_cases(timm: Any) -> Iterator[Case]:
 def _torchvision_cases() -> Iterator[Case]:
     import torchvision.models as tvm
 
-    yield Case("torchvision", "vision_transformer", "vit_b_16", (32, 32),
-               lambda: tvm.vit_b_16(weights=None, image_size=32), "image_size=32")  # fmt: skip
-    yield Case("torchvision", "swin_transformer", "swin_t", (64, 64),
-               lambda: tvm.swin_t(weights=None))  # fmt: skip
-    yield Case("torchvision", "swin_transformer", "swin_v2_t", (64, 64),
-               lambda: tvm.swin_v2_t(weights=None))  # fmt: skip
-    yield Case("torchvision", "maxvit", "maxvit_t", (224, 224),
-               lambda: tvm.maxvit_t(weights=None))  # fmt: skip
+    yield Case(
+        "torchvision",
+        "vision_transformer",
+        "vit_b_16",
+        (32, 32),
+        lambda: tvm.vit_b_16(weights=None, image_size=32),
+        "image_size=32",
+    )
+    yield Case(
+        "torchvision", "swin_transformer", "swin_t", (64, 64), lambda: tvm.swin_t(weights=None)
+    )
+    yield Case(
+        "torchvision",
+        "swin_transformer",
+        "swin_v2_t",
+        (64, 64),
+        lambda: tvm.swin_v2_t(weights=None),
+    )
+    yield Case("torchvision", "maxvit", "maxvit_t", (224, 224), lambda: tvm.maxvit_t(weights=None))
 
 
 # -- Hugging Face transformers ----------------------------------------------------------------
-_TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "intermediate_size": 128, "image_size": 32, "patch_size": 8}  # fmt: skip
+_TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "image_size": 32,
+    "patch_size": 8,
+}
 
 #: family -> (config class, model class, config arguments), all of transformers
 HF_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -409,9 +435,19 @@ HF_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "CLIP vision": ("CLIPVisionConfig", "CLIPVisionModel", _TINY),
     "SigLIP vision": ("SiglipVisionConfig", "SiglipVisionModel", _TINY),
     "BEiT": ("BeitConfig", "BeitModel", _TINY),
-    "Swin": ("SwinConfig", "SwinModel", {"embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4],
-                                         "window_size": 4, "image_size": 32, "patch_size": 4}),
-}  # fmt: skip
+    "Swin": (
+        "SwinConfig",
+        "SwinModel",
+        {
+            "embed_dim": 16,
+            "depths": [2, 2],
+            "num_heads": [2, 4],
+            "window_size": 4,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+    ),
+}
 
 
 def _pixel_values(model: nn.Module, x: torch.Tensor) -> Any:
@@ -583,8 +619,15 @@ def _without_capture(case: Case, model: nn.Module, x: torch.Tensor) -> str:
 def run_case(case: Case, *, batch: int = 1) -> CoverageRow:
     """Build ``case``'s model, call it on ``batch`` random images inside a capture, and
     classify what the capture found (never raises for the model's own failures)."""
-    row = CoverageRow(case.library, case.family, case.model, case.input_size, ERROR,
-                      overrides=case.overrides, note=case.note)  # fmt: skip
+    row = CoverageRow(
+        case.library,
+        case.family,
+        case.model,
+        case.input_size,
+        ERROR,
+        overrides=case.overrides,
+        note=case.note,
+    )
     if case.skip is not None:
         row.status = case.skip if case.skip.startswith("skipped") else SKIPPED
         row.note = _join(case.note, case.skip if case.skip != row.status else "")
@@ -641,8 +684,9 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def sweep(models: Iterable[Case | str] | None = None, *, batch: int = 1,
-          progress: bool = False) -> list[CoverageRow]:  # fmt: skip
+def sweep(
+    models: Iterable[Case | str] | None = None, *, batch: int = 1, progress: bool = False
+) -> list[CoverageRow]:
     """Capture every model of the zoo (or of ``models``) once and classify what was found.
 
     Args:
@@ -741,8 +785,10 @@ def markdown_table(rows: Iterable[CoverageRow], *, seconds: bool = False) -> str
     head = ["library", "family", "model", "input", "status", "records", "placed / unplaced"]
     head += ["s"] if seconds else []
     head.append("note")
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join("---:" if h == "s" else "---" for h in head) + "|"]  # fmt: skip
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---:" if h == "s" else "---" for h in head) + "|",
+    ]
     for r in rows:
         model = f"`{r.model}`" + (f" ({r.overrides})" if r.overrides else "")
         size = f"{r.input_size[0]}x{r.input_size[1]}" if r.input_size[0] else "-"

@@ -139,8 +139,10 @@ class Explanation:
         rows = [heads[i : i + columns] for i in range(0, len(heads), columns)]
         n = min(columns, len(heads))
         rows[-1] += [torch.zeros_like(heads[0])] * (n - len(rows[-1]))  # blank cells
-        labels = [[f"head {i + j}" if i + j < len(heads) else "" for j in range(n)]
-                  for i in range(0, len(heads), columns)]  # fmt: skip
+        labels = [
+            [f"head {i + j}" if i + j < len(heads) else "" for j in range(n)]
+            for i in range(0, len(heads), columns)
+        ]
         return render.overlay_grid([self.view] * n, rows, captions=labels)
 
     def gradcam(self, target: int | None = None) -> torch.Tensor:
@@ -219,8 +221,9 @@ def comparison_figure(
     """
     strips = []
     width = 3 * side + 8
-    header = _text_block(["network input | attention it applied | Grad-CAM of its prediction"],
-                         width)  # fmt: skip
+    header = _text_block(
+        ["network input | attention it applied | Grad-CAM of its prediction"], width
+    )
     strips.append(np.asarray(header))
     for family, ex in rows:
         label, attention = ex.picture(block)
@@ -232,10 +235,12 @@ def comparison_figure(
         # picture() and the overlay are the view's size: one height gives one width
         panels = [render.fit_height(p, side) for p in (ex.view, attention, cam)]
         strip = render.montage(panels, ncols=3, pad=4)
-        title = np.asarray(_text_block(_caption(ex, family, label, block or ex.default_block),
-                                       strip.shape[1]))  # fmt: skip
+        title = np.asarray(
+            _text_block(_caption(ex, family, label, block or ex.default_block), strip.shape[1])
+        )
         strips += [title, strip, np.full((8, strip.shape[1], 3), 255, np.uint8)]
     width = max(s.shape[1] for s in strips)
-    padded = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255)
-              for s in strips]  # fmt: skip
+    padded = [
+        np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips
+    ]
     return Image.fromarray(np.concatenate(padded))

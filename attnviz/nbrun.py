@@ -38,8 +38,12 @@ class NotebookError(RuntimeError):
 
     def __init__(self, path: Path, cell: int, ename: str, evalue: str, traceback: str) -> None:
         self.path, self.cell, self.ename, self.evalue, self.traceback = (
-            path, cell, ename, evalue, strip_ansi(traceback),
-        )  # fmt: skip
+            path,
+            cell,
+            ename,
+            evalue,
+            strip_ansi(traceback),
+        )
         super().__init__(f"{path.name}: cell {cell} raised {ename}: {evalue}\n{self.traceback}")
 
 
@@ -126,17 +130,24 @@ def execute_notebook(
         current["cell"] = cell_index
 
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel_name, on_cell_start=started,
+        nb,
+        timeout=timeout,
+        kernel_name=kernel_name,
+        on_cell_start=started,
         resources={"metadata": {"path": str(cwd or path.parent)}},
-    )  # fmt: skip
+    )
     try:
         client.execute()
     except CellExecutionError as e:
         cell = next(
-            (i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
-             if o.get("output_type") == "error"),
+            (
+                i
+                for i, c in enumerate(nb.cells)
+                for o in c.get("outputs", [])
+                if o.get("output_type") == "error"
+            ),
             current["cell"],
-        )  # fmt: skip
+        )
         raise NotebookError(path, cell, e.ename, e.evalue, str(e)) from None
     except CellTimeoutError:
         raise NotebookTimeoutError(

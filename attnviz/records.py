@@ -186,7 +186,6 @@ class ChannelRecord(Record):
     def weights(self) -> torch.Tensor:
         return self._get("weights")
 
-
     def view(self) -> tuple[str, torch.Tensor]:
         """The weighted activation ``sum_c s_c u_c`` (needs ``capture(..., features=True)``):
         derived from the weights, not a map the module applied."""
@@ -196,6 +195,7 @@ class ChannelRecord(Record):
                 "activation, which needs capture(..., features=True)"
             )
         return "SE-weighted activation", weighted_activation(self.features, self.weights)
+
 
 class SpatialRecord(Record):
     """A spatial map (CBAM's Ms): ``map`` is B x H x W."""
@@ -207,10 +207,10 @@ class SpatialRecord(Record):
     def map(self) -> torch.Tensor:
         return self._get("map")
 
-
     def view(self) -> tuple[str, torch.Tensor]:
         """The map itself."""
         return "spatial map", self.map.float()
+
 
 class ElementwiseRecord(Record):
     """A gate per channel and position (Gather-Excite with extent, strip attention).
@@ -225,10 +225,10 @@ class ElementwiseRecord(Record):
     def gate(self) -> torch.Tensor:
         return self._get("gate")
 
-
     def view(self) -> tuple[str, torch.Tensor]:
         """The gate's mean over channels."""
         return "gate (mean over channels)", self.gate.float().mean(1)
+
 
 class AxialRecord(Record):
     """A gate factorised along the two axes (coordinate attention, efficient local attention).
@@ -252,10 +252,10 @@ class AxialRecord(Record):
         """The applied gate, B x C x H x W: ``height[..., :, None] * width[..., None, :]``."""
         return self.height[..., :, None] * self.width[..., None, :]
 
-
     def view(self) -> tuple[str, torch.Tensor]:
         """The mean over channels of ``height x width``."""
         return "axial gate (mean over channels)", self.gate().float().mean(1)
+
 
 class BranchRecord(Record):
     """Attention over K branches per channel (selective kernels, ResNeSt's split attention).
@@ -314,10 +314,10 @@ class ContextRecord(Record):
     def has_shift(self) -> bool:
         return self._has("shift")
 
-
     def view(self) -> tuple[str, torch.Tensor]:
         """The pooling map: where the context is gathered from."""
         return "context pooling map", self.map.float()
+
 
 class TransformRecord(Record):
     """A spatial transformer's A_theta (B x 2 x 3), its output V and the input's H x W."""
@@ -634,8 +634,9 @@ class FactoredAttentionRecord(SelfAttentionRecord):
     def query_rows(self, rows: Rows = None) -> torch.Tensor:
         """Rows of the matrix, computed from q and k: B x heads x R x K float32."""
         m = self.meta
-        return attention_rows(self.q, self.k, self.mask, m.get("causal", False),
-                              m.get("scale"), rows)  # fmt: skip
+        return attention_rows(
+            self.q, self.k, self.mask, m.get("causal", False), m.get("scale"), rows
+        )
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -759,8 +760,14 @@ class LocalAttentionRecord(SelfAttentionRecord):
         for bi in range(nh):
             for bj in range(nw):
                 r0, c0 = bi * kv_block, bj * kv_block
-                dense[:, :, bi * qb : (bi + 1) * qb, bj * qb : (bj + 1) * qb,
-                      r0 : r0 + win, c0 : c0 + win] = wins[:, :, bi, bj]  # fmt: skip
+                dense[
+                    :,
+                    :,
+                    bi * qb : (bi + 1) * qb,
+                    bj * qb : (bj + 1) * qb,
+                    r0 : r0 + win,
+                    c0 : c0 + win,
+                ] = wins[:, :, bi, bj]
         inside = dense[..., halo : halo + hk, halo : halo + wk]
         lost = dense.sum((-1, -2)) - inside.sum((-1, -2))
         return inside.reshape(b, h, hq * wq, hk * wk), lost.reshape(b, h, hq * wq)

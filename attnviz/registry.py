@@ -341,8 +341,6 @@ def get_attention_layer(name: str | None, channels: int, **kwargs) -> nn.Module:
 
 
 def _register_builtins() -> None:
-    from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
-
     from .modules import (
         CBAM,
         ChannelGate,
@@ -363,21 +361,26 @@ def _register_builtins() -> None:
         SpatialTransformer, "transform", "theta", note="STN (Jaderberg et al., 2015)"
     )
     register_attention_type(
-        TwoStageTransformer, "transform", probe=TwoStageProbe,
+        TwoStageTransformer,
+        "transform",
+        probe=TwoStageProbe,
         note="two-stage STN: window (scale, translation), then rotation",
-    )  # fmt: skip
+    )
     register_attention_type(NonLocal, "self", "attend", note="non-local block (Wang et al., 2018)")
     register_attention_type(
-        TVSqueezeExcitation,
+        # by qualified name, so that importing attnviz does not import torchvision
+        "torchvision.ops.misc.SqueezeExcitation",
         "channel",
         "scale_activation",
         note="MobileNetV3, EfficientNet, RegNetY",
     )
     register_timm(register_attention_type, refuse_attention_type)
     register_attention_type(
-        nn.MultiheadAttention, "self", probe=MultiheadAttentionProbe,
+        nn.MultiheadAttention,
+        "self",
+        probe=MultiheadAttentionProbe,
         note="torch's multi-head attention (torchvision ViT): per-head weights",
-    )  # fmt: skip
+    )
     register_attention_layer("se", SqueezeExcitation)
     register_attention_layer("cbam", CBAM)
     register_attention_layer("nonlocal", NonLocal)

@@ -108,50 +108,73 @@ _RESNET = {"depth": 10, "width": 16, "stem_stride": 2}
 _PHOTOS_FIT = ("fit", {"epochs": 6, "lr": 3e-3})
 
 #: name -> recipe: exactly the notebooks' full-mode training at SEED = 0
-# fmt: off
 RECIPES: dict[str, Recipe] = {
     "stcnn_rts": Recipe(
-        "ST-CNN (heat-map transformer + TinyCNN), RTS digits", ("01_spatial_transformer",),
-        ("STCNN.for_rts", {}), "RTS", ("fit", {"epochs": 30, "stn_lr": 1e-3, "snapshot": 16}),
+        "ST-CNN (heat-map transformer + TinyCNN), RTS digits",
+        ("01_spatial_transformer",),
+        ("STCNN.for_rts", {}),
+        "RTS",
+        ("fit", {"epochs": 30, "stn_lr": 1e-3, "snapshot": 16}),
         ("transform", "sampled_iou"),
     ),
     "tinycnn_rts": Recipe(
-        "TinyCNN alone, RTS digits", ("01_spatial_transformer",),
-        ("TinyCNN", {"image_size": [42, 42]}), "RTS", ("fit", {"epochs": 30, "lr": 3e-3}),
+        "TinyCNN alone, RTS digits",
+        ("01_spatial_transformer",),
+        ("TinyCNN", {"image_size": [42, 42]}),
+        "RTS",
+        ("fit", {"epochs": 30, "lr": 3e-3}),
     ),
     "stcnn_upright": Recipe(
         "two-stage transformer that turns digits upright, RTS digits",
-        ("01_spatial_transformer",), ("STCNN.for_upright", {"image_size": [42, 42]}), "RTS",
+        ("01_spatial_transformer",),
+        ("STCNN.for_upright", {"image_size": [42, 42]}),
+        "RTS",
         ("fit_upright", {"pre_epochs": 14, "stn_epochs": 9, "joint_epochs": 2}),
         ("transform",),
     ),
     "stcnn_clutter": Recipe(
-        "ST-CNN (attention transform), cluttered MNIST", ("01_spatial_transformer",),
-        ("STCNN.for_clutter", {}), "cluttered",
-        ("fit", {"epochs": 20, "stn_lr": 1e-3, "snapshot": 16}), ("sampled_iou",),
+        "ST-CNN (attention transform), cluttered MNIST",
+        ("01_spatial_transformer",),
+        ("STCNN.for_clutter", {}),
+        "cluttered",
+        ("fit", {"epochs": 20, "stn_lr": 1e-3, "snapshot": 16}),
+        ("sampled_iou",),
     ),
     "resnet10_plain": Recipe(
-        "ResNet-10, digits on photos", ("02_squeeze_excitation", "03_cbam"),
-        ("small_resnet", {**_RESNET, "attention": None}), "photos", _PHOTOS_FIT,
+        "ResNet-10, digits on photos",
+        ("02_squeeze_excitation", "03_cbam"),
+        ("small_resnet", {**_RESNET, "attention": None}),
+        "photos",
+        _PHOTOS_FIT,
     ),
     "resnet10_se": Recipe(
-        "ResNet-10 + SE, digits on photos", ("02_squeeze_excitation", "03_cbam"),
-        ("small_resnet", {**_RESNET, "attention": "se"}), "photos", _PHOTOS_FIT,
+        "ResNet-10 + SE, digits on photos",
+        ("02_squeeze_excitation", "03_cbam"),
+        ("small_resnet", {**_RESNET, "attention": "se"}),
+        "photos",
+        _PHOTOS_FIT,
         ("class_specificity",),
     ),
     "resnet10_cbam": Recipe(
-        "ResNet-10 + CBAM (3x3 spatial gate), digits on photos", ("03_cbam",),
-        ("small_resnet", {**_RESNET, "attention": "cbam",
-                          "attention_kwargs": {"spatial_kernel": 3}}),
-        "photos", _PHOTOS_FIT, ("cbam_maps",),
+        "ResNet-10 + CBAM (3x3 spatial gate), digits on photos",
+        ("03_cbam",),
+        (
+            "small_resnet",
+            {**_RESNET, "attention": "cbam", "attention_kwargs": {"spatial_kernel": 3}},
+        ),
+        "photos",
+        _PHOTOS_FIT,
+        ("cbam_maps",),
     ),
     "resnet10_nonlocal": Recipe(
-        "ResNet-10 + non-local block, digits on photos", ("05_self_attention",),
-        ("small_resnet", {**_RESNET, "attention": "nonlocal"}), "photos", _PHOTOS_FIT,
+        "ResNet-10 + non-local block, digits on photos",
+        ("05_self_attention",),
+        ("small_resnet", {**_RESNET, "attention": "nonlocal"}),
+        "photos",
+        _PHOTOS_FIT,
         ("attention_on_object",),
     ),
 }
-# fmt: on
 
 
 def names() -> list[str]:
@@ -180,8 +203,9 @@ def build(name: str) -> nn.Module:
     }
     make, kwargs = recipe.model
     torch.manual_seed(recipe.seed)
-    return constructors[make](**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in kwargs.items()})  # fmt: skip
+    return constructors[make](
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    )
 
 
 def test_data(name: str) -> Any:
@@ -214,8 +238,9 @@ def _train(recipe: Recipe, model: nn.Module, test: Any, device: str | None) -> A
     train = _train_data(recipe)
     args = dict(kwargs)
     if kind == "fit_upright":
-        return fit_upright(model, train, test, seed=recipe.seed, device=device, progress=False,
-                           **args)  # fmt: skip
+        return fit_upright(
+            model, train, test, seed=recipe.seed, device=device, progress=False, **args
+        )
     if "stn_lr" in args:
         args["param_groups"] = stn_param_groups(model, stn_lr=args.pop("stn_lr"))
     if "snapshot" in args:
@@ -254,8 +279,12 @@ def _scores(recipe: Recipe, model: nn.Module, test: Any) -> dict[str, Any]:
             score = attention_on_object(model, test.images, test.masks)
             ok = ~torch.isnan(score["on_object"])
             on, area = score["on_object"][ok].mean().item(), score["area"][ok].mean().item()
-            out.update(on_object=on, object_area=area, on_object_ratio=on / area,
-                       images_with_object_queries=int(ok.sum()))  # fmt: skip
+            out.update(
+                on_object=on,
+                object_area=area,
+                on_object_ratio=on / area,
+                images_with_object_queries=int(ok.sum()),
+            )
         else:  # pragma: no cover - a recipe names a score this module does not know
             raise ValueError(f"unknown score {kind!r}")
     return out
@@ -304,8 +333,10 @@ def entry(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
     _recipe(name)
     models = manifest(folder)["models"]
     if name not in models:
-        raise KeyError(f"{name!r} is not in the manifest yet: `attnviz models --regenerate "
-                       f"--only {name}` trains it")  # fmt: skip
+        raise KeyError(
+            f"{name!r} is not in the manifest yet: `attnviz models --regenerate "
+            f"--only {name}` trains it"
+        )
     return models[name]
 
 
@@ -422,8 +453,10 @@ def regenerate(
             "bytes": path.stat().st_size,
             "dtype": "float16",
             "recipe": {
-                "model": {"constructor": f"attnviz.models.{recipe.model[0]}",
-                          "arguments": recipe.model[1]},
+                "model": {
+                    "constructor": f"attnviz.models.{recipe.model[0]}",
+                    "arguments": recipe.model[1],
+                },
                 "train": {"function": f"attnviz.train.{kind}", "arguments": kwargs},
                 "data": recipe.data,
                 "seed": recipe.seed,
@@ -443,8 +476,10 @@ def regenerate(
         data["models"] = {k: data["models"][k] for k in names() if k in data["models"]}
         data["command"] = "attnviz models --regenerate"
         storage.atomic_write_text(json.dumps(data, indent=1) + "\n", folder / MANIFEST)
-        log(f"{name}: test accuracy {measured['test_accuracy']:.2%} (float32 "
-            f"{float32['test_accuracy']:.2%}), {seconds:.0f} s on {dev.type}")  # fmt: skip
+        log(
+            f"{name}: test accuracy {measured['test_accuracy']:.2%} (float32 "
+            f"{float32['test_accuracy']:.2%}), {seconds:.0f} s on {dev.type}"
+        )
     return data
 
 
@@ -488,18 +523,25 @@ def _headline(scores: Mapping[str, Any]) -> str:
         parts.append(f"class specificity of {last[0]} {last[1]:.2f}")
     if "cbam_maps" in scores:
         block, row = list(scores["cbam_maps"].items())[-1]
-        parts.append(f"Ms of {block} points at the digit in {row['pointing_game']:.0%} "
-                     f"({row['pointing_game_4px']:.0%} within 4 px)")  # fmt: skip
+        parts.append(
+            f"Ms of {block} points at the digit in {row['pointing_game']:.0%} "
+            f"({row['pointing_game_4px']:.0%} within 4 px)"
+        )
     if "on_object_ratio" in scores:
-        parts.append(f"attention from the digit on the digit {scores['on_object']:.0%}, "
-                     f"{scores['on_object_ratio']:.2f}x its area")  # fmt: skip
+        parts.append(
+            f"attention from the digit on the digit {scores['on_object']:.0%}, "
+            f"{scores['on_object_ratio']:.2f}x its area"
+        )
     return "; ".join(parts) or "—"
 
 
 def summary(models: Sequence[str] | None = None, folder: str | os.PathLike | None = None) -> str:
     """A Markdown table of shipped models from the manifest: accuracy, attention, training."""
-    rows = ["| shipped model | test accuracy (float32 before rounding) | attention | epochs | "
-            "trained |", "|---|---:|---|---:|---|"]  # fmt: skip
+    rows = [
+        "| shipped model | test accuracy (float32 before rounding) | attention | epochs | "
+        "trained |",
+        "|---|---:|---|---:|---|",
+    ]
     for name in models or names():
         e = entry(name, folder)
         rows.append(

@@ -263,14 +263,15 @@ def _merge_channel(a: dict, b: dict, top_k: int) -> dict:
     for side, largest in (("top", True), ("bottom", False)):
         out[f"{side}_values"], out[f"{side}_index"] = _topk_merge(
             torch.cat([a[f"{side}_values"], b[f"{side}_values"]]),
-            torch.cat([a[f"{side}_index"], b[f"{side}_index"]]), top_k, largest,
-        )  # fmt: skip
+            torch.cat([a[f"{side}_index"], b[f"{side}_index"]]),
+            top_k,
+            largest,
+        )
     return out
 
 
 def _new_spatial(k: int, h: int, w: int) -> dict[str, torch.Tensor]:
-    return {"n": torch.zeros(k, dtype=torch.long),
-            "sum": torch.zeros(k, h, w, dtype=torch.float64)}  # fmt: skip
+    return {"n": torch.zeros(k, dtype=torch.long), "sum": torch.zeros(k, h, w, dtype=torch.float64)}
 
 
 def _add_spatial(acc: dict, m: torch.Tensor, y: torch.Tensor) -> None:
@@ -314,8 +315,9 @@ def _flush(acc: dict, pending: dict, top_k: int) -> None:
     pending.clear()
 
 
-def _reduce_batch(model, x, y, idx, blocks, acc: dict, pending: dict, k: int, bins: int,
-                  top_k: int) -> None:  # fmt: skip
+def _reduce_batch(
+    model, x, y, idx, blocks, acc: dict, pending: dict, k: int, bins: int, top_k: int
+) -> None:
     """One batch: spatial maps summed now, channel weights queued in ``pending`` (flushed
     every :data:`CHUNK` images and at the end of a shard)."""
     for name, r in _records_once(model, x, ("channel", "spatial"), blocks).items():
@@ -341,7 +343,11 @@ class _ShardBatches:
 
     def __init__(self, shards: list[int], shard_size: int, batch_size: int, size: int) -> None:
         self.shards, self.shard_size, self.batch_size, self.size = (
-            shards, shard_size, batch_size, size)  # fmt: skip
+            shards,
+            shard_size,
+            batch_size,
+            size,
+        )
 
     def plan(self):
         for shard in self.shards:
@@ -406,8 +412,9 @@ class DatasetStats:
             mean[name] = b["mean"].masked_fill(empty[:, None], float("nan"))
             var[name] = (b["m2"] / n).masked_fill(empty[:, None], float("nan"))
             overall[name] = (b["mean"] * n).sum(0) / n.sum()
-        return ChannelStats(self.channel_blocks, mean, var, overall, self.counts.clone(),
-                            list(self.class_names))  # fmt: skip
+        return ChannelStats(
+            self.channel_blocks, mean, var, overall, self.counts.clone(), list(self.class_names)
+        )
 
     def specificity(self) -> dict[str, float]:
         """Class-specificity of each channel block (see ``ChannelStats.specificity``)."""
@@ -437,8 +444,13 @@ class DatasetStats:
         return b["sum"] / b["n"].to(torch.float64)[:, None, None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "blocks": self.blocks, "counts": self.counts,
-                "class_names": self.class_names, "meta": self.meta}  # fmt: skip
+        return {
+            "format": FORMAT,
+            "blocks": self.blocks,
+            "counts": self.counts,
+            "class_names": self.class_names,
+            "meta": self.meta,
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (readable with ``torch.load(weights_only=True)``)."""
@@ -456,8 +468,11 @@ class DatasetStats:
         spec = self.specificity() if self.channel_blocks else {}
         rows = ["| block | kind | size | class specificity |", "|---|---|---|---:|"]
         for name, b in self.blocks.items():
-            size = (f"{b['mean'].shape[1]} channels" if b["kind"] == "channel"
-                    else "x".join(map(str, b["sum"].shape[1:])))  # fmt: skip
+            size = (
+                f"{b['mean'].shape[1]} channels"
+                if b["kind"] == "channel"
+                else "x".join(map(str, b["sum"].shape[1:]))
+            )
             s = f"{spec[name]:.3f}" if name in spec else "—"
             rows.append(f"| {name} | {b['kind']} | {size} | {s} |")
         return "\n".join(rows)
@@ -544,10 +559,18 @@ def dataset_stats(
     names = [str(c) for c in (names or range(num_classes))]
     rank, world, dist = _distributed()
     device = torch.device(device) if device is not None else model_device(model)
-    config = {"size": size, "fingerprint": fingerprint(dataset),
-              "model": model_fingerprint(model), "batch_size": batch_size,
-              "shard_size": shard_size, "top_k": top_k, "bins": bins, "num_classes": num_classes,
-              "blocks": blocks, "world_size": world}  # fmt: skip
+    config = {
+        "size": size,
+        "fingerprint": fingerprint(dataset),
+        "model": model_fingerprint(model),
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "top_k": top_k,
+        "bins": bins,
+        "num_classes": num_classes,
+        "blocks": blocks,
+        "world_size": world,
+    }
     config = json.loads(json.dumps(config))  # plain lists: compares equal when read back
     if dist is not None:  # every rank must read the same data with the same model
         views: list[Any] = [None] * world
@@ -590,11 +613,13 @@ def dataset_stats(
         for (x, y), (shard, start, last) in zip(loader, sampler.plan()):
             y = torch.as_tensor(y).long()
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-                raise ValueError(f"labels must lie in [0, {num_classes}), got "
-                                 f"[{int(y.min())}, {int(y.max())}]")  # fmt: skip
+                raise ValueError(
+                    f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]"
+                )
             idx = torch.arange(start, start + len(y))
-            _reduce_batch(model, x.to(device), y, idx, blocks, part, pending, num_classes, bins,
-                          top_k)  # fmt: skip
+            _reduce_batch(
+                model, x.to(device), y, idx, blocks, part, pending, num_classes, bins, top_k
+            )
             if bar is not None:
                 bar.update(len(y) * world)
             if not last:
@@ -618,12 +643,20 @@ def dataset_stats(
         raise ValueError("the model recorded no channel or spatial attention (blocks=?)")
     first = next(iter(acc.values()))
     counts = first["n"].clone()
-    meta = {"attnviz": version(), "torch": torch.__version__, "processes": world,
-            "dataset": {"kind": type(dataset).__name__, "size": size,
-                        "fingerprint": config["fingerprint"],
-                        "root": str(getattr(dataset, "root", "") or "")},
-            "settings": {k: config[k] for k in ("batch_size", "shard_size", "top_k", "bins")},
-            "blocks": blocks, **dict(describe or {})}  # fmt: skip
+    meta = {
+        "attnviz": version(),
+        "torch": torch.__version__,
+        "processes": world,
+        "dataset": {
+            "kind": type(dataset).__name__,
+            "size": size,
+            "fingerprint": config["fingerprint"],
+            "root": str(getattr(dataset, "root", "") or ""),
+        },
+        "settings": {k: config[k] for k in ("batch_size", "shard_size", "top_k", "bins")},
+        "blocks": blocks,
+        **dict(describe or {}),
+    }
     meta["model_fingerprint"] = config["model"]
     stats = DatasetStats(acc, counts, names, storage_safe(meta))
     if out is not None and rank == 0:
@@ -649,8 +682,9 @@ def storage_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = str(v)  # plain str (torch.__version__ is a subclass weights_only refuses)
         elif v is None or isinstance(v, (bool, int, float)):
             out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(i, (bool, int, float, str))
-                                                  for i in v):  # fmt: skip
+        elif isinstance(v, (list, tuple)) and all(
+            isinstance(i, (bool, int, float, str)) for i in v
+        ):
             out[k] = [str(i) if isinstance(i, str) else i for i in v]
         else:
             out[k] = repr(v)

@@ -109,8 +109,10 @@ class History:
 
     def table(self) -> str:
         """A Markdown table of the epochs."""
-        rows = ["| epoch | train loss | train acc | test loss | test acc | seconds |",
-                "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        rows = [
+            "| epoch | train loss | train acc | test loss | test acc | seconds |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for e in self.epochs:
             rows.append(
                 f"| {e.epoch} | {e.train_loss:.4f} | {e.train_acc:.4f} | {e.test_loss:.4f} "
@@ -189,8 +191,10 @@ def snapshot_attention(
 
 def compare(histories: Mapping[str, History]) -> str:
     """A Markdown table comparing trained models: epochs, training seconds, test accuracy."""
-    rows = ["| model | epochs | train seconds | test accuracy | test error |",
-            "|---|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| model | epochs | train seconds | test accuracy | test error |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, h in histories.items():
         e, secs, acc = h.final, h.train_seconds, h.final.test_acc
         rows.append(f"| {name} | {e.epoch} | {secs:.1f} | {acc:.2%} | {1 - acc:.2%} |")
@@ -349,9 +353,15 @@ def fit(
     elif schedule is not None:
         raise ValueError(f"schedule must be 'onecycle' or None, got {schedule!r}")
     config = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-        "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "n": len(first),
-    }  # fmt: skip
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
+        "schedule": schedule,
+        "seed": seed,
+        "n": len(first),
+    }
     history = History(device=str(dev), threads=torch.get_num_threads())
     start_epoch = 1
     saved = _resume_from(Path(checkpoint), config, resume, overwrite) if checkpoint else None
@@ -374,8 +384,13 @@ def fit(
         if test is not None:
             loss0, acc0 = evaluate(model, test, device=dev)
             history.epochs.append(EpochStats(0, math.nan, math.nan, loss0, acc0, 0.0))
-    bar = tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=not progress,
-               initial=start_epoch - 1, total=epochs)  # fmt: skip
+    bar = tqdm(
+        range(start_epoch, epochs + 1),
+        desc="epochs",
+        disable=not progress,
+        initial=start_epoch - 1,
+        total=epochs,
+    )
     # the modules that can add a loss of their own, found once rather than every step
     extra = [m for m in model.modules() if hasattr(m, "auxiliary_loss")]
     for epoch in bar:
@@ -402,14 +417,22 @@ def fit(
         stats = EpochStats(epoch, loss_sum / total, correct / total, test_loss, test_acc, seconds)
         history.epochs.append(stats)
         keep_snapshot()
-        bar.set_postfix(loss=f"{stats.train_loss:.3f}", acc=f"{stats.train_acc:.3f}",
-                        test_acc=f"{test_acc:.3f}")  # fmt: skip
+        bar.set_postfix(
+            loss=f"{stats.train_loss:.3f}", acc=f"{stats.train_acc:.3f}", test_acc=f"{test_acc:.3f}"
+        )
         if checkpoint is not None:
             save_checkpoint(
-                checkpoint, model, optimizer=opt, history=history,
-                training={"epoch": epoch, "scheduler": sched.state_dict() if sched else None,
-                          "rng": _rng_state(gen), "fit": config},
-            )  # fmt: skip
+                checkpoint,
+                model,
+                optimizer=opt,
+                history=history,
+                training={
+                    "epoch": epoch,
+                    "scheduler": sched.state_dict() if sched else None,
+                    "rng": _rng_state(gen),
+                    "fit": config,
+                },
+            )
     model.eval()
     return history
 
@@ -610,23 +633,36 @@ def fit_upright(
     common: dict[str, Any] = {"seed": seed, "device": device, "progress": progress}
     phases: dict[str, History] = {}
     if pre_epochs:
-        phases["classifier"] = fit(cnn, upright, None, epochs=pre_epochs, lr=6e-3,
-                                   batch_size=128, **common)  # fmt: skip
+        phases["classifier"] = fit(
+            cnn, upright, None, epochs=pre_epochs, lr=6e-3, batch_size=128, **common
+        )
     flags = [p.requires_grad for p in cnn.parameters()]
     try:
         if stn_epochs:
             for p in cnn.parameters():
                 p.requires_grad_(False)
             phases["transformer"] = fit(
-                model, train, test, epochs=stn_epochs,
-                param_groups=[{"params": list(stn.parameters()), "lr": stn_lr}], **common,
-            )  # fmt: skip
+                model,
+                train,
+                test,
+                epochs=stn_epochs,
+                param_groups=[{"params": list(stn.parameters()), "lr": stn_lr}],
+                **common,
+            )
     finally:
         for p, flag in zip(cnn.parameters(), flags):
             p.requires_grad_(flag)
     if joint_epochs:
-        groups = [{"params": list(stn.parameters()), "lr": stn_lr / 10},
-                  {"params": list(cnn.parameters()), "lr": 1e-3}]  # fmt: skip
-        phases["joint"] = fit(model, _dataset_at(train, stn_epochs), test, epochs=joint_epochs,
-                              param_groups=groups, **common)  # fmt: skip
+        groups = [
+            {"params": list(stn.parameters()), "lr": stn_lr / 10},
+            {"params": list(cnn.parameters()), "lr": 1e-3},
+        ]
+        phases["joint"] = fit(
+            model,
+            _dataset_at(train, stn_epochs),
+            test,
+            epochs=joint_epochs,
+            param_groups=groups,
+            **common,
+        )
     return PhasedHistory(phases)

@@ -519,9 +519,13 @@ def _official_cbam_pretrained(weights: WeightsArg) -> Pretrained:
             "as weights, or None for random weights"
         )
     return Pretrained(
-        model, source, official_cbam_transforms(), _imagenet_categories(), OFFICIAL_CBAM,
+        model,
+        source,
+        official_cbam_transforms(),
+        _imagenet_categories(),
+        OFFICIAL_CBAM,
         source is not None,
-    )  # fmt: skip
+    )
 
 
 def top_classes(pre: Pretrained, image: Any, topk: int = 5) -> list[tuple[str, float]]:

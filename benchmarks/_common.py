@@ -70,8 +70,10 @@ class Busy:
 
         ctx = mp.get_context("spawn")
         self._stop = ctx.Event()
-        self._procs = [ctx.Process(target=_spin, args=(self._stop,), daemon=True)
-                       for _ in range(self.processes)]  # fmt: skip
+        self._procs = [
+            ctx.Process(target=_spin, args=(self._stop,), daemon=True)
+            for _ in range(self.processes)
+        ]
         for p in self._procs:
             p.start()
         time.sleep(1.0)  # let them start spinning (spawn imports take a moment)

@@ -101,8 +101,15 @@ def _naive_channel(image: np.ndarray, weights: torch.Tensor, feats: torch.Tensor
     for k, (title, fmap) in enumerate((("u_c", before), ("s_c u_c", after))):
         ax = fig.add_subplot(2, 2, 3 + k)
         ax.imshow(image)
-        ax.imshow(fmap.numpy(), cmap=cmap, vmin=lo, vmax=hi, alpha=0.6, extent=(0, w, h, 0),
-                  interpolation="bilinear")  # fmt: skip
+        ax.imshow(
+            fmap.numpy(),
+            cmap=cmap,
+            vmin=lo,
+            vmax=hi,
+            alpha=0.6,
+            extent=(0, w, h, 0),
+            interpolation="bilinear",
+        )
         ax.set_title(title)
         ax.axis("off")
     return _png(fig)
@@ -181,8 +188,13 @@ def _naive_stn(image: torch.Tensor, theta: torch.Tensor, box: torch.Tensor) -> b
 def _stn_steps(steps: int) -> list[dict]:
     n = 16
     parts = _stn_parts(n)
-    app = STNInspector(parts["images"], parts["thetas"], boxes=parts["boxes"],
-                       labels=parts["labels"], output_size=STN_OUTPUT)  # fmt: skip
+    app = STNInspector(
+        parts["images"],
+        parts["thetas"],
+        boxes=parts["boxes"],
+        labels=parts["labels"],
+        output_size=STN_OUTPUT,
+    )
     out = []
     try:
         for what, size in (("snapshot", SNAPSHOTS), ("index", n)):
@@ -196,8 +208,15 @@ def _stn_steps(steps: int) -> list[dict]:
                 naive.append(ms(lambda args=args: _naive_stn(*args)))
             w_ms, n_ms = statistics.median(widget[1:]), statistics.median(naive[1:])
             label = f"{what} slider (42 x 42 input, x4; {STN_OUTPUT[0]} x {STN_OUTPUT[1]} crop)"
-            out.append({"app": "STNInspector", "step": label, "widget_ms": w_ms,
-                        "naive_ms": n_ms, "ratio": n_ms / w_ms})  # fmt: skip
+            out.append(
+                {
+                    "app": "STNInspector",
+                    "step": label,
+                    "widget_ms": w_ms,
+                    "naive_ms": n_ms,
+                    "ratio": n_ms / w_ms,
+                }
+            )
     finally:
         app.close()
     return out
@@ -209,17 +228,24 @@ def _slider_apps() -> list[tuple[str, str, object, Callable[[int], None]]]:
     torch.manual_seed(SEED)
     images = digits_on_photos("test", n=8, seed=SEED).images
     se = small_resnet(10, attention="se", width=16, stem_stride=2).eval()
-    cbam = small_resnet(10, attention="cbam", width=16, stem_stride=2,
-                        attention_kwargs={"spatial_kernel": 3}).eval()  # fmt: skip
-    nl = small_resnet(10, attention="nonlocal", nonlocal_stages=(2, 3), width=16,
-                      stem_stride=2).eval()  # fmt: skip
+    cbam = small_resnet(
+        10, attention="cbam", width=16, stem_stride=2, attention_kwargs={"spatial_kernel": 3}
+    ).eval()
+    nl = small_resnet(
+        10, attention="nonlocal", nonlocal_stages=(2, 3), width=16, stem_stride=2
+    ).eval()
     channels = ChannelExplorer(se, images)
     channels.block = "layer4.0.attention"
     spatial = SpatialExplorer(cbam, images)
     query = QueryExplorer(nl, images)
     parts = _stn_parts(16)
-    stn = STNInspector(parts["images"], parts["thetas"], boxes=parts["boxes"],
-                       labels=parts["labels"], output_size=STN_OUTPUT)  # fmt: skip
+    stn = STNInspector(
+        parts["images"],
+        parts["thetas"],
+        boxes=parts["boxes"],
+        labels=parts["labels"],
+        output_size=STN_OUTPUT,
+    )
     c = len(channels.current()["weights"])
     qh, qw = query.current()["query_size"]
     h, w = query.image_size
@@ -228,16 +254,24 @@ def _slider_apps() -> list[tuple[str, str, object, Callable[[int], None]]]:
         return lambda k: setattr(app, "opacity", 0.3 + 0.02 * (k % 20))
 
     return [
-        ("ChannelExplorer", f"channel (C = {c}, 3 panels)", channels,
-         lambda k: setattr(channels, "channel", (k + 1) % c)),
+        (
+            "ChannelExplorer",
+            f"channel (C = {c}, 3 panels)",
+            channels,
+            lambda k: setattr(channels, "channel", (k + 1) % c),
+        ),
         ("ChannelExplorer", "opacity", channels, opacity(channels)),
         ("SpatialExplorer", "opacity (CBAM map, gate, Grad-CAM)", spatial, opacity(spatial)),
-        ("QueryExplorer", f"query x ({qh} x {qw} query grid)", query,
-         lambda k: setattr(query, "query", ((k + 1) * w // (qw + 1) % w, h // 2))),
+        (
+            "QueryExplorer",
+            f"query x ({qh} x {qw} query grid)",
+            query,
+            lambda k: setattr(query, "query", ((k + 1) * w // (qw + 1) % w, h // 2)),
+        ),
         ("QueryExplorer", "opacity", query, opacity(query)),
         ("STNInspector", "snapshot", stn, lambda k: setattr(stn, "snapshot", (k + 1) % SNAPSHOTS)),
         ("STNInspector", "image", stn, lambda k: setattr(stn, "index", (k + 1) % 16)),
-    ]  # fmt: skip
+    ]
 
 
 def _busy_steps(steps: int, processes: int = 2) -> list[dict]:
@@ -255,9 +289,17 @@ def _busy_steps(steps: int, processes: int = 2) -> list[dict]:
     finally:
         for _, _, app, _ in apps:
             app.close()
-    return [{"app": a, "step": s, "quiet_ms": q, "busy_ms": b, "slowdown": b / q,
-             "target_met": b < 10.0}
-            for (a, s, _, _), q, b in zip(apps, quiet, busy)]  # fmt: skip
+    return [
+        {
+            "app": a,
+            "step": s,
+            "quiet_ms": q,
+            "busy_ms": b,
+            "slowdown": b / q,
+            "target_met": b < 10.0,
+        }
+        for (a, s, _, _), q, b in zip(apps, quiet, busy)
+    ]
 
 
 def run(quick: bool = False) -> dict:

@@ -48,10 +48,8 @@ MODELS = (
 
 def _train(attention: str | None, kwargs: dict | None, train, test, epochs: int):
     torch.manual_seed(SEED)
-    model = small_resnet(10, attention=attention, width=16, stem_stride=2,
-                         attention_kwargs=kwargs)  # fmt: skip
-    hist = fit(model, train, test, epochs=epochs, lr=3e-3, seed=SEED, progress=False,
-               device="cpu")  # fmt: skip
+    model = small_resnet(10, attention=attention, width=16, stem_stride=2, attention_kwargs=kwargs)
+    hist = fit(model, train, test, epochs=epochs, lr=3e-3, seed=SEED, progress=False, device="cpu")
     return model, hist
 
 
@@ -96,16 +94,18 @@ def _scores(nets: dict, test) -> tuple[str, dict, str]:
         methods.update({f"CBAM{' ' + tag if tag else ''} Ms {k}": m for k, m in spatial.items()})
     sizes = sorted({m.shape[-1] for m in spatial.values()}, reverse=True)
     for name, net in nets.items():
-        methods[f"Grad-CAM {name}"] = gradcam(net, test.images, targets=test.labels,
-                                              batch_size=100)  # fmt: skip
+        methods[f"Grad-CAM {name}"] = gradcam(net, test.images, targets=test.labels, batch_size=100)
     methods["centre prior"] = center_prior(len(test), tuple(test.images.shape[-2:]))
     for size in sizes:
         methods[f"ideal {size}x{size} map (mask share per cell)"] = mask_share_maps(
             test.masks, size
         )
     table, scores = score_maps(methods, test.boxes, test.masks, tolerance=TOLERANCES)
-    flat = ["", "| CBAM Ms | mean value | median max - min | cells within 1% of the map's max |",
-            "|---|---:|---:|---:|"]  # fmt: skip
+    flat = [
+        "",
+        "| CBAM Ms | mean value | median max - min | cells within 1% of the map's max |",
+        "|---|---:|---:|---:|",
+    ]
     flat += [_flatness(k, m) for k, m in methods.items() if k.startswith("CBAM")]
     return table + "\n".join(flat), scores, list(spatial)[-1]
 
@@ -121,15 +121,25 @@ def run(quick: bool = False) -> dict:
         nets[name], hists[name] = _train(attention, kwargs, train, test, epochs)
 
     base = hists["plain"].train_seconds
-    table = ["| model | epochs | train seconds | test accuracy | train time / plain |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    table = [
+        "| model | epochs | train seconds | test accuracy | train time / plain |",
+        "|---|---:|---:|---:|---:|",
+    ]
     rows = []
     for name, h in hists.items():
         acc, secs = h.final.test_acc, h.train_seconds
-        table.append(f"| ResNet-10 {name} | {h.final.epoch} | {secs:.1f} | {acc:.2%} "
-                     f"| {secs / base:.2f} |")  # fmt: skip
-        rows.append({"model": name, "epochs": h.final.epoch, "train_seconds": secs,
-                     "test_acc": acc, "time_ratio": secs / base})  # fmt: skip
+        table.append(
+            f"| ResNet-10 {name} | {h.final.epoch} | {secs:.1f} | {acc:.2%} | {secs / base:.2f} |"
+        )
+        rows.append(
+            {
+                "model": name,
+                "epochs": h.final.epoch,
+                "train_seconds": secs,
+                "test_acc": acc,
+                "time_ratio": secs / base,
+            }
+        )
 
     cost = _costs(nets["+CBAM"], test.images[:COST_BATCH], test.labels[:COST_BATCH], reps)
     maps_ms = cost["cbam_maps"]

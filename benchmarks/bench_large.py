@@ -108,8 +108,11 @@ def run(quick: bool = False) -> dict:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        full = (f"{r['full_ratio']:.2f}x | {r['full_mib']:,.0f} MiB" if "full_ratio" in r
-                else "not measured: the matrices would not fit | -")  # fmt: skip
+        full = (
+            f"{r['full_ratio']:.2f}x | {r['full_mib']:,.0f} MiB"
+            if "full_ratio" in r
+            else "not measured: the matrices would not fit | -"
+        )
         table.append(
             f"| {r['model']} | {r['tokens']:,} | {r['plain_ms']:,.0f} | "
             f"**{r['factors_ratio']:.2f}x** | {r['factors_mib']:,.0f} MiB | {r['qk_mib']:,.0f} MiB "

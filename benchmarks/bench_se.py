@@ -34,8 +34,7 @@ MIB = 2**20
 def _train(attention: str | None, train, test, epochs: int):
     torch.manual_seed(SEED)
     model = small_resnet(10, attention=attention, width=16, stem_stride=2)
-    hist = fit(model, train, test, epochs=epochs, lr=3e-3, seed=SEED, progress=False,
-               device="cpu")  # fmt: skip
+    hist = fit(model, train, test, epochs=epochs, lr=3e-3, seed=SEED, progress=False, device="cpu")
     return model, hist
 
 
@@ -111,13 +110,22 @@ def run(quick: bool = False) -> dict:
     base = h_plain.train_seconds
 
     rows = []
-    table = ["| model | epochs | train seconds | test accuracy | train time / plain |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    table = [
+        "| model | epochs | train seconds | test accuracy | train time / plain |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, h in (("ResNet-10 (plain)", h_plain), ("ResNet-10 + SE (r = 4)", h_se)):
         acc, secs = h.final.test_acc, h.train_seconds
         table.append(f"| {name} | {h.final.epoch} | {secs:.1f} | {acc:.2%} | {secs / base:.2f} |")
-        rows.append({"model": name, "epochs": h.final.epoch, "train_seconds": secs,
-                     "test_acc": acc, "time_ratio": secs / base})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "epochs": h.final.epoch,
+                "train_seconds": secs,
+                "test_acc": acc,
+                "time_ratio": secs / base,
+            }
+        )
 
     hooks_before = _hooks(se)
     speed = _throughput(se, test.images, rounds)

@@ -52,12 +52,15 @@ def run(quick: bool = False) -> dict:
     table = ["| notebook | mode | Run All to first explorer | all cells |", "|---|---|---:|---:|"]
     for r in rows:
         flag = "" if r["first_explorer_s"] < 20 else " (over the 20 s target)"
-        table.append(f"| {r['notebook']} | {r['mode']} | **{r['first_explorer_s']:.1f} s**{flag} "
-                     f"| {r['all_cells_s']:.1f} s |")  # fmt: skip
+        table.append(
+            f"| {r['notebook']} | {r['mode']} | **{r['first_explorer_s']:.1f} s**{flag} "
+            f"| {r['all_cells_s']:.1f} s |"
+        )
     return {
         "title": "Opening a notebook: seconds to the first explorer (default mode)",
         "table": "\n".join(table),
         "rows": rows,
-        "notes": ["Kernel start-up excluded (a notebook that is open has its kernel). "
-                  + meter.note()],
+        "notes": [
+            "Kernel start-up excluded (a notebook that is open has its kernel). " + meter.note()
+        ],
     }

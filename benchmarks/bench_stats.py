@@ -50,18 +50,46 @@ def _plain(model, dataset, batch: int, workers: int) -> float:
 
 def _stats(model, dataset, batch: int, shard: int, workers: int, out: Path) -> float:
     start = time.perf_counter()
-    dataset_stats(model, dataset, out=out, batch_size=batch, shard_size=shard,
-                  num_workers=workers, num_classes=10, progress=False)  # fmt: skip
+    dataset_stats(
+        model,
+        dataset,
+        out=out,
+        batch_size=batch,
+        shard_size=shard,
+        num_workers=workers,
+        num_classes=10,
+        progress=False,
+    )
     return time.perf_counter() - start
 
 
 def _torchrun(folder: Path, out: Path, procs: int, threads: int) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-           "--master_addr", "127.0.0.1", "--master_port", str(29500 + procs), "-m",
-           "attnviz.cli", "stats", "--model", "shipped:resnet10_se", "--data", str(folder),
-           "--out", str(out), "--batch-size", "64", "--shard-size", "256",
-           "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(29500 + procs),
+        "-m",
+        "attnviz.cli",
+        "stats",
+        "--model",
+        "shipped:resnet10_se",
+        "--data",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "64",
+        "--shard-size",
+        "256",
+        "--no-progress",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -79,9 +107,16 @@ def _ratio(model, dataset, batch: int, shard: int, workers: int, reps: int, tmp:
             else:
                 times.append(_stats(model, dataset, batch, shard, workers, tmp / f"{batch}-{r}.pt"))
     ratios = [p / s for p, s in zip(plain, stats)]
-    return {"images": len(dataset), "batch": batch, "plain_s": statistics.median(plain),
-            "stats_s": statistics.median(stats), "throughput_ratio": statistics.median(ratios),
-            "ratios": ratios, "plain_runs_s": plain, "stats_runs_s": stats}  # fmt: skip
+    return {
+        "images": len(dataset),
+        "batch": batch,
+        "plain_s": statistics.median(plain),
+        "stats_s": statistics.median(stats),
+        "throughput_ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "plain_runs_s": plain,
+        "stats_runs_s": stats,
+    }
 
 
 def run(quick: bool = False) -> dict:
@@ -94,33 +129,52 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = _folder(Path(tmp) / "images", n)
         small = open_dataset(folder, ToTensor())
-        rows.append({"model": "shipped SE ResNet-10 (64 x 64 PNGs; a 1 ms forward)",
-                     **_ratio(shipped.load("resnet10_se"), small, 64, shard, workers, reps,
-                              Path(tmp))})  # fmt: skip
+        rows.append(
+            {
+                "model": "shipped SE ResNet-10 (64 x 64 PNGs; a 1 ms forward)",
+                **_ratio(shipped.load("resnet10_se"), small, 64, shard, workers, reps, Path(tmp)),
+            }
+        )
         weights = torchvision.models.MobileNet_V3_Large_Weights.DEFAULT
         big = Subset(open_dataset(folder, weights.transforms()), range(n_big))
         torch.manual_seed(0)
         mobilenet = torchvision.models.mobilenet_v3_large().eval()  # random weights: offline
-        rows.append({"model": "torchvision mobilenet_v3_large (the same PNGs resized to 224)",
-                     **_ratio(mobilenet, big, 32, 128, workers, reps, Path(tmp))})  # fmt: skip
+        rows.append(
+            {
+                "model": "torchvision mobilenet_v3_large (the same PNGs resized to 224)",
+                **_ratio(mobilenet, big, 32, 128, workers, reps, Path(tmp)),
+            }
+        )
         one = _torchrun(folder, Path(tmp) / "one.pt", 1, 1)
         two = _torchrun(folder, Path(tmp) / "two.pt", 2, 1)
         one_two_threads = _torchrun(folder, Path(tmp) / "one2.pt", 1, 2)
-    table = ["| model | images | batch | plain inference | attnviz stats | stats throughput / "
-             "plain (median of pairs) | each pair |",
-             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    table = [
+        "| model | images | batch | plain inference | attnviz stats | stats throughput / "
+        "plain (median of pairs) | each pair |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         pairs = " / ".join(f"{x:.2f}" for x in r["ratios"])
-        table.append(f"| {r['model']} | {r['images']} | {r['batch']} | {r['plain_s']:.1f} s | "
-                     f"{r['stats_s']:.1f} s | **{r['throughput_ratio']:.2f}x** | "
-                     f"{pairs} |")  # fmt: skip
-    table += ["", "| `attnviz stats` under torchrun, shipped SE ResNet-10, "
-              f"{n} images | 1 process x 1 thread | 2 processes x 1 thread | speed-up 1 -> 2 | "
-              "1 process x 2 threads |", "|---|---:|---:|---:|---:|",
-              f"| wall seconds (process start and model load included) | {one:.1f} s | "
-              f"{two:.1f} s | **{one / two:.2f}x** | {one_two_threads:.1f} s |"]  # fmt: skip
-    procs = {"torchrun_1x1_s": one, "torchrun_2x1_s": two, "torchrun_1x2_s": one_two_threads,
-             "speedup_1_to_2": one / two}  # fmt: skip
+        table.append(
+            f"| {r['model']} | {r['images']} | {r['batch']} | {r['plain_s']:.1f} s | "
+            f"{r['stats_s']:.1f} s | **{r['throughput_ratio']:.2f}x** | "
+            f"{pairs} |"
+        )
+    table += [
+        "",
+        "| `attnviz stats` under torchrun, shipped SE ResNet-10, "
+        f"{n} images | 1 process x 1 thread | 2 processes x 1 thread | speed-up 1 -> 2 | "
+        "1 process x 2 threads |",
+        "|---|---:|---:|---:|---:|",
+        f"| wall seconds (process start and model load included) | {one:.1f} s | "
+        f"{two:.1f} s | **{one / two:.2f}x** | {one_two_threads:.1f} s |",
+    ]
+    procs = {
+        "torchrun_1x1_s": one,
+        "torchrun_2x1_s": two,
+        "torchrun_1x2_s": one_two_threads,
+        "speedup_1_to_2": one / two,
+    }
     return {
         "title": "Dataset statistics: throughput and processes",
         "table": "\n".join(table),
@@ -132,7 +186,6 @@ def run(quick: bool = False) -> dict:
             f"{reps} paired runs, order alternated; the stats run includes the faithfulness "
             "checks of every capture, writing its state after every shard and the final file. "
             "MobileNet has random weights (no download here): the cost does not depend on "
-            "the weights. "
-            + meter.note()
+            "the weights. " + meter.note()
         ],
     }

@@ -51,13 +51,27 @@ def run(quick: bool = False) -> dict:
 
     rows = []
     tut = TutorialSTN((42, 42))
-    h = fit(tut, _Normalised(distorted_mnist("RTS", "train", seed=1000)), _Normalised(test),
-            epochs=epochs_tut, batch_size=64, lr=0.01, optimizer="sgd", schedule=None,
-            progress=False)  # fmt: skip
+    h = fit(
+        tut,
+        _Normalised(distorted_mnist("RTS", "train", seed=1000)),
+        _Normalised(test),
+        epochs=epochs_tut,
+        batch_size=64,
+        lr=0.01,
+        optimizer="sgd",
+        schedule=None,
+        progress=False,
+    )
     rows.append(("PyTorch tutorial STN (SGD, fixed distortions)", h))
     st = STCNN.for_rts()
-    h_st = fit(st, fresh, test, epochs=epochs_ours, param_groups=stn_param_groups(st, stn_lr=1e-3),
-               progress=False)  # fmt: skip
+    h_st = fit(
+        st,
+        fresh,
+        test,
+        epochs=epochs_ours,
+        param_groups=stn_param_groups(st, stn_lr=1e-3),
+        progress=False,
+    )
     rows.append(("attnviz ST-CNN (heat-map transformer + TinyCNN)", h_st))
     iou_rts = sampled_box_iou(st, test.images, test.boxes).mean().item()
     h = fit(TinyCNN((42, 42)), fresh, test, epochs=epochs_ours, lr=3e-3, progress=False)
@@ -67,23 +81,35 @@ def run(quick: bool = False) -> dict:
     h = fit(TinyCNN((42, 42)), fresh, test, epochs=same_time, lr=3e-3, progress=False)
     rows.append(("same TinyCNN without the transformer, same seconds", h))
     big = STCNN((42, 42), (28, 28))
-    h = fit(big, fresh, test, epochs=epochs_ours, param_groups=stn_param_groups(big),
-            progress=False)  # fmt: skip
+    h = fit(
+        big, fresh, test, epochs=epochs_ours, param_groups=stn_param_groups(big), progress=False
+    )
     rows.append(("paper's linear-head transformer + SmallCNN (batch-norm, global pool)", h))
     h = fit(SmallCNN(), fresh, test, epochs=epochs_ours, lr=3e-3, progress=False)
     rows.append(("SmallCNN without the transformer", h))
 
-    table = ["| model | epochs | train seconds | test accuracy | test error | seconds to 97% |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    table = [
+        "| model | epochs | train seconds | test accuracy | test error | seconds to 97% |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     raw = []
     for name, hist in rows:
         acc, secs = hist.final.test_acc, hist.train_seconds
         t97 = _time_to(hist, 0.97)
-        table.append(f"| {name} | {hist.final.epoch} | {secs:.1f} | {acc:.2%} | {1 - acc:.2%} | "
-                     f"{'not reached' if t97 != t97 else f'{t97:.1f}'} |")  # fmt: skip
-        raw.append({"model": name, "epochs": hist.final.epoch, "train_seconds": secs,
-                    "test_acc": acc, "seconds_to_97": t97,
-                    "per_epoch_acc": [e.test_acc for e in hist.epochs]})  # fmt: skip
+        table.append(
+            f"| {name} | {hist.final.epoch} | {secs:.1f} | {acc:.2%} | {1 - acc:.2%} | "
+            f"{'not reached' if t97 != t97 else f'{t97:.1f}'} |"
+        )
+        raw.append(
+            {
+                "model": name,
+                "epochs": hist.final.epoch,
+                "train_seconds": secs,
+                "test_acc": acc,
+                "seconds_to_97": t97,
+                "per_epoch_acc": [e.test_acc for e in hist.epochs],
+            }
+        )
 
     clutter = cluttered(quick)
     c = clutter
@@ -103,8 +129,14 @@ def run(quick: bool = False) -> dict:
         "Seconds are training time only (evaluation excluded), torch threads as stated.",
     ]
     title = "Spatial transformer (RTS and cluttered MNIST)"
-    return {"title": title, "table": "\n".join(table), "rows": raw, "cluttered": clutter,
-            "iou_rts": iou_rts, "notes": notes}  # fmt: skip
+    return {
+        "title": title,
+        "table": "\n".join(table),
+        "rows": raw,
+        "cluttered": clutter,
+        "iou_rts": iou_rts,
+        "notes": notes,
+    }
 
 
 def cluttered(quick: bool) -> dict:
@@ -113,16 +145,27 @@ def cluttered(quick: bool) -> dict:
     test = distorted_mnist("cluttered", "test", seed=0)
     model = STCNN.for_clutter()
     floor = sampled_box_iou(STCNN((60, 60), transform="attention"), test.images, test.boxes)
-    h = fit(model, lambda e: distorted_mnist("cluttered", "train", seed=1000 + e), test,
-            epochs=epochs, param_groups=stn_param_groups(model, stn_lr=1e-3),
-            progress=False)  # fmt: skip
+    h = fit(
+        model,
+        lambda e: distorted_mnist("cluttered", "train", seed=1000 + e),
+        test,
+        epochs=epochs,
+        param_groups=stn_param_groups(model, stn_lr=1e-3),
+        progress=False,
+    )
     iou = sampled_box_iou(model, test.images, test.boxes).mean().item()
     with torch.no_grad(), attnviz.capture(model) as rec:
         model(test.images)
     theta = rec["stn"].theta
     centre_x = (test.boxes[:, 0] + test.boxes[:, 2]) / 60 - 1
     follow = torch.corrcoef(torch.stack([theta[:, 0, 2], centre_x]))[0, 1].item()
-    return {"epochs": epochs, "train_seconds": h.train_seconds, "test_acc": h.final.test_acc,
-            "iou": iou, "iou_floor": floor.mean().item(), "zoom": theta[:, 0, 0].mean().item(),
-            "iou_ceiling": square_window_ceiling(test.boxes).mean().item(),
-            "centre_corr": follow}  # fmt: skip
+    return {
+        "epochs": epochs,
+        "train_seconds": h.train_seconds,
+        "test_acc": h.final.test_acc,
+        "iou": iou,
+        "iou_floor": floor.mean().item(),
+        "zoom": theta[:, 0, 0].mean().item(),
+        "iou_ceiling": square_window_ceiling(test.boxes).mean().item(),
+        "centre_corr": follow,
+    }

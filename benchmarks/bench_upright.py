@@ -44,17 +44,28 @@ def upright(kind: str, seed: int, quick: bool) -> dict:
     torch.manual_seed(seed)
     model = STCNN.for_upright(**recipe["model"])
     epochs = {k: 1 for k in recipe["fit"]} if quick else recipe["fit"]
-    h = fit_upright(model, lambda e: distorted_mnist(kind, "train", seed=1000 + e),
-                    seed=seed, progress=False, **epochs)  # fmt: skip
+    h = fit_upright(
+        model,
+        lambda e: distorted_mnist(kind, "train", seed=1000 + e),
+        seed=seed,
+        progress=False,
+        **epochs,
+    )
     return _measure(model.eval(), kind, h.train_seconds, seed)
 
 
 def for_rts(seed: int, quick: bool) -> dict:
     torch.manual_seed(seed)
     model = STCNN.for_rts()
-    h = fit(model, lambda e: distorted_mnist("RTS", "train", seed=1000 + e), None,
-            epochs=1 if quick else 30, param_groups=stn_param_groups(model, stn_lr=1e-3),
-            seed=seed, progress=False)  # fmt: skip
+    h = fit(
+        model,
+        lambda e: distorted_mnist("RTS", "train", seed=1000 + e),
+        None,
+        epochs=1 if quick else 30,
+        param_groups=stn_param_groups(model, stn_lr=1e-3),
+        seed=seed,
+        progress=False,
+    )
     return _measure(model.eval(), "RTS", h.train_seconds, seed)
 
 

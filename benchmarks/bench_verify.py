@@ -136,8 +136,14 @@ class _OwnTime:
         return timed
 
     def __enter__(self) -> _OwnTime:
-        for name, factory in (("__init__", False), ("__enter__", False), ("__exit__", False),
-                              ("_begin", True), ("_tap", True), ("_end", True)):  # fmt: skip
+        for name, factory in (
+            ("__init__", False),
+            ("__enter__", False),
+            ("__exit__", False),
+            ("_begin", True),
+            ("_tap", True),
+            ("_end", True),
+        ):
             self.saved[name] = getattr(self.cls, name)
             setattr(self.cls, name, self._wrap(self.saved[name], factory))
         return self

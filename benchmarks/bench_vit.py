@@ -89,8 +89,14 @@ def run(quick: bool = False) -> dict:
     try:
         import timm
 
-        rows.append(_cost("ViT-B/16 (timm, fused attention)",
-                          timm.create_model("vit_base_patch16_224"), x, reps))  # fmt: skip
+        rows.append(
+            _cost(
+                "ViT-B/16 (timm, fused attention)",
+                timm.create_model("vit_base_patch16_224"),
+                x,
+                reps,
+            )
+        )
     except ImportError:
         pass
     table = [

@@ -34,11 +34,13 @@ class _HF(torch.nn.Module):
 def _models(quick: bool):
     import timm
 
-    yield "Swin-T (timm swin_tiny_patch4_window7_224)", lambda: timm.create_model(
-        "swin_tiny_patch4_window7_224"
+    yield (
+        "Swin-T (timm swin_tiny_patch4_window7_224)",
+        lambda: timm.create_model("swin_tiny_patch4_window7_224"),
     )
-    yield "EVA-02-S (timm eva02_small_patch14_224, RoPE)", lambda: timm.create_model(
-        "eva02_small_patch14_224"
+    yield (
+        "EVA-02-S (timm eva02_small_patch14_224, RoPE)",
+        lambda: timm.create_model("eva02_small_patch14_224"),
     )
     try:
         import transformers  # noqa: F401

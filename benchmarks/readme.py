@@ -23,8 +23,11 @@ START, END = "<!-- registry-table -->", "<!-- /registry-table -->"
 
 def latest_verify() -> Path:
     """The newest full (not quick) recorded run of the verify benchmark."""
-    runs = sorted(p for p in (ROOT / "benchmarks" / "results").glob("*-verify*.json")
-                  if "-quick" not in p.name)  # fmt: skip
+    runs = sorted(
+        p
+        for p in (ROOT / "benchmarks" / "results").glob("*-verify*.json")
+        if "-quick" not in p.name
+    )
     if not runs:
         raise FileNotFoundError(
             "no recorded verify run: python benchmarks/run.py --only verify --record"
@@ -34,8 +37,9 @@ def latest_verify() -> Path:
 
 def latest_vit() -> Path | None:
     """The newest full recorded run of the vit benchmark (vision transformers), if any."""
-    runs = sorted(p for p in (ROOT / "benchmarks" / "results").glob("*-vit*.json")
-                  if "-quick" not in p.name)  # fmt: skip
+    runs = sorted(
+        p for p in (ROOT / "benchmarks" / "results").glob("*-vit*.json") if "-quick" not in p.name
+    )
     return runs[-1] if runs else None
 
 

@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    report = ["# attnviz benchmarks", "",
-              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]  # fmt: skip
+    report = [
+        "# attnviz benchmarks",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+    ]
     results = {"machine": info, "quick": args.quick, "benchmarks": {}}
     for path in sorted(HERE.glob("bench_*.py")):
         name = path.stem.removeprefix("bench_")
@@ -84,8 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         res["wall_seconds"] = round(res["machine_state"]["wall"], 1)
         results["benchmarks"][name] = res
         state = "quiet" if res["machine_state"]["quiet"] else "CONTENDED"
-        report += [f"## {res['title']}", "", f"Machine {state} during this benchmark.", "",
-                   res["table"], "", *res.get("notes", []), ""]  # fmt: skip
+        report += [
+            f"## {res['title']}",
+            "",
+            f"Machine {state} during this benchmark.",
+            "",
+            res["table"],
+            "",
+            *res.get("notes", []),
+            "",
+        ]
         print(res["table"], flush=True)
     (out / "results.md").write_text("\n".join(report))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -105,9 +105,15 @@ probe = test_rts.images[:16]
 if TRAIN:
     torch.manual_seed(SEED)
     st_cnn = STCNN.for_rts()
-    h_st = fit(st_cnn, train_rts, test_rts, epochs=EPOCHS,
-               param_groups=stn_param_groups(st_cnn, stn_lr=1e-3),
-               snapshot=snapshot_attention(probe, "theta"), seed=SEED)  # fmt: skip
+    h_st = fit(
+        st_cnn,
+        train_rts,
+        test_rts,
+        epochs=EPOCHS,
+        param_groups=stn_param_groups(st_cnn, stn_lr=1e-3),
+        snapshot=snapshot_attention(probe, "theta"),
+        seed=SEED,
+    )
     torch.manual_seed(SEED)
     cnn = TinyCNN((42, 42))
     h_cnn = fit(cnn, train_rts, test_rts, epochs=EPOCHS, lr=3e-3, seed=SEED)
@@ -139,9 +145,13 @@ render.stn_grid(probe, stn.theta, stn.output, boxes=test_rts.boxes[:16], scale=3
 # %%
 snap = h_st.snapshot("stn")
 inspector = STNInspector(
-    probe, snap, epochs=list(range(len(snap))), labels=test_rts.labels[:16],
-    predictions=h_st.snapshot("predictions"), boxes=test_rts.boxes[:16],
-)  # fmt: skip
+    probe,
+    snap,
+    epochs=list(range(len(snap))),
+    labels=test_rts.labels[:16],
+    predictions=h_st.snapshot("predictions"),
+    boxes=test_rts.boxes[:16],
+)
 inspector
 
 # %% [markdown]
@@ -160,13 +170,17 @@ inspector
 with torch.no_grad(), attnviz.capture(st_cnn) as rec_all:
     st_cnn(test_rts.images.to(pick_device()))
 agreement = transform_agreement(rec_all["stn"].theta, test_rts.transforms)
-display(Markdown(
-    "| part of the distortion | correlation of learned and ideal |\n|---|---:|\n"
-    + "".join(f"| {k} | {agreement[k + '_corr']:+.2f} |\n" for k in ("zoom", "translation",
-                                                                    "rotation"))
-    + f"\nMean rotation applied by the transformer {agreement['rotation_deg']:.1f}°, "
-    f"needed {agreement['ideal_rotation_deg']:.1f}°."
-))  # fmt: skip
+display(
+    Markdown(
+        "| part of the distortion | correlation of learned and ideal |\n|---|---:|\n"
+        + "".join(
+            f"| {k} | {agreement[k + '_corr']:+.2f} |\n"
+            for k in ("zoom", "translation", "rotation")
+        )
+        + f"\nMean rotation applied by the transformer {agreement['rotation_deg']:.1f}°, "
+        f"needed {agreement['ideal_rotation_deg']:.1f}°."
+    )
+)
 
 # %% [markdown]
 # ## A transformer that turns digits upright
@@ -196,16 +210,22 @@ with torch.no_grad(), attnviz.capture(upright) as rec_up:
     upright(test_rts.images.to(pick_device()))
 two = rec_up["stn"]
 agree_up = transform_agreement(two.theta, test_rts.transforms)
-rows = {"heat-map head (`for_rts`)": (agreement, h_st.final.test_acc, h_st.train_seconds),
-        "two-stage (`for_upright`)": (agree_up, h_up.final.test_acc, h_up.train_seconds)}
-display(Markdown(
-    "| recipe | test accuracy | train seconds | translation r | zoom r | rotation r | "
-    "mean rotation applied / needed |\n|---|---:|---:|---:|---:|---:|---:|\n"
-    + "".join(f"| {name} | {acc:.2%} | {secs:.0f} | {a['translation_corr']:+.2f} | "
-              f"{a['zoom_corr']:+.2f} | {a['rotation_corr']:+.2f} | "
-              f"{a['rotation_deg']:.1f}° / {a['ideal_rotation_deg']:.1f}° |\n"
-              for name, (a, acc, secs) in rows.items())
-))  # fmt: skip
+rows = {
+    "heat-map head (`for_rts`)": (agreement, h_st.final.test_acc, h_st.train_seconds),
+    "two-stage (`for_upright`)": (agree_up, h_up.final.test_acc, h_up.train_seconds),
+}
+display(
+    Markdown(
+        "| recipe | test accuracy | train seconds | translation r | zoom r | rotation r | "
+        "mean rotation applied / needed |\n|---|---:|---:|---:|---:|---:|---:|\n"
+        + "".join(
+            f"| {name} | {acc:.2%} | {secs:.0f} | {a['translation_corr']:+.2f} | "
+            f"{a['zoom_corr']:+.2f} | {a['rotation_corr']:+.2f} | "
+            f"{a['rotation_deg']:.1f}° / {a['ideal_rotation_deg']:.1f}° |\n"
+            for name, (a, acc, secs) in rows.items()
+        )
+    )
+)
 
 # %% [markdown]
 # The straightened digits: each input with the window the first stage found
@@ -214,12 +234,17 @@ display(Markdown(
 # for each digit.
 
 # %%
-STNInspector(probe, two.theta[:16], windows=two.window[:16], labels=test_rts.labels[:16],
-             boxes=test_rts.boxes[:16], output_size=(28, 28))  # fmt: skip
+STNInspector(
+    probe,
+    two.theta[:16],
+    windows=two.window[:16],
+    labels=test_rts.labels[:16],
+    boxes=test_rts.boxes[:16],
+    output_size=(28, 28),
+)
 
 # %%
-render.stn_grid(probe, two.theta[:16], two.output[:16], boxes=test_rts.boxes[:16], scale=3,
-                ncols=4)  # fmt: skip
+render.stn_grid(probe, two.theta[:16], two.output[:16], boxes=test_rts.boxes[:16], scale=3, ncols=4)
 
 # %% [markdown]
 # ## How well does the sampled region cover the digit?
@@ -258,30 +283,41 @@ def train_clutter(epoch):
 
 test_clutter = distorted_mnist("cluttered", "test", seed=DATA_SEED)
 probe_c = test_clutter.images[:16]
-floor_c = sampled_box_iou(STCNN((60, 60), transform="attention"), test_clutter.images,
-                          test_clutter.boxes)  # fmt: skip
+floor_c = sampled_box_iou(
+    STCNN((60, 60), transform="attention"), test_clutter.images, test_clutter.boxes
+)
 if TRAIN:
     torch.manual_seed(SEED)
     clutter_st = STCNN.for_clutter()
-    h_clutter = fit(clutter_st, train_clutter, test_clutter, epochs=CLUTTER_EPOCHS,
-                    param_groups=stn_param_groups(clutter_st, stn_lr=1e-3),
-                    snapshot=snapshot_attention(probe_c, "theta"), seed=SEED)  # fmt: skip
+    h_clutter = fit(
+        clutter_st,
+        train_clutter,
+        test_clutter,
+        epochs=CLUTTER_EPOCHS,
+        param_groups=stn_param_groups(clutter_st, stn_lr=1e-3),
+        snapshot=snapshot_attention(probe_c, "theta"),
+        seed=SEED,
+    )
 else:
     clutter_st = shipped.load("stcnn_clutter", device=None)
     h_clutter = shipped.history("stcnn_clutter")
 iou_c = sampled_box_iou(clutter_st, test_clutter.images, test_clutter.boxes)
 ceiling_c = square_window_ceiling(test_clutter.boxes)
 display(Markdown(compare({"ST-CNN for clutter": h_clutter})))
-display(Markdown(
-    f"Cluttered: mean IoU of the sampled window with the digit's box **{iou_c.mean():.2f}** "
-    f"(the whole canvas, as an untrained identity transformer samples it: {floor_c.mean():.2f}; "
-    f"the best square window could reach {ceiling_c.mean():.2f}, since digits are not square)"
-))  # fmt: skip
+display(
+    Markdown(
+        f"Cluttered: mean IoU of the sampled window with the digit's box **{iou_c.mean():.2f}** "
+        "(the whole canvas, as an untrained identity transformer samples it: "
+        f"{floor_c.mean():.2f}; "
+        f"the best square window could reach {ceiling_c.mean():.2f}, since digits are not square)"
+    )
+)
 with attnviz.capture(clutter_st) as rec_c:
     clutter_st(probe_c.to(pick_device()))
 rc = rec_c["stn"]
-render.stn_grid(probe_c[:8], rc.theta[:8], rc.output[:8], boxes=test_clutter.boxes[:8],
-                scale=2, ncols=4)  # fmt: skip
+render.stn_grid(
+    probe_c[:8], rc.theta[:8], rc.output[:8], boxes=test_clutter.boxes[:8], scale=2, ncols=4
+)
 
 # %% [markdown]
 # Replay how the window found the digits: epoch 0 is the starting window, half
@@ -290,9 +326,13 @@ render.stn_grid(probe_c[:8], rc.theta[:8], rc.output[:8], boxes=test_clutter.box
 # %%
 snap_c = h_clutter.snapshot("stn")
 STNInspector(
-    probe_c, snap_c, epochs=list(range(len(snap_c))), labels=test_clutter.labels[:16],
-    predictions=h_clutter.snapshot("predictions"), boxes=test_clutter.boxes[:16],
-)  # fmt: skip
+    probe_c,
+    snap_c,
+    epochs=list(range(len(snap_c))),
+    labels=test_clutter.labels[:16],
+    predictions=h_clutter.snapshot("predictions"),
+    boxes=test_clutter.boxes[:16],
+)
 
 # %% [markdown]
 # ## What you are looking at

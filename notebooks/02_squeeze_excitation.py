@@ -66,8 +66,11 @@ print("training" if TRAIN else "loading the shipped models", "on", pick_device()
 
 # %%
 test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
-render.as_pil(render.montage([render.draw_box(test.images[i], test.boxes[i], scale=2)
-                              for i in range(16)], ncols=8))  # fmt: skip
+render.as_pil(
+    render.montage(
+        [render.draw_box(test.images[i], test.boxes[i], scale=2) for i in range(16)], ncols=8
+    )
+)
 
 # %% [markdown]
 # ## Plain vs SE network, same budget
@@ -88,13 +91,18 @@ def train_one(attention, seed):
 
 if TRAIN:
     train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
-    runs = {name: [train_one(att, s) for s in SEEDS]
-            for name, att in [("plain", None), ("SE", "se")]}  # fmt: skip
+    runs = {
+        name: [train_one(att, s) for s in SEEDS] for name, att in [("plain", None), ("SE", "se")]
+    }
 else:
-    runs = {name: [(shipped.load(key, device=None), shipped.history(key))]
-            for name, key in [("plain", "resnet10_plain"), ("SE", "resnet10_se")]}  # fmt: skip
-rows = ["| network | test accuracy (mean ± sd over seeds) | seeds | train seconds per run |",
-        "|---|---:|---:|---:|"]  # fmt: skip
+    runs = {
+        name: [(shipped.load(key, device=None), shipped.history(key))]
+        for name, key in [("plain", "resnet10_plain"), ("SE", "resnet10_se")]
+    }
+rows = [
+    "| network | test accuracy (mean ± sd over seeds) | seeds | train seconds per run |",
+    "|---|---:|---:|---:|",
+]
 for name, results in runs.items():
     accs = [h.final.test_acc for _, h in results]
     spread = f" ± {statistics.stdev(accs):.2%}" if len(accs) > 1 else " (one seed)"

@@ -71,12 +71,16 @@ test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
 nets, histories = {}, {}
 if TRAIN:
     train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
-for name, attention, kwargs in [("plain", None, None), ("+SE", "se", None),
-                                ("+CBAM", "cbam", {"spatial_kernel": 3})]:  # fmt: skip
+for name, attention, kwargs in [
+    ("plain", None, None),
+    ("+SE", "se", None),
+    ("+CBAM", "cbam", {"spatial_kernel": 3}),
+]:
     if TRAIN:
         torch.manual_seed(SEED)
-        nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2,
-                                  attention_kwargs=kwargs)  # fmt: skip
+        nets[name] = small_resnet(
+            10, attention=attention, width=16, stem_stride=2, attention_kwargs=kwargs
+        )
         histories[name] = fit(nets[name], train, test, epochs=EPOCHS, lr=3e-3, seed=SEED)
     else:  # trained by the loop above in full mode (shipped.RECIPES, the manifest)
         key = f"resnet10_{attention or 'plain'}"
@@ -163,9 +167,14 @@ display(Markdown(table))
 
 # %%
 recorded = shipped.entry("resnet10_cbam")["scores"]["cbam_maps"]
-display(Markdown(
-    "| shipped `resnet10_cbam`: Ms of | pointing game | within 4 px | energy in box | "
-    "mask IoU |\n|---|---:|---:|---:|---:|\n"
-    + "".join(f"| {block} | {r['pointing_game']:.1%} | {r['pointing_game_4px']:.1%} | "
-              f"{r['energy']:.1%} | {r['mask_iou']:.2f} |\n" for block, r in recorded.items())
-))  # fmt: skip
+display(
+    Markdown(
+        "| shipped `resnet10_cbam`: Ms of | pointing game | within 4 px | energy in box | "
+        "mask IoU |\n|---|---:|---:|---:|---:|\n"
+        + "".join(
+            f"| {block} | {r['pointing_game']:.1%} | {r['pointing_game_4px']:.1%} | "
+            f"{r['energy']:.1%} | {r['mask_iou']:.2f} |\n"
+            for block, r in recorded.items()
+        )
+    )
+)

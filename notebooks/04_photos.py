@@ -137,9 +137,15 @@ QueryExplorer(local.model, x_local, mean=local.transforms.mean, std=local.transf
 channel_net = load(CHANNEL_MODEL)
 x = prepare(photo, channel_net.transforms)
 if any(spec.kind == "channel" for _, _, spec in find_attention_modules(channel_net.model)):
-    display(ChannelExplorer(channel_net.model, x, mean=channel_net.transforms.mean,
-                            std=channel_net.transforms.std,
-                            class_names=channel_net.class_names))  # fmt: skip
+    display(
+        ChannelExplorer(
+            channel_net.model,
+            x,
+            mean=channel_net.transforms.mean,
+            std=channel_net.transforms.std,
+            class_names=channel_net.class_names,
+        )
+    )
 else:
     display(Markdown(f"{CHANNEL_MODEL} has no channel attention."))
 
@@ -177,7 +183,14 @@ if Path(CBAM_CHECKPOINT).exists():
     cbam = load_official_cbam(CBAM_CHECKPOINT)
     cbam_input = official_cbam_transforms()
     x_cbam = prepare(photo, cbam_input)
-    display(SpatialExplorer(cbam, x_cbam, mean=cbam_input.mean, std=cbam_input.std,
-                            class_names=channel_net.class_names))  # fmt: skip
+    display(
+        SpatialExplorer(
+            cbam,
+            x_cbam,
+            mean=cbam_input.mean,
+            std=cbam_input.std,
+            class_names=channel_net.class_names,
+        )
+    )
 else:
     display(Markdown(f"No `{CBAM_CHECKPOINT}` here: download it to see CBAM's spatial maps."))

@@ -123,7 +123,9 @@ explorer
 score = attention_on_object(nets["non-local"], test.images, test.masks)
 ok = ~torch.isnan(score["on_object"])
 on, area = score["on_object"][ok].mean().item(), score["area"][ok].mean().item()
-display(Markdown(
-    f"On {int(ok.sum())} test images: attention from digit queries on the digit **{on:.1%}**, "
-    f"digit area {area:.1%} (ratio {on / area:.2f})."
-))  # fmt: skip
+display(
+    Markdown(
+        f"On {int(ok.sum())} test images: attention from digit queries on the digit **{on:.1%}**, "
+        f"digit area {area:.1%} (ratio {on / area:.2f})."
+    )
+)

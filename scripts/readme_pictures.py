@@ -40,15 +40,22 @@ def png(data: bytes):
 parts = sys.argv[2:] or ["stn", "resnets"]
 if "stn" in parts:
     # 1. spatial transformers: sampled region and crop, RTS and cluttered
-    for kind, model_name, name in [("RTS", "stcnn_rts", "stn"),
-                                   ("cluttered", "stcnn_clutter", "stn_clutter")]:  # fmt: skip
+    for kind, model_name, name in [
+        ("RTS", "stcnn_rts", "stn"),
+        ("cluttered", "stcnn_clutter", "stn_clutter"),
+    ]:
         data = distorted_mnist(kind, "test", seed=0)
         model = shipped.load(model_name)
         with torch.no_grad(), attnviz.capture(model) as rec:
             model(data.images[:8])
-        render.stn_grid(data.images[:8], rec["stn"].theta, rec["stn"].output,
-                        boxes=data.boxes[:8], scale=3 if kind == "RTS" else 2,
-                        ncols=4).save(out / f"{name}.png")  # fmt: skip
+        render.stn_grid(
+            data.images[:8],
+            rec["stn"].theta,
+            rec["stn"].output,
+            boxes=data.boxes[:8],
+            scale=3 if kind == "RTS" else 2,
+            ncols=4,
+        ).save(out / f"{name}.png")
 if "families" in parts:
     # one row per attention family on a shipped photo: trained weights where this machine
     # has them cached (each row says which), random weights otherwise
@@ -70,8 +77,10 @@ if "resnets" not in parts:
 
 # 2. the channel explorer's panels for one image
 test = digits_on_photos("test", n=2000, seed=0)
-nets = {name: shipped.load(f"resnet10_{key}")
-        for name, key in [("plain", "plain"), ("+SE", "se"), ("+CBAM", "cbam")]}  # fmt: skip
+nets = {
+    name: shipped.load(f"resnet10_{key}")
+    for name, key in [("plain", "plain"), ("+SE", "se"), ("+CBAM", "cbam")]
+}
 explorer = ChannelExplorer(nets["+SE"], test.images[:8], labels=test.labels[:8].tolist())
 explorer.block = "layer3.0.attention"
 explorer.channel = int(explorer.current()["weights"].argmax())
@@ -102,6 +111,12 @@ last = rec.select(kind="spatial")[-1]
 maps.append(list(last.map))
 captions.append([""] * 6)
 rows = ["Grad-CAM plain", "Grad-CAM +SE", "Grad-CAM +CBAM", "CBAM Ms (last)"]
-render.overlay_grid(show, maps, row_labels=rows, col_labels=[f"label {int(t)}" for t in targets],
-                    captions=captions, scale=2).save(out / "cbam_gradcam.png")  # fmt: skip
+render.overlay_grid(
+    show,
+    maps,
+    row_labels=rows,
+    col_labels=[f"label {int(t)}" for t in targets],
+    captions=captions,
+    scale=2,
+).save(out / "cbam_gradcam.png")
 print("wrote", sorted(p.name for p in out.iterdir()))

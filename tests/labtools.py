@@ -23,9 +23,17 @@ import psutil
 from PIL import Image
 
 CHROMIUM = os.environ.get("ATTNVIZ_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 class LabServer:
@@ -45,10 +53,20 @@ class LabServer:
         env["OMP_NUM_THREADS"] = "1"  # kernels share 2 cores with the browser and server
         self.runtime = home / "runtime"
         self.log = open(home / "lab.log", "w")  # closed in close()
-        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               "--port=0", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={root}", "--allow-root", "--LabApp.news_url=None",
-               "--LabApp.expose_app_in_browser=True"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            "--port=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+            "--allow-root",
+            "--LabApp.news_url=None",
+            "--LabApp.expose_app_in_browser=True",
+        ]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self.url = self._wait_for_url(timeout)
@@ -81,10 +99,15 @@ class LabServer:
 def _isolated_env(home: Path) -> dict[str, str]:
     """The environment with Jupyter's config, data and runtime folders under ``home``."""
     env = dict(os.environ)
-    for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"),
-                     ("MPLCONFIGDIR", "mpl"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
-                     ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:  # fmt: skip
+    for var, sub in [
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+        ("MPLCONFIGDIR", "mpl"),
+        ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+    ]:
         (home / sub).mkdir(parents=True, exist_ok=True)
         env[var] = str(home / sub)
     return env
@@ -128,15 +151,23 @@ class AppServer:
         env["OMP_NUM_THREADS"] = "1"
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = open(home / "app.log", "w")  # closed in close()
-        cmd = [sys.executable, "-m", "attnviz.cli", "app", "--port", self.url.rsplit(":", 1)[1],
-               "--no-download"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "attnviz.cli",
+            "app",
+            "--port",
+            self.url.rsplit(":", 1)[1],
+            "--no-download",
+        ]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"attnviz app exited with {self.proc.returncode}; see "
-                                       f"{self.log.name}")  # fmt: skip
+                    raise RuntimeError(
+                        f"attnviz app exited with {self.proc.returncode}; see {self.log.name}"
+                    )
                 try:
                     with urllib.request.urlopen(self.url + "/voila/static/", timeout=2):
                         break
@@ -144,8 +175,9 @@ class AppServer:
                     if getattr(e, "code", None) is not None:  # an HTTP answer: it is up
                         break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"attnviz app did not start in {timeout} s; see "
-                                       f"{self.log.name}")  # fmt: skip
+                    raise TimeoutError(
+                        f"attnviz app did not start in {timeout} s; see {self.log.name}"
+                    )
                 time.sleep(0.3)
         except BaseException:
             self.close()
@@ -169,9 +201,12 @@ class LabBrowser:
         self._pw = sync_playwright().start()
         try:
             self.context = self._pw.chromium.launch_persistent_context(
-                str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
+                str(profile),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=FLAGS,
                 viewport={"width": 1400, "height": 1000},
-            )  # fmt: skip
+            )
             self.context.route("**/*", self._route)
             self.context.set_default_timeout(60_000)
         except BaseException:

@@ -36,11 +36,16 @@ def test_opens_on_the_first_tab_and_builds_the_others_when_opened(explorers):
     assert f"{shipped.entry('resnet10_se')['test_accuracy']:.1%}" in caption
 
 
-@pytest.mark.parametrize("tab, kind", [
-    ("Spatial transformer", STNInspector), ("SE channels", ChannelExplorer),
-    ("CBAM spatial maps", SpatialExplorer), ("Non-local attention", QueryExplorer),
-    ("Photos", PhotoExplainer),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "tab, kind",
+    [
+        ("Spatial transformer", STNInspector),
+        ("SE channels", ChannelExplorer),
+        ("CBAM spatial maps", SpatialExplorer),
+        ("Non-local attention", QueryExplorer),
+        ("Photos", PhotoExplainer),
+    ],
+)
 def test_every_explorer_is_there(explorers, tab, kind):
     explorer = explorers.explorer(tab)
     assert isinstance(explorer, kind)
@@ -50,8 +55,10 @@ def test_every_explorer_is_there(explorers, tab, kind):
 def test_the_explorers_show_the_shipped_models(explorers):
     se = explorers.explorer("SE channels")
     reference = shipped.load("resnet10_se")
-    assert all(torch.equal(a, b) for a, b in zip(se.model.state_dict().values(),
-                                                 reference.state_dict().values()))  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(se.model.state_dict().values(), reference.state_dict().values())
+    )
     stn = explorers.explorer("Spatial transformer")
     assert torch.equal(stn.thetas, shipped.history("stcnn_rts").snapshot("stn"))
     with pytest.raises(KeyError, match="the tabs are"):

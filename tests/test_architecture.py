@@ -16,18 +16,36 @@ PACKAGE = ROOT / "attnviz"
 
 # part of the package -> layer; a part is a top-level module or subpackage of attnviz
 LAYERS = {
-    "_compat": 0, "_resources": 0, "storage": 0, "running": 0,
-    "maps": 1, "modules": 1,
+    "_compat": 0,
+    "_resources": 0,
+    "storage": 0,
+    "running": 0,
+    "maps": 1,
+    "modules": 1,
     "records": 2,
-    "probes": 3, "registry": 3,
+    "probes": 3,
+    "registry": 3,
     "capture": 4,
-    "metrics": 5, "render": 5,
-    "data": 6, "models": 6, "photos": 6, "train": 6, "cam": 6, "zoo": 6, "analysis": 6,
-    "testing": 6, "explain": 6, "shipped": 6, "stats": 6, "coverage": 6,
+    "metrics": 5,
+    "render": 5,
+    "data": 6,
+    "models": 6,
+    "photos": 6,
+    "train": 6,
+    "cam": 6,
+    "zoo": 6,
+    "analysis": 6,
+    "testing": 6,
+    "explain": 6,
+    "shipped": 6,
+    "stats": 6,
+    "coverage": 6,
     "widgets": 7,
-    "cli": 8, "nbrun": 8, "app": 8,
+    "cli": 8,
+    "nbrun": 8,
+    "app": 8,
     "__init__": 9,  # the package's front door re-exports, nothing imports it
-}  # fmt: skip
+}
 
 
 def _module(path: Path) -> str:

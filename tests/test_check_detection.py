@@ -741,9 +741,15 @@ class _RegistersFirst(VisionTransformer):
 
 def _tiny_vit(cls: type[VisionTransformer]) -> VisionTransformer:
     return cls(
-        img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, reg_tokens=2,
-        no_embed_class=True, num_classes=0,
-    ).eval()  # fmt: skip
+        img_size=32,
+        patch_size=16,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        reg_tokens=2,
+        no_embed_class=True,
+        num_classes=0,
+    ).eval()
 
 
 def _token_order(m: VisionTransformer, x: torch.Tensor) -> tuple[str, ...]:

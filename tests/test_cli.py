@@ -55,9 +55,13 @@ def test_demo_finishes_whatever_each_notebook_does(tmp_path, capsys):
         re.findall(r"<td>(?:<a [^>]*>)?(\d\d_\w+)(?:</a>)?</td><td class='\w+'>([^<]+)<", index)
     )
     assert rows == {
-        "01_ok": "ok", "02_sleeps": "timed out", "03_dies": "kernel died",
-        "04_not_json": "not a notebook", "05_no_parameters": "failed", "06_last": "ok",
-    }  # fmt: skip
+        "01_ok": "ok",
+        "02_sleeps": "timed out",
+        "03_dies": "kernel died",
+        "04_not_json": "not a notebook",
+        "05_no_parameters": "failed",
+        "06_last": "ok",
+    }
     assert "tagged &#x27;parameters&#x27;" in index and "ran over 5 s" in index
     assert (out / "06_last.html").exists() and (out / "02_sleeps.html").exists()
 
@@ -88,8 +92,22 @@ def test_overlay_writes_a_png_and_the_maps(tmp_path):
     photo = sample_path(sample_photos()[0])
     torch.manual_seed(0)  # the same random weights below
     out, npz = tmp_path / "o.png", tmp_path / "maps.npz"
-    code = main(["overlay", str(photo), "--model", "mobilenet_v3_small", "--weights", "none",
-                 "--size", "96", "-o", str(out), "--npz", str(npz)])  # fmt: skip
+    code = main(
+        [
+            "overlay",
+            str(photo),
+            "--model",
+            "mobilenet_v3_small",
+            "--weights",
+            "none",
+            "--size",
+            "96",
+            "-o",
+            str(out),
+            "--npz",
+            str(npz),
+        ]
+    )
     assert code == 0
     img = Image.open(out)
     assert img.width > 3 * 90 and img.height > 90
@@ -128,16 +146,42 @@ def test_overlay_writes_a_png_and_the_maps(tmp_path):
 
 def test_overlay_refuses_an_unknown_block(tmp_path, capsys):
     photo = sample_path(sample_photos()[0])
-    code = main(["overlay", str(photo), "--model", "mobilenet_v3_small", "--weights", "none",
-                 "--block", "nope", "-o", str(tmp_path / "o.png")])  # fmt: skip
+    code = main(
+        [
+            "overlay",
+            str(photo),
+            "--model",
+            "mobilenet_v3_small",
+            "--weights",
+            "none",
+            "--block",
+            "nope",
+            "-o",
+            str(tmp_path / "o.png"),
+        ]
+    )
     assert code == 2 and "no attention block 'nope'" in capsys.readouterr().err
 
 
 def test_overlay_takes_timm_models_by_name(tmp_path):
     photo = sample_path(sample_photos()[0])
     out, npz = tmp_path / "o.png", tmp_path / "maps.npz"
-    code = main(["overlay", str(photo), "--model", "timm/gcresnet33ts", "--weights", "none",
-                 "--size", "96", "-o", str(out), "--npz", str(npz)])  # fmt: skip
+    code = main(
+        [
+            "overlay",
+            str(photo),
+            "--model",
+            "timm/gcresnet33ts",
+            "--weights",
+            "none",
+            "--size",
+            "96",
+            "-o",
+            str(out),
+            "--npz",
+            str(npz),
+        ]
+    )
     assert code == 0
     data = np.load(npz)
     maps = [k for k in data.files if k.startswith("context/")]
@@ -218,9 +262,24 @@ def test_overlay_of_a_vit_writes_class_token_attention_and_rollout(tmp_path):
     photo = sample_path("chelsea")
     torch.manual_seed(0)
     out, npz = tmp_path / "vit.png", tmp_path / "vit.npz"
-    code = main(["overlay", str(photo), "--model", "timm/vit_tiny_patch16_224",
-                 "--weights", "none", "--size", "96", "--head", "1",
-                 "-o", str(out), "--npz", str(npz)])  # fmt: skip
+    code = main(
+        [
+            "overlay",
+            str(photo),
+            "--model",
+            "timm/vit_tiny_patch16_224",
+            "--weights",
+            "none",
+            "--size",
+            "96",
+            "--head",
+            "1",
+            "-o",
+            str(out),
+            "--npz",
+            str(npz),
+        ]
+    )
     assert code == 0 and Image.open(out).width > 3 * 90
     data = np.load(npz)
     torch.manual_seed(0)
@@ -236,9 +295,35 @@ def test_overlay_of_a_vit_writes_class_token_attention_and_rollout(tmp_path):
 def test_overlay_of_a_botnet_and_a_bad_head(tmp_path, capsys):
     photo = sample_path("coffee")
     out = tmp_path / "bot.png"
-    code = main(["overlay", str(photo), "--model", "timm/botnet26t_256", "--weights", "none",
-                 "--size", "96", "--head", "3", "-o", str(out)])  # fmt: skip
+    code = main(
+        [
+            "overlay",
+            str(photo),
+            "--model",
+            "timm/botnet26t_256",
+            "--weights",
+            "none",
+            "--size",
+            "96",
+            "--head",
+            "3",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0 and out.is_file()
-    code = main(["overlay", str(photo), "--model", "timm/botnet26t_256", "--weights", "none",
-                 "--head", "99", "-o", str(out)])  # fmt: skip
+    code = main(
+        [
+            "overlay",
+            str(photo),
+            "--model",
+            "timm/botnet26t_256",
+            "--weights",
+            "none",
+            "--head",
+            "99",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 2 and "--head must be in [0, 4)" in capsys.readouterr().err

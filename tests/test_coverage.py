@@ -30,19 +30,29 @@ def _row(family: str, status: str, library: str = "timm", model: str = "", **kw)
 
 ROWS = [
     _row("vit", "recorded", kinds={"self": 12}, placed=12, seconds=0.5),
-    _row("swin", "recorded, not placed", kinds={"self": 4}, placed=2, unplaced=2,
-         note="unplaced (no layout): WindowAttention (2)"),
+    _row(
+        "swin",
+        "recorded, not placed",
+        kinds={"self": 4},
+        placed=2,
+        unplaced=2,
+        note="unplaced (no layout): WindowAttention (2)",
+    ),
     _row("resnet", "no attention", model="test_resnet"),
     _row("resnet", "recorded", kinds={"channel": 8}),  # a variant with SE: the family has attention
     _row("byoanet", "recorded", kinds={"self": 2}, placed=2),
-    _row("byoanet", "refused", refused={"stages.3.0.self_attn": "a lambda layer ..."},
-         note="refused: LambdaLayer: a lambda layer | no map"),
+    _row(
+        "byoanet",
+        "refused",
+        refused={"stages.3.0.self_attn": "a lambda layer ..."},
+        note="refused: LambdaLayer: a lambda layer | no map",
+    ),
     _row("hgnet", "no attention"),
     _row("odd", "partial", kinds={"self": 1}, placed=1, unrecorded={"blocks.0": "an einsum"}),
     _row("broken", "error", note="build: TypeError: no"),
     _row("ViT", "recorded", library="transformers", kinds={"self": 2}, placed=2),
     _row("huge", "skipped: too large for the sweep"),
-]  # fmt: skip
+]
 
 
 def test_the_table_has_one_line_per_row_and_says_what_was_found():
@@ -50,8 +60,16 @@ def test_the_table_has_one_line_per_row_and_says_what_was_found():
     lines = table.strip().splitlines()
     assert len(lines) == 2 + len(ROWS)
     head = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert head == ["library", "family", "model", "input", "status", "records",
-                    "placed / unplaced", "note"]  # fmt: skip
+    assert head == [
+        "library",
+        "family",
+        "model",
+        "input",
+        "status",
+        "records",
+        "placed / unplaced",
+        "note",
+    ]
     swin = next(line for line in lines if "| swin |" in line)
     assert "| 64x64 | recorded, not placed | self 4 | 2 / 2 |" in swin
     assert "WindowAttention (2)" in swin

@@ -54,8 +54,16 @@ def test_stn_capture_training_and_checkpoint(tmp_path, device):
         def __len__(self):
             return len(labels)
 
-    h = fit(model, DS(), DS(), epochs=2, batch_size=64, device=device, progress=False,
-            snapshot=snapshot_attention(images[:4], "theta"))  # fmt: skip
+    h = fit(
+        model,
+        DS(),
+        DS(),
+        epochs=2,
+        batch_size=64,
+        device=device,
+        progress=False,
+        snapshot=snapshot_attention(images[:4], "theta"),
+    )
     assert h.device.startswith(device) and next(model.parameters()).device.type == device
     assert h.snapshot("stn").shape == (3, 4, 2, 3)
     save_checkpoint(tmp_path / "ck.pt", model, history=h)

@@ -51,8 +51,14 @@ def _timm(name: str, **kwargs) -> nn.Module:
 def _hf_vit() -> nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=128, image_size=32, patch_size=8)  # fmt: skip
+    cfg = transformers.ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+    )
     model = transformers.ViTModel._from_config(cfg, attn_implementation="sdpa").eval()
     randomise(model)
     return model
@@ -78,11 +84,15 @@ def _torchvision_vit() -> nn.Module:
 
 CASES = {
     "torchvision ViT (nn.MultiheadAttention, need_weights=False)": (
-        _torchvision_vit, (2, 3, 32, 32)),
+        _torchvision_vit,
+        (2, 3, 32, 32),
+    ),
     "timm ViT, fused (registered probe)": (_vit, (2, 3, 64, 64)),
     "EVA-02, RoPE (found by its kernel)": (_eva, (2, 3, 56, 56)),
     "BEiT, relative-position bias as the mask": (
-        lambda: _timm("beit_base_patch16_224", img_size=64, depth=2), (2, 3, 64, 64)),
+        lambda: _timm("beit_base_patch16_224", img_size=64, depth=2),
+        (2, 3, 64, 64),
+    ),
     "Hugging Face ViT, sdpa": (_hf_vit, (2, 3, 32, 32)),
     "a user's module, boolean mask": (lambda: nn.Sequential(MaskedAttention()), (2, 16, 3, 4)),
     "a user's module, causal": (lambda: nn.Sequential(MaskedAttention(causal=True)), (2, 16, 3, 4)),
@@ -125,13 +135,16 @@ def test_factors_equal_the_whole_matrix_in_every_view(case):
         for head in (None, 0):
             torch.testing.assert_close(f.received(head=head), g.received(head=head), **close)
             q = (f.query_size[1] - 1, 0)
-            torch.testing.assert_close(f.key_row(q, f.query_size, head=head),
-                                       g.key_row(q, g.query_size, head=head), **close)  # fmt: skip
+            torch.testing.assert_close(
+                f.key_row(q, f.query_size, head=head),
+                g.key_row(q, g.query_size, head=head),
+                **close,
+            )
             if "cls" in f.prefix:
                 got, want = (r.token_attention("cls", head=head) for r in (f, g))
                 torch.testing.assert_close(got, want, **close)
     if any("cls" in r.prefix for r in full.values()):
-        roll = maps.attention_rollout(full)[:, 0, len(full[name].prefix):]
+        roll = maps.attention_rollout(full)[:, 0, len(full[name].prefix) :]
         torch.testing.assert_close(maps.rollout_map(factored).flatten(1), roll, **close)
 
 
@@ -218,8 +231,9 @@ def test_dinov2_at_518_fits_in_a_small_multiple_of_its_q_and_k():
     at most 2 (q + k) bytes (q, k and the values: 1.5 (q + k)), and the peak memory of
     the captured forward over a plain one grows by at most 600 MiB (the whole matrices
     were 2,062 MiB)."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY], capture_output=True, text=True,
-                         timeout=600, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY], capture_output=True, text=True, timeout=600, check=True
+    )
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["records"] == 12
     assert got["held"] <= 2 * got["qk"], got

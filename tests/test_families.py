@@ -123,10 +123,14 @@ def test_a_backbone_without_classifier_shows_attention_only():
 
 # -- the photo explainer with a model picker -----------------------------------------------------
 SMALL = {
-    "vision transformer": Family("vision transformer", "self-attention", "cls", (
-        "timm/deit_tiny_distilled_patch16_224", "timm/vit_tiny_patch16_224")),
+    "vision transformer": Family(
+        "vision transformer",
+        "self-attention",
+        "cls",
+        ("timm/deit_tiny_distilled_patch16_224", "timm/vit_tiny_patch16_224"),
+    ),
     "SKNet": Family("SKNet", "branches", "choice", ("timm/skresnet18",)),
-}  # fmt: skip
+}
 
 
 def test_switching_family_model_and_head_changes_the_pictures():
@@ -176,8 +180,11 @@ def test_the_comparison_figure_has_one_row_per_family():
 
 
 def test_every_head_of_a_vit_block_over_the_photo():
-    ex = explain(pretrained("timm/vit_tiny_patch16_224", weights=None), load_sample("chelsea"),
-                 display_side=64)  # fmt: skip
+    ex = explain(
+        pretrained("timm/vit_tiny_patch16_224", weights=None),
+        load_sample("chelsea"),
+        display_side=64,
+    )
     grid = ex.head_grid(columns=2)  # 3 heads: 2 rows of 2 cells, one blank
     assert grid.width > 2 * 64 and grid.height > 2 * 64
     with pytest.raises(ValueError, match="not a self-attention block"):

@@ -19,8 +19,15 @@ from attnviz.probes import kernels
 class SdpaAttention(nn.Module):
     """A user's multi-head attention over an NCHW map, through the fused kernel."""
 
-    def __init__(self, c: int = 8, heads: int = 2, *, dropout: float = 0.0, mask: bool = False,
-                 scale: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        c: int = 8,
+        heads: int = 2,
+        *,
+        dropout: float = 0.0,
+        mask: bool = False,
+        scale: float | None = None,
+    ) -> None:
         super().__init__()
         self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
         self.heads, self.dropout, self.scale = heads, dropout, scale
@@ -161,6 +168,7 @@ def test_a_kernel_rebuilt_without_its_mask_is_caught(monkeypatch):
     torch.manual_seed(3)
     net = Net(SdpaAttention(mask=True)).eval()
     real = kernels.attention_matrix
+
     def unmasked(q, k, _mask, causal, scale, rows=None):
         return real(q, k, None, causal, scale, rows)
 

@@ -140,8 +140,14 @@ def test_davit_windows_follow_its_padding_and_partition():
 def test_sam_windows_follow_its_padding_and_partition():
     torch.manual_seed(5)
     # a 20 x 20 patch map in 14 x 14 windows: padded to 28, four windows
-    model = timm.create_model("samvit_base_patch16_224", img_size=320, depth=2,
-                              global_attn_indexes=(), embed_dim=64, num_heads=2)  # fmt: skip
+    model = timm.create_model(
+        "samvit_base_patch16_224",
+        img_size=320,
+        depth=2,
+        global_attn_indexes=(),
+        embed_dim=64,
+        num_heads=2,
+    )
     model.eval()
     r = _captured(model, (320, 320), "blocks.0.attn")
     from timm.models.vision_transformer_sam import window_partition
@@ -156,8 +162,9 @@ def test_sam_windows_follow_its_padding_and_partition():
 
 def test_rollout_stops_at_patch_merging_and_at_class_attention_with_the_reason():
     torch.manual_seed(6)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=112, depths=(1, 1),
-                             num_heads=(2, 4), embed_dim=32).eval()  # fmt: skip
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=112, depths=(1, 1), num_heads=(2, 4), embed_dim=32
+    ).eval()
     with torch.no_grad(), attnviz.capture(swin) as rec:
         swin(torch.randn(1, 3, 112, 112))
     with pytest.raises(ValueError, match=r"\(196, 196\), \(784, 784\).*merges patches"):

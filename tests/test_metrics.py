@@ -158,9 +158,11 @@ def test_score_maps_table_matches_the_single_scores():
     native = torch.rand(n, 4, 4, generator=gen)
     full = torch.rand(n, 32, 32, generator=gen)
     table, scores = metrics.score_maps(
-        {"cbam": native, "gradcam": full, "centre": metrics.center_prior(n, 32)}, boxes, masks,
+        {"cbam": native, "gradcam": full, "centre": metrics.center_prior(n, 32)},
+        boxes,
+        masks,
         chunk=4,
-    )  # fmt: skip
+    )
     assert list(scores) == ["cbam", "gradcam", "centre"]
     expected = metrics.energy_pointing_game(native, boxes, image_size=32).mean()
     assert scores["cbam"]["energy"] == pytest.approx(float(expected))
@@ -286,8 +288,15 @@ def test_square_window_ceiling_matches_a_search_over_square_windows():
             for dy in torch.linspace(-3, 3, 5):
                 c = (boxes[:, :2] + boxes[:, 2:]) / 2 + torch.stack([dx, dy])
                 lo, hi = c - side / 2, c + side / 2
-                quad = torch.stack([lo, torch.stack([hi[:, 0], lo[:, 1]], 1), hi,
-                                    torch.stack([lo[:, 0], hi[:, 1]], 1)], 1)  # fmt: skip
+                quad = torch.stack(
+                    [
+                        lo,
+                        torch.stack([hi[:, 0], lo[:, 1]], 1),
+                        hi,
+                        torch.stack([lo[:, 0], hi[:, 1]], 1),
+                    ],
+                    1,
+                )
                 best = torch.maximum(best, maps.polygon_iou(quad, boxes))
     assert torch.all(best <= got + 1e-9)  # nothing beats the ceiling ...
     torch.testing.assert_close(best, got, atol=2e-3, rtol=0)  # ... and it is reached

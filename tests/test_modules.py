@@ -202,8 +202,9 @@ def test_heatmap_head_translation_is_the_soft_argmax_of_its_scores():
 def test_heatmap_head_learns_where_from_gradients():
     # a bright dot at a random place; the loss asks the window's centre to sit on it
     torch.manual_seed(0)
-    stn = SpatialTransformer(_conv_loc(), transform="attention",
-                             head=HeatmapHead(4, "attention", scale=0.5))  # fmt: skip
+    stn = SpatialTransformer(
+        _conv_loc(), transform="attention", head=HeatmapHead(4, "attention", scale=0.5)
+    )
     opt = torch.optim.Adam(stn.parameters(), lr=0.05)
 
     def batch(n=64):

@@ -46,9 +46,11 @@ def test_notebook_is_paired_and_clean(path):
 
 def test_parameters_are_injected_after_the_parameters_cell():
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("a = 1"),
-                nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("b = 2")]  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("b = 2"),
+    ]
     inject_parameters(nb, {"QUICK": True, "NAME": "x"})
     assert nb.cells[2].source.endswith("QUICK = True\nNAME = 'x'")
     assert nb.cells[3].source == "b = 2"
@@ -68,15 +70,27 @@ def test_a_failing_cell_is_reported_with_its_number(tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
     """QUICK with TRAIN: every model trained here, one epoch (the training code runs)."""
-    out = execute_notebook(path, {"QUICK": True, "TRAIN": True}, timeout=600,
-                           output=tmp_path / path.name)  # fmt: skip
-    errors = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]  # fmt: skip
+    out = execute_notebook(
+        path, {"QUICK": True, "TRAIN": True}, timeout=600, output=tmp_path / path.name
+    )
+    errors = [
+        o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
-    widgets = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
-               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]  # fmt: skip
-    images = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
-              if "image/png" in o.get("data", {})]  # fmt: skip
+    widgets = [
+        o
+        for c in out.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    images = [
+        o
+        for c in out.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
     assert widgets and images, "a notebook should show at least one widget and one picture"
 
 
@@ -90,11 +104,11 @@ def test_notebook_runs_in_its_default_mode_on_the_shipped_models(name, tmp_path)
     start = time.perf_counter()
     out = execute_notebook(path, {}, timeout=DEFAULT_MODE_SECONDS, output=tmp_path / path.name)
     seconds = time.perf_counter() - start
-    text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code"
-                   for o in c.outputs)  # fmt: skip
+    text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
     assert "loading the shipped models" in text and "epoch" not in text.lower()
-    assert not [o for c in out.cells if c.cell_type == "code" for o in c.outputs
-                if o.output_type == "error"]  # fmt: skip
+    assert not [
+        o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert seconds < DEFAULT_MODE_SECONDS, f"{name} took {seconds:.0f} s in its default mode"
 
 
@@ -103,15 +117,23 @@ def test_the_photo_notebook_takes_a_family_and_a_timm_model_by_name(tmp_path):
     path = next(p for p in NOTEBOOKS if p.stem == "04_photos")
     out = execute_notebook(
         path,
-        {"QUICK": True, "FAMILY": "GCNet", "MODEL": "timm/gcresnet33ts.ra2_in1k",
-         "CHANNEL_MODEL": "timm/gcresnet33ts", "COMPARE": False},
+        {
+            "QUICK": True,
+            "FAMILY": "GCNet",
+            "MODEL": "timm/gcresnet33ts.ra2_in1k",
+            "CHANNEL_MODEL": "timm/gcresnet33ts",
+            "COMPARE": False,
+        },
         timeout=600,
         output=tmp_path / "04.ipynb",
-    )  # fmt: skip
+    )
     text = "".join(
         o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", ""))
-        for c in out.cells if c.cell_type == "code" for o in c.outputs
-    )  # fmt: skip
+        for c in out.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "has no channel attention" in text  # GC-ResNet's attention is context pooling
-    assert not [o for c in out.cells if c.cell_type == "code" for o in c.outputs
-                if o.output_type == "error"]  # fmt: skip
+    assert not [
+        o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]

@@ -361,9 +361,11 @@ def hostile(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("thin.png", r"3 x 100000 pixels, an aspect ratio of 33333:1.*max_aspect"),
-     ("big.png", r"13000 x 13000 = 169.0 megapixels.*max_pixels")],
-)  # fmt: skip
+    [
+        ("thin.png", r"3 x 100000 pixels, an aspect ratio of 33333:1.*max_aspect"),
+        ("big.png", r"13000 x 13000 = 169.0 megapixels.*max_pixels"),
+    ],
+)
 def test_hostile_images_are_refused_from_the_header_before_any_decoding(hostile, name, message):
     from attnviz.photos import ImageTooLargeError
 
@@ -443,9 +445,13 @@ print((max(peak, proc.memory_info().rss) - base) / 2**20)
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("size", "mode", "suffix"),
-    [((8000, 5000), "RGBA", "png"), ((8000, 5000), "I;16", "png"), ((8000, 5000), "F", "tif"),
-     ((28_000, 1_400), "RGB", "png")],
-)  # fmt: skip
+    [
+        ((8000, 5000), "RGBA", "png"),
+        ((8000, 5000), "I;16", "png"),
+        ((8000, 5000), "F", "tif"),
+        ((28_000, 1_400), "RGB", "png"),
+    ],
+)
 def test_the_worst_images_the_limits_allow_stay_under_500_mb(tmp_path, size, mode, suffix):
     """40 megapixels with transparency, 16 bits or floats, or the widest aspect ratio
     allowed; each measured in a fresh process (peak RSS sampled every 2 ms)."""

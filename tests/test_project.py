@@ -27,8 +27,16 @@ def _req_name(req: str) -> str:
 
 def test_core_dependencies_have_lower_bounds():
     deps = {_req_name(r): r for r in PYPROJECT["project"]["dependencies"]}
-    for name in ["torch", "torchvision", "numpy", "matplotlib", "pillow", "ipywidgets",
-                 "grad-cam", "tqdm"]:  # fmt: skip
+    for name in [
+        "torch",
+        "torchvision",
+        "numpy",
+        "matplotlib",
+        "pillow",
+        "ipywidgets",
+        "grad-cam",
+        "tqdm",
+    ]:
         assert name in deps, f"{name} missing from [project].dependencies"
         assert ">=" in deps[name], f"{deps[name]} should state a lower bound"
         assert "==" not in deps[name] and "<" not in deps[name].replace("<=", ""), deps[name]
@@ -71,12 +79,43 @@ def test_make_targets_and_ci_entry_point():
     assert "make lab" in readme and "make test" in readme
 
 
-def test_ruff_is_clean():
+def _ruff() -> str:
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.fail("ruff is not installed: it is in the dev extra; run `make test` to set it up")
-    result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    return ruff
+
+
+def test_ruff_is_clean():
+    result = subprocess.run([_ruff(), "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_tree_is_formatted():
+    """One formatter for the tree (`ruff format`), and no per-line opt-outs from it."""
+    result = subprocess.run(
+        [_ruff(), "format", "--check", str(ROOT)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout + result.stderr
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.split()
+    opted_out = [f for f in tracked if re.search(r"#\s*fmt:\s*(skip|off)", (ROOT / f).read_text())]
+    assert not opted_out, f"formatter opt-outs in {opted_out}"
+
+
+def test_the_format_check_fails_on_an_unformatted_file(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = {  'a':1,\n'b' : [1,2,\n3]}\n")
+    config = str(ROOT / "pyproject.toml")
+    result = subprocess.run(
+        [_ruff(), "format", "--check", "--config", config, str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "bad.py" in result.stdout + result.stderr
+    subprocess.run(
+        [_ruff(), "format", "--config", config, str(bad)], check=True, capture_output=True
+    )
+    assert bad.read_text() == 'x = {"a": 1, "b": [1, 2, 3]}\n'
 
 
 def test_the_readme_table_of_recognised_modules_is_generated():
@@ -105,8 +144,13 @@ def _imported_top_level(path: Path) -> set[str]:
 
 # distribution name -> import name, for what attnviz imports
 _IMPORT_NAMES = {"pillow": "PIL", "grad-cam": "pytorch_grad_cam", "scikit-image": "skimage"}
-_OPTIONAL = {"timm": "timm", "nbformat": "notebooks", "nbclient": "notebooks",
-             "nbconvert": "notebooks", "jupyter_core": "notebooks"}  # fmt: skip
+_OPTIONAL = {
+    "timm": "timm",
+    "nbformat": "notebooks",
+    "nbclient": "notebooks",
+    "nbconvert": "notebooks",
+    "jupyter_core": "notebooks",
+}
 
 
 def test_core_dependencies_are_what_the_library_imports():
@@ -133,11 +177,20 @@ def test_every_subpackage_is_in_the_wheel():
 
 
 def test_no_reference_to_documents_outside_the_repository():
-    outside = re.compile(r"shared/|\b(STYLE|MECHANISMS|PERFORMANCE_NOTES|TIMM_NOTES|"
-                         r"BROWSER_TESTING|CBAM_OFFICIAL_LAYOUT)(\.md)?\b")  # fmt: skip
-    files = [*ROOT.glob("attnviz/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("notebooks/*.py"),
-             *ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("docs/*.md"),
-             ROOT / "README.md", ROOT / "Makefile"]  # fmt: skip
+    outside = re.compile(
+        r"shared/|\b(STYLE|MECHANISMS|PERFORMANCE_NOTES|TIMM_NOTES|"
+        r"BROWSER_TESTING|CBAM_OFFICIAL_LAYOUT)(\.md)?\b"
+    )
+    files = [
+        *ROOT.glob("attnviz/**/*.py"),
+        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("notebooks/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+        *ROOT.glob("scripts/*.py"),
+        *ROOT.glob("docs/*.md"),
+        ROOT / "README.md",
+        ROOT / "Makefile",
+    ]
     hits = [
         f"{f.relative_to(ROOT)}:{i}"
         for f in files

@@ -27,9 +27,13 @@ def _toy(n=256, seed=0):
 def _net():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
-        nn.Flatten(), nn.Linear(4 * 10 * 10, 2),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Flatten(),
+        nn.Linear(4 * 10 * 10, 2),
+    )
 
 
 def _fit(model, path, **kw):
@@ -118,8 +122,12 @@ def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path):
     tests = str(Path(__file__).parent)
 
     def child(name):
-        code = _CHILD.format(tests=tests, path=str(tmp_path / f"{name}.pt"), epochs=epochs,
-                             out=str(tmp_path / f"{name}.final"))  # fmt: skip
+        code = _CHILD.format(
+            tests=tests,
+            path=str(tmp_path / f"{name}.pt"),
+            epochs=epochs,
+            out=str(tmp_path / f"{name}.final"),
+        )
         return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
 
     assert child("whole").wait(timeout=600) == 0
@@ -155,9 +163,13 @@ def test_a_checkpoint_of_another_model_changes_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "is empty"), (b"hello, I am text\n", "not a PyTorch file"),
-     (None, "truncated or corrupt"), ("dir", "is a folder")],
-)  # fmt: skip
+    [
+        (b"", "is empty"),
+        (b"hello, I am text\n", "not a PyTorch file"),
+        (None, "truncated or corrupt"),
+        ("dir", "is a folder"),
+    ],
+)
 def test_both_loaders_explain_bad_files(tmp_path, content, message):
     from attnviz.zoo import load_official_cbam
 

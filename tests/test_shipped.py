@@ -60,8 +60,10 @@ def test_reproduces_the_manifest_accuracy_and_scores(name):
 def test_the_notebooks_figures_are_in_the_manifest():
     scores = {name: shipped.entry(name)["scores"] for name in shipped.names()}
     cbam = scores["resnet10_cbam"]["cbam_maps"]
-    assert len(cbam) == 4 and all(set(r) >= {"pointing_game", "pointing_game_4px", "energy",
-                                             "mask_iou"} for r in cbam.values())  # fmt: skip
+    assert len(cbam) == 4 and all(
+        set(r) >= {"pointing_game", "pointing_game_4px", "energy", "mask_iou"}
+        for r in cbam.values()
+    )
     assert {"translation_corr", "zoom_corr", "rotation_corr"} <= set(scores["stcnn_rts"])
     assert 0 < scores["stcnn_clutter"]["sampled_iou"] <= 1
     assert scores["resnet10_nonlocal"]["on_object_ratio"] > 0
@@ -73,8 +75,11 @@ def test_histories_replay_training():
     assert isinstance(h, History) and len(h.epochs) == 31  # epoch 0 = untrained
     assert h.snapshot("stn").shape == (31, 16, 2, 3) and h.snapshot("predictions").shape == (31, 16)
     up = shipped.history("stcnn_upright")
-    assert isinstance(up, PhasedHistory) and list(up.phases) == ["classifier", "transformer",
-                                                                  "joint"]  # fmt: skip
+    assert isinstance(up, PhasedHistory) and list(up.phases) == [
+        "classifier",
+        "transformer",
+        "joint",
+    ]
     assert h.final.test_acc == pytest.approx(shipped.entry("stcnn_rts")["test_accuracy_float32"])
 
 
@@ -107,8 +112,9 @@ def test_missing_models_and_names_say_what_to_do(tmp_path):
 
 def test_regenerate_writes_what_it_measures(tmp_path, monkeypatch):
     """One short recipe end to end: trained, saved in float16, measured from the file."""
-    quick = dataclasses.replace(shipped.RECIPES["tinycnn_rts"], train=("fit", {"epochs": 1,
-                                                                               "lr": 3e-3}))
+    quick = dataclasses.replace(
+        shipped.RECIPES["tinycnn_rts"], train=("fit", {"epochs": 1, "lr": 3e-3})
+    )
     monkeypatch.setitem(shipped.RECIPES, "tinycnn_rts", quick)
     logs = []
     data = shipped.regenerate(["tinycnn_rts"], out=tmp_path, device="cpu", log=logs.append)
@@ -116,8 +122,10 @@ def test_regenerate_writes_what_it_measures(tmp_path, monkeypatch):
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == data
     v = shipped.verify("tinycnn_rts", folder=tmp_path)
-    assert v.accuracy_matches and v.measured["test_accuracy"] == data["models"]["tinycnn_rts"][
-        "test_accuracy"]  # fmt: skip
+    assert (
+        v.accuracy_matches
+        and v.measured["test_accuracy"] == data["models"]["tinycnn_rts"]["test_accuracy"]
+    )
     assert not list(tmp_path.glob(".*.tmp")), "atomic writes leave no temporary files"
 
 

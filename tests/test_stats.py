@@ -70,8 +70,15 @@ def test_image_folder_streamed_equals_in_memory(folder, se, tmp_path):
     dataset = open_dataset(folder, ToTensor())
     # the same batches both ways: a network's float32 output may differ in its last bits
     # between batch sizes, and 1e-10 compares the reduction, not the convolutions
-    stats = dataset_stats(se, dataset, out=tmp_path / "s.pt", batch_size=8, shard_size=16,
-                          num_workers=2, progress=False)  # fmt: skip
+    stats = dataset_stats(
+        se,
+        dataset,
+        out=tmp_path / "s.pt",
+        batch_size=8,
+        shard_size=16,
+        num_workers=2,
+        progress=False,
+    )
     x, y = _tensors(dataset)
     reference = channel_stats(se, x, y, num_classes=4, class_names=dataset.classes, batch_size=8)
     _same_channel_stats(stats.channel_stats(), reference)
@@ -85,8 +92,9 @@ def test_image_folder_streamed_equals_in_memory(folder, se, tmp_path):
 
 def test_top_k_and_histogram_equal_a_brute_force_pass(folder, se):
     dataset = open_dataset(folder, ToTensor())
-    stats = dataset_stats(se, dataset, batch_size=7, shard_size=10, top_k=5, bins=20,
-                          progress=False)  # fmt: skip
+    stats = dataset_stats(
+        se, dataset, batch_size=7, shard_size=10, top_k=5, bins=20, progress=False
+    )
     x, _ = _tensors(dataset)
     with torch.no_grad(), capture(se, kinds="channel") as rec:
         se(x)
@@ -109,8 +117,9 @@ def test_digits_on_photos_channel_and_spatial_maps(tmp_path):
     cbam = shipped.load("resnet10_cbam")
     test = digits_on_photos("test", n=300, seed=1)
     dataset = TensorDataset(test.images, test.labels)
-    stats = dataset_stats(cbam, dataset, num_classes=10, batch_size=32, shard_size=64,
-                          progress=False)  # fmt: skip
+    stats = dataset_stats(
+        cbam, dataset, num_classes=10, batch_size=32, shard_size=64, progress=False
+    )
     reference = channel_stats(cbam, test.images, test.labels, num_classes=10, batch_size=32)
     _same_channel_stats(stats.channel_stats(), reference)
     maps = spatial_maps(cbam, test.images, batch_size=32)
@@ -141,8 +150,9 @@ def test_tar_shards_give_the_image_folder_result(folder, se, tmp_path):
     shards = open_dataset(tmp_path, ToTensor())
     assert isinstance(shards, TarShards) and len(shards) == 36
     a = dataset_stats(se, shards, num_classes=4, batch_size=8, shard_size=10, progress=False)
-    b = dataset_stats(se, open_dataset(folder, ToTensor()), batch_size=8, shard_size=10,
-                      progress=False)  # fmt: skip
+    b = dataset_stats(
+        se, open_dataset(folder, ToTensor()), batch_size=8, shard_size=10, progress=False
+    )
     for name in a.blocks:
         for key in ("mean", "m2", "top_index", "hist"):
             assert torch.equal(a.blocks[name][key], b.blocks[name][key])
@@ -160,8 +170,9 @@ class _Interrupt(Exception):
 def test_interrupted_and_resumed_equals_uninterrupted(folder, se, tmp_path):
     dataset = open_dataset(folder, ToTensor())
     some = ("layer[23]*",)  # a tuple of patterns: read back from the state file, it must match
-    whole = dataset_stats(se, dataset, out=tmp_path / "a.pt", shard_size=8, progress=False,
-                          blocks=some)  # fmt: skip
+    whole = dataset_stats(
+        se, dataset, out=tmp_path / "a.pt", shard_size=8, progress=False, blocks=some
+    )
     assert list(whole.blocks) == ["layer2.0.attention", "layer3.0.attention"]
 
     def stop(shard):
@@ -169,15 +180,28 @@ def test_interrupted_and_resumed_equals_uninterrupted(folder, se, tmp_path):
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=8, progress=False,
-                      on_shard=stop, blocks=some)  # fmt: skip
+        dataset_stats(
+            se,
+            dataset,
+            out=tmp_path / "b.pt",
+            shard_size=8,
+            progress=False,
+            on_shard=stop,
+            blocks=some,
+        )
     assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.pt.parts").is_dir()
     with pytest.raises(ValueError, match="different run.*delete"):
-        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=5, progress=False,
-                      blocks=some)  # fmt: skip
+        dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=5, progress=False, blocks=some)
     seen = []
-    resumed = dataset_stats(se, dataset, out=tmp_path / "b.pt", shard_size=8, progress=False,
-                            on_shard=seen.append, blocks=some)  # fmt: skip
+    resumed = dataset_stats(
+        se,
+        dataset,
+        out=tmp_path / "b.pt",
+        shard_size=8,
+        progress=False,
+        on_shard=seen.append,
+        blocks=some,
+    )
     assert seen == [3, 4]  # shards 0-2 were done
     for name in whole.blocks:
         for key, value in whole.blocks[name].items():
@@ -186,8 +210,21 @@ def test_interrupted_and_resumed_equals_uninterrupted(folder, se, tmp_path):
 
 
 def _stats_cli(folder, out, *extra):
-    return [sys.executable, "-m", "attnviz.cli", "stats", "--model", "shipped:resnet10_se",
-            "--data", str(folder), "--out", str(out), "--batch-size", "4", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "attnviz.cli",
+        "stats",
+        "--model",
+        "shipped:resnet10_se",
+        "--data",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +242,18 @@ def digits_folder(tmp_path_factory):
 def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(digits_folder, tmp_path):
     folder = digits_folder
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_stats_cli(folder, tmp_path / "a.pt", "--shard-size", "4"), env=env,
-                   check=True, capture_output=True)  # fmt: skip
-    proc = subprocess.Popen(_stats_cli(folder, tmp_path / "b.pt", "--shard-size", "4"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        _stats_cli(folder, tmp_path / "a.pt", "--shard-size", "4"),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        _stats_cli(folder, tmp_path / "b.pt", "--shard-size", "4"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tmp_path / "b.pt.parts" / "rank-0-of-1.pt"
     deadline = time.monotonic() + 120
     while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -216,8 +261,12 @@ def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(digits_folder,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert state.exists() and not (tmp_path / "b.pt").exists(), "killed before it finished"
-    subprocess.run(_stats_cli(folder, tmp_path / "b.pt", "--shard-size", "4"), env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        _stats_cli(folder, tmp_path / "b.pt", "--shard-size", "4"),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     a, b = DatasetStats.load(tmp_path / "a.pt"), DatasetStats.load(tmp_path / "b.pt")
     for name in a.blocks:
         for key, value in a.blocks[name].items():
@@ -228,15 +277,28 @@ def test_killed_at_any_moment_a_rerun_finishes_with_the_same_file(digits_folder,
 def test_two_processes_under_torchrun_equal_one(folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one.pt"
-    subprocess.run(_stats_cli(folder, one, "--shard-size", "5"), env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        _stats_cli(folder, one, "--shard-size", "5"), env=env, check=True, capture_output=True
+    )
     two = tmp_path / "two.pt"
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-         *_stats_cli(folder, two, "--shard-size", "5")[1:]],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            *_stats_cli(folder, two, "--shard-size", "5")[1:],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = DatasetStats.load(one), DatasetStats.load(two)
     assert b.meta["processes"] == 2 and a.meta["processes"] == 1
@@ -266,11 +328,19 @@ def test_memory_stays_flat_over_ten_thousand_images():
     torch.manual_seed(0)
     model = small_resnet(10, attention="cbam", width=8).eval()
     rss = []
+
     def measure(shard):
         rss.append(psutil.Process().memory_info().rss)
 
-    stats = dataset_stats(model, _Synthetic(10_000), num_classes=10, batch_size=100,
-                          shard_size=1000, progress=False, on_shard=measure)  # fmt: skip
+    stats = dataset_stats(
+        model,
+        _Synthetic(10_000),
+        num_classes=10,
+        batch_size=100,
+        shard_size=1000,
+        progress=False,
+        on_shard=measure,
+    )
     assert int(stats.counts.sum()) == 10_000 and len(rss) == 10
     grown = (max(rss[2:]) - rss[2]) / 2**20
     assert grown < 25, f"RSS grew by {grown:.0f} MiB from shard 3 to 10: {rss}"
@@ -278,23 +348,53 @@ def test_memory_stays_flat_over_ten_thousand_images():
 
 def test_bad_input_says_what_to_do(se, tmp_path):
     with pytest.raises(ValueError, match="empty"):
-        dataset_stats(se, TensorDataset(torch.zeros(0, 3, 64, 64), torch.zeros(0)),
-                      num_classes=2)  # fmt: skip
+        dataset_stats(se, TensorDataset(torch.zeros(0, 3, 64, 64), torch.zeros(0)), num_classes=2)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
-        dataset_stats(se, TensorDataset(torch.zeros(4, 3, 64, 64), torch.tensor([0, 1, 5, 1])),
-                      num_classes=2, progress=False)  # fmt: skip
+        dataset_stats(
+            se,
+            TensorDataset(torch.zeros(4, 3, 64, 64), torch.tensor([0, 1, 5, 1])),
+            num_classes=2,
+            progress=False,
+        )
     with pytest.raises(FileNotFoundError, match="not an image folder"):
         open_dataset(tmp_path, ToTensor())
 
 
 def test_plot_and_gallery_from_the_file(folder, se, tmp_path, capsys):
     out = tmp_path / "s.pt"
-    assert cli.main(["stats", "--model", "shipped:resnet10_se", "--data", str(folder), "--out",
-                     str(out), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "stats",
+                "--model",
+                "shipped:resnet10_se",
+                "--data",
+                str(folder),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["plot", str(out), "-o", str(tmp_path / "classwise.png")]) == 0
     assert Image.open(tmp_path / "classwise.png").size[0] > 300
-    assert cli.main(["plot", str(out), "-o", str(tmp_path / "gallery.png"), "--gallery",
-                     "layer3.0.attention", "5", "--data", str(folder)]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "plot",
+                str(out),
+                "-o",
+                str(tmp_path / "gallery.png"),
+                "--gallery",
+                "layer3.0.attention",
+                "5",
+                "--data",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "gallery.png").size[0] > 100
     assert cli.main(["plot", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.png")]) == 2
 
@@ -303,7 +403,19 @@ def test_cli_names_a_wrong_model_or_data(folder, tmp_path, capsys):
     out = str(tmp_path / "s.pt")
     assert cli.main(["stats", "--model", "shipped:nope", "--data", str(folder), "--out", out]) == 2
     assert "the shipped models are" in capsys.readouterr().err
-    assert cli.main(["stats", "--model", "shipped:resnet10_se", "--data", str(tmp_path / "none"),
-                     "--out", out]) == 2  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "stats",
+                "--model",
+                "shipped:resnet10_se",
+                "--data",
+                str(tmp_path / "none"),
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
     assert "not an image folder" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()

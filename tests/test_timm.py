@@ -341,9 +341,28 @@ def test_every_create_attn_name_is_recognised():
     from attnviz.probes.timm import TIMM_LAYERS
 
     names = {
-        "se", "ese", "eca", "ecam", "ceca", "ge", "gc", "gca", "cbam", "lcbam", "coord",
-        "scoord", "ela", "strip", "sk", "splat", "lambda", "bottleneck", "halo", "nl", "bat",
-    }  # fmt: skip
+        "se",
+        "ese",
+        "eca",
+        "ecam",
+        "ceca",
+        "ge",
+        "gc",
+        "gca",
+        "cbam",
+        "lcbam",
+        "coord",
+        "scoord",
+        "ela",
+        "strip",
+        "sk",
+        "splat",
+        "lambda",
+        "bottleneck",
+        "halo",
+        "nl",
+        "bat",
+    }
     assert set(TIMM_LAYERS) == names
     specs = attnviz.list_attention_types("timm.*")
     for name in names:

@@ -93,8 +93,15 @@ def test_callable_train_gets_each_epoch_and_snapshots_theta():
 
     model = _tiny_stcnn()
     probe = _Toy(8, seed=99).images
-    h = fit(model, data, epochs=3, batch_size=64, progress=False, device="cpu",
-            snapshot=snapshot_attention(probe, "theta"))  # fmt: skip
+    h = fit(
+        model,
+        data,
+        epochs=3,
+        batch_size=64,
+        progress=False,
+        device="cpu",
+        snapshot=snapshot_attention(probe, "theta"),
+    )
     assert seen == [0, 1, 2]
     theta = h.snapshot("stn")
     assert theta.shape == (4, 8, 2, 3)
@@ -108,8 +115,17 @@ def test_callable_train_gets_each_epoch_and_snapshots_theta():
 def test_checkpoint_round_trip(tmp_path):
     model = _tiny_stcnn()
     probe = _Toy(4).images
-    h = fit(model, _Toy(), _Toy(seed=1), epochs=1, batch_size=64, progress=False, device="cpu",
-            checkpoint=tmp_path / "ck.pt", snapshot=snapshot_attention(probe, "theta"))  # fmt: skip
+    h = fit(
+        model,
+        _Toy(),
+        _Toy(seed=1),
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        device="cpu",
+        checkpoint=tmp_path / "ck.pt",
+        snapshot=snapshot_attention(probe, "theta"),
+    )
     fresh = _tiny_stcnn()
     state = load_checkpoint(tmp_path / "ck.pt", fresh)
     x = _Toy(8, seed=5).images
@@ -294,7 +310,15 @@ def test_fit_adds_the_auxiliary_losses_modules_set():
     b = model.fc.bias.detach().clone().requires_grad_()
     loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + 10.0 * w.pow(2).sum()
     gw, gb = torch.autograd.grad(loss, (w, b))
-    fit(model, torch.utils.data.TensorDataset(x, y), epochs=1, batch_size=64, lr=0.1,
-        optimizer="sgd", schedule=None, progress=False)  # fmt: skip
+    fit(
+        model,
+        torch.utils.data.TensorDataset(x, y),
+        epochs=1,
+        batch_size=64,
+        lr=0.1,
+        optimizer="sgd",
+        schedule=None,
+        progress=False,
+    )
     torch.testing.assert_close(model.fc.weight.detach(), w.detach() - 0.1 * gw)
     torch.testing.assert_close(model.fc.bias.detach(), b.detach() - 0.1 * gb)

@@ -59,11 +59,13 @@ def test_the_composed_theta_is_the_window_times_the_rotation():
     torch.testing.assert_close(r.angle, torch.full((8,), 0.7), atol=1e-6, rtol=0)
     assert not torch.allclose(w, IDENTITY.expand(8, 2, 3), atol=1e-3)  # the window moved
     # every piece is what the module used: the crop the angle head read, the output
-    crop = F.grid_sample(x, F.affine_grid(w, [8, 1, 28, 28], align_corners=False),
-                         align_corners=False)  # fmt: skip
+    crop = F.grid_sample(
+        x, F.affine_grid(w, [8, 1, 28, 28], align_corners=False), align_corners=False
+    )
     torch.testing.assert_close(r.crop, crop, atol=1e-6, rtol=0)
-    out = F.grid_sample(x, F.affine_grid(r.theta, [8, 1, 28, 28], align_corners=False),
-                        align_corners=False)  # fmt: skip
+    out = F.grid_sample(
+        x, F.affine_grid(r.theta, [8, 1, 28, 28], align_corners=False), align_corners=False
+    )
     torch.testing.assert_close(r.output, out, atol=1e-6, rtol=0)
     assert {c.what for c in rec.checks} >= {
         "theta == [window's A @ rotation | window's t]",
@@ -108,8 +110,7 @@ def test_fit_upright_freezes_the_classifier_while_the_transformer_learns():
     stn_before = model.stn.angle.regress[0].weight.clone()
     small = distorted_mnist("RTS", "train", seed=3)
     small.images, small.labels = small.images[:128], small.labels[:128]
-    h = fit_upright(model, small, None, pre_epochs=0, stn_epochs=1, joint_epochs=0,
-                    progress=False)  # fmt: skip
+    h = fit_upright(model, small, None, pre_epochs=0, stn_epochs=1, joint_epochs=0, progress=False)
     assert list(h.phases) == ["transformer"] and h.train_seconds > 0
     for k, v in model.cnn.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -38,17 +38,46 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "-q", "-w", str(tmp / "dist"), str(REPO)], tmp)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(REPO),
+        ],
+        tmp,
+    )
     (wheel,) = (tmp / "dist").glob("attnviz-*.whl")
     env = tmp / "venv"
     venv.create(env, with_pip=False)
     py = env / "bin" / "python"
-    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     tmp).stdout.strip())  # fmt: skip
+    site = Path(
+        _run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp
+        ).stdout.strip()
+    )
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps",
-          "--no-index", "-q", str(wheel)], tmp)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        tmp,
+    )
     return env
 
 
@@ -71,13 +100,26 @@ def test_the_wheel_ships_photos_models_notebooks_and_type_information(installed,
     assert got["notebooks"] == sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
     assert got["typed"]
     assert Path(got["models"]).is_relative_to(installed)  # the trained models ship in the wheel
-    assert got["shipped"] == sorted(json.loads((REPO / "assets/models/manifest.json").read_text())[
-        "models"]) and got["loaded"] == "SmallResNet"  # fmt: skip
+    assert (
+        got["shipped"]
+        == sorted(json.loads((REPO / "assets/models/manifest.json").read_text())["models"])
+        and got["loaded"] == "SmallResNet"
+    )
 
 
 def test_attnviz_demo_runs_a_shipped_notebook(installed, tmp_path):
-    out = _run([str(installed / "bin" / "attnviz"), "demo", "--only", "02", "--out",
-                str(tmp_path / "demo")], tmp_path, timeout=900)  # fmt: skip
+    out = _run(
+        [
+            str(installed / "bin" / "attnviz"),
+            "demo",
+            "--only",
+            "02",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        tmp_path,
+        timeout=900,
+    )
     assert "02_squeeze_excitation.ipynb (quick) ..." in out.stdout and "ok in" in out.stdout
     index = (tmp_path / "demo" / "index.html").read_text()
     assert (
@@ -88,6 +130,11 @@ def test_attnviz_demo_runs_a_shipped_notebook(installed, tmp_path):
 
 
 def test_demo_names_an_unknown_notebook(installed, tmp_path):
-    out = subprocess.run([str(installed / "bin" / "attnviz"), "demo", "--only", "99"],
-                         cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        [str(installed / "bin" / "attnviz"), "demo", "--only", "99"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 2 and "--only ['99']: no such notebook" in out.stderr

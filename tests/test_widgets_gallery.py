@@ -17,8 +17,9 @@ def setup(tmp_path_factory):
     test = digits_on_photos("test", n=120, seed=2)
     data = TensorDataset(test.images, test.labels)
     path = tmp_path_factory.mktemp("stats") / "se.pt"
-    dataset_stats(shipped.load("resnet10_se"), data, out=path, num_classes=10, top_k=6,
-                  progress=False)  # fmt: skip
+    dataset_stats(
+        shipped.load("resnet10_se"), data, out=path, num_classes=10, top_k=6, progress=False
+    )
     return path, data
 
 

@@ -136,9 +136,12 @@ def test_overview_grid_is_blocks_by_images(model, images, app):
         for c, i in enumerate(spec["indices"]):
             torch.testing.assert_close(spec["maps"][r][c], rec[block].map[i], atol=1e-6, rtol=0)
     expected = render.overlay_grid(
-        images[1:4], spec["maps"], spec["row_labels"], spec["col_labels"],
+        images[1:4],
+        spec["maps"],
+        spec["row_labels"],
+        spec["col_labels"],
         scale=app._grid_scale,
-    )  # fmt: skip
+    )
     shown = _decode(app._grid_png.value)
     np.testing.assert_array_equal(shown, np.asarray(expected))
     h = 4 + len(BLOCKS) * (SIZE * app._grid_scale + 4)

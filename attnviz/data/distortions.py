@@ -25,8 +25,14 @@ __all__ = ["DISTORTIONS", "DigitSample", "DistortedDigits", "distort", "distorte
 
 #: distortion -> default canvas size (pixels), after the STN paper
 DISTORTIONS = {
-    "none": 28, "upright": 28, "R": 28, "RTS": 42, "P": 28, "E": 28, "cluttered": 60,
-}  # fmt: skip
+    "none": 28,
+    "upright": 28,
+    "R": 28,
+    "RTS": 42,
+    "P": 28,
+    "E": 28,
+    "cluttered": 60,
+}
 
 
 class DigitSample(NamedTuple):
@@ -180,9 +186,15 @@ def distort(
     gen = torch.Generator().manual_seed(seed)
     flow = None
     if kind == "none":
-        transforms = canvas_to_digit(similarity(torch.zeros(n), torch.ones(n),
-                                                  torch.full((n,), size / 2),
-                                                  torch.full((n,), size / 2)), size)  # fmt: skip
+        transforms = canvas_to_digit(
+            similarity(
+                torch.zeros(n),
+                torch.ones(n),
+                torch.full((n,), size / 2),
+                torch.full((n,), size / 2),
+            ),
+            size,
+        )
     elif kind == "upright":
         transforms = _rts(gen, n, size, math.pi / 36, (0.9, 1.1))
     elif kind == "R":

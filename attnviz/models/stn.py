@@ -45,10 +45,16 @@ class SmallCNN(nn.Module):
         check_positive_int(pool, "pool")
         w = width
         self.features = nn.Sequential(
-            *conv_bn(in_channels, w), *conv_bn(w, w), nn.MaxPool2d(2),
-            *conv_bn(w, 2 * w), *conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            *conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
-        )  # fmt: skip
+            *conv_bn(in_channels, w),
+            *conv_bn(w, w),
+            nn.MaxPool2d(2),
+            *conv_bn(w, 2 * w),
+            *conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *conv_bn(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(pool),
+            nn.Flatten(),
+        )
         self.classifier = nn.Linear(4 * w * pool * pool, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +87,14 @@ class TinyCNN(nn.Module):
                 f"pools), got {h} x {w}: use SmallCNN for smaller inputs"
             )
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 10, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv2d(in_channels, 10, 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(10, 20, 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         with torch.no_grad():
             n = self.features(torch.zeros(1, in_channels, h, w)).shape[1]
         self.classifier = nn.Sequential(nn.Linear(n, 50), nn.ReLU(), nn.Linear(50, num_classes))
@@ -105,8 +116,11 @@ def stn_localization(
     returns the fully convolutional part only (32 channels at 1/4 of the input's size),
     for a :class:`~attnviz.modules.stn.HeatmapHead`.
     """
-    convs = [nn.Conv2d(in_channels, 16, 5, padding=2), nn.Conv2d(16, 32, 5, padding=2),
-             nn.Conv2d(32, 32, 3, padding=1)]  # fmt: skip
+    convs = [
+        nn.Conv2d(in_channels, 16, 5, padding=2),
+        nn.Conv2d(16, 32, 5, padding=2),
+        nn.Conv2d(32, 32, 3, padding=1),
+    ]
     layers: list[nn.Module] = []
     for i, conv in enumerate(convs):  # the fully convolutional part keeps 1/4 resolution
         pool = [nn.MaxPool2d(2)] if features is not None or i < 2 else []
@@ -125,10 +139,15 @@ def light_localization(in_channels: int = 1) -> nn.Sequential:
     multiply-adds of :func:`stn_localization`'s, for the two-stage transformer, whose
     first stage only has to find and size the object."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, 8, 5, padding=2),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+    )
 
 
 class STCNN(nn.Module):
@@ -178,10 +197,15 @@ class STCNN(nn.Module):
         if head == "two-stage":
             out = tuple(output_size or (28, 28))
             self.stn = TwoStageTransformer(
-                light_localization(in_channels), 32, in_channels, window_size=out,
-                output_size=out, init_scale=init_scale, padding_value=padding_value,
+                light_localization(in_channels),
+                32,
+                in_channels,
+                window_size=out,
+                output_size=out,
+                init_scale=init_scale,
+                padding_value=padding_value,
                 consistency=consistency,
-            )  # fmt: skip
+            )
         elif head == "linear":
             if init_scale != 1.0:
                 raise ValueError("init_scale needs head='heatmap' (the linear head starts at 1)")
@@ -290,10 +314,14 @@ class TutorialSTN(nn.Module):
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.conv2_drop = nn.Dropout2d()
         loc = nn.Sequential(
-            nn.Conv2d(1, 8, kernel_size=7), nn.MaxPool2d(2, stride=2), nn.ReLU(True),
-            nn.Conv2d(8, 10, kernel_size=5), nn.MaxPool2d(2, stride=2), nn.ReLU(True),
+            nn.Conv2d(1, 8, kernel_size=7),
+            nn.MaxPool2d(2, stride=2),
+            nn.ReLU(True),
+            nn.Conv2d(8, 10, kernel_size=5),
+            nn.MaxPool2d(2, stride=2),
+            nn.ReLU(True),
             nn.Flatten(),
-        )  # fmt: skip
+        )
         with torch.no_grad():
             n_loc = loc(torch.zeros(1, 1, *image_size)).shape[1]
             h = ((image_size[0] - 4) // 2 - 4) // 2

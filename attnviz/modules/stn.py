@@ -388,9 +388,14 @@ class AngleHead(nn.Module):
         if min(h, w) < 16:
             raise ValueError(f"the angle head needs a crop of at least 16 x 16, got {h} x {w}")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(8, 16, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv2d(in_channels, 8, 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         with torch.no_grad():
             n = self.features(torch.zeros(1, in_channels, h, w)).shape[1]
         self.regress = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, 2))

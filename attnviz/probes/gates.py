@@ -415,11 +415,12 @@ class SeparableContextProbe(Probe):
             (
                 m
                 for m in root.modules()
-                if hasattr(m, "patch_size") and hasattr(m, "transformer")
+                if hasattr(m, "patch_size")
+                and hasattr(m, "transformer")
                 and any(c is self.module for c in m.modules())
             ),
             None,
-        )  # fmt: skip
+        )
         if block is None:
             return []
 

@@ -214,8 +214,9 @@ class Tracker(TorchFunctionMode):
             pure = bool(same) and t is same[0] and hits[0][1][2]
             frame.tainted[id(t)] = (t, hits[0][1][1] if pure else None, pure)
 
-    def _product(self, frame: Frame, left: torch.Tensor, right: torch.Tensor,
-                 out: torch.Tensor, hits: list) -> None:  # fmt: skip
+    def _product(
+        self, frame: Frame, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor, hits: list
+    ) -> None:
         if len(hits) > 1 or left.dim() < 2 or right.dim() < 2:
             frame.problems.append("a softmax result multiplied by another one")
             return
@@ -236,8 +237,9 @@ class Tracker(TorchFunctionMode):
                 )
             )
 
-    def _einsum(self, frame: Frame, eq: str | None, ins: list[torch.Tensor],
-                out: torch.Tensor, hits: list) -> bool:  # fmt: skip
+    def _einsum(
+        self, frame: Frame, eq: str | None, ins: list[torch.Tensor], out: torch.Tensor, hits: list
+    ) -> bool:
         """An einsum over a softmax result: a matrix product with values (a kernel call,
         True), one that keeps the matrix whole (mixing heads, say: followed on, False), or
         one that is neither (a problem, True)."""
@@ -301,8 +303,10 @@ class KernelProbe(Probe):
                 self.record_type = record_type
             else:
                 b = batch if batch and lead % batch == 0 else lead
-                fields = {"matrix": a.reshape(b, lead // b, q, k),
-                          "values": v.reshape(b, lead // b, k, v.shape[-1])}  # fmt: skip
+                fields = {
+                    "matrix": a.reshape(b, lead // b, q, k),
+                    "values": v.reshape(b, lead // b, k, v.shape[-1]),
+                }
                 meta = {"tokens_unplaced": True}
                 self.record_type = SelfAttentionRecord
         meta["kernel"] = call.how
@@ -324,8 +328,9 @@ class KernelProbe(Probe):
             em.check("rows sum to 1", lambda: sums_to_one(sampled(), -1))
         return em
 
-    def _factors(self, call: KernelCall, v: torch.Tensor, placed: Any, batch: int | None,
-                 lead: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
+    def _factors(
+        self, call: KernelCall, v: torch.Tensor, placed: Any, batch: int | None, lead: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Record fields of a fused kernel kept as its factors (a global or unplaced
         kernel; windows keep their small matrices)."""
         f = cast(dict, call.factors)
@@ -337,9 +342,16 @@ class KernelProbe(Probe):
             h = lead // b
             meta = {"tokens_unplaced": True}
         fields, kept = factored_fields(
-            f["q"], f["k"], v, f["mask"], scale=f["scale"], causal=f["causal"], how=call.how,
-            images=b, heads=h,
-        )  # fmt: skip
+            f["q"],
+            f["k"],
+            v,
+            f["mask"],
+            scale=f["scale"],
+            causal=f["causal"],
+            how=call.how,
+            images=b,
+            heads=h,
+        )
         self.record_type = FactoredAttentionRecord
         return fields, {**meta, **kept}
 

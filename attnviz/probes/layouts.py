@@ -103,7 +103,6 @@ class Placement:
     source: str = ""
     heads_first: bool = False  # lead flattened as (images, heads, groups): NesT
 
-
     def meta(self, queries: int) -> dict[str, Any]:
         """A global group's record metadata: layout, named tokens, grids (``queries``
         tokens that are neither named nor on a grid are unplaced)."""
@@ -131,8 +130,13 @@ class Placement:
             shape = (self.images, self.groups, self.heads)
             w = a.reshape(*shape, q, k)
             vv = v.reshape(*shape, k, v.shape[-1])
-        meta = {"layout": self.source, "query_size": self.query_size, "key_size": self.key_size,
-                "query_pos": self.query_pos, "key_pos": self.key_pos}  # fmt: skip
+        meta = {
+            "layout": self.source,
+            "query_size": self.query_size,
+            "key_size": self.key_size,
+            "query_pos": self.query_pos,
+            "key_pos": self.key_pos,
+        }
         return {"windows": w, "values": vv}, meta, WindowAttentionRecord
 
 
@@ -299,9 +303,18 @@ def _pair(v: Any) -> tuple[int, int]:
     return int(v), int(v)
 
 
-def _windows(scene: Scene, lead: tuple[int, ...], q: int, size: tuple[int, int],
-             window: tuple[int, int], shift: tuple[int, int], pad_first: bool,
-             source: str, *, heads_first: bool = False) -> Placement | None:  # fmt: skip
+def _windows(
+    scene: Scene,
+    lead: tuple[int, ...],
+    q: int,
+    size: tuple[int, int],
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    pad_first: bool,
+    source: str,
+    *,
+    heads_first: bool = False,
+) -> Placement | None:
     """Windows of a map, row-major, each row-major inside: lead (images x windows, heads),
     (images, windows, heads) or, ``heads_first``, (images, heads, windows)."""
     b = scene.images
@@ -537,5 +550,6 @@ def _nest(scene: Scene, lead: tuple[int, ...], q: int, k: int) -> Placement | No
     if side * side != t:
         return None
     size = (side * bs, side * bs)
-    return _windows(scene, lead, q, size, (bs, bs), (0, 0), True, f"blocks ({bs}, {bs})",
-                    heads_first=True)  # fmt: skip
+    return _windows(
+        scene, lead, q, size, (bs, bs), (0, 0), True, f"blocks ({bs}, {bs})", heads_first=True
+    )

@@ -110,26 +110,34 @@ def register_timm(register: Callable, refuse: Callable) -> None:
     register(_L + "squeeze_excite.SEModule", chan, "gate", note="timm `se` (SE-ResNet, RegNet)")
     register(_L + "squeeze_excite.EffectiveSEModule", chan, "gate", note="timm `ese` (VoVNet)")
     register(
-        "timm.models._efficientnet_blocks.SqueezeExcite", chan, "gate",
+        "timm.models._efficientnet_blocks.SqueezeExcite",
+        chan,
+        "gate",
         note="timm EfficientNet / MobileNetV3 SE",
-    )  # fmt: skip
+    )
     register("timm.models.senet.SEModule", chan, "sigmoid", note="timm legacy SENet")
     register(_L + "eca.EcaModule", chan, "gate", note="timm `eca`, `ecam` (ECA-Net)")
     register(_L + "eca.CecaModule", chan, "gate", note="timm `ceca` (circular ECA)")
     register(
-        _L + "gather_excite.GatherExcite", "channel", probe=_gather_excite,
+        _L + "gather_excite.GatherExcite",
+        "channel",
+        probe=_gather_excite,
         note="timm `ge`: channel at extent 0, elementwise (B x C x H x W) otherwise",
-    )  # fmt: skip
+    )
     register(
-        _L + "global_context.GlobalContext", "context", probe=ContextProbe,
+        _L + "global_context.GlobalContext",
+        "context",
+        probe=ContextProbe,
         note="timm `gc`, `gca` (GCNet): softmax pooling map, then scale and/or shift",
-    )  # fmt: skip
+    )
     register(_L + "cbam.ChannelAttn", chan, "gate", note="timm `cbam`, channel part")
     register(_L + "cbam.SpatialAttn", "spatial", "gate", note="timm `cbam`, spatial part")
     register(
-        _L + "cbam.LightChannelAttn", chan, function="sigmoid",
+        _L + "cbam.LightChannelAttn",
+        chan,
+        function="sigmoid",
         note="timm `lcbam`, channel part (functional sigmoid)",
-    )  # fmt: skip
+    )
     register(_L + "cbam.LightSpatialAttn", "spatial", "gate", note="timm `lcbam`, spatial part")
     for cls, kind, what in (
         ("CoordAttn", "axial", "`coord` (coordinate attention)"),
@@ -138,40 +146,58 @@ def register_timm(register: Callable, refuse: Callable) -> None:
         ("StripAttn", "elementwise", "`strip`"),
     ):
         register(
-            _L + f"coord_attn.{cls}", kind, probe=_gate(kind, residual="has_skip"),
+            _L + f"coord_attn.{cls}",
+            kind,
+            probe=_gate(kind, residual="has_skip"),
             note=f"timm {what}",
-        )  # fmt: skip
+        )
     register(
-        _L + "selective_kernel.SelectiveKernel", "branch", probe=SelectiveKernelProbe,
+        _L + "selective_kernel.SelectiveKernel",
+        "branch",
+        probe=SelectiveKernelProbe,
         note="timm `sk` (SKNet)",
-    )  # fmt: skip
+    )
     register(
-        _L + "split_attn.SplitAttn", "branch", probe=SplitAttentionProbe,
+        _L + "split_attn.SplitAttn",
+        "branch",
+        probe=SplitAttentionProbe,
         note="timm `splat` (ResNeSt)",
-    )  # fmt: skip
+    )
     register(_L + "non_local_attn.NonLocalAttn", "self", function="softmax", note="timm `nl`")
     register(
-        _L + "non_local_attn.BilinearAttnTransform", "self", probe=BilinearAttentionProbe,
+        _L + "non_local_attn.BilinearAttnTransform",
+        "self",
+        probe=BilinearAttentionProbe,
         note="timm `bat` (BAT): separable row/column attention",
-    )  # fmt: skip
+    )
     register(
-        _L + "bottleneck_attn.BottleneckAttn", "self", function="softmax",
+        _L + "bottleneck_attn.BottleneckAttn",
+        "self",
+        function="softmax",
         note="timm `bottleneck` (BoTNet): multi-head",
-    )  # fmt: skip
+    )
     register(
-        _L + "halo_attn.HaloAttn", "self", probe=LocalAttentionProbe,
+        _L + "halo_attn.HaloAttn",
+        "self",
+        probe=LocalAttentionProbe,
         note="timm `halo` (HaloNet): multi-head, local windows",
-    )  # fmt: skip
+    )
     refuse(_L + "lambda_layer.LambdaLayer", LAMBDA_REASON, note="timm `lambda`")
     register(
-        "timm.models.mobilevit.LinearSelfAttention", "context", probe=SeparableContextProbe,
+        "timm.models.mobilevit.LinearSelfAttention",
+        "context",
+        probe=SeparableContextProbe,
         note="MobileViT-v2 separable self-attention: context scores over patches per offset",
-    )  # fmt: skip
+    )
     register(
-        _L + "attention.Attention", "self", probe=TokenAttentionProbe,
+        _L + "attention.Attention",
+        "self",
+        probe=TokenAttentionProbe,
         note="timm ViT / DeiT / DINO / DINOv2 (fused or plain): multi-head, named tokens",
-    )  # fmt: skip
+    )
     register(
-        "timm.models.vision_transformer.Attention", "self", probe=TokenAttentionProbe,
+        "timm.models.vision_transformer.Attention",
+        "self",
+        probe=TokenAttentionProbe,
         note="the same class, where older timm releases defined it",
-    )  # fmt: skip
+    )

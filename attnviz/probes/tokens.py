@@ -166,8 +166,11 @@ def _hugging_face_layout(model: nn.Module) -> TokenLayout | None:
         elif label not in prefix:
             prefix.append(label)
     name = type(model).__name__
-    return TokenLayout(tuple(prefix), _pair(patch), f"{name} (config.patch_size, "
-                       f"{type(embeddings).__name__}'s tokens)")  # fmt: skip
+    return TokenLayout(
+        tuple(prefix),
+        _pair(patch),
+        f"{name} (config.patch_size, {type(embeddings).__name__}'s tokens)",
+    )
 
 
 class _TokenMixin:
@@ -332,8 +335,11 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
             meta = self.token_meta(q)
         else:
             keys = self.token_meta(k)
-            meta = {"key_size": keys["key_size"]} if "key_size" in keys and not keys.get(
-                "prefix") else {}  # fmt: skip
+            meta = (
+                {"key_size": keys["key_size"]}
+                if "key_size" in keys and not keys.get("prefix")
+                else {}
+            )
         meta["kernel"] = "nn.MultiheadAttention, asked for its per-head weights"
         meta["kernel_shape"] = tuple(int(s) for s in a.shape)
         em = Emission(fields={"matrix": a}, meta=meta)
@@ -349,13 +355,14 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         em.check("rows sum to 1", lambda: sums_to_one(a[:, :, rows], -1))
         return em
 
-
     def _factored(self, args: tuple, kwargs: dict, out: torch.Tensor) -> Emission:
         """q, k and v from the module's own input projection, kept as factors; checked:
         ``out_proj(rows @ v)`` equals the module's output on sampled rows."""
         m = self._mha
-        given = [args[i] if len(args) > i else kwargs.get(n)
-                 for i, n in enumerate(("query", "key", "value"))]  # fmt: skip
+        given = [
+            args[i] if len(args) > i else kwargs.get(n)
+            for i, n in enumerate(("query", "key", "value"))
+        ]
         inputs = [t for t in given if isinstance(t, torch.Tensor)]
         if len(inputs) != 3:
             return self.missing()
@@ -370,18 +377,20 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
             weights = cast(tuple, (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight))
         biases = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.split(e)
         q, k, v = (
-            nn.functional.linear(t, w, bias).reshape(t.shape[0], t.shape[1], heads, -1)
+            nn.functional.linear(t, w, bias)
+            .reshape(t.shape[0], t.shape[1], heads, -1)
             .transpose(1, 2)
             for t, w, bias in zip(inputs, weights, biases)
-        )  # fmt: skip
+        )
         n, keys = q.shape[2], k.shape[2]
         meta = self.token_meta(n) if n == keys else {}
         if n != keys:
             grid = self.token_meta(keys)
             if "key_size" in grid and not grid.get("prefix"):
                 meta["key_size"] = grid["key_size"]
-        fields, kept = factored_fields(q, k, v, None, scale=None, causal=False,
-                                       how="nn.MultiheadAttention, kept as factors")  # fmt: skip
+        fields, kept = factored_fields(
+            q, k, v, None, scale=None, causal=False, how="nn.MultiheadAttention, kept as factors"
+        )
         self.record_type = FactoredAttentionRecord
         em = Emission(fields=fields, meta={**meta, **kept})
         rows, imgs = list(range(n))[spots(n, 16)], slice(0, 2)
@@ -435,8 +444,9 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
         meta = self.token_meta(n)
         if self.factored:  # the kernel's factors; rows computed when asked
             self.record_type = FactoredAttentionRecord
-            fields, kept = factored_fields(q, k, v, mask, scale=scale, causal=causal,
-                                           how="scaled_dot_product_attention")  # fmt: skip
+            fields, kept = factored_fields(
+                q, k, v, mask, scale=scale, causal=causal, how="scaled_dot_product_attention"
+            )
             em = Emission(fields=fields, meta={**meta, **kept})
 
             def chosen() -> torch.Tensor:
@@ -486,8 +496,7 @@ def factored_fields(
         return t.reshape(b, h, *t.shape[-2:])
 
     fields = {"q": lay(q), "k": lay(k), "values": lay(v)}
-    meta: dict[str, Any] = {"scale": scale, "causal": causal, "kernel": how,
-                            "kernel_shape": shape}  # fmt: skip
+    meta: dict[str, Any] = {"scale": scale, "causal": causal, "kernel": how, "kernel_shape": shape}
     if mask is not None:
         m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
         if len(shape) == 4 and shape[:2] == (b, h) and m.dim() == 4:

@@ -271,10 +271,12 @@ def overlay_grid(
         vmin = float(min(a.min() for a in arrays)) if vmin is None else vmin
         vmax = float(max(a.max() for a in arrays)) if vmax is None else vmax
     cells = [
-        [overlay(tiles[c], m, alpha=alpha, cmap=cmap, normalize=normalize, vmin=vmin, vmax=vmax)
-         for c, m in enumerate(row)]
+        [
+            overlay(tiles[c], m, alpha=alpha, cmap=cmap, normalize=normalize, vmin=vmin, vmax=vmax)
+            for c, m in enumerate(row)
+        ]
         for row in grid
-    ]  # fmt: skip
+    ]
     return _draw_grid(cells, row_labels, col_labels, captions, pad)
 
 

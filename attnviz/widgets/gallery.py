@@ -35,9 +35,13 @@ class ChannelGallery(App):
     """
 
     def __init__(
-        self, stats: DatasetStats | str | os.PathLike, dataset: Any, *, side: int = 72,
+        self,
+        stats: DatasetStats | str | os.PathLike,
+        dataset: Any,
+        *,
+        side: int = 72,
         k: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.stats = stats if isinstance(stats, DatasetStats) else DatasetStats.load(stats)
         blocks = self.stats.channel_blocks
         if not blocks:
@@ -53,21 +57,28 @@ class ChannelGallery(App):
         self.k = min(k or 10**9, len(self.stats.blocks[blocks[0]]["top_index"]))
         self.log = widgets.Output()
         self._block = widgets.Dropdown(options=blocks, value=blocks[-1], description="block")
-        self._channel = widgets.IntSlider(0, 0, self._channels() - 1, description="channel",
-                                          continuous_update=False)  # fmt: skip
+        self._channel = widgets.IntSlider(
+            0, 0, self._channels() - 1, description="channel", continuous_update=False
+        )
         self._top_png = widgets.Image(format="png")
         self._bottom_png = widgets.Image(format="png")
         self._means_png = widgets.Image(format="png")
         self._info = widgets.HTML()
         self._block.observe(self._guard(lambda _: self._new_block()), "value")
         self._channel.observe(self._guard(lambda _: self._redraw()), "value")
-        self.root = widgets.VBox([
-            widgets.HBox([self._block, self._channel]),
-            widgets.HTML("<b>highest weight</b>"), self._top_png,
-            widgets.HTML("<b>lowest weight</b>"), self._bottom_png,
-            widgets.HTML("<b>mean weight per class</b>"), self._means_png,
-            self._info, self.log,
-        ])  # fmt: skip
+        self.root = widgets.VBox(
+            [
+                widgets.HBox([self._block, self._channel]),
+                widgets.HTML("<b>highest weight</b>"),
+                self._top_png,
+                widgets.HTML("<b>lowest weight</b>"),
+                self._bottom_png,
+                widgets.HTML("<b>mean weight per class</b>"),
+                self._means_png,
+                self._info,
+                self.log,
+            ]
+        )
         self.root.add_class("attnviz-channel-gallery")
         self._channel.add_class("attnviz-gallery-channel")
         self._top_png.add_class("attnviz-gallery-top")
@@ -108,9 +119,14 @@ class ChannelGallery(App):
         top_values, top = self.stats.top(self.block, self.channel)
         low_values, low = self.stats.top(self.block, self.channel, lowest=True)
         k = self.k
-        return {"block": self.block, "channel": self.channel,
-                "top": top[:k].tolist(), "top_weights": top_values[:k].tolist(),
-                "bottom": low[:k].tolist(), "bottom_weights": low_values[:k].tolist()}  # fmt: skip
+        return {
+            "block": self.block,
+            "channel": self.channel,
+            "top": top[:k].tolist(),
+            "top_weights": top_values[:k].tolist(),
+            "bottom": low[:k].tolist(),
+            "bottom_weights": low_values[:k].tolist(),
+        }
 
     def _redraw(self) -> None:
         now = self.current()

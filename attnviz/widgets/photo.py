@@ -73,15 +73,16 @@ class ModelPicker:
         self.pre: Pretrained | None = None
         self.status = ""
         self._callbacks: list[Callable[[Pretrained], None]] = []
-        self._family = widgets.Dropdown(options=list(self.families), value=family,
-                                        description="family")  # fmt: skip
-        self._model = widgets.Dropdown(options=self.families[family].models,
-                                       description="model")  # fmt: skip
+        self._family = widgets.Dropdown(
+            options=list(self.families), value=family, description="family"
+        )
+        self._model = widgets.Dropdown(options=self.families[family].models, description="model")
         self._model.layout.width = "28em"
         if model is not None:
             if model not in self.families[family].models:
-                raise ValueError(f"{model!r} is not a model of {family}: "
-                                 f"{list(self.families[family].models)}")  # fmt: skip
+                raise ValueError(
+                    f"{model!r} is not a model of {family}: {list(self.families[family].models)}"
+                )
             self._model.value = model
         self._about = widgets.HTML()
         self.root = widgets.VBox([widgets.HBox([self._family, self._model]), self._about])
@@ -138,10 +139,14 @@ class ModelPicker:
             self._about.value = self.status
             return
         fam = self.families[self.family]
-        self.status = "" if pre.pretrained else _RANDOM.format(
-            name=html.escape(name), why=html.escape((why or "weights=None")[:300]))  # fmt: skip
-        self._about.value = (f"<i>{html.escape(fam.attention)}</i>; shown: "
-                             f"{html.escape(fam.shows)}")  # fmt: skip
+        self.status = (
+            ""
+            if pre.pretrained
+            else _RANDOM.format(
+                name=html.escape(name), why=html.escape((why or "weights=None")[:300])
+            )
+        )
+        self._about.value = f"<i>{html.escape(fam.attention)}</i>; shown: {html.escape(fam.shows)}"
         self.pre = pre
         for callback in self._callbacks:
             callback(pre)
@@ -165,9 +170,13 @@ class PhotoExplainer(App):
     """
 
     def __init__(
-        self, pre: Pretrained | ModelPicker, *, picker: PhotoPicker | None = None,
-        display_side: int = 320, alpha: float = 0.5,
-    ) -> None:  # fmt: skip
+        self,
+        pre: Pretrained | ModelPicker,
+        *,
+        picker: PhotoPicker | None = None,
+        display_side: int = 320,
+        alpha: float = 0.5,
+    ) -> None:
         self.models = pre if isinstance(pre, ModelPicker) else None
         if self.models is not None and self.models.pre is None:
             raise ValueError(f"the model picker holds no model: {self.models.status}")
@@ -185,11 +194,17 @@ class PhotoExplainer(App):
         self._info = widgets.HTML()
         self.log = widgets.Output()
         top = [self.models.root] if self.models is not None else []
-        self.root = widgets.VBox([
-            *top, self._banner, self.picker.root,
-            widgets.HBox([self._target, self._block, self._head]),
-            widgets.HBox([self._cam_png, self._se_png]), self._info, self.log,
-        ])  # fmt: skip
+        self.root = widgets.VBox(
+            [
+                *top,
+                self._banner,
+                self.picker.root,
+                widgets.HBox([self._target, self._block, self._head]),
+                widgets.HBox([self._cam_png, self._se_png]),
+                self._info,
+                self.log,
+            ]
+        )
         self.root.add_class("attnviz-photo-explainer")
         self._cam_png.add_class("attnviz-photo-cam")
         self._se_png.add_class("attnviz-photo-attention")
@@ -208,8 +223,11 @@ class PhotoExplainer(App):
         if self.models is not None:
             self._banner.value = self.models.status
         else:
-            self._banner.value = "" if self.pre.pretrained else _RANDOM.format(
-                name=html.escape(self.pre.name), why="none given")  # fmt: skip
+            self._banner.value = (
+                ""
+                if self.pre.pretrained
+                else _RANDOM.format(name=html.escape(self.pre.name), why="none given")
+            )
 
     def _on_model(self, pre: Pretrained) -> None:
         self.pre = pre
@@ -239,8 +257,10 @@ class PhotoExplainer(App):
                 f"{html.escape(n)} {p:.1%}" for n, p in self.top5
             )
         else:
-            self._info.value = (f"{html.escape(self.pre.name)} has no classifier (a backbone): "
-                                "attention only, no predictions or Grad-CAM")  # fmt: skip
+            self._info.value = (
+                f"{html.escape(self.pre.name)} has no classifier (a backbone): "
+                "attention only, no predictions or Grad-CAM"
+            )
         self._redraw_cam()
         self._redraw_se()
 
@@ -285,13 +305,21 @@ class PhotoExplainer(App):
     def current(self) -> dict[str, Any]:
         t, b, head = self._target.value, self._block.value, self._head.value
         label, m = self.ex.attention(b, head) if b is not None else (None, None)
-        return {"model": self.pre.name, "pretrained": self.pre.pretrained,
-                "top5": self.top5, "target": t, "block": b, "head": head,
-                "gradcam": self.ex.cams.get(t) if t is not None else None,
-                "map": m, "label": label}  # fmt: skip
+        return {
+            "model": self.pre.name,
+            "pretrained": self.pre.pretrained,
+            "top5": self.top5,
+            "target": t,
+            "block": b,
+            "head": head,
+            "gradcam": self.ex.cams.get(t) if t is not None else None,
+            "map": m,
+            "label": label,
+        }
 
-    def select(self, *, block: str | None = None, head: int | None = None,
-               target: int | None = None) -> None:  # fmt: skip
+    def select(
+        self, *, block: str | None = None, head: int | None = None, target: int | None = None
+    ) -> None:
         """Show another block, head or class (each must be among the dropdown's options)."""
         for wid, value, what in ((self._block, block, "block"), (self._target, target, "target")):
             if value is not None:

@@ -161,10 +161,10 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._block = widgets.Dropdown(options=self._block_options(), description="block")
         self._x = widgets.IntSlider(value=w // 2, min=0, max=w - 1, description="query x")
         self._y = widgets.IntSlider(value=h // 2, min=0, max=h - 1, description="query y")
-        self._what = widgets.Dropdown(options=self._what_options(), value="query",
-                                      description="show")  # fmt: skip
-        self._head = widgets.Dropdown(options=self._head_options(), value=None,
-                                      description="head")  # fmt: skip
+        self._what = widgets.Dropdown(
+            options=self._what_options(), value="query", description="show"
+        )
+        self._head = widgets.Dropdown(options=self._head_options(), value=None, description="head")
         self._opacity = widgets.FloatSlider(
             value=0.6, min=0, max=1, step=0.05, description="opacity"
         )
@@ -340,8 +340,11 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             what = f"query pixel ({s['query'][0]}, {s['query'][1]}) &rarr; cell {s['cell']}"
         else:
             what = _SHOWS[s["show"]]
-        heads = "rollout: heads averaged" if s["show"] == "rollout" else (
-            "mean over heads" if s["head"] is None else f"head {s['head']}")  # fmt: skip
+        heads = (
+            "rollout: heads averaged"
+            if s["show"] == "rollout"
+            else ("mean over heads" if s["head"] is None else f"head {s['head']}")
+        )
         parts = [
             f"<b>{html.escape(s['block'])}</b>",
             what,

@@ -205,9 +205,10 @@ class SpatialExplorer(App, Opacity, ImageIndex):
         self._mode = widgets.ToggleButtons(options=["single", "overview"], value="single")
         self._image = widgets.IntSlider(value=0, min=0, max=n - 1, description="image")
         self._block = widgets.Dropdown(
-            options=[(_short(b), b) for b in self._blocks], value=self._blocks[-1],
+            options=[(_short(b), b) for b in self._blocks],
+            value=self._blocks[-1],
             description="block",
-        )  # fmt: skip
+        )
         self._target = widgets.Dropdown(options=targets, value=_PREDICTED, description="target")
         self._cmap = widgets.Dropdown(options=list(COLORMAPS), value="jet", description="colours")
         self._range = widgets.Dropdown(
@@ -376,10 +377,15 @@ class SpatialExplorer(App, Opacity, ImageIndex):
         """The overview grid (blocks x images) for the chosen image, as a PIL image."""
         spec = self._overview_spec()
         return render.overlay_grid(
-            self._shown[spec["indices"]], spec["maps"], spec["row_labels"], spec["col_labels"],
-            alpha=self._opacity.value, cmap=self._cmap.value, scale=self._grid_scale,
+            self._shown[spec["indices"]],
+            spec["maps"],
+            spec["row_labels"],
+            spec["col_labels"],
+            alpha=self._opacity.value,
+            cmap=self._cmap.value,
+            scale=self._grid_scale,
             **self._norm(),
-        )  # fmt: skip
+        )
 
     def _html(self, s: dict) -> str:
         parts = [f"<b>{html.escape(_short(s['block']))}</b>"]

@@ -237,8 +237,9 @@ class STNInspector(App, ImageIndex):
     def _render_input(self, state: dict) -> Any:
         canvas = render.draw_quad(self.images[state["index"]], state["corners"], scale=self.scale)
         if state["window_corners"] is not None:
-            canvas = render.draw_quad(canvas, state["window_corners"], scale=self.scale,
-                                      color=_WINDOW)  # fmt: skip
+            canvas = render.draw_quad(
+                canvas, state["window_corners"], scale=self.scale, color=_WINDOW
+            )
         if self.boxes is not None:
             canvas = render.draw_box(canvas, self.boxes[state["index"]], scale=self.scale)
         return canvas
