@@ -8,7 +8,18 @@
 - :func:`check_loadable`: what ``torch.load(weights_only=True)`` will refuse (a ``Path``,
   a numpy array, any Python object), found before writing, with the key that holds it.
 - :func:`read`: ``torch.load(weights_only=True)`` with a clear error for a folder, a
-  missing, empty, truncated or text file, and for pickled objects.
+  missing, empty, truncated or text file, and for pickled objects
+  (:class:`UnsafeFileError`, one message wherever attnviz reads a file).
+- :func:`load_strict`: load a state dict into a model only if every key and shape fits;
+  otherwise change nothing and raise one message that lists what is unused, missing and
+  of another shape.
+
+- :func:`write_checkpoint` / :func:`read_checkpoint`: attnviz's checkpoint format (a
+  model's weights with plain data beside them), written atomically after
+  :func:`check_loadable`, read with :func:`read` and loaded with :func:`load_strict`.
+
+This is attnviz's one door for files of tensors: checkpoints of :mod:`attnviz.train`, the
+shipped models, the official CBAM checkpoint and dataset statistics are all read here.
 """
 
 from __future__ import annotations
@@ -16,16 +27,37 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["atomic_save", "atomic_write_text", "check_loadable", "read"]
+__all__ = [
+    "UnsafeFileError",
+    "atomic_save",
+    "atomic_write_text",
+    "check_loadable",
+    "load_strict",
+    "read",
+    "read_checkpoint",
+    "write_checkpoint",
+]
+
+#: the ``"format"`` entry of the checkpoints :func:`write_checkpoint` writes
+CHECKPOINT_FORMAT = "attnviz-checkpoint-2"
 
 _ZIP = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 _PICKLE = b"\x80"  # the legacy format starts with a pickle protocol opcode
+
+
+class UnsafeFileError(ValueError, pickle.UnpicklingError):
+    """A file that ``torch.load(weights_only=True)`` refuses: it holds pickled Python objects.
+
+    Both a ``ValueError`` (a file attnviz will not read) and a ``pickle.UnpicklingError``
+    (what ``torch.load`` raised), so either ``except`` clause catches it.
+    """
 
 
 def _umask() -> int:
@@ -106,8 +138,8 @@ def read(path: str | os.PathLike, *, map_location: Any = "cpu", what: str = "che
         IsADirectoryError: ``path`` is a folder.
         ValueError: an empty, truncated or corrupt file, or one that is no PyTorch file at
             all (a text file, an image, ...).
-        pickle.UnpicklingError: the file holds objects ``weights_only`` refuses; the message
-            says why attnviz will not unpickle them and how to re-save the weights.
+        UnsafeFileError: the file holds objects ``weights_only`` refuses; the message says
+            why attnviz will not unpickle them and how to re-save the weights.
     """
     path = Path(path)
     if path.is_dir():
@@ -129,12 +161,14 @@ def read(path: str | os.PathLike, *, map_location: Any = "cpu", what: str = "che
     except pickle.UnpicklingError as e:
         if "weights_only" not in str(e) and "Weights only" not in str(e):
             raise ValueError(f"{str(path)!r} is truncated or corrupt ({e})") from None
-        raise pickle.UnpicklingError(
-            f"torch.load(weights_only=True) refused {str(path)!r}: it holds Python objects "
-            "other than tensors, numbers, strings and containers, and unpickling those can run "
-            "code. If you trust the file, extract the weights once: "
-            "ck = torch.load(path, weights_only=False); torch.save(ck['state_dict'] or ck, "
-            f"'weights.pth'), then load that. torch said: {e}"
+        raise UnsafeFileError(
+            f"attnviz refuses to load {str(path)!r}: torch.load(weights_only=True) found Python "
+            "objects in it other than tensors, numbers, strings and containers (an optimizer's "
+            "or a training script's arguments, say), and unpickling those can run arbitrary "
+            "code. If you trust the file, extract the weights once: ck = torch.load(path, "
+            "weights_only=False); torch.save({'state_dict': ck.get('state_dict', ck)}, "
+            "'weights.pth') (or re-save a model with attnviz.train.save_checkpoint), then load "
+            f"that. torch said: {str(e).splitlines()[0]}"
         ) from e
     except MemoryError:
         raise
@@ -143,3 +177,112 @@ def read(path: str | os.PathLike, *, map_location: Any = "cpu", what: str = "che
             f"{str(path)!r} is truncated or corrupt, not a readable {what} "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
         ) from None
+
+
+def load_strict(
+    model: nn.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    source: str = "the checkpoint",
+    model_name: str | None = None,
+    renamed: bool = False,
+    optional: tuple[str, ...] = (),
+    hint: str = "",
+) -> None:
+    """Load ``state_dict`` into ``model`` only if every key and shape fits, else change nothing.
+
+    Args:
+        model: what to load into.
+        state_dict: the weights (keys already in ``model``'s names).
+        source: the file or thing they came from, for the message.
+        model_name: what the message calls the model (default: its class name).
+        renamed: the keys were renamed from the file's own (the message says so).
+        optional: key suffixes the file may lack; the model keeps its own values for them
+            (old checkpoints have no ``".num_batches_tracked"`` counters, unused in eval).
+        hint: a sentence added to the message (e.g. which file was expected).
+
+    Raises:
+        ValueError: the weights do not fit. The message lists the file's keys the model does
+            not have, the model's keys missing from the file and the shapes that differ;
+            ``model`` is unchanged.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{source} holds a {type(state_dict).__name__}, not weights")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not any(map(k.endswith, optional))]
+    unused = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: file {_shape(v)}, model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and _shape(v) != tuple(own[k].shape)
+    ]
+    if missing or unused or shapes:
+        after = " (after renaming)" if renamed else ""
+        raise ValueError(
+            f"{source} does not fit {model_name or type(model).__name__}; nothing was loaded: "
+            f"unused keys of the file{after} {_listing(unused)}; model keys missing from the "
+            f"file {_listing(missing)}; shapes that differ {_listing(shapes)}."
+            + (f" {hint}" if hint else "")
+        )
+    kept = {k: v for k, v in own.items() if k not in state_dict}
+    model.load_state_dict({**kept, **state_dict}, strict=True)
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _listing(items: list[str], n: int = 8) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(repr(k) for k in items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    optimizer: dict[str, Any] | None = None,
+    history: dict[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and plain data beside them as one checkpoint, atomically.
+
+    ``meta`` that ``weights_only`` loading would refuse is refused here (``TypeError``
+    naming the key), before anything is written. :func:`attnviz.train.save_checkpoint` is
+    the form that takes an optimizer and a training history.
+    """
+    check_loadable(dict(meta or {}), "meta")
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer,
+        "history": history,
+        "meta": dict(meta or {}),
+        **dict(training or {}),
+    }
+    return atomic_save(state, path)
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    *,
+    map_location: Any = "cpu",
+) -> dict[str, Any]:
+    """Read a checkpoint with :func:`read`; load its weights into ``model`` if given.
+
+    A file of bare weights (a ``state_dict``) reads as ``{"model": weights, ...}``. The
+    model changes only if every key and shape fits (:func:`load_strict`).
+
+    Raises:
+        what :func:`read` and :func:`load_strict` raise.
+    """
+    state = read(path, map_location=map_location)
+    if not isinstance(state, dict) or "model" not in state:
+        state = {"model": state, "optimizer": None, "history": None, "meta": {}}
+    if model is not None:
+        load_strict(model, state["model"], source=f"the checkpoint {path}")
+    return state

@@ -366,7 +366,7 @@ def fit(
     start_epoch = 1
     saved = _resume_from(Path(checkpoint), config, resume, overwrite) if checkpoint else None
     if saved is not None:
-        _load_fitting(model, saved["model"], checkpoint)
+        storage.load_strict(model, saved["model"], source=f"the checkpoint {checkpoint}")
         opt.load_state_dict(saved["optimizer"])
         if sched is not None:
             sched.load_state_dict(saved["scheduler"])
@@ -467,43 +467,14 @@ def save_checkpoint(
     Raises:
         TypeError: a ``meta`` value ``weights_only`` loading would refuse (the key is named).
     """
-    storage.check_loadable(dict(meta), "meta")
-    state = {
-        "format": "attnviz-checkpoint-2",
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "history": history.to_dict() if history is not None else None,
-        "meta": dict(meta),
-        **dict(training or {}),
-    }
-    return storage.atomic_save(state, path)
-
-
-def _load_fitting(model: nn.Module, state_dict: Mapping[str, Any], path: Any) -> None:
-    """Load ``state_dict`` into ``model`` only if every key and shape fits, else change nothing."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path}: its 'model' entry is a {type(state_dict).__name__}, not weights")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unused = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
-    ]
-    if missing or unused or shapes:
-        raise ValueError(
-            f"the checkpoint {path} does not fit {type(model).__name__}; nothing was loaded. "
-            f"Missing from the file: {_few(missing)}; not in the model: {_few(unused)}; "
-            f"shapes that differ: {_few(shapes)}"
-        )
-    model.load_state_dict(state_dict)
-
-
-def _few(items: list[str], n: int = 8) -> str:
-    if not items:
-        return "none"
-    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+    return storage.write_checkpoint(
+        path,
+        model,
+        optimizer=optimizer.state_dict() if optimizer is not None else None,
+        history=history.to_dict() if history is not None else None,
+        training=training,
+        meta=meta,
+    )
 
 
 def load_checkpoint(
@@ -511,7 +482,7 @@ def load_checkpoint(
     model: nn.Module | None = None,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; load it into ``model`` if given.
+    """Read a checkpoint (:func:`attnviz.storage.read_checkpoint`); load it into ``model`` if given.
 
     The model changes only if every key and shape of the file fits it; otherwise nothing
     is loaded and the error lists what differs.
@@ -525,20 +496,7 @@ def load_checkpoint(
             objects (refused: loading them could run arbitrary code); weights that do not
             fit ``model``.
     """
-    import pickle
-
-    try:
-        state = storage.read(path, map_location=map_location)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} holds pickled Python objects, which attnviz refuses to load because "
-            "unpickling can run arbitrary code. Re-save it from a trusted session as plain "
-            f"tensors (attnviz.train.save_checkpoint or torch.save(model.state_dict())). ({e})"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state:
-        state = {"model": state, "optimizer": None, "history": None, "meta": {}}
-    if model is not None:
-        _load_fitting(model, state["model"], path)
+    state = storage.read_checkpoint(path, model, map_location=map_location)
     if state.get("history") is not None:
         state["history"] = History.from_dict(state["history"])
     return state

@@ -22,9 +22,8 @@ Three sources of trained attention:
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -34,9 +33,14 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
-from . import storage
 from ._compat import module_getattr
-from .models import resnet
+from .models.official_cbam import (
+    OFFICIAL_CBAM_FILE,
+    OfficialAvgPool,
+    load_official_cbam,
+    official_cbam_mapping,
+    official_cbam_resnet50,
+)
 from .running import inference, model_device
 
 __all__ = [
@@ -566,214 +570,6 @@ def _network_input(pre: Pretrained, image: Any) -> torch.Tensor:
     from .photos import prepare  # photos is a leaf module; import here keeps zoo light
 
     return prepare(image, pre.transforms)
-
-
-# -- the official CBAM checkpoint --------------------------------------------------------------
-# Jongchan/attention-module, MODELS/cbam.py and model_resnet.py: a torchvision-style ResNet-50
-# whose Bottlenecks hold ``cbam`` after bn3, trained under DataParallel (keys "module.*").
-
-#: the file name of the released ResNet-50 + CBAM checkpoint
-OFFICIAL_CBAM_FILE = "RESNET50_CBAM_new_name_wrap.pth"
-
-# official sub-key (inside a block) -> attnviz's
-_CBAM_RENAMES = {
-    "cbam.ChannelGate.mlp.1.": "attention.channel_gate.mlp.0.",
-    "cbam.ChannelGate.mlp.3.": "attention.channel_gate.mlp.2.",
-    "cbam.SpatialGate.spatial.conv.": "attention.spatial_gate.conv.",
-    "cbam.SpatialGate.spatial.bn.": "attention.spatial_gate.bn.",
-}
-_SPATIAL_CONV = "attention.spatial_gate.conv.weight"
-
-
-def _rename(key: str) -> str:
-    for old, new in _CBAM_RENAMES.items():
-        head, sep, tail = key.partition(f".{old}")
-        if sep:
-            return f"{head}.{new}{tail}"
-    return key
-
-
-def official_cbam_mapping(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The official checkpoint's ``state_dict`` under attnviz's names and channel order.
-
-    - the ``module.`` prefix of ``DataParallel`` is stripped;
-    - ``...cbam.ChannelGate.mlp.1/3`` (index 0 is a Flatten) become
-      ``...attention.channel_gate.mlp.0/2``;
-    - ``...cbam.SpatialGate.spatial.conv/bn`` become ``...attention.spatial_gate.conv/bn``;
-    - the 7 x 7 convolution's two input channels are swapped: the official ChannelPool
-      stacks [max; mean], attnviz (as the paper's eq. 3) [mean; max].
-
-    Other keys (the ResNet backbone, named as torchvision's) pass unchanged; the tensors
-    are shared, except the swapped convolution weights. No key is checked here:
-    :func:`load_official_cbam` checks that the result fits the model exactly.
-
-    Args:
-        state_dict: the checkpoint's ``"state_dict"`` entry.
-
-    Returns:
-        A new dict, attnviz key -> tensor.
-
-    Raises:
-        TypeError: ``state_dict`` is not a mapping of str keys.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise TypeError(f"state_dict keys must be str, got {key!r}")
-        new = _rename(key.removeprefix("module."))
-        if new.endswith(_SPATIAL_CONV) and isinstance(value, torch.Tensor) and value.dim() == 4:
-            value = value.flip(1)  # [max, mean] -> [mean, max]
-        out[new] = value
-    return out
-
-
-class OfficialAvgPool(nn.AvgPool2d):
-    """The official network's final pooling, ``nn.AvgPool2d(7)`` (MODELS/model_resnet.py).
-
-    At 224 x 224 input the last feature map is 7 x 7 and this is the global average. At
-    other sizes the official network averages only the top-left 7 x 7 window (a 320 x 320
-    input gives a 10 x 10 map), and fails once the map reaches 14 x 14. This module does
-    exactly what the official one does, so outputs match the official code at every size
-    it accepts, warns when the map is not 7 x 7 (the network was trained at 224 x 224) and
-    refuses the sizes the official code cannot run, with the fix.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if not (7 <= h < 14 and 7 <= w < 14):
-            raise ValueError(
-                f"the official CBAM network pools its final feature map with AvgPool2d(7) and "
-                f"needs it 7 x 7 to 13 x 13 (inputs of about 193 to 416 pixels); this input "
-                f"gives {h} x {w}. Prepare photos with zoo.official_cbam_transforms() "
-                "(resize 256, centre crop 224), what the network was trained on"
-            )
-        if (h, w) != (7, 7):
-            warnings.warn(
-                f"official CBAM network on a final {h} x {w} map: its AvgPool2d(7) averages "
-                "only the top-left 7 x 7, as the official code does, so predictions degrade; "
-                "it was trained at 224 x 224 (zoo.official_cbam_transforms())",
-                stacklevel=2,
-            )
-        return super().forward(x)
-
-
-def official_cbam_resnet50() -> nn.Module:
-    """attnviz's ResNet-50 + CBAM in the official release's configuration, untrained.
-
-    ``resnet("resnet50", attention="cbam", attention_kwargs={"reduction": 16,
-    "spatial_batch_norm": True})``: r = 16 and a batch-norm after the spatial 7 x 7
-    convolution, as in the released code, and its final :class:`OfficialAvgPool`.
-    """
-    model = resnet(
-        "resnet50",
-        attention="cbam",
-        attention_kwargs={"reduction": 16, "spatial_batch_norm": True},
-    )
-    model.avgpool = OfficialAvgPool()
-    return model
-
-
-_PathLike = Union[str, os.PathLike]
-
-
-def load_official_cbam(
-    path: _PathLike | Mapping[str, Any], *, map_location: Any = "cpu"
-) -> nn.Module:
-    """The ResNet-50 + CBAM released with the CBAM paper, as attnviz's model, in eval mode.
-
-    Download ``RESNET50_CBAM_new_name_wrap.pth`` (about 100 MB) by hand from the link in
-    the README of github.com/Jongchan/attention-module. The file is read with
-    ``torch.load(weights_only=True)``, which unpickles only tensors, numbers, strings and
-    containers (the file holds ``state_dict``, ``epoch``, ``arch``, ``best_prec1`` and the
-    SGD ``optimizer`` state, all of those). Keys are mapped by
-    :func:`official_cbam_mapping` and loaded strictly: every weight of the file is used
-    and every weight of the model is set (only ``num_batches_tracked`` counters, absent
-    from old checkpoints and unused in eval mode, may be missing).
-
-    Args:
-        path: the checkpoint file, or what ``torch.load`` returned for it (the whole dict
-            or its ``state_dict``).
-        map_location: as for ``torch.load``; the default reads CUDA-saved tensors on CPU.
-
-    Returns:
-        :func:`official_cbam_resnet50` with the released weights, in eval mode.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        pickle.UnpicklingError: the file holds objects ``weights_only`` refuses (the message
-            says how to extract the weights from a file you trust).
-        ValueError: the weights do not fit: the message lists unused and missing keys and
-            mismatched shapes.
-    """
-    checkpoint = path if isinstance(path, Mapping) else _read_checkpoint(path, map_location)
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"the checkpoint's 'state_dict' is a {type(state_dict).__name__}")
-    model = official_cbam_resnet50()
-    _load_strict(model, official_cbam_mapping(state_dict))
-    return model.eval()
-
-
-def _read_checkpoint(path: _PathLike, map_location: Any) -> Mapping[str, Any]:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path or a dict, got {type(path).__name__}")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no CBAM checkpoint at {str(path)!r}: download {OFFICIAL_CBAM_FILE} from the link in "
-            "the README of https://github.com/Jongchan/attention-module and pass its path"
-        )
-    try:
-        checkpoint = storage.read(path, map_location=map_location, what="CBAM checkpoint")
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(
-            f"torch.load(weights_only=True) refused {str(path)!r}: it holds Python objects other "
-            "than tensors, numbers, strings and containers (perhaps in its 'optimizer' entry), "
-            "and unpickling those can run code. If you trust the file, extract the weights "
-            "once: ck = torch.load(path, weights_only=False); torch.save({'state_dict': "
-            "ck['state_dict']}, 'cbam_weights.pth'), then load 'cbam_weights.pth' (or pass "
-            f"ck to load_official_cbam). torch said: {e.__cause__ or e}"
-        ) from e
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(
-            f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict"
-        )
-    return checkpoint
-
-
-def _load_strict(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
-    """Load every key, or raise listing what is unused, missing or of the wrong shape."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith(".num_batches_tracked")]
-    unused = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k}: file {_shape(v)}, model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and _shape(v) != tuple(own[k].shape)
-    ]
-    if missing or unused or shapes:
-        raise ValueError(
-            "the checkpoint does not fit ResNet-50 + CBAM (reduction 16, spatial batch-norm): "
-            f"unused keys of the file (after renaming) {_listing(unused)}; model keys missing "
-            f"from the file {_listing(missing)}; shape mismatches {_listing(shapes)}. Is it the "
-            f"official {OFFICIAL_CBAM_FILE}?"
-        )
-    full = {**{k: v for k, v in own.items() if k.endswith(".num_batches_tracked")}, **state_dict}
-    model.load_state_dict(full, strict=True)
-
-
-def _shape(value: Any) -> Any:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def _listing(items: list[str], n: int = 10) -> str:
-    shown = ", ".join(repr(k) for k in items[:n])
-    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
 
 
 __getattr__ = module_getattr("attnviz.zoo", {"predict": ("top_classes", lambda: top_classes)})
