@@ -25,8 +25,12 @@ float16 weights (and the float32 accuracy before rounding, to show what float16 
 
     import attnviz.shipped as shipped
     model = shipped.load("resnet10_se")         # checksum checked, weights_only loading
+    model, history = shipped.obtain("resnet10_se", train=TRAIN, quick=QUICK)  # a notebook's cell
     shipped.entry("resnet10_se")["test_accuracy"]
     shipped.verify("resnet10_se")               # re-measures accuracy and scores
+
+How each model is built and trained lives in :mod:`attnviz.recipes`; this module keeps
+the files, the manifest, their verification and the summary table.
 
 Regenerate every model from scratch (CPU or GPU; about 15 minutes on a 2-core CPU)::
 
@@ -47,19 +51,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import storage
 from ._resources import models_dir, version
+from .analysis import channel_stats, spatial_maps
+from .capture import capture
+from .metrics import attention_on_object, sampled_box_iou, score_maps, transform_agreement
+from .recipes import RECIPES, Recipe, names
+from .train import History, PhasedHistory, logits, pick_device, save_checkpoint
 
 __all__ = [
     "RECIPES",
     "Recipe",
+    "build",
     "entry",
     "history",
     "load",
     "manifest",
     "names",
+    "obtain",
     "regenerate",
     "summary",
     "test_data",
@@ -70,191 +82,80 @@ FORMAT = "attnviz-models-1"
 MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How one shipped model is built, trained and scored (all recorded in the manifest).
-
-    Attributes:
-        title: one line for tables.
-        notebooks: the notebooks that open on it.
-        model: (constructor, keyword arguments), e.g. ``("small_resnet", {"depth": 10})``;
-            ``torch.manual_seed(seed)`` runs just before it.
-        data: ``"RTS"``, ``"cluttered"`` (fresh distortions every epoch, seed = epoch; test
-            split seed 0) or ``"photos"`` (digits on photos, 10,000 train / 2,000 test,
-            seed 0).
-        train: ``"fit"`` or ``"fit_upright"`` (from :mod:`attnviz.train`), with ``fit``
-            arguments; ``stn_lr`` means ``param_groups=stn_param_groups(model, stn_lr=...)``
-            and ``snapshot: N`` keeps theta of the first N test images after every epoch.
-        scores: what to measure on the test split besides accuracy (see :func:`_scores`).
-    """
-
-    title: str
-    notebooks: tuple[str, ...]
-    model: tuple[str, dict[str, Any]]
-    data: str
-    train: tuple[str, dict[str, Any]]
-    scores: tuple[str, ...] = ()
-    seed: int = 0
-
-    @property
-    def epochs(self) -> int:
-        kind, kwargs = self.train
-        if kind == "fit_upright":
-            return sum(int(kwargs[k]) for k in ("pre_epochs", "stn_epochs", "joint_epochs"))
-        return int(kwargs["epochs"])
-
-
-_RESNET = {"depth": 10, "width": 16, "stem_stride": 2}
-_PHOTOS_FIT = ("fit", {"epochs": 6, "lr": 3e-3})
-
-#: name -> recipe: exactly the notebooks' full-mode training at SEED = 0
-RECIPES: dict[str, Recipe] = {
-    "stcnn_rts": Recipe(
-        "ST-CNN (heat-map transformer + TinyCNN), RTS digits",
-        ("01_spatial_transformer",),
-        ("STCNN.for_rts", {}),
-        "RTS",
-        ("fit", {"epochs": 30, "stn_lr": 1e-3, "snapshot": 16}),
-        ("transform", "sampled_iou"),
-    ),
-    "tinycnn_rts": Recipe(
-        "TinyCNN alone, RTS digits",
-        ("01_spatial_transformer",),
-        ("TinyCNN", {"image_size": [42, 42]}),
-        "RTS",
-        ("fit", {"epochs": 30, "lr": 3e-3}),
-    ),
-    "stcnn_upright": Recipe(
-        "two-stage transformer that turns digits upright, RTS digits",
-        ("01_spatial_transformer",),
-        ("STCNN.for_upright", {"image_size": [42, 42]}),
-        "RTS",
-        ("fit_upright", {"pre_epochs": 14, "stn_epochs": 9, "joint_epochs": 2}),
-        ("transform",),
-    ),
-    "stcnn_clutter": Recipe(
-        "ST-CNN (attention transform), cluttered MNIST",
-        ("01_spatial_transformer",),
-        ("STCNN.for_clutter", {}),
-        "cluttered",
-        ("fit", {"epochs": 20, "stn_lr": 1e-3, "snapshot": 16}),
-        ("sampled_iou",),
-    ),
-    "resnet10_plain": Recipe(
-        "ResNet-10, digits on photos",
-        ("02_squeeze_excitation", "03_cbam"),
-        ("small_resnet", {**_RESNET, "attention": None}),
-        "photos",
-        _PHOTOS_FIT,
-    ),
-    "resnet10_se": Recipe(
-        "ResNet-10 + SE, digits on photos",
-        ("02_squeeze_excitation", "03_cbam"),
-        ("small_resnet", {**_RESNET, "attention": "se"}),
-        "photos",
-        _PHOTOS_FIT,
-        ("class_specificity",),
-    ),
-    "resnet10_cbam": Recipe(
-        "ResNet-10 + CBAM (3x3 spatial gate), digits on photos",
-        ("03_cbam",),
-        (
-            "small_resnet",
-            {**_RESNET, "attention": "cbam", "attention_kwargs": {"spatial_kernel": 3}},
-        ),
-        "photos",
-        _PHOTOS_FIT,
-        ("cbam_maps",),
-    ),
-    "resnet10_nonlocal": Recipe(
-        "ResNet-10 + non-local block, digits on photos",
-        ("05_self_attention",),
-        ("small_resnet", {**_RESNET, "attention": "nonlocal"}),
-        "photos",
-        _PHOTOS_FIT,
-        ("attention_on_object",),
-    ),
-}
-
-
-def names() -> list[str]:
-    """The shipped models' names, in the manifest's order."""
-    return list(RECIPES)
-
-
-def _recipe(name: str) -> Recipe:
+def _shipped(name: str) -> Recipe:
     if name not in RECIPES:
         raise KeyError(f"no shipped model {name!r}; the shipped models are {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
-# -- building, data ---------------------------------------------------------------------------
 def build(name: str) -> nn.Module:
     """The untrained model of recipe ``name`` (seeded as the recipe seeds it)."""
-    from .models import STCNN, TinyCNN, small_resnet
+    return _shipped(name).build()
 
-    recipe = _recipe(name)
-    constructors: dict[str, Callable[..., nn.Module]] = {
-        "STCNN.for_rts": STCNN.for_rts,
-        "STCNN.for_clutter": STCNN.for_clutter,
-        "STCNN.for_upright": STCNN.for_upright,
-        "TinyCNN": TinyCNN,
-        "small_resnet": small_resnet,
-    }
-    make, kwargs = recipe.model
-    torch.manual_seed(recipe.seed)
-    return constructors[make](
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+def test_data(name: str, *, train: bool = False, quick: bool = False, seed: int = 0) -> Any:
+    """The test split that goes with :func:`obtain` called with the same arguments.
+
+    By default the split model ``name`` was scored on (its recipe's, seed 0), generated
+    from data attnviz ships; with ``train=True`` the split of data seed ``seed``, smaller
+    with ``quick=True`` (what the model trained there was tested on).
+    """
+    recipe = _shipped(name)
+    if not train:
+        return recipe.test_data()
+    return (recipe.quick() if quick else recipe).test_data(seed)
+
+
+def obtain(
+    name: str,
+    *,
+    train: bool = False,
+    quick: bool = False,
+    seed: int = 0,
+    data_seed: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, Any]:
+    """Shipped model ``name`` the way a notebook wants it: ``(model, history)``, in eval mode.
+
+    ``train=False`` opens the shipped file (checksum checked, ``weights_only`` loading) and
+    its saved history; ``quick`` does not apply. ``train=True`` trains by the recipe here,
+    with ``seed`` (model initialisation and training) and ``data_seed`` (default ``seed``);
+    ``quick=True`` runs the recipe's one-epoch smoke test (:meth:`Recipe.quick`). Either
+    way the recipe is :data:`attnviz.recipes.RECIPES`'s, the one the file was trained by.
+
+    Args:
+        name: one of :func:`names`.
+        train: train here instead of opening the shipped file.
+        quick: with ``train``: one epoch, fewer images (CI, a first look).
+        seed: with ``train``: the seed (the shipped models were trained with 0).
+        data_seed: with ``train``: the data's seed, when it should differ from ``seed``.
+        device: where the model runs (``None``: CUDA, then MPS, then the CPU).
+        progress: with ``train``: a tqdm progress bar.
+
+    Raises:
+        KeyError: ``name`` is not a shipped model.
+        ValueError: ``seed`` other than the shipped one without ``train=True``.
+    """
+    recipe = _shipped(name)
+    if not train:
+        if seed != recipe.seed or data_seed not in (None, recipe.seed):
+            raise ValueError(
+                f"the shipped {name} was trained with seed {recipe.seed}; to get seed {seed} "
+                "pass train=True (trains it here by the same recipe)"
+            )
+        return load(name, device=device), history(name)
+    recipe = recipe.quick() if quick else recipe
+    model = recipe.build(seed)
+    hist = recipe.fit(
+        model, seed=seed, data_seed=data_seed, device=pick_device(device), progress=progress
     )
-
-
-def test_data(name: str) -> Any:
-    """The test split model ``name`` was scored on (generated from data attnviz ships)."""
-    from .data import digits_on_photos, distorted_mnist
-
-    recipe = _recipe(name)
-    if recipe.data == "photos":
-        return digits_on_photos("test", n=2000, seed=recipe.seed)
-    return distorted_mnist(recipe.data, "test", seed=recipe.seed)
-
-
-def _train_data(recipe: Recipe) -> Any:
-    from .data import digits_on_photos, distorted_mnist
-
-    if recipe.data == "photos":
-        return digits_on_photos("train", n=10000, seed=recipe.seed)
-    seed0 = recipe.seed * 1000  # as the notebooks: SEED * 1000 + epoch
-
-    def fresh(epoch: int) -> Any:
-        return distorted_mnist(recipe.data, "train", seed=seed0 + epoch)
-
-    return fresh
-
-
-def _train(recipe: Recipe, model: nn.Module, test: Any, device: str | None) -> Any:
-    from .train import fit, fit_upright, snapshot_attention, stn_param_groups
-
-    kind, kwargs = recipe.train
-    train = _train_data(recipe)
-    args = dict(kwargs)
-    if kind == "fit_upright":
-        return fit_upright(
-            model, train, test, seed=recipe.seed, device=device, progress=False, **args
-        )
-    if "stn_lr" in args:
-        args["param_groups"] = stn_param_groups(model, stn_lr=args.pop("stn_lr"))
-    if "snapshot" in args:
-        args["snapshot"] = snapshot_attention(test.images[: args["snapshot"]], "theta")
-    return fit(model, train, test, seed=recipe.seed, device=device, progress=False, **args)
+    return model.eval(), hist
 
 
 # -- scores -------------------------------------------------------------------------------------
 def _scores(recipe: Recipe, model: nn.Module, test: Any) -> dict[str, Any]:
     """The attention figures the notebooks quote, measured on the test split (CPU)."""
-    from .analysis import channel_stats, spatial_maps
-    from .capture import capture
-    from .metrics import attention_on_object, sampled_box_iou, score_maps, transform_agreement
-
     out: dict[str, Any] = {}
     for kind in recipe.scores:
         if kind == "transform":
@@ -292,10 +193,6 @@ def _scores(recipe: Recipe, model: nn.Module, test: Any) -> dict[str, Any]:
 
 def _accuracy(model: nn.Module, test: Any) -> dict[str, Any]:
     """Test accuracy, loss and the smallest gap between the top two logits (CPU)."""
-    import torch.nn.functional as F
-
-    from .train import logits
-
     out = logits(model, test, device="cpu")
     labels = torch.as_tensor(test.labels)
     top2 = out.topk(2, dim=1).values
@@ -330,7 +227,7 @@ def manifest(folder: str | os.PathLike | None = None) -> dict[str, Any]:
 
 def entry(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
     """Manifest entry of model ``name``: recipe, accuracy, scores, checksum, ..."""
-    _recipe(name)
+    _shipped(name)
     models = manifest(folder)["models"]
     if name not in models:
         raise KeyError(
@@ -375,11 +272,9 @@ def load(
     ``torch.load(weights_only=True)``; every key and shape must fit (nothing is loaded
     otherwise). ``device=None`` picks CUDA, then MPS, then the CPU.
     """
-    from .train import load_checkpoint, pick_device
-
     path = _checked_file(name, folder)
     model = build(name)
-    load_checkpoint(path, model)
+    storage.read_checkpoint(path, model)
     return model.to(pick_device(device)).eval()
 
 
@@ -387,13 +282,11 @@ def history(name: str, folder: str | os.PathLike | None = None) -> Any:
     """The training history saved with model ``name``: a :class:`~attnviz.train.History`
     (epochs and theta snapshots), or a :class:`~attnviz.train.PhasedHistory` for
     ``stcnn_upright``."""
-    from .train import History, PhasedHistory, load_checkpoint
-
-    state = load_checkpoint(_checked_file(name, folder))
+    state = storage.read_checkpoint(_checked_file(name, folder))
     phases = state.get("meta", {}).get("phases")
     if phases:
         return PhasedHistory({k: History.from_dict(v) for k, v in phases.items()})
-    return state["history"]
+    return History.from_dict(state["history"]) if state.get("history") is not None else None
 
 
 # -- regenerate -----------------------------------------------------------------------------------
@@ -413,11 +306,9 @@ def regenerate(
 
     Returns the manifest.
     """
-    from .train import PhasedHistory, load_checkpoint, pick_device, save_checkpoint
-
     todo = list(only) if only else names()
     for name in todo:
-        _recipe(name)
+        _shipped(name)
     folder = _folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -430,7 +321,7 @@ def regenerate(
         test = test_data(name)
         model = build(name)
         start = time.time()
-        hist = _train(recipe, model, test, str(dev))
+        hist = recipe.fit(model, test, device=str(dev), progress=False)
         seconds = time.time() - start
         model = model.cpu().eval()
         float32 = _accuracy(model, test)
@@ -441,10 +332,9 @@ def regenerate(
         else:
             save_checkpoint(path, model.half(), history=hist)
         shipped = build(name)
-        load_checkpoint(path, shipped)
+        storage.read_checkpoint(path, shipped)
         shipped.eval()
         measured = _accuracy(shipped, test)
-        kind, kwargs = recipe.train
         data["models"][name] = {
             "title": recipe.title,
             "notebooks": list(recipe.notebooks),
@@ -452,15 +342,7 @@ def regenerate(
             "sha256": _sha256(path),
             "bytes": path.stat().st_size,
             "dtype": "float16",
-            "recipe": {
-                "model": {
-                    "constructor": f"attnviz.models.{recipe.model[0]}",
-                    "arguments": recipe.model[1],
-                },
-                "train": {"function": f"attnviz.train.{kind}", "arguments": kwargs},
-                "data": recipe.data,
-                "seed": recipe.seed,
-            },
+            "recipe": recipe.describe(),
             "data_seed": recipe.seed,
             "epochs": recipe.epochs,
             "train_seconds": round(seconds, 1),
@@ -504,7 +386,7 @@ def verify(name: str, folder: str | os.PathLike | None = None) -> Verification:
     model = load(name, folder=folder)
     test = test_data(name)
     measured = _accuracy(model, test)
-    measured["scores"] = _scores(_recipe(name), model, test)
+    measured["scores"] = _scores(_shipped(name), model, test)
     return Verification(name, info, measured)
 
 

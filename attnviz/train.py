@@ -27,7 +27,6 @@ from ._compat import module_getattr
 from .running import inference, model_device
 
 __all__ = [
-    "UPRIGHT_RECIPES",
     "EpochStats",
     "History",
     "PhasedHistory",
@@ -505,21 +504,7 @@ def load_checkpoint(
 __getattr__ = module_getattr("attnviz.train", {"predict": ("logits", lambda: logits)})
 
 
-# -- the upright recipe: a two-stage transformer that turns digits upright ---------------------
-#: distortion -> settings of the two-stage recipe (``STCNN.for_upright(**model)`` trained by
-#: ``fit_upright(**fit)``), as measured by ``make bench`` (benchmarks/bench_upright.py)
-UPRIGHT_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "RTS": {
-        "model": {"image_size": (42, 42)},
-        "fit": {"pre_epochs": 14, "stn_epochs": 9, "joint_epochs": 2},
-    },
-    "R": {
-        "model": {"image_size": (28, 28), "consistency": 1.0},
-        "fit": {"pre_epochs": 14, "stn_epochs": 14, "joint_epochs": 2},
-    },
-}
-
-
+# -- training in phases: a two-stage transformer that turns digits upright ------------------
 @dataclass
 class PhasedHistory:
     """The histories of a training run in phases, by phase name, in order."""

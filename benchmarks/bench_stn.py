@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 import attnviz
+from attnviz import recipes
 from attnviz.data import distorted_mnist
 from attnviz.metrics import sampled_box_iou, square_window_ceiling
-from attnviz.models import STCNN, SmallCNN, TinyCNN, TutorialSTN
+from attnviz.models import STCNN, SmallCNN, TutorialSTN
 from attnviz.train import fit, stn_param_groups
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -63,22 +64,19 @@ def run(quick: bool = False) -> dict:
         progress=False,
     )
     rows.append(("PyTorch tutorial STN (SGD, fixed distortions)", h))
-    st = STCNN.for_rts()
-    h_st = fit(
-        st,
-        fresh,
-        test,
-        epochs=epochs_ours,
-        param_groups=stn_param_groups(st, stn_lr=1e-3),
-        progress=False,
-    )
+    # the shipped recipes (attnviz.recipes), on the training data of data seed 1
+    ours = recipes.get("stcnn_rts").variant(train={"epochs": epochs_ours})
+    alone = recipes.get("tinycnn_rts").variant(train={"epochs": epochs_ours})
+    st = ours.build()
+    h_st = ours.fit(st, test, data_seed=1, progress=False)
     rows.append(("attnviz ST-CNN (heat-map transformer + TinyCNN)", h_st))
     iou_rts = sampled_box_iou(st, test.images, test.boxes).mean().item()
-    h = fit(TinyCNN((42, 42)), fresh, test, epochs=epochs_ours, lr=3e-3, progress=False)
+    h = alone.fit(alone.build(), test, data_seed=1, progress=False)
     rows.append(("same TinyCNN without the transformer, same epochs", h))
     # the same seconds: as many epochs as the transformer's training time buys
     same_time = max(1, round(h_st.train_seconds / (h.train_seconds / epochs_ours)))
-    h = fit(TinyCNN((42, 42)), fresh, test, epochs=same_time, lr=3e-3, progress=False)
+    longer = alone.variant(train={"epochs": same_time})
+    h = longer.fit(longer.build(), test, data_seed=1, progress=False)
     rows.append(("same TinyCNN without the transformer, same seconds", h))
     big = STCNN((42, 42), (28, 28))
     h = fit(
@@ -142,17 +140,11 @@ def run(quick: bool = False) -> dict:
 def cluttered(quick: bool) -> dict:
     """STCNN.for_clutter (heat-map head, 10x10 output) on 60x60 cluttered MNIST."""
     epochs = 2 if quick else 30
-    test = distorted_mnist("cluttered", "test", seed=0)
-    model = STCNN.for_clutter()
+    recipe = recipes.get("stcnn_clutter").variant(train={"epochs": epochs})
+    test = recipe.test_data(0)
+    model = recipe.build()
     floor = sampled_box_iou(STCNN((60, 60), transform="attention"), test.images, test.boxes)
-    h = fit(
-        model,
-        lambda e: distorted_mnist("cluttered", "train", seed=1000 + e),
-        test,
-        epochs=epochs,
-        param_groups=stn_param_groups(model, stn_lr=1e-3),
-        progress=False,
-    )
+    h = recipe.fit(model, test, data_seed=1, progress=False)
     iou = sampled_box_iou(model, test.images, test.boxes).mean().item()
     with torch.no_grad(), attnviz.capture(model) as rec:
         model(test.images)

@@ -40,24 +40,15 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 import attnviz
-from attnviz import render, shipped
-from attnviz.data import distorted_mnist
+from attnviz import render
 from attnviz.metrics import sampled_box_iou, square_window_ceiling, transform_agreement
-from attnviz.models import STCNN, TinyCNN
-from attnviz.train import (
-    UPRIGHT_RECIPES,
-    compare,
-    fit,
-    fit_upright,
-    pick_device,
-    snapshot_attention,
-    stn_param_groups,
-)
+from attnviz.models import STCNN
+from attnviz.shipped import obtain, test_data
+from attnviz.train import compare, pick_device
 from attnviz.widgets import STNInspector
 
-EPOCHS = 1 if QUICK else 30
-CLUTTER_EPOCHS = 1 if QUICK else 20
-DATA_SEED = SEED if TRAIN else 0
+# every model below comes from one call: obtain(name, train=TRAIN, quick=QUICK, seed=SEED)
+RUN = {"train": TRAIN, "quick": QUICK, "seed": SEED}
 torch.manual_seed(SEED)
 print("training" if TRAIN else "loading the shipped models", "on", pick_device())
 
@@ -71,11 +62,7 @@ print("training" if TRAIN else "loading the shipped models", "on", pick_device()
 
 
 # %%
-def train_rts(epoch):
-    return distorted_mnist("RTS", "train", seed=DATA_SEED * 1000 + epoch)
-
-
-test_rts = distorted_mnist("RTS", "test", seed=DATA_SEED)
+test_rts = test_data("stcnn_rts", **RUN)
 examples = [render.draw_box(test_rts.images[i], test_rts.boxes[i], scale=3) for i in range(16)]
 Image.fromarray(render.montage(examples, ncols=8))
 
@@ -96,30 +83,16 @@ Image.fromarray(render.montage(examples, ncols=8))
 # everywhere. While the ST-CNN trains we keep its $\theta$ for 16 fixed test
 # images after every epoch, to replay training below.
 #
-# With `TRAIN = False` both networks are the shipped ones, trained by exactly
-# this cell in full mode (`shipped.RECIPES` records the recipe; the manifest
-# records accuracy, epochs, machine and checksum), with their training history.
+# `obtain` opens the shipped networks (`TRAIN = False`) or trains them here
+# (`TRAIN = True`) by the same recipe, `attnviz.recipes.RECIPES["stcnn_rts"]` and
+# `["tinycnn_rts"]`: the shipped files were made by exactly this call in full mode
+# (the manifest records accuracy, epochs, machine and checksum), with their
+# training history.
 
 # %%
-probe = test_rts.images[:16]
-if TRAIN:
-    torch.manual_seed(SEED)
-    st_cnn = STCNN.for_rts()
-    h_st = fit(
-        st_cnn,
-        train_rts,
-        test_rts,
-        epochs=EPOCHS,
-        param_groups=stn_param_groups(st_cnn, stn_lr=1e-3),
-        snapshot=snapshot_attention(probe, "theta"),
-        seed=SEED,
-    )
-    torch.manual_seed(SEED)
-    cnn = TinyCNN((42, 42))
-    h_cnn = fit(cnn, train_rts, test_rts, epochs=EPOCHS, lr=3e-3, seed=SEED)
-else:
-    st_cnn, h_st = shipped.load("stcnn_rts", device=None), shipped.history("stcnn_rts")
-    cnn, h_cnn = shipped.load("tinycnn_rts", device=None), shipped.history("tinycnn_rts")
+st_cnn, h_st = obtain("stcnn_rts", **RUN)
+cnn, h_cnn = obtain("tinycnn_rts", **RUN)
+probe = test_rts.images[:16]  # the 16 test images whose theta the history kept every epoch
 display(Markdown(compare({"TinyCNN": h_cnn, "ST-CNN (transformer + TinyCNN)": h_st})))
 
 # %% [markdown]
@@ -198,14 +171,7 @@ display(
 # hand it upright digits), then a short joint fine-tune.
 
 # %%
-recipe = UPRIGHT_RECIPES["RTS"]
-if TRAIN:
-    torch.manual_seed(SEED)
-    upright = STCNN.for_upright(**recipe["model"])
-    phases = {k: 1 for k in recipe["fit"]} if QUICK else recipe["fit"]
-    h_up = fit_upright(upright, train_rts, test_rts, seed=SEED, **phases)
-else:
-    upright, h_up = shipped.load("stcnn_upright", device=None), shipped.history("stcnn_upright")
+upright, h_up = obtain("stcnn_upright", **RUN)
 with torch.no_grad(), attnviz.capture(upright) as rec_up:
     upright(test_rts.images.to(pick_device()))
 two = rec_up["stn"]
@@ -277,30 +243,12 @@ display(
 
 
 # %%
-def train_clutter(epoch):
-    return distorted_mnist("cluttered", "train", seed=DATA_SEED * 1000 + epoch)
-
-
-test_clutter = distorted_mnist("cluttered", "test", seed=DATA_SEED)
+test_clutter = test_data("stcnn_clutter", **RUN)
 probe_c = test_clutter.images[:16]
 floor_c = sampled_box_iou(
     STCNN((60, 60), transform="attention"), test_clutter.images, test_clutter.boxes
 )
-if TRAIN:
-    torch.manual_seed(SEED)
-    clutter_st = STCNN.for_clutter()
-    h_clutter = fit(
-        clutter_st,
-        train_clutter,
-        test_clutter,
-        epochs=CLUTTER_EPOCHS,
-        param_groups=stn_param_groups(clutter_st, stn_lr=1e-3),
-        snapshot=snapshot_attention(probe_c, "theta"),
-        seed=SEED,
-    )
-else:
-    clutter_st = shipped.load("stcnn_clutter", device=None)
-    h_clutter = shipped.history("stcnn_clutter")
+clutter_st, h_clutter = obtain("stcnn_clutter", **RUN)
 iou_c = sampled_box_iou(clutter_st, test_clutter.images, test_clutter.boxes)
 ceiling_c = square_window_ceiling(test_clutter.boxes)
 display(Markdown(compare({"ST-CNN for clutter": h_clutter})))

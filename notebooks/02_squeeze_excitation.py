@@ -39,23 +39,18 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 from IPython.display import Markdown, display
 from torch.utils.data import TensorDataset
 
-from attnviz import render, shipped
+from attnviz import render
 from attnviz.analysis import channel_stats, plot_class_excitation
-from attnviz.data import digits_on_photos
-from attnviz.models import small_resnet
+from attnviz.shipped import obtain, test_data
 from attnviz.stats import DatasetStats, dataset_stats
-from attnviz.train import fit, pick_device
+from attnviz.train import pick_device
 from attnviz.widgets import ChannelExplorer, ChannelGallery
 
-N_TRAIN = 2000 if QUICK else 10000
-N_TEST = 500 if QUICK else 2000
-EPOCHS = 1 if QUICK else 6
-SEEDS = [SEED] if QUICK else [SEED, SEED + 1, SEED + 2]
-DATA_SEED = SEED if TRAIN else 0
+# with TRAIN, three seeds of each network (one when QUICK), all on seed SEED's data
+SEEDS = [SEED] if QUICK or not TRAIN else [SEED, SEED + 1, SEED + 2]
 print("training" if TRAIN else "loading the shipped models", "on", pick_device())
 
 # %% [markdown]
@@ -65,7 +60,7 @@ print("training" if TRAIN else "loading the shipped models", "on", pick_device()
 # the digit's box (the data set also has its exact mask).
 
 # %%
-test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
+test = test_data("resnet10_se", train=TRAIN, quick=QUICK, seed=SEED)
 render.as_pil(
     render.montage(
         [render.draw_box(test.images[i], test.boxes[i], scale=2) for i in range(16)], ncols=8
@@ -78,27 +73,14 @@ render.as_pil(
 # The same ResNet-10 (width 16), once plain and once with an SE block on the
 # residual branch of every block (before the addition, as in the papers).
 # With `TRAIN = False` both are the shipped models (one seed, trained by this
-# cell's recipe in full mode); `TRAIN = True` trains three seeds of each here.
-
+# cell's recipe in full mode: `attnviz.recipes.RECIPES["resnet10_se"]`);
+# `TRAIN = True` trains three seeds of each here by the same recipe.
 
 # %%
-def train_one(attention, seed):
-    torch.manual_seed(seed)
-    model = small_resnet(10, attention=attention, width=16, stem_stride=2)
-    history = fit(model, train, test, epochs=EPOCHS, lr=3e-3, seed=seed)
-    return model, history
-
-
-if TRAIN:
-    train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
-    runs = {
-        name: [train_one(att, s) for s in SEEDS] for name, att in [("plain", None), ("SE", "se")]
-    }
-else:
-    runs = {
-        name: [(shipped.load(key, device=None), shipped.history(key))]
-        for name, key in [("plain", "resnet10_plain"), ("SE", "resnet10_se")]
-    }
+runs = {
+    name: [obtain(key, train=TRAIN, quick=QUICK, seed=s, data_seed=SEED) for s in SEEDS]
+    for name, key in [("plain", "resnet10_plain"), ("SE", "resnet10_se")]
+}
 rows = [
     "| network | test accuracy (mean ± sd over seeds) | seeds | train seconds per run |",
     "|---|---:|---:|---:|",

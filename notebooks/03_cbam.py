@@ -33,26 +33,21 @@ QUICK = False  # with TRAIN: True is a small, fast run (CI); False the full run
 SEED = 0  # with TRAIN (the shipped models were trained and scored with seed 0)
 
 # %%
-import torch
 from IPython.display import Markdown, display
 
 from attnviz import render, shipped
 from attnviz.analysis import spatial_maps
 from attnviz.cam import gradcam, softmax_scores
-from attnviz.data import digits_on_photos
 from attnviz.metrics import center_prior, mask_share_maps, score_maps
-from attnviz.models import small_resnet
-from attnviz.train import compare, fit, pick_device
+from attnviz.shipped import obtain, test_data
+from attnviz.train import compare, pick_device
 from attnviz.widgets import SpatialExplorer
 
-N_TRAIN = 2000 if QUICK else 10000
-N_TEST = 300 if QUICK else 2000
-EPOCHS = 1 if QUICK else 6
-DATA_SEED = SEED if TRAIN else 0
+RUN = {"train": TRAIN, "quick": QUICK, "seed": SEED}  # obtain(name, **RUN): open or train
 print("training" if TRAIN else "loading the shipped models", "on", pick_device())
 
 # %%
-test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
+test = test_data("resnet10_cbam", **RUN)
 
 # %% [markdown]
 # ## Plain, SE and CBAM: same network, same budget
@@ -68,23 +63,11 @@ test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
 # gate; the benchmark (`make bench`) scores both.
 
 # %%
-nets, histories = {}, {}
-if TRAIN:
-    train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
-for name, attention, kwargs in [
-    ("plain", None, None),
-    ("+SE", "se", None),
-    ("+CBAM", "cbam", {"spatial_kernel": 3}),
-]:
-    if TRAIN:
-        torch.manual_seed(SEED)
-        nets[name] = small_resnet(
-            10, attention=attention, width=16, stem_stride=2, attention_kwargs=kwargs
-        )
-        histories[name] = fit(nets[name], train, test, epochs=EPOCHS, lr=3e-3, seed=SEED)
-    else:  # trained by the loop above in full mode (shipped.RECIPES, the manifest)
-        key = f"resnet10_{attention or 'plain'}"
-        nets[name], histories[name] = shipped.load(key, device=None), shipped.history(key)
+# the shipped models, or trained here by their recipes (attnviz.recipes.RECIPES)
+names = {"plain": "resnet10_plain", "+SE": "resnet10_se", "+CBAM": "resnet10_cbam"}
+runs = {name: obtain(key, **RUN) for name, key in names.items()}
+nets = {name: model for name, (model, _) in runs.items()}
+histories = {name: history for name, (_, history) in runs.items()}
 display(Markdown(compare(histories)))
 cbam = nets["+CBAM"]
 

@@ -38,33 +38,25 @@ import torch
 from IPython.display import Markdown, display
 
 import attnviz
-from attnviz import render, shipped
+from attnviz import render
 from attnviz.analysis import forward_cost
-from attnviz.data import digits_on_photos
 from attnviz.metrics import attention_on_object
-from attnviz.models import small_resnet
-from attnviz.train import compare, fit, pick_device
+from attnviz.shipped import obtain, test_data
+from attnviz.train import compare, pick_device
 from attnviz.widgets import QueryExplorer
 
-N_TRAIN = 2000 if QUICK else 10000
-N_TEST = 300 if QUICK else 2000
-EPOCHS = 1 if QUICK else 6
-DATA_SEED = SEED if TRAIN else 0
+RUN = {"train": TRAIN, "quick": QUICK, "seed": SEED}  # obtain(name, **RUN): open or train
 print("training" if TRAIN else "loading the shipped models", "on", pick_device())
 
 # %%
-test = digits_on_photos("test", n=N_TEST if TRAIN else 2000, seed=DATA_SEED)
-nets, histories = {}, {}
-if TRAIN:
-    train = digits_on_photos("train", n=N_TRAIN, seed=SEED)
-for name, attention in [("plain", None), ("non-local", "nonlocal")]:
-    if TRAIN:
-        torch.manual_seed(SEED)
-        nets[name] = small_resnet(10, attention=attention, width=16, stem_stride=2)
-        histories[name] = fit(nets[name], train, test, epochs=EPOCHS, lr=3e-3, seed=SEED)
-    else:  # trained by the loop above in full mode (shipped.RECIPES, the manifest)
-        key = f"resnet10_{attention or 'plain'}"
-        nets[name], histories[name] = shipped.load(key, device=None), shipped.history(key)
+test = test_data("resnet10_nonlocal", **RUN)
+# the shipped models, or trained here by their recipes (attnviz.recipes.RECIPES)
+runs = {
+    name: obtain(key, **RUN)
+    for name, key in [("plain", "resnet10_plain"), ("non-local", "resnet10_nonlocal")]
+}
+nets = {name: model for name, (model, _) in runs.items()}
+histories = {name: history for name, (_, history) in runs.items()}
 display(Markdown(compare(histories)))
 
 # %% [markdown]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnviz import cli, shipped
+from attnviz import cli, shipped, storage
 from attnviz._resources import models_dir
 from attnviz.train import History, PhasedHistory
 
@@ -27,6 +27,7 @@ def test_the_manifest_lists_every_recipe_with_its_provenance():
         assert e["epochs"] == recipe.epochs and e["data_seed"] == recipe.seed == 0
         assert e["recipe"]["train"]["arguments"] == recipe.train[1]
         assert e["recipe"]["model"]["constructor"] == f"attnviz.models.{recipe.model[0]}"
+        assert e["recipe"] == recipe.describe()  # every argument, the data and its sizes
         assert e["torch"] and e["attnviz"] and e["trained_on"]
         assert e["test_correct"] == round(e["test_accuracy"] * e["test_images"])
         # float16 storage costs at most half a point of accuracy (the manifest states both)
@@ -97,6 +98,38 @@ def test_a_changed_file_is_refused_with_the_fix(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="does not match its manifest.*regenerate --only tinycnn"):
         shipped.load("tinycnn_rts", folder=folder)
+
+
+class _Runs:
+    """Unpickling this calls print: only a loader with weights_only=False would do it."""
+
+    def __reduce__(self):
+        return (print, ("unpickled an arbitrary object",))
+
+
+def test_a_file_with_pickled_objects_is_refused_even_when_its_checksum_fits(tmp_path, capsys):
+    """The checksum says the file is the one the manifest names; weights_only loading is what
+    keeps a manifest and file swapped together from running code."""
+    folder = _copy(tmp_path)
+    path = folder / "tinycnn_rts.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "extra": _Runs()}, path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["models"]["tinycnn_rts"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for read in (shipped.load, shipped.history):
+        with pytest.raises(storage.UnsafeFileError, match="refuses to load"):
+            read("tinycnn_rts", folder=folder)
+    assert "unpickled" not in capsys.readouterr().out
+
+
+def test_accuracy_matches_means_the_same_number_of_correct_images():
+    v = shipped.Verification("x", {"test_correct": 1835}, {"test_correct": 1835})
+    assert v.accuracy_matches
+    for off in (-1, 1):  # one image either way is a different model, not rounding
+        assert not shipped.Verification(
+            "x", {"test_correct": 1835}, {"test_correct": 1835 + off}
+        ).accuracy_matches
 
 
 def test_missing_models_and_names_say_what_to_do(tmp_path):

@@ -15,8 +15,9 @@ from attnviz.data import distorted_mnist
 from attnviz.models import STCNN
 from attnviz.modules import TwoStageTransformer
 from attnviz.modules.stn import ComposeTheta
+from attnviz.recipes import UPRIGHT
 from attnviz.records import TwoStageTransformRecord
-from attnviz.train import UPRIGHT_RECIPES, fit_upright
+from attnviz.train import fit_upright
 from attnviz.widgets import STNInspector
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -121,10 +122,19 @@ def test_fit_upright_freezes_the_classifier_while_the_transformer_learns():
 
 
 def test_recipes_build_for_rts_and_r():
-    assert set(UPRIGHT_RECIPES) == {"RTS", "R"}
-    r = STCNN.for_upright(**UPRIGHT_RECIPES["R"]["model"])
+    assert set(UPRIGHT) == {"RTS", "R"}
+    r = UPRIGHT["R"].build()
     assert r.stn.consistency == 1.0
     assert r(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # the recipes say what the README's upright table measured: phases, sizes, data
+    assert UPRIGHT["R"].train == (
+        "fit_upright",
+        {"pre_epochs": 14, "stn_epochs": 14, "joint_epochs": 2},
+    )
+    assert UPRIGHT["R"].data == "R" and UPRIGHT["RTS"].data == "RTS"
+    rts = UPRIGHT["RTS"].build()
+    assert rts.stn.consistency == 0.0 and tuple(rts.stn.output_size) == (28, 28)
+    assert rts(torch.rand(2, 1, 42, 42)).shape == (2, 10)
 
 
 def test_upright_digits_are_nearly_upright():

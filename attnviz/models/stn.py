@@ -263,7 +263,7 @@ class STCNN(nn.Module):
         input once. Train it with :func:`attnviz.train.fit_upright` (classifier first on
         nearly upright digits, then the transformer with the classifier frozen, then a
         short joint fine-tune). Use ``image_size=(28, 28), consistency=1.0`` for R
-        (rotations of ±90°): :data:`attnviz.train.UPRIGHT_RECIPES`. ``kwargs`` override
+        (rotations of ±90°): :data:`attnviz.recipes.UPRIGHT`. ``kwargs`` override
         any setting.
         """
         settings: dict[str, Any] = {
