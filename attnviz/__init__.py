@@ -5,10 +5,15 @@
         model(x)
     rec.select(kind="spatial")
 
-Public API, re-exported here and cheap to import.
+Public API, re-exported here and cheap to import: ``import attnviz`` loads what
+:func:`capture` needs (and no torchvision, matplotlib or ipywidgets); every other part
+loads the first time it is used, e.g. ``attnviz.shipped.load(...)``, ``attnviz.obtain(...)``
+or ``from attnviz.widgets import QueryExplorer``.
 """
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 from ._compat import module_getattr
 from .capture import CaptureWarning, FaithfulnessError, capture
@@ -16,11 +21,14 @@ from .modules import (
     CBAM,
     ChannelGate,
     HeatmapHead,
+    NonLocal,
     SpatialGate,
     SpatialTransformer,
     SqueezeExcitation,
+    TwoStageTransformer,
 )
-from .probes.tokens import TokenLayout, token_layout
+from .probes.tokens import TokenLayout
+from .probes.tokens import token_layout as token_layout  # used by capture; not in __all__
 from .records import (
     AxialRecord,
     BilinearAttentionRecord,
@@ -61,7 +69,7 @@ def _global(name: str) -> Callable[[], object]:
 
 
 # 0.1's names, for one release (each use warns with the new name).
-__getattr__ = module_getattr(
+_renamed = module_getattr(
     "attnviz",
     {
         old: (new, _global(new))
@@ -77,6 +85,52 @@ __getattr__ = module_getattr(
         }.items()
     },
 )
+
+#: the parts loaded on first use (``attnviz.shipped`` without ``import attnviz.shipped``)
+_LAZY_PARTS = frozenset(
+    {
+        "analysis",
+        "app",
+        "cam",
+        "cli",
+        "coverage",
+        "data",
+        "explain",
+        "maps",
+        "metrics",
+        "models",
+        "nbrun",
+        "photos",
+        "probes",
+        "recipes",
+        "render",
+        "running",
+        "shipped",
+        "stats",
+        "storage",
+        "testing",
+        "train",
+        "widgets",
+        "zoo",
+    }
+)
+#: names of other parts offered here, loaded on first use: name -> part
+_LAZY_NAMES = {"obtain": "shipped"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_PARTS:
+        return importlib.import_module(f"attnviz.{name}")
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"attnviz.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    return _renamed(name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_PARTS, *_LAZY_NAMES})
+
 
 __all__ = [
     "CBAM",
@@ -95,6 +149,7 @@ __all__ = [
     "FaithfulnessError",
     "HeatmapHead",
     "LocalAttentionRecord",
+    "NonLocal",
     "Record",
     "Recording",
     "SelfAttentionRecord",
@@ -104,6 +159,7 @@ __all__ = [
     "SqueezeExcitation",
     "TokenLayout",
     "TransformRecord",
+    "TwoStageTransformer",
     "WindowAttentionRecord",
     "__version__",
     "attention_type",
@@ -112,9 +168,9 @@ __all__ = [
     "get_attention_layer",
     "list_attention_layers",
     "list_attention_types",
+    "obtain",
     "refuse_attention_type",
     "register_attention_layer",
     "register_attention_type",
-    "token_layout",
     "unregister_attention_type",
 ]

@@ -208,3 +208,34 @@ def test_mypy_is_clean():
     out = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
     assert "Success: no issues found" in out.stdout
+
+
+def test_the_front_door_loads_only_what_capture_needs():
+    """`import attnviz` imports capture's parts; the rest (and torchvision, matplotlib,
+    ipywidgets) load on first use."""
+    code = (
+        "import sys, attnviz\n"
+        "heavy = ['torchvision', 'matplotlib', 'ipywidgets', 'pytorch_grad_cam', 'skimage',\n"
+        "         'attnviz.shipped', 'attnviz.widgets', 'attnviz.train', 'attnviz.zoo']\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "print(attnviz.shipped.__name__, attnviz.obtain.__module__, 'torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "", f"import attnviz loaded {out[0]}"
+    assert out[1] == "attnviz.shipped attnviz.shipped True"
+
+
+def test_all_lists_what_a_user_calls():
+    import attnviz
+
+    assert {"capture", "NonLocal", "TwoStageTransformer", "SpatialTransformer", "obtain"} <= set(
+        attnviz.__all__
+    )
+    assert "token_layout" not in attnviz.__all__  # capture's helper, still importable
+    missing = [name for name in attnviz.__all__ if not hasattr(attnviz, name)]
+    assert not missing, missing
+    assert len(set(attnviz.__all__)) == len(attnviz.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        attnviz.nothing  # noqa: B018
