@@ -13,7 +13,6 @@ from torchvision.models import mobilenet_v3_small
 
 import attnviz
 from attnviz import CBAM, SqueezeExcitation, render
-from attnviz.render import charts as render_charts
 from attnviz.widgets import ChannelExplorer
 
 N, SIZE = 3, 64
@@ -52,7 +51,8 @@ def _captured(model, image, block, features=False):
 
 
 def _panels(app) -> list[bytes]:
-    return [app._bars_png.value, app._before_png.value, app._after_png.value]
+    pictures = app.pictures()
+    return [pictures["bars"], pictures["before"], pictures["after"]]
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -60,7 +60,7 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def _blocks(app) -> list[str]:
-    return [value for _label, value in app._block.options]
+    return [value for _label, value in app.controls["block"].options]
 
 
 def test_blocks_are_the_channel_attention_records(model, images, app):
@@ -84,14 +84,22 @@ def test_bars_are_drawn_at_their_heights(app):
     """Counted in pixels: each bar is as tall as its weight on the chart's [0, 1] scale."""
     app.block = _blocks(app)[0]  # 16 channels: wide bars
     heights = app.bar_heights().numpy()
-    chart = _decode(app._bars_png.value)
-    width, _gap = render_charts._bar_geometry(len(heights))
-    x0 = render_charts._LEFT + np.arange(len(heights)) * width
-    plot = chart[render_charts._TOP : render_charts._TOP + render_charts._PLOT_H]
-    bar = (plot == render_charts._BAR).all(-1) | (plot == render_charts._PICK).all(-1)
+    chart = _decode(app.pictures()["bars"])
+    base, x0 = render.bar_chart(heights, 0.0, 1.0)  # x0: where each bar starts
+    np.testing.assert_array_equal(chart, render.mark_bar(base, x0, app.channel))
+    # the scale, read off a chart of full bars (weight 1): its rows and colours
+    full, _ = render.bar_chart(np.ones(len(heights)), 0.0, 1.0)
+    empty, _ = render.bar_chart(np.zeros(len(heights)), 0.0, 1.0)
+    colour = full[np.flatnonzero((full[:, x0[0]] != empty[:, x0[0]]).any(-1))[0], x0[0]]
+    rows = np.flatnonzero((full[:, x0[0]] == colour).all(-1))  # the 0 line to weight 1
+    assert (np.diff(rows) == 1).all() and len(rows) > 100
+    pick = render.mark_bar(full, x0, 0)[rows[0], x0[0]]
+    assert (pick != colour).any()
+    plot = chart[rows]
+    bar = (plot == colour).all(-1) | (plot == pick).all(-1)
     drawn = bar[:, x0].sum(axis=0) - 1  # rows from the 0 line to the top, inclusive
-    np.testing.assert_allclose(drawn, heights * (render_charts._PLOT_H - 1), atol=1)
-    assert (plot[:, x0[app.channel]] == render_charts._PICK).all(-1).any()  # the selected bar
+    np.testing.assert_allclose(drawn, heights * (len(rows) - 1), atol=1)
+    assert (plot[:, x0[app.channel]] == pick).all(-1).any()  # the selected bar
 
 
 def test_after_scaling_is_before_times_weight(model, images, app):
@@ -109,14 +117,15 @@ def test_after_scaling_is_before_times_weight(model, images, app):
 
 def test_channel_steps_redraw_without_a_forward_pass(app, forwards):
     before = _panels(app)
-    widgets = (app._bars_png, app._before_png, app._after_png)
-    app._channel.value = 3
+    panels = app.panels
+    app.controls["channel"].value = 3
     after = _panels(app)
     assert all(a != b for a, b in zip(after, before))
-    assert (app._bars_png, app._before_png, app._after_png) == widgets  # same widgets
+    assert list(app.panels) == ["bars", "before", "after"]
+    assert all(app.panels[name] is widget for name, widget in panels.items())  # same widgets
     app.block = _blocks(app)[4]  # every block of the image is cached
-    app._sort.value = True
-    app._highest.click()
+    app.controls["sort"].value = True
+    app.controls["highest"].click()
     assert forwards == []
     assert app.log.outputs == ()
 
@@ -133,10 +142,10 @@ def test_highest_and_lowest_land_on_argmax_and_argmin(app):
     for block in _blocks(app)[:4]:
         app.block = block
         weights = app.current()["weights"]
-        app._highest.click()
+        app.controls["highest"].click()
         assert app.channel == int(weights.argmax())
         assert app.current()["rank"] == 1
-        app._lowest.click()
+        app.controls["lowest"].click()
         assert app.channel == int(weights.argmin())
         assert app.current()["weight"] == float(weights.min())
 
@@ -144,26 +153,28 @@ def test_highest_and_lowest_land_on_argmax_and_argmin(app):
 def test_sorted_slider_walks_channels_by_descending_weight(app):
     app.block = _blocks(app)[0]  # 16 channels
     app.channel = 5
-    app._sort.value = True
+    slider, sort = app.controls["channel"], app.controls["sort"]
+    sort.value = True
     assert app.channel == 5  # toggling keeps the channel
-    assert app._channel.description == "rank"
+    assert slider.description == "rank"
     weights = app.current()["weights"]
     walked = []
     for position in range(len(weights)):
-        app._channel.value = position
+        slider.value = position
         walked.append(app.channel)
         assert app.current()["rank"] == position + 1
     assert sorted(walked) == list(range(len(weights)))
     assert (weights[walked].diff() <= 0).all()
-    app._sort.value = False
-    assert app._channel.value == app.channel == walked[-1]
+    sort.value = False
+    assert slider.description == "channel"
+    assert slider.value == app.channel == walked[-1]
 
 
 def test_block_change_keeps_a_valid_channel(app):
     app.block = _blocks(app)[-1]  # 576 channels
     app.channel = 500
     app.block = _blocks(app)[0]  # 16
-    assert app._channel.max == 15 and app.channel == 15
+    assert app.controls["channel"].max == 15 and app.channel == 15
     with pytest.raises(ValueError, match="channel must be"):
         app.channel = 16
     with pytest.raises(ValueError, match="block must be"):
@@ -179,7 +190,7 @@ def test_model_mode_and_hooks_are_left_as_they_were(model, images, train):
     flags = [m.training for m in model.modules()]
     app = ChannelExplorer(model, images)
     app.index = 2
-    app._channel.value = 4
+    app.controls["channel"].value = 4
     app.close()
     assert [m.training for m in model.modules()] == flags
     assert all(not m._forward_hooks for m in model.modules())
@@ -192,15 +203,16 @@ def test_normalised_images_are_shown_unnormalised(model, images):
     with pytest.raises(ValueError, match="mean and std"):
         ChannelExplorer(model, normed)
     app = ChannelExplorer(model, normed, mean=mean, std=std)
-    app._opacity.value = 0.0
+    app.opacity = 0.0
     expected = render.upscale(images[0].clamp(0, 1), app.scale)
-    assert np.abs(_decode(app._before_png.value).astype(int) - expected).max() <= 1
+    for name in ("before", "after"):  # at opacity 0 both panels are the image itself
+        assert np.abs(_decode(app.pictures()[name]).astype(int) - expected).max() <= 1
     app.close()
 
 
 def test_html_names_block_channel_weight_rank_label_prediction(app):
     app.channel = 2
-    text, s = app._info.value, app.current()
+    text, s = app.info, app.current()
     for part in (s["block"], "channel 2", f"{s['weight']:.4f}", f"rank {s['rank']}", "label c"):
         assert part in text
     assert f"prediction {'abcd'[s['prediction']]}" in text
@@ -214,22 +226,30 @@ def test_se_and_cbam_channel_gates_in_a_small_net():
         nn.Conv2d(8, 12, 3, padding=1, stride=2),
         CBAM(12, reduction=3),
     )
-    app = ChannelExplorer(model, torch.rand(2, 1, 16, 16).expand(2, 3, 16, 16))
+    images = torch.rand(2, 1, 16, 16).expand(2, 3, 16, 16)
+    app = ChannelExplorer(model, images)
     assert _blocks(app) == ["2", "4.channel_gate"]
     app.block = "4.channel_gate"
-    assert len(app.bar_heights()) == 12 and app._channel.max == 11
+    assert len(app.bar_heights()) == 12 and app.controls["channel"].max == 11
+    app.channel = 9
     s = app.current()
     assert tuple(s["before"].shape) == (8, 8)  # CBAM's input after the stride-2 conv
+    rec, _ = _captured(model, images[0], "4.channel_gate", features=True)
+    torch.testing.assert_close(app.bar_heights(), rec.weights[0].double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(s["before"], rec.features[0, 9], atol=1e-6, rtol=0)
     assert app.current()["prediction"] is None  # the output is a feature map, not logits
     app.close()
 
 
-def test_errors_go_to_the_log(app, monkeypatch):
-    def broken(_index):
+def test_errors_go_to_the_log(model, app):
+    def broken(_module, _args):
         raise RuntimeError("forward failed")
 
-    monkeypatch.setattr(app, "_load", broken)
-    app._image.value = 1  # no exception escapes the callback
+    handle = model.register_forward_pre_hook(broken)
+    try:
+        app.controls["image"].value = 1  # no exception escapes the callback
+    finally:
+        handle.remove()
     assert "forward failed" in app.log.outputs[-1]["text"]
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 import attnviz
+from attnviz import render
 from attnviz.models import small_resnet
 from attnviz.widgets import QueryExplorer
 from attnviz.widgets import query as qw
@@ -57,8 +58,9 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def test_blocks_are_the_self_attention_records(app):
-    assert [value for _label, value in app._block.options] == BLOCKS
-    assert "16x16 -> 16x16" in app._block.options[0][0]
+    options = app.controls["block"].options
+    assert [value for _label, value in options] == BLOCKS == list(app.records())
+    assert "16x16 -> 16x16" in options[0][0]
 
 
 def test_the_map_shown_is_query_map_of_the_chosen_pixel(model, images, app):
@@ -70,10 +72,18 @@ def test_the_map_shown_is_query_map_of_the_chosen_pixel(model, images, app):
     assert s["cell"] == (7 * 8 // SIZE, 20 * 8 // SIZE) == r.query_cell((20, 7), (SIZE, SIZE))
     torch.testing.assert_close(s["map"], r.query_map((20, 7), (SIZE, SIZE))[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(s["key_map"].sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
-    panel = _decode(app._png.value)
+    panel = _decode(app.picture())
+    assert list(app.pictures()) == ["map"]
     k = app.scale
     assert panel.shape == (SIZE * k, SIZE * k, 3)
-    assert tuple(panel[int(7.5 * k), int(20.5 * k)]) == qw._CROSS  # the crosshair's centre
+    assert tuple(panel[int(7.5 * k), int(20.5 * k)]) == qw.CROSSHAIR_COLOR  # its centre
+    box = np.argwhere((panel == qw.CELL_COLOR).all(-1))  # the query cell's box: (1, 5) of 8 x 8
+    top, left = box.min(0)
+    bottom, right = box.max(0)
+    cell = SIZE // 8 * k
+    np.testing.assert_allclose(
+        [top, left, bottom, right], [cell, 5 * cell, 2 * cell, 6 * cell], atol=2
+    )
 
 
 def test_the_toggle_shows_the_attention_received(model, images, app):
@@ -86,15 +96,15 @@ def test_the_toggle_shows_the_attention_received(model, images, app):
 
 
 def test_moves_re_render_without_a_forward_and_images_take_one(app, forwards):
-    pngs = [app._png.value]
+    pngs = [app.picture()]
     app.query = (3, 29)
-    pngs.append(app._png.value)
+    pngs.append(app.picture())
     app.block = BLOCKS[1]
-    pngs.append(app._png.value)
+    pngs.append(app.picture())
     app.received = True
-    pngs.append(app._png.value)
-    app._opacity.value = 0.2
-    pngs.append(app._png.value)
+    pngs.append(app.picture())
+    app.controls["opacity"].value = 0.2
+    pngs.append(app.picture())
     assert not forwards and len(set(pngs)) == len(pngs)
     app.index = 2
     assert len(forwards) == 1 and app.current()["index"] == 2 and app.block == BLOCKS[1]
@@ -104,7 +114,14 @@ def test_leaves_the_model_as_it_was(model, images):
     model.train()
     app = QueryExplorer(model, images[:1], scale=2)
     assert model.training and all(not m._forward_hooks for m in model.modules())
-    assert app._png.value and app.scale == 2
+    assert app.picture() and app.scale == 2
+    panel, s = _decode(app.picture()), app.current()
+    assert panel.shape == (SIZE * 2, SIZE * 2, 3)
+    # away from the query's box and crosshair (at the centre): the map over the image
+    image = render.to_uint8_rgb(images[0])
+    expected = render.upscale(render.overlay(image, s["map"].numpy(), alpha=0.6, cmap="inferno"), 2)
+    np.testing.assert_array_equal(panel[:24, :24], expected[:24, :24])
+    assert not np.array_equal(panel[:24, :24], render.upscale(image, 2)[:24, :24])
     app.close()
     app.close()
 
@@ -134,7 +151,7 @@ def test_a_vit_shows_heads_the_class_token_and_the_rollout():
     images = torch.rand(1, 3, 224, 224)
     app = QueryExplorer(vit, images)
     r = app.record()
-    assert [v for _, v in app._what.options] == ["query", "received", "cls", "rollout"]
+    assert [v for _, v in app.controls["show"].options] == ["query", "received", "cls", "rollout"]
     app.query, app.head = (40, 100), 2  # cell (6, 2) of the 14 x 14 patch grid
     s = app.current()
     assert s["cell"] == (6, 2) and s["head"] == 2
@@ -143,7 +160,7 @@ def test_a_vit_shows_heads_the_class_token_and_the_rollout():
     app.show = "cls"
     torch.testing.assert_close(app.current()["key_map"], r.matrix[0, 2, 0, 1:].reshape(14, 14))
     app.show = "rollout"
-    torch.testing.assert_close(app.current()["key_map"], rollout_map(app._cache["blocks"])[0])
+    torch.testing.assert_close(app.current()["key_map"], rollout_map(app.records())[0])
     with pytest.raises(ValueError, match="show must be one of"):
         app.show = "nope"
     app.close()
@@ -154,7 +171,7 @@ def test_halonet_draws_the_window_a_query_sees():
     torch.manual_seed(0)
     net = timm.create_model("halonet26t").eval()
     app = QueryExplorer(net, torch.rand(1, 3, 256, 256))
-    local = [n for n, r in app._cache["blocks"].items() if r.meta.get("window")]
+    local = [n for n, r in app.records().items() if r.meta.get("window")]
     app.block = local[0]
     app.query = (5, 5)
     s = app.current()
@@ -162,4 +179,10 @@ def test_halonet_draws_the_window_a_query_sees():
     outside = s["key_map"].clone()
     outside[r0:r1, c0:c1] = 0
     assert s["key_map"].sum() > 0 and outside.abs().max() == 0  # all of its attention inside
+    panel, (hk, wk), k = _decode(app.picture()), s["key_size"], app.scale
+    drawn = np.argwhere((panel == qw.WINDOW_COLOR).all(-1))  # the window's box, in pixels
+    top, left = drawn.min(0)
+    bottom, right = drawn.max(0)
+    expected = [r0 * 256 / hk * k, c0 * 256 / wk * k, r1 * 256 / hk * k, c1 * 256 / wk * k]
+    np.testing.assert_allclose([top, left, bottom, right], expected, atol=2)
     app.close()

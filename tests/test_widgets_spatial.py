@@ -62,8 +62,9 @@ def _captured(model, images):
 
 
 def test_blocks_are_the_cbam_spatial_records(app):
-    assert [value for _label, value in app._block.options] == BLOCKS
-    assert [label for label, _value in app._block.options] == [b[:8] for b in BLOCKS]
+    options = app.controls["block"].options
+    assert [value for _label, value in options] == BLOCKS
+    assert [label for label, _value in options] == [b[:8] for b in BLOCKS]
     assert app.block == BLOCKS[-1]
 
 
@@ -79,7 +80,12 @@ def test_shown_map_and_gate_are_the_captured_records(model, images, app):
         torch.testing.assert_close(s["channel_weights"], rec[gate].weights[2], atol=1e-6, rtol=0)
         image = render.upscale(images[2], app.scale)
         expected = render.overlay(image, s["map"], alpha=0.5, cmap="jet")
-        np.testing.assert_array_equal(_decode(app._cbam_png.value), expected)
+        pictures = app.pictures()
+        np.testing.assert_array_equal(_decode(pictures["cbam"]), expected)
+        bars = render.bar_chart(s["channel_weights"].double().numpy(), 0.0, 1.0)[0]
+        np.testing.assert_array_equal(_decode(pictures["gate"]), bars)  # Mc's bars
+        expected = render.overlay(image, s["gradcam"], alpha=0.5, cmap="jet", vmin=0, vmax=1)
+        np.testing.assert_array_equal(_decode(pictures["cam"]), expected)
     probs = out[2].softmax(0)
     assert s["prediction"] == int(probs.argmax())
     assert s["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
@@ -91,8 +97,8 @@ def test_gradcam_is_lazy_cached_and_the_grad_cam_map(model, images, app, cams):
     s = app.current()
     expected = cam.gradcam(model, images[:1], model.layer4[-1], [s["prediction"]])[0]
     torch.testing.assert_close(s["gradcam"], expected)
-    app._opacity.value = 0.3
-    app._cmap.value = "inferno"
+    app.controls["opacity"].value = 0.3
+    app.controls["cmap"].value = "inferno"
     app.block = BLOCKS[0]
     assert len(cams) == 1  # redraws reuse it
     other = (s["prediction"] + 1) % 10
@@ -108,26 +114,33 @@ def test_gradcam_is_lazy_cached_and_the_grad_cam_map(model, images, app, cams):
 
 
 def test_slider_moves_change_the_bytes_of_the_same_widgets(app):
-    panels = (app._cbam_png, app._cam_png, app._gate_png)
-    before = [w.value for w in panels]
-    app._opacity.value = 0.9
-    after = [w.value for w in panels]
+    names = ("cbam", "cam", "gate")
+    panels = app.panels
+
+    def shown() -> list[bytes]:
+        pictures = app.pictures()
+        return [pictures[name] for name in names]
+
+    assert app.visible_pictures() == list(names)
+    before = shown()
+    app.controls["opacity"].value = 0.9
+    after = shown()
     assert after[0] != before[0] and after[1] != before[1] and after[2] == before[2]
-    app.index = 1
-    assert all(a != b for a, b in zip([w.value for w in panels], after))
-    cbam = app._cbam_png.value
-    app._cmap.value = "gray"
-    assert app._cbam_png.value != cbam
-    app._range.value = "fixed"
+    app.controls["image"].value = 1
+    assert all(a != b for a, b in zip(shown(), after))
+    cbam = app.pictures()["cbam"]
+    app.controls["cmap"].value = "gray"
+    assert app.pictures()["cbam"] != cbam
+    app.controls["range"].value = "fixed"
     assert app.current()["range"] == "shared [0, 1]"
-    assert (app._cbam_png, app._cam_png, app._gate_png) == panels
+    assert all(app.panels[name] is widget for name, widget in panels.items())
     assert app.log.outputs == ()
 
 
 def test_overview_grid_is_blocks_by_images(model, images, app):
     app.index = 2
     app.mode = "overview"
-    assert app._single.layout.display == "none" and app._overview.layout.display is None
+    assert app.visible_pictures() == ["grid"]  # the single-mode panels are hidden
     spec = app.current()["overview"]
     assert spec["indices"] == [1, 2, 3]  # a row of 3 that fits before the end
     assert spec["blocks"] == BLOCKS and spec["row_labels"] == [b[:8] for b in BLOCKS]
@@ -140,12 +153,14 @@ def test_overview_grid_is_blocks_by_images(model, images, app):
         spec["maps"],
         spec["row_labels"],
         spec["col_labels"],
-        scale=app._grid_scale,
+        scale=app.grid_scale,
     )
-    shown = _decode(app._grid_png.value)
+    shown = _decode(app.pictures()["grid"])
     np.testing.assert_array_equal(shown, np.asarray(expected))
-    h = 4 + len(BLOCKS) * (SIZE * app._grid_scale + 4)
-    assert shown.shape[0] > h and shown.shape[1] > 4 + 3 * (SIZE * app._grid_scale + 4)
+    h = 4 + len(BLOCKS) * (SIZE * app.grid_scale + 4)
+    assert shown.shape[0] > h and shown.shape[1] > 4 + 3 * (SIZE * app.grid_scale + 4)
+    app.mode = "single"
+    assert app.visible_pictures() == ["cbam", "cam", "gate"]
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -177,23 +192,27 @@ def test_normalised_images_and_info_line(model, images):
     app = SpatialExplorer(
         model, normed, mean=mean, std=std, class_names=names, target_layer="layer3"
     )
-    app._opacity.value = 0.0
+    app.opacity = 0.0
     expected = render.upscale(images[0].clamp(0, 1), app.scale)
-    assert np.abs(_decode(app._cbam_png.value).astype(int) - expected).max() <= 1
+    for name in ("cbam", "cam"):  # at opacity 0 both maps leave the image as it is
+        assert np.abs(_decode(app.pictures()[name]).astype(int) - expected).max() <= 1
     s = app.current()
     assert s["target_layer"] == "layer3"
-    text = app._info.value
+    text = app.info
     assert f"prediction c{s['prediction']} (P={s['probability']:.2f})" in text
     assert "Grad-CAM on layer3" in text and "4&times;4" in text
     app.close()
 
 
-def test_errors_go_to_the_log(app, monkeypatch):
-    def broken(_indices):
+def test_errors_go_to_the_log(model, app):
+    def broken(_module, _args):
         raise RuntimeError("forward failed")
 
-    monkeypatch.setattr(app, "_forward", broken)
-    app._image.value = 3
+    handle = model.register_forward_pre_hook(broken)
+    try:
+        app.controls["image"].value = 3  # a new image: a forward pass, which fails
+    finally:
+        handle.remove()
     assert "forward failed" in app.log.outputs[-1]["text"]
 
 

@@ -54,21 +54,24 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def test_sliders_swap_the_image_bytes_of_the_same_widgets(app):
-    panels = (app._input_png, app._crop_png)
-    before = [p.value for p in panels]
-    app._image.value = 2
-    after_image = [p.value for p in panels]
+    panels = app.panels
+    assert list(panels) == ["input", "crop"]
+    before = list(app.pictures().values())
+    app.controls["image"].value = 2
+    after_image = list(app.pictures().values())
     assert all(a != b for a, b in zip(after_image, before))
-    app._snapshot.value = 1
-    assert all(a != b for a, b in zip((p.value for p in panels), after_image))
-    assert (app._input_png, app._crop_png) == panels  # updated in place, never rebuilt
+    app.controls["snapshot"].value = 1
+    assert all(a != b for a, b in zip(app.pictures().values(), after_image))
+    # updated in place, never rebuilt
+    assert all(app.panels[name] is widget for name, widget in panels.items())
     assert app.index == 2 and app.snapshot == 1 and app.current()["epoch"] == 5
 
 
 def test_properties_and_play_move_the_sliders(app):
     app.index, app.snapshot = 3, 2
-    assert app._image.value == 3 and app._snapshot.value == 2
-    app._play.value = 0
+    controls = app.controls
+    assert controls["image"].value == 3 and controls["snapshot"].value == 2
+    controls["play"].value = 0
     assert app.snapshot == 0
     with pytest.raises(ValueError, match=r"index must be in \[0, 3\]"):
         app.index = 4
@@ -88,14 +91,14 @@ def test_current_numbers_are_the_maths(app, parts):
         assert torch.equal(cur["corners"], corners[0])
         assert cur["iou"] == maps.polygon_iou(corners, parts["boxes"][i]).item()
         assert cur["label"] == [3, 1, 4, 1][i] and cur["epoch"] == [1, 5, 10][k]
-        table = app._table.value
+        table = app.info
         assert f"{expected['zoom']:.2f}×" in table and f"{cur['iou']:.3f}" in table
         assert f"{math.degrees(expected['rotation']):.1f}°" in table
 
 
 def test_input_panel_has_the_quad_where_theta_corners_says(app):
     app.index, app.snapshot = 1, 2
-    panel = _decode(app._input_png.value)
+    panel = _decode(app.pictures()["input"])
     assert panel.shape == (H * SCALE, W * SCALE, 3)
     quad = np.all(panel == render.QUAD_COLOR, axis=-1)
     corners = app.current()["corners"] * SCALE
@@ -112,12 +115,13 @@ def test_input_panel_has_the_quad_where_theta_corners_says(app):
 def test_identity_snapshot_frames_the_whole_input(parts):
     thetas = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(N, 2, 3)
     app = STNInspector(parts["images"], thetas, scale=2)
-    panel = _decode(app._input_png.value)
+    panel = _decode(app.pictures()["input"])
     edges = np.concatenate([panel[0], panel[-1], panel[:, 0], panel[:, -1]])
     assert (edges == render.QUAD_COLOR).all()
-    crop = _decode(app._crop_png.value)  # identity crop: the input itself, upscaled to match
+    crop = _decode(app.pictures()["crop"])  # identity crop: the input itself, upscaled to match
     np.testing.assert_array_equal(crop, render.upscale(parts["images"][0], 2))
-    assert app._snapshot.disabled and app._play.disabled  # one snapshot: nothing to play
+    controls = app.controls  # one snapshot: nothing to play
+    assert controls["snapshot"].disabled and controls["play"].disabled
     app.close()
 
 
@@ -125,18 +129,23 @@ def test_crop_is_resampled_from_the_high_resolution_source(parts):
     source = parts["images"].repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
     app = STNInspector(parts["images"], parts["thetas"], source=source, scale=SCALE)
     app.snapshot = 1
-    crop = _decode(app._crop_png.value)
+    crop = _decode(app.pictures()["crop"])
     expected = maps.resample(source[0], parts["thetas"][1, 0], (2 * H, 2 * W)).clamp(0, 1)
     np.testing.assert_array_equal(crop, render.upscale(expected, 2))  # 32 px -> 64 px panel
-    assert _decode(app._input_png.value).shape == (H * SCALE, W * SCALE, 3)
+    panel = _decode(app.pictures()["input"])  # the low-resolution input, not the source
+    assert panel.shape == (H * SCALE, W * SCALE, 3)
+    drawn = (panel == render.QUAD_COLOR).all(-1)  # the quadrilateral; the rest is the image
+    image = render.upscale(parts["images"][0], SCALE)
+    assert drawn.any() and not drawn.all()
+    np.testing.assert_array_equal(panel[~drawn], image[~drawn])
     app.close()
 
 
 def test_callback_errors_go_to_the_output_widget(app, monkeypatch):
-    def broken(_state):
+    def broken(*_args):
         raise RuntimeError("cannot draw")
 
-    monkeypatch.setattr(app, "_render_crop", broken)
+    monkeypatch.setattr(maps, "resample", broken)  # drawing the crop fails
     app.index = 1  # must not raise out of the slider's callback
     assert "cannot draw" in "".join(o.get("text", "") for o in app.log.outputs)
 
@@ -146,8 +155,9 @@ def test_display_and_close(app):
     assert "application/vnd.jupyter.widget-view+json" in bundle
     app.close()
     app.close()  # safe twice
-    app._play.value = 2
-    assert app._snapshot.value == 0  # unlinked
+    controls = app.controls
+    controls["play"].value = 2
+    assert controls["snapshot"].value == 0  # unlinked
 
 
 @pytest.mark.parametrize(
@@ -182,7 +192,11 @@ def test_panels_keep_their_pixel_size_in_the_browser():
     from attnviz.widgets import STNInspector
 
     app = STNInspector(torch.rand(2, 1, 20, 30), torch.eye(2, 3).expand(2, 2, 3), scale=2)
-    png = app._input_png
+    png = app.panels["input"]
     w, h = Image.open(io.BytesIO(png.value)).size
     assert (png.layout.width, png.layout.height) == (f"{w}px", f"{h}px") == ("60px", "40px")
+    panel = _decode(png.value)  # identity theta: the quadrilateral frames the image itself
+    inside = panel[1:-1, 1:-1]
+    image = render.upscale(app.images[0], 2)[1:-1, 1:-1]
+    np.testing.assert_array_equal(inside, image)
     app.close()

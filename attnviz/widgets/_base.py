@@ -7,7 +7,7 @@ import functools
 import struct
 import traceback
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, ClassVar, overload
 
 import ipywidgets as widgets
 import numpy as np
@@ -42,12 +42,19 @@ def close_tree(widget: widgets.Widget) -> None:
 class App:
     """Base of the apps: ``root`` (a Box) is what displays; ``close()`` closes all of it.
 
-    Subclasses set ``self.root`` and override :meth:`_release` to drop caches, links or
-    callbacks when the app closes.
+    What a user sees and does is public: :attr:`controls` (the widgets they move, pick or
+    click), :attr:`panels` and :meth:`pictures` (the pictures shown), :meth:`visible_pictures`
+    (those on display in the current mode) and :attr:`info` (the text beside them).
+
+    Subclasses set ``self.root``, name their controls in ``_CONTROLS``, keep their picture
+    panels in attributes ``_<name>_png`` and their text line in ``_info``, and override
+    :meth:`_release` to drop caches, links or callbacks when the app closes.
     """
 
     root: widgets.Box
     log: widgets.Output
+    #: the app's controls in display order: public name -> attribute holding the widget
+    _CONTROLS: ClassVar[dict[str, str]] = {}
     #: zlib level of the PNGs sent to the front end. 0 (stored) is the fastest to make,
     #: about 190 KiB per 256 x 256 panel: right for a local kernel. Raise it (1-6) when
     #: the kernel is remote (Colab) and bandwidth matters more than a few milliseconds.
@@ -84,17 +91,59 @@ class App:
 
         return run
 
-    def pictures(self) -> dict[str, bytes]:
-        """The PNG bytes each picture of the app shows now, by name (e.g. ``"bars"``).
+    @property
+    def controls(self) -> dict[str, widgets.Widget]:
+        """The widgets the user moves, picks or clicks, by name (the app's docstring lists
+        them; e.g. ``"channel"``, the channel slider), the very widgets on display.
 
-        The names are the app's picture panels, in display order: what a script saving
-        figures, or a test checking a redraw, reads (an empty panel gives ``b""``).
+        Setting a control's ``value`` (or calling a button's ``click()``) is what the user
+        does: the same callbacks run and the same pictures redraw. Its ``options``, ``max``,
+        ``description`` and ``disabled`` are what the user is offered.
         """
+        return {name: getattr(self, attr) for name, attr in self._CONTROLS.items()}
+
+    @property
+    def panels(self) -> dict[str, widgets.Image]:
+        """The app's picture panels (``Image`` widgets) by name (e.g. ``"bars"``), in the
+        order they were made; a redraw sets the ``value`` (PNG bytes) of these same
+        widgets, never replaces them. :meth:`pictures` gives their bytes."""
         return {
-            name[1:-4]: bytes(widget.value)
+            name[1:-4]: widget
             for name, widget in vars(self).items()
             if name.startswith("_") and name.endswith("_png") and isinstance(widget, widgets.Image)
         }
+
+    def pictures(self) -> dict[str, bytes]:
+        """The PNG bytes each picture of the app shows now, by name (e.g. ``"bars"``).
+
+        The names are the app's picture panels (:attr:`panels`): what a script saving
+        figures, or a test checking a redraw, reads (an empty panel gives ``b""``).
+        """
+        return {name: bytes(widget.value) for name, widget in self.panels.items()}
+
+    def visible_pictures(self) -> list[str]:
+        """The names of the panels on display now, in layout order: those not inside a
+        box the current mode hides (``layout.display == "none"``)."""
+        names = {id(widget): name for name, widget in self.panels.items()}
+        shown: list[str] = []
+
+        def walk(widget: widgets.Widget) -> None:
+            layout = getattr(widget, "layout", None)
+            if layout is not None and layout.display == "none":
+                return
+            if id(widget) in names:
+                shown.append(names[id(widget)])
+            for child in getattr(widget, "children", ()):
+                walk(child)
+
+        walk(self.root)
+        return shown
+
+    @property
+    def info(self) -> str:
+        """The text shown with the pictures now (HTML; "" for an app without one)."""
+        widget = getattr(self, "_info", None)
+        return "" if widget is None else str(widget.value)
 
     def picture(self) -> bytes:
         """The app's main picture as PNG bytes (its first panel)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import html
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -70,7 +70,22 @@ class ChannelExplorer(App, Opacity, ImageIndex, BlockChoice):
     The model's train/eval flags are left as they were (the forward passes run in eval
     mode under ``torch.no_grad()``). Display it by leaving it last in a cell; ``.root``
     is the ``VBox``.
+
+    ``controls``: ``image``, ``block``, ``opacity`` (sliders and dropdown), ``channel``
+    (the slider; its ``description`` reads "rank" and its value is a rank while sorted),
+    ``sort`` (toggle), ``highest`` and ``lowest`` (buttons). ``panels``: ``bars``,
+    ``before``, ``after``.
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {
+        "image": "_image",
+        "block": "_block",
+        "opacity": "_opacity",
+        "channel": "_channel",
+        "sort": "_sort",
+        "highest": "_highest",
+        "lowest": "_lowest",
+    }
 
     def __init__(
         self,

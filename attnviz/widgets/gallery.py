@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as widgets
 import numpy as np
@@ -30,9 +30,18 @@ class ChannelGallery(App):
             reads only the images it shows.
         side: pixels per image tile.
         k: images per row (at most the file's top-k).
+        block: the channel block shown first (default the file's last channel block).
 
     ``.current()`` gives the block, channel and the data set indices shown.
+    ``controls``: ``block`` (dropdown), ``channel`` (slider). ``panels``: ``top``,
+    ``bottom``, ``means``.
+
+    Raises:
+        ValueError: no channel block in the file, a data set of another size, or a
+            ``block`` the file does not hold.
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {"block": "_block", "channel": "_channel"}
 
     def __init__(
         self,
@@ -41,11 +50,14 @@ class ChannelGallery(App):
         *,
         side: int = 72,
         k: int | None = None,
+        block: str | None = None,
     ) -> None:
         self.stats = stats if isinstance(stats, DatasetStats) else DatasetStats.load(stats)
         blocks = self.stats.channel_blocks
         if not blocks:
             raise ValueError("the statistics file holds no channel-attention block")
+        if block is not None and block not in blocks:
+            raise ValueError(f"block must be one of {blocks}, got {block!r}")
         size = self.stats.meta.get("dataset", {}).get("size")
         if size is not None and len(dataset) != size:
             raise ValueError(
@@ -56,7 +68,9 @@ class ChannelGallery(App):
         self._class_means = self.stats.channel_stats().mean  # block -> K x C, for the bars
         self.k = min(k or 10**9, len(self.stats.blocks[blocks[0]]["top_index"]))
         self.log = widgets.Output()
-        self._block = widgets.Dropdown(options=blocks, value=blocks[-1], description="block")
+        self._block = widgets.Dropdown(
+            options=blocks, value=blocks[-1] if block is None else block, description="block"
+        )
         self._channel = widgets.IntSlider(
             0, 0, self._channels() - 1, description="channel", continuous_update=False
         )
@@ -89,14 +103,18 @@ class ChannelGallery(App):
 
     @property
     def block(self) -> str:
+        """The channel block shown (a block of the statistics file); settable."""
         return self._block.value
 
     @block.setter
     def block(self, name: str) -> None:
+        if name not in self.stats.channel_blocks:
+            raise ValueError(f"block must be one of {self.stats.channel_blocks}, got {name!r}")
         self._block.value = name
 
     @property
     def channel(self) -> int:
+        """The channel shown (0 .. C-1 of the block); settable."""
         return self._channel.value
 
     @channel.setter

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as widgets
 
@@ -167,7 +167,16 @@ class PhotoExplainer(App):
 
     A network without classifier (DINO) shows its attention only. ``.current()`` returns
     what is shown (top-5, target, block, head, the maps) for tests.
+
+    ``controls``: ``target`` (the class Grad-CAM explains), ``block`` (the attention
+    shown) and ``head`` (dropdowns). ``panels``: ``cam``, ``se`` (the attention map).
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {
+        "target": "_target",
+        "block": "_block",
+        "head": "_head",
+    }
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -47,9 +47,11 @@ from ._base import (
 
 __all__ = ["QueryExplorer"]
 
-_CROSS = (0, 255, 255)  # the crosshair, over a dark outline
-_CELL = (255, 255, 255)  # the query cell's box
-_WINDOW = (80, 200, 255)  # the keys a local-attention query can see
+#: colours drawn over the map: the query pixel's crosshair (over a dark outline), the
+#: query cell's box, and the box of the keys a local-attention query can see
+CROSSHAIR_COLOR = (0, 255, 255)
+CELL_COLOR = (255, 255, 255)
+WINDOW_COLOR = (80, 200, 255)
 #: what the panel shows, by "show" value
 _SHOWS = {
     "query": "where the query looks",
@@ -64,7 +66,7 @@ def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int) -> np.ndarray:
     """A crosshair centred on canvas pixel (cx, cy), 1 pixel wide with a dark outline."""
     out = canvas.copy()
     h, w = out.shape[:2]
-    for colour, width in (((0, 0, 0), 1), (_CROSS, 0)):
+    for colour, width in (((0, 0, 0), 1), (CROSSHAIR_COLOR, 0)):
         y0, y1 = max(cy - width, 0), min(cy + width + 1, h)
         x0, x1 = max(cx - width, 0), min(cx + width + 1, w)
         out[y0:y1, max(cx - arm, 0) : min(cx + arm + 1, w)] = colour
@@ -97,7 +99,21 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
     The query is chosen with the x and y sliders (image pixels): core ipywidgets images
     send no clicks. The model's train/eval flags are left as they were (forward passes run
     in eval mode under ``torch.no_grad()``). ``.root`` is the ``VBox``.
+
+    ``controls``: ``image``, ``block``, ``opacity``, ``x`` and ``y`` (the query pixel's
+    sliders), ``show`` (what the panel shows) and ``head`` (dropdowns). ``panels``:
+    ``map``.
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {
+        "image": "_image",
+        "block": "_block",
+        "opacity": "_opacity",
+        "x": "_x",
+        "y": "_y",
+        "show": "_what",
+        "head": "_head",
+    }
 
     def __init__(
         self,
@@ -168,7 +184,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._opacity = widgets.FloatSlider(
             value=0.6, min=0, max=1, step=0.05, description="opacity"
         )
-        self._png = widgets.Image(format="png")
+        self._map_png = widgets.Image(format="png")
         self._info = widgets.HTML()
         self.log = widgets.Output()
         self.root = widgets.VBox(
@@ -176,7 +192,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
                 widgets.HBox([self._image, self._block, self._opacity]),
                 widgets.HBox([self._x, self._y]),
                 widgets.HBox([self._what, self._head]),
-                widgets.HBox([self._png]),
+                widgets.HBox([self._map_png]),
                 self._info,
                 self.log,
             ]
@@ -184,7 +200,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         # stable handles for browser tests and user CSS
         self.root.add_class("attnviz-query-explorer")
         self._x.add_class("attnviz-query-x")
-        self._png.add_class("attnviz-query")
+        self._map_png.add_class("attnviz-query")
         self._image.observe(self._guard(self._on_image), names="value")
         self._head.add_class("attnviz-query-head")
         self._what.add_class("attnviz-query-show")
@@ -270,6 +286,11 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         """The cached record (batch of one) of the block shown."""
         return self._cache["blocks"][self.block]
 
+    def records(self) -> dict[str, SelfAttentionRecord]:
+        """The cached records (batch of one) of every block offered for the image shown,
+        by name, in the block dropdown's order (what the rollout combines)."""
+        return dict(self._cache["blocks"])
+
     def current(self) -> dict[str, Any]:
         """The numbers shown.
 
@@ -328,9 +349,9 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         if s["window"] is not None:
             (hk, wk), (r0, c0, r1, c1) = s["key_size"], s["window"]
             box = (c0 * w / wk, r0 * h / hk, c1 * w / wk, r1 * h / hk)
-            picture = render.draw_box(picture, box, scale=k, color=_WINDOW)
+            picture = render.draw_box(picture, box, scale=k, color=WINDOW_COLOR)
         box = (j * w / wq, i * h / hq, (j + 1) * w / wq, (i + 1) * h / hq)
-        canvas = np.asarray(render.draw_box(picture, box, scale=k, color=_CELL))
+        canvas = np.asarray(render.draw_box(picture, box, scale=k, color=CELL_COLOR))
         x, y = s["query"]
         return _crosshair(canvas, int((x + 0.5) * k), int((y + 0.5) * k), arm=max(3, 2 * k))
 
@@ -364,7 +385,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
     @redraw
     def _redraw(self) -> None:
         s = self.current()
-        self._show(self._png, self._panel(s))
+        self._show(self._map_png, self._panel(s))
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

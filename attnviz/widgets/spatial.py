@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -92,7 +92,26 @@ class SpatialExplorer(App, Opacity, ImageIndex):
     Every module's train/eval flag, every parameter's ``requires_grad`` and ``.grad`` are
     left as they were (forward passes run under ``capture`` in eval mode without
     gradients; Grad-CAM restores everything). Display it by leaving it last in a cell.
+
+    Attributes:
+        scale: integer upscaling of the single-mode panels.
+        grid_scale: integer upscaling of each image of the overview grid.
+
+    ``controls``: ``mode`` (single or overview), ``image``, ``block``, ``target``,
+    ``cmap`` (colours), ``range`` (per-map or fixed [0, 1]), ``opacity``. ``panels``:
+    ``cbam`` (Ms over the image), ``cam`` (Grad-CAM), ``gate`` (Mc's bars) in single mode,
+    ``grid`` in overview mode (see :meth:`visible_pictures`).
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {
+        "mode": "_mode",
+        "image": "_image",
+        "block": "_block",
+        "target": "_target",
+        "cmap": "_cmap",
+        "range": "_range",
+        "opacity": "_opacity",
+    }
 
     @renamed_kwargs(cam_layer="target_layer")
     def __init__(
@@ -133,7 +152,7 @@ class SpatialExplorer(App, Opacity, ImageIndex):
             torch.device(device) if device is not None else getattr(param, "device", "cpu")
         )
         self.scale = render.check_scale(max(1, round(192 / max(h, w))) if scale is None else scale)
-        self._grid_scale = max(1, round(96 / max(h, w)))
+        self.grid_scale = max(1, round(96 / max(h, w)))
         self.overview_count = min(overview_count, n)
         self._forwards: dict[int, dict[str, Any]] = {}
         self._cams: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -383,7 +402,7 @@ class SpatialExplorer(App, Opacity, ImageIndex):
             spec["col_labels"],
             alpha=self._opacity.value,
             cmap=self._cmap.value,
-            scale=self._grid_scale,
+            scale=self.grid_scale,
             **self._norm(),
         )
 

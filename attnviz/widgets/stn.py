@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as widgets
 import numpy as np
@@ -84,7 +84,17 @@ class STNInspector(App, ImageIndex):
         TypeError: integer images or thetas.
 
     Display it by leaving it last in a cell; ``.root`` is the ``VBox``.
+
+    ``controls``: ``image``, ``snapshot`` (sliders), ``play`` (plays the snapshots;
+    both disabled with one snapshot). ``panels``: ``input`` (U with the quadrilateral),
+    ``crop`` (V). ``info``: the table.
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {
+        "image": "_image",
+        "play": "_play",
+        "snapshot": "_snapshot",
+    }
 
     def __init__(
         self,
@@ -194,6 +204,12 @@ class STNInspector(App, ImageIndex):
         if not 0 <= value < len(self.thetas):
             raise ValueError(f"snapshot must be in [0, {len(self.thetas) - 1}], got {value}")
         self._snapshot.value = value
+
+    @property
+    def info(self) -> str:
+        """The table shown beside the pictures now (HTML): theta's decomposition, IoU,
+        label and prediction."""
+        return str(self._table.value)
 
     def current(self) -> dict[str, Any]:
         """The numbers shown for the current image and snapshot.

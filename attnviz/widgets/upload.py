@@ -14,7 +14,7 @@ import contextlib
 import io
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as widgets
 from PIL import Image
@@ -52,9 +52,13 @@ class PhotoPicker(App):
         source: ``"sample:<name>"`` or ``"upload:<file name>"`` (``None`` before any).
         root: the app's box. log: the Output where errors appear.
 
+    ``controls``: ``sample`` (dropdown), ``upload`` (file upload). ``panels``: ``preview``.
+
     Raises:
         ValueError: an unknown sample name, or a bad ``preview_size``.
     """
+
+    _CONTROLS: ClassVar[dict[str, str]] = {"sample": "_sample", "upload": "_upload"}
 
     def __init__(
         self,
