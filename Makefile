@@ -2,7 +2,7 @@
 #   make lab    create .venv if needed, install attnviz with its notebook extras, open JupyterLab
 #   make test   create .venv if needed and run the whole test suite
 #   make app    every explorer on the shipped trained models, in one page (Voila, 127.0.0.1:8866)
-# Other targets: make demo (HTML gallery of every notebook), make bench, make lint,
+# Other targets: make test-fast (the daily loop), make demo (HTML gallery of every notebook), make bench, make lint,
 # make models (retrain the shipped models from scratch), make clean-venv.
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnviz-installed
 PYTEST_ARGS ?=
 
-.PHONY: lab app test lint bench demo models venv clean-venv
+.PHONY: lab app test test-fast lint bench demo models venv clean-venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ models: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The daily loop: everything but the notebooks, the browser and the slow sweeps (~2 minutes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
