@@ -125,6 +125,11 @@ class ExplorerApp(App):
         kwargs = {} if make is QueryExplorer else {"labels": test.labels[:n].tolist()}
         return make(model, test.images[:n], **kwargs), _caption(name, folder)
 
+    @property
+    def built(self) -> list[str]:
+        """The tabs whose explorer has been built (opened), in the order they were opened."""
+        return list(self._built)
+
     def explorer(self, tab: str) -> App:
         """The explorer of ``tab`` (one of :data:`TABS`), built on first use."""
         if tab not in TABS:

@@ -28,10 +28,11 @@ def explorers():
 
 
 def test_opens_on_the_first_tab_and_builds_the_others_when_opened(explorers):
-    assert list(explorers._built) == ["Spatial transformer"]
+    assert explorers.built == ["Spatial transformer"]
     assert [explorers.tabs.get_title(i) for i in range(len(appmod.TABS))] == list(appmod.TABS)
     explorers.tabs.selected_index = appmod.TABS.index("SE channels")
-    assert isinstance(explorers._built["SE channels"], ChannelExplorer)
+    assert explorers.built == ["Spatial transformer", "SE channels"]
+    assert isinstance(explorers.explorer("SE channels"), ChannelExplorer)
     caption = explorers.tabs.children[1].children[0].value
     assert f"{shipped.entry('resnet10_se')['test_accuracy']:.1%}" in caption
 

@@ -277,7 +277,7 @@ def test_a_24_megapixel_photo_is_prepared_and_overlaid_at_display_size(tmp_path)
 # -- attnviz.widgets.PhotoPicker -------------------------------------------------------------
 def _upload(picker, name: str, content: bytes, mime: str = "image/jpeg") -> None:
     """Set the FileUpload's value as ipywidgets 8 does when a user picks a file."""
-    picker._upload.value = (
+    picker.controls["upload"].value = (
         {
             "name": name,
             "type": mime,
@@ -295,15 +295,15 @@ def test_photo_picker_starts_with_a_sample_and_switches_to_an_upload_and_back():
     seen = []
     picker.on_change(seen.append)
     assert picker.source == "sample:coffee" and picker.image.size == (600, 400)
-    assert picker._upload.accept == "image/*" and not picker._upload.multiple
+    assert picker.controls["upload"].accept == "image/*" and not picker.controls["upload"].multiple
     assert picker.pictures()["preview"][:4] == b"\x89PNG"
 
     _upload(picker, "phone.jpg", _two_colour_jpeg(6))
     assert picker.source == "upload:phone.jpg" and picker.image.size == (20, 40)  # upright
-    assert picker._sample.value is None and seen == [picker.image]
+    assert picker.controls["sample"].value is None and seen == [picker.image]
 
-    picker._sample.value = "chelsea"
-    assert picker.source == "sample:chelsea" and picker._upload.value == ()
+    picker.controls["sample"].value = "chelsea"
+    assert picker.source == "sample:chelsea" and picker.controls["upload"].value == ()
     assert len(seen) == 2 and seen[-1].size == (451, 300)
     picker.close()
     picker.close()
@@ -332,7 +332,7 @@ def test_photo_picker_routes_callback_errors_to_its_output():
     def broken(image):
         raise RuntimeError("boom")
 
-    picker._sample.value = "rocket"
+    picker.controls["sample"].value = "rocket"
     assert picker.source == "sample:rocket"
     assert "boom" in "".join(o.get("text", "") for o in picker.log.outputs)
     picker.on_change(broken, remove=True)
