@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from attnviz import maps
+from attnviz import maps, render
 from attnviz.explain import comparison_figure, explain
 from attnviz.photos import load_sample
 from attnviz.records import LocalAttentionRecord
@@ -170,6 +170,17 @@ def test_weights_that_cannot_be_had_fall_back_to_random_with_the_reason():
     assert "Random weights" in picker.status and "no network" in picker.status
 
 
+def _where(big: np.ndarray, small: np.ndarray) -> list[tuple[int, int]]:
+    """(row, column) of every place the picture ``small`` appears in ``big``, pixel for pixel."""
+    h, w = small.shape[:2]
+    corner = np.all(big[: big.shape[0] - h + 1, : big.shape[1] - w + 1] == small[0, 0], axis=2)
+    return [
+        (int(y), int(x))
+        for y, x in zip(*np.nonzero(corner))
+        if np.array_equal(big[y : y + h, x : x + w], small)
+    ]
+
+
 def test_the_comparison_figure_has_one_row_per_family():
     rows = [
         (fam, explain(pretrained(name, weights=None), load_sample("chelsea"), display_side=96))
@@ -177,15 +188,61 @@ def test_the_comparison_figure_has_one_row_per_family():
     ]
     fig = comparison_figure(rows, side=96)
     assert fig.width >= 3 * 96 and fig.height >= 2 * (96 + 30)
+    # each row: the network's input, the attention it applied, Grad-CAM of its prediction,
+    # side by side in that order, each found once in the figure, pixel for pixel
+    pixels = np.asarray(fig.convert("RGB"))
+    tops = []
+    for _, ex in rows:
+        attention = ex.picture()[1]
+        cam = render.overlay(ex.view, ex.gradcam())
+        panels = [render.fit_height(p, 96) for p in (ex.view, attention, cam)]
+        assert not np.array_equal(panels[0], panels[1]) and not np.array_equal(panels[0], panels[2])
+        found = [_where(pixels, p) for p in panels]
+        assert [len(f) for f in found] == [1, 1, 1], found
+        (y0, x0), (y1, x1), (y2, x2) = (f[0] for f in found)
+        assert y0 == y1 == y2 and x0 < x1 < x2
+        tops.append(y0)
+    assert tops[0] + 96 < tops[1]  # one row per family, in the order given
+    # the two families' attention panels differ (a branch chart vs a class-token map)
+    assert not np.array_equal(rows[0][1].picture()[1], rows[1][1].picture()[1])
 
 
 def test_every_head_of_a_vit_block_over_the_photo():
-    ex = explain(
-        pretrained("timm/vit_tiny_patch16_224", weights=None),
-        load_sample("chelsea"),
-        display_side=64,
-    )
+    pre = pretrained("timm/vit_tiny_patch16_224", weights=None)
+    inputs = {}
+    hooks = [
+        m.register_forward_hook(lambda m, args, out, n=n: inputs.__setitem__(n, args[0]))
+        for n, m in pre.model.named_modules()
+        if n.endswith(".attn")
+    ]
+    try:
+        ex = explain(pre, load_sample("chelsea"), display_side=64)
+    finally:
+        for h in hooks:
+            h.remove()
     grid = ex.head_grid(columns=2)  # 3 heads: 2 rows of 2 cells, one blank
     assert grid.width > 2 * 64 and grid.height > 2 * 64
+    # each head's matrix is what that head computes from its q and k
+    block = ex.default_block
+    attn, r = pre.model.get_submodule(block), ex.recording[block]
+    x = inputs[block]
+    b, n, _ = x.shape
+    with torch.no_grad():
+        qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        expected = torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1)
+    assert r.heads == 3 and r.matrix.shape == expected.shape
+    torch.testing.assert_close(r.matrix, expected, atol=1e-5, rtol=0)
+    # and cell h of the grid is head h's class-token row over the photo
+    pixels = np.asarray(grid.convert("RGB"))
+    cells = []
+    for h in range(3):
+        _, m = ex.attention(block, h)
+        torch.testing.assert_close(m, expected[0, h, 0, 1:].reshape(14, 14), atol=1e-5, rtol=0)
+        found = _where(pixels, render.overlay(ex.view, m))
+        assert len(found) == 1, (h, found)
+        cells.append(found[0])
+    (y0, x0), (y1, x1), (y2, x2) = cells
+    assert y0 == y1 < y2 and x0 < x1 and x2 == x0  # heads 0, 1 on the first row, 2 below
     with pytest.raises(ValueError, match="not a self-attention block"):
         ex.head_grid(maps.ROLLOUT)

@@ -15,6 +15,7 @@ from attnviz import (
     SpatialTransformer,
     SqueezeExcitation,
 )
+from attnviz.modules import TwoStageTransformer
 
 
 def _sigmoid(t):
@@ -252,3 +253,78 @@ def test_stn_errors_name_the_fix():
         SpatialTransformer(lambda x: x)
     with pytest.raises(ValueError, match="B x C x H x W"):
         SpatialTransformer(_loc())(torch.rand(1, 8, 8))
+
+
+# -- the two-stage transformer: the angle head reads the first stage's crop ---------------------
+def _two_stage(seed: int = 0, **kwargs) -> TwoStageTransformer:
+    """A two-stage transformer whose angle head answers differently for different crops."""
+    torch.manual_seed(seed)
+    stn = TwoStageTransformer(
+        nn.Conv2d(1, 4, 3, padding=1), 4, window_size=(32, 32), output_size=(32, 32), **kwargs
+    )
+    with torch.no_grad():
+        stn.angle.regress[-1].weight.normal_(std=0.5)  # not the identity: depends on its input
+    return stn.eval()
+
+
+def _rotation(stn: TwoStageTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The rotation R the transformer applied to each image (the angle head's output)."""
+    seen = {}
+    handle = stn.angle.register_forward_hook(lambda m, args, out: seen.update(r=out))
+    try:
+        with torch.no_grad():
+            stn(x)
+    finally:
+        handle.remove()
+    return seen["r"]
+
+
+def test_two_stage_angle_head_sees_only_pixels_inside_the_window():
+    # scores 0 and zoom 0.5: the window is the central half of the 32 x 32 image whatever
+    # the image; its 32 x 32 crop reads pixels 7..24 (bilinear, align_corners=False)
+    stn = _two_stage(init_scale=0.5)
+    x = torch.rand(3, 1, 32, 32)
+    outside = x.clone()
+    frame = torch.ones(32, 32, dtype=torch.bool)
+    frame[6:26, 6:26] = False
+    outside[:, :, frame] = torch.rand(3, 1, int(frame.sum()))
+    inside = x.clone()
+    inside[:, :, 10:22, 10:22] = torch.rand(3, 1, 12, 12)
+    r = _rotation(stn, x)
+    assert not torch.allclose(r, torch.eye(2).expand(3, 2, 2), atol=1e-3)  # a real answer
+    torch.testing.assert_close(_rotation(stn, outside), r, atol=1e-6, rtol=0)
+    assert (_rotation(stn, inside) - r).abs().amax(dim=(1, 2)).min() > 1e-3
+
+
+def test_two_stage_angle_head_input_is_the_image_sampled_by_the_first_stage_theta():
+    stn = _two_stage(seed=1, init_scale=0.6)
+    with torch.no_grad():
+        stn.head.score.weight.normal_(std=3.0)  # a window that moves with the image
+    x = torch.rand(4, 1, 32, 32)
+    seen = {}
+    hooks = [
+        stn.window.register_forward_hook(lambda m, args, out: seen.update(window=out)),
+        stn.angle.register_forward_hook(lambda m, args, out: seen.update(crop=args[0], r=out)),
+    ]
+    try:
+        with torch.no_grad():
+            out = stn(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    window = seen["window"]
+    # the first stage's theta: [[s, 0, tx], [0, s, ty]], off-centre and different per image
+    torch.testing.assert_close(window[:, 0, 0], torch.full((4,), 0.6))
+    torch.testing.assert_close(window[:, 1, 1], torch.full((4,), 0.6))
+    assert window[:, :, 2].abs().max() > 0.05 and window[:, :, 2].std(0).max() > 1e-3
+    crop = F.grid_sample(
+        x, F.affine_grid(window, [4, 1, 32, 32], align_corners=False), align_corners=False
+    )
+    torch.testing.assert_close(seen["crop"], crop, atol=1e-6, rtol=0)
+    assert not torch.allclose(crop, x, atol=1e-2)  # the crop is not the whole image
+    # and the output is the input sampled once by [s R | t]
+    theta = torch.cat([window[:, :, :2] @ seen["r"], window[:, :, 2:]], dim=2)
+    expected = F.grid_sample(
+        x, F.affine_grid(theta, [4, 1, 32, 32], align_corners=False), align_corners=False
+    )
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)

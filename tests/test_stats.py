@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms import ToTensor
 
-from attnviz import cli, shipped
-from attnviz.analysis import channel_stats, spatial_maps
+from attnviz import SqueezeExcitation, cli, render, shipped
+from attnviz.analysis import channel_stats, plot_class_excitation, spatial_maps
 from attnviz.capture import capture
 from attnviz.data import digits_on_photos
 from attnviz.models import small_resnet
@@ -111,6 +111,45 @@ def test_top_k_and_histogram_equal_a_brute_force_pass(folder, se):
         expected = torch.histc(w.flatten(), bins=20, min=0, max=1)
         assert counts.sum() == w.numel() and torch.equal(counts.double(), expected.double())
         assert len(edges) == 21
+
+
+def _known_se() -> torch.nn.Module:
+    """An SE block whose weights are known: channels 0-6 constant (0, 0.05, 0.15, 0.15,
+    0.5, 0.62, 1), channel 7 sigmoid(mean of input channel 0)."""
+    se = SqueezeExcitation(8, reduction=4)
+    logit = torch.logit(torch.tensor([0.05, 0.15, 0.62]))
+    with torch.no_grad():
+        se.fc1.weight.zero_()
+        se.fc1.weight[0, 0] = 1.0
+        se.fc1.bias.copy_(torch.tensor([5.0, 1.0]))  # h0 = relu(z0 + 5) = z0 + 5
+        se.fc2.weight.zero_()
+        se.fc2.weight[7, 0] = 1.0
+        b = [-200.0, logit[0], logit[1], logit[1], 0.0, logit[2], 200.0, -5.0]
+        se.fc2.bias.copy_(torch.tensor(b))
+    return torch.nn.Sequential(se).eval()
+
+
+def test_histogram_edges_span_zero_to_one_and_counts_land_in_their_bins():
+    x = torch.rand(5, 8, 4, 4)
+    x[:, 0] = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0])[:, None, None]
+    dataset = TensorDataset(x, torch.tensor([0, 1, 0, 1, 0]))
+    stats = dataset_stats(_known_se(), dataset, num_classes=2, bins=10, progress=False)
+    counts, edges = stats.histogram("0")
+    # edges: 11 evenly spaced values from the documented 0 to 1
+    np.testing.assert_allclose(edges.numpy(), np.linspace(0, 1, 11), rtol=0, atol=1e-12)
+    # by hand: per image 0 and 0.05 -> bin 0, 0.15 twice -> bin 1, 0.5 -> bin 5 (bins are
+    # closed on the left), 0.62 -> bin 6, 1 -> bin 9 (the last bin holds 1); channel 7 is
+    # sigmoid(-3, -1, 0, 1, 3) = 0.047, 0.269, 0.5, 0.731, 0.953 -> bins 0, 2, 5, 7, 9
+    assert counts.tolist() == [11, 10, 1, 0, 0, 6, 5, 1, 0, 6]
+    hist = stats.blocks["0"]["hist"]
+    assert hist[0] == 0 and hist[-1] == 0  # nothing below 0 or above 1
+    # every weight lies inside the bin the edges give it
+    model = _known_se()
+    with torch.no_grad(), capture(model, kinds="channel") as rec:
+        model(x)
+    w = rec["0"].weights.double().flatten().numpy()
+    by_edges, _ = np.histogram(w, bins=edges.numpy())
+    assert counts.tolist() == by_edges.tolist()
 
 
 def test_digits_on_photos_channel_and_spatial_maps(tmp_path):
@@ -360,7 +399,12 @@ def test_bad_input_says_what_to_do(se, tmp_path):
         open_dataset(tmp_path, ToTensor())
 
 
-def test_plot_and_gallery_from_the_file(folder, se, tmp_path, capsys):
+def _plot_cli(stats_file, png, *extra) -> np.ndarray:
+    assert cli.main(["plot", str(stats_file), "-o", str(png), *extra]) == 0
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def test_plot_and_gallery_from_the_file(folder, se, tmp_path, capsys, monkeypatch):
     out = tmp_path / "s.pt"
     assert (
         cli.main(
@@ -377,25 +421,58 @@ def test_plot_and_gallery_from_the_file(folder, se, tmp_path, capsys):
         )
         == 0
     )
-    assert cli.main(["plot", str(out), "-o", str(tmp_path / "classwise.png")]) == 0
-    assert Image.open(tmp_path / "classwise.png").size[0] > 300
-    assert (
-        cli.main(
-            [
-                "plot",
-                str(out),
-                "-o",
-                str(tmp_path / "gallery.png"),
-                "--gallery",
-                "layer3.0.attention",
-                "5",
-                "--data",
-                str(folder),
-            ]
+    drawn = []
+    real = render.figure_to_image
+    monkeypatch.setattr(render, "figure_to_image", lambda f, **kw: drawn.append(f) or real(f, **kw))
+    png = _plot_cli(out, tmp_path / "classwise.png")
+    assert png.shape[1] > 300
+    # what is drawn: one panel per block, one line per class with its mean weight per
+    # channel and a line for all images, the values of the file
+    stats = DatasetStats.load(out).channel_stats()
+    (fig,) = drawn
+    assert len(fig.axes) == len(stats.names) == 4
+    for ax, name in zip(fig.axes, stats.names):
+        assert ax.get_title().startswith(name)
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == [*stats.class_names, "all"]
+        c = stats.mean[name].shape[1]
+        for k, line in enumerate(lines[:-1]):
+            np.testing.assert_array_equal(line.get_xdata(), np.arange(c))
+            np.testing.assert_allclose(line.get_ydata(), stats.mean[name][k].numpy(), atol=1e-12)
+        np.testing.assert_allclose(
+            lines[-1].get_ydata(), stats.overall_mean[name].numpy(), atol=1e-12
         )
-        == 0
+    # the PNG holds those pixels: a figure drawn afresh from the file's statistics
+    assert np.array_equal(png, np.asarray(real(plot_class_excitation(stats))))
+    # the same file with two classes swapped in the first block: pixels change in its
+    # panel only (the swapped curves), and nowhere else
+    swapped = DatasetStats.load(out)
+    first = swapped.blocks[stats.names[0]]
+    for key in ("mean", "m2"):
+        first[key] = first[key][[1, 0, 2, 3]].clone()
+    swapped.save(tmp_path / "swapped.pt")
+    changed = np.any(_plot_cli(tmp_path / "swapped.pt", tmp_path / "swapped.png") != png, axis=2)
+    assert changed.sum() > 50
+    x0, y0, x1, y1 = fig.axes[0].get_window_extent().extents
+    rows, cols = np.nonzero(changed)
+    height = png.shape[0]
+    assert cols.min() >= x0 - 1 and cols.max() <= x1 + 1, (cols.min(), cols.max(), x0, x1)
+    assert rows.min() >= height - y1 - 1 and rows.max() <= height - y0 + 1
+
+    gallery = _plot_cli(
+        out, tmp_path / "gallery.png", "--gallery", "layer3.0.attention", "5", "--data", str(folder)
     )
-    assert Image.open(tmp_path / "gallery.png").size[0] > 100
+    assert gallery.shape[1] > 100
+    # the strips hold the images that excite channel 5 most and least, best first
+    dataset = open_dataset(folder, ToTensor())
+    side = 72  # ChannelGallery's tile
+    loaded = DatasetStats.load(out)
+    top = loaded.top("layer3.0.attention", 5)[1]
+    low = loaded.top("layer3.0.attention", 5, lowest=True)[1]
+    assert top[0] != low[0]
+    for y, index in ((34, top[0]), (34 + side + 6 + 16, low[0])):
+        tile = as_pil(dataset[int(index)][0]).resize((side, side))
+        assert np.array_equal(gallery[y : y + side, :side], np.asarray(tile)), int(index)
     assert cli.main(["plot", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.png")]) == 2
 
 

@@ -144,6 +144,58 @@ def test_fused_and_plain_attention_give_the_same_matrix():
         torch.testing.assert_close(recs[0][name].matrix, recs[1][name].matrix, atol=1e-6, rtol=0)
 
 
+def _block_inputs(modules: dict[str, nn.Module]):
+    """Forward hooks keeping each named module's first input; returns (inputs, handles)."""
+    inputs = {}
+    handles = [
+        m.register_forward_hook(lambda _m, args, _out, n=n: inputs.__setitem__(n, args[0]))
+        for n, m in modules.items()
+    ]
+    return inputs, handles
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_timm_vit_each_head_matrix_is_softmax_of_its_own_q_and_k(fused):
+    m = _timm("vit_tiny_patch16_224", fused)
+    inputs, handles = _block_inputs({f"blocks.{i}.attn": b.attn for i, b in enumerate(m.blocks)})
+    with torch.no_grad(), attnviz.capture(m) as rec:
+        m(torch.randn(2, 3, 224, 224))
+    for h in handles:
+        h.remove()
+    for i in (0, 5, 11):
+        name, attn = f"blocks.{i}.attn", m.blocks[i].attn
+        x = inputs[name]
+        with torch.no_grad():
+            qkv = attn.qkv(x).reshape(2, 197, 3, 3, 64).permute(2, 0, 3, 1, 4)
+        a = rec[name].matrix
+        for head in range(3):  # head by head: softmax(q_h k_h^T / sqrt(64)), by hand
+            q, k = qkv[0][:, head], qkv[1][:, head]
+            expected = torch.softmax(q @ k.transpose(1, 2) / 8.0, dim=-1)
+            torch.testing.assert_close(a[:, head], expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(a[:, 0], a[:, 1], atol=1e-3)  # the heads differ
+
+
+def test_torchvision_vit_each_head_matrix_is_softmax_of_its_own_q_and_k(tv_vit):
+    layers = tv_vit.encoder.layers
+    inputs, handles = _block_inputs({str(i): b.self_attention for i, b in enumerate(layers)})
+    with torch.no_grad(), attnviz.capture(tv_vit, blocks="*encoder_layer_1?.*") as rec:
+        tv_vit(torch.randn(1, 3, 224, 224))
+    for h in handles:
+        h.remove()
+    assert list(rec) == [f"encoder.layers.encoder_layer_{i}.self_attention" for i in (10, 11)]
+    for i in (10, 11):
+        mha = layers[i].self_attention
+        x = inputs[str(i)]
+        e = mha.embed_dim
+        q = F.linear(x, mha.in_proj_weight[:e], mha.in_proj_bias[:e])
+        k = F.linear(x, mha.in_proj_weight[e : 2 * e], mha.in_proj_bias[e : 2 * e])
+        a = rec[f"encoder.layers.encoder_layer_{i}.self_attention"].matrix
+        for head in range(12):
+            cols = slice(64 * head, 64 * (head + 1))
+            expected = torch.softmax(q[..., cols] @ k[..., cols].transpose(1, 2) / 8.0, dim=-1)
+            torch.testing.assert_close(a[:, head], expected, atol=1e-5, rtol=0)
+
+
 def test_a_wrong_fused_matrix_fails_its_check(monkeypatch):
     """The check can fail: a matrix computed with the wrong scale disagrees with the kernel."""
     real = token_probes.attention_matrix
