@@ -15,13 +15,24 @@ one SE block's weights s and input U (bar chart of the C weights, u_c and s_c u_
 overlaid on the image); for ``STNInspector`` A_theta of one image and snapshot (the input
 with the sampled quadrilateral and the digit's box, and the crop V, resampled each step
 on both sides).
+
+(c) Why redraws run torch on one thread: a 256 x 256 overlay (an 8 x 8 map normalised,
+upsampled, coloured and blended over an image, ``attnviz.render.overlay``) on two torch
+threads and on one, and inside ``attnviz.running.single_threaded()`` (what the widgets
+do), on the quiet machine, beside two CPU-bound Python processes, and beside two
+processes running torch on two threads each (a small network's forward passes, as a
+training run beside the notebook does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -32,14 +43,17 @@ from matplotlib.patches import Polygon, Rectangle
 from torchvision.models import mobilenet_v3_small
 
 import attnviz
-from attnviz import maps
+from attnviz import maps, render
 from attnviz.data import digits_on_photos, distorted_mnist
 from attnviz.models import small_resnet
+from attnviz.running import single_threaded
 from attnviz.widgets import ChannelExplorer, QueryExplorer, SpatialExplorer, STNInspector
 
 SEED = 0
 SNAPSHOTS = 5  # STN snapshots: identity .. the true transform
 STN_OUTPUT = (28, 28)
+OVERLAY_SIDE = 256  # (c): the image an overlay is drawn on
+OVERLAY_MAP = 8  # (c): the map's side (a CBAM block-3 map on 64 x 64 digits)
 
 
 # -- (a) capture overhead --------------------------------------------------------------------
@@ -302,6 +316,123 @@ def _busy_steps(steps: int, processes: int = 2) -> list[dict]:
     ]
 
 
+# -- (c) one overlay on two torch threads and on one, quiet and busy ----------------------------
+def _overlay_variants() -> list[tuple[str, int, Callable[[], object]]]:
+    """(variant, torch threads set before the call, the call) for one 256 x 256 overlay."""
+    rng = np.random.default_rng(SEED)
+    image = rng.integers(0, 256, (OVERLAY_SIDE, OVERLAY_SIDE, 3), dtype=np.uint8)
+    gen = torch.Generator().manual_seed(SEED)
+    heat = torch.rand(OVERLAY_MAP, OVERLAY_MAP, generator=gen)
+
+    def draw() -> np.ndarray:
+        return render.overlay(image, heat)
+
+    def widget() -> np.ndarray:
+        with single_threaded():
+            return render.overlay(image, heat)
+
+    return [
+        ("2 threads", 2, draw),
+        ("1 thread", 1, draw),
+        ("2 threads, drawn in single_threaded() (the widgets)", 2, widget),
+    ]
+
+
+def _overlay_ms(reps: int) -> dict[str, float]:
+    """Median ms of each variant over ``reps`` rounds (one warm-up), the order rotating."""
+    variants = _overlay_variants()
+    threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    try:
+        for i in range(reps + 1):
+            shift = i % len(variants)
+            for name, n, fn in variants[shift:] + variants[:shift]:
+                torch.set_num_threads(n)  # outside the timing
+                t = ms(fn)
+                if i:
+                    times[name].append(t)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+#: a neighbour: small convolutions in a loop on 2 torch threads, until it is terminated
+_TORCH_WORK = """
+import torch
+torch.set_num_threads(2)
+conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+x = torch.rand(8, 16, 32, 32)
+with torch.no_grad():
+    conv(x)
+    print("ready", flush=True)
+    while True:
+        conv(x).relu().sum()
+"""
+
+
+class TorchBusy:
+    """``with TorchBusy(2):`` runs two processes beside the benchmark, each running torch on
+    two threads on small tensors (what a small network's training run does): unlike
+    ``_common.Busy``'s pure-Python spinners, their threads meet at torch's parallel
+    regions, so they wait for each other's cores as the benchmarked process does."""
+
+    def __init__(self, processes: int = 2) -> None:
+        self.processes = processes
+
+    def __enter__(self) -> TorchBusy:
+        self._procs = [
+            subprocess.Popen([sys.executable, "-c", _TORCH_WORK], stdout=subprocess.PIPE, text=True)
+            for _ in range(self.processes)
+        ]
+        for p in self._procs:  # wait until each one computes
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self._procs:
+            p.terminate()
+        for p in self._procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+#: overlay conditions: (column, the context the overlays are timed in)
+NEIGHBOURS: list[tuple[str, Callable[[], object]]] = [
+    ("no neighbour started", lambda: contextlib.nullcontext()),
+    ("beside 2 CPU-bound Python processes", lambda: Busy(2)),
+    ("beside 2 torch processes (2 threads each)", lambda: TorchBusy(2)),
+]
+
+
+def _overlay_threads(trials: int, reps: int) -> list[dict]:
+    """Each condition of :data:`NEIGHBOURS` ``trials`` times (the neighbours started afresh
+    each time): every trial's median ms of each overlay variant over ``reps`` rounds. How
+    long two threads wait for each other depends on how the scheduler happens to place
+    the threads, so one trial can be fast and the next slow: the trials show the spread."""
+    rows = []
+    for condition, context in NEIGHBOURS:
+        runs = []
+        for _ in range(trials):
+            with context():
+                runs.append(_overlay_ms(reps))
+        two = [r["2 threads"] for r in runs]
+        one = [r["1 thread"] for r in runs]
+        row: dict = {"condition": condition, "trials": trials, "rounds_per_trial": reps}
+        for name in runs[0]:
+            t = [r[name] for r in runs]
+            row[name] = {"median_ms": statistics.median(t), "worst_ms": max(t), "each_ms": t}
+        row["two_over_one_median"] = statistics.median(a / b for a, b in zip(two, one))
+        row["trials_two_threads_over_10x"] = sum(a > 10 * b for a, b in zip(two, one))
+        rows.append(row)
+    return rows
+
+
 def run(quick: bool = False) -> dict:
     contention = Contention()
     reps = 3 if quick else 20
@@ -315,6 +446,7 @@ def run(quick: bool = False) -> dict:
     ]
     redraws = [_channel_steps(steps), *_stn_steps(steps)]
     contended = _busy_steps(steps)
+    overlays = _overlay_threads(trials=2 if quick else 8, reps=5 if quick else 15)
 
     table = [
         "| model | input | records | recorded KiB | forward ms | forward in capture ms "
@@ -347,6 +479,22 @@ def run(quick: bool = False) -> dict:
             f"| {r['app']} | {r['step']} | {r['quiet_ms']:.1f} | {r['busy_ms']:.1f} "
             f"| {r['slowdown']:.1f} | {'yes' if r['target_met'] else '**no**'} |"
         )
+    variants = [name for name, _, _ in _overlay_variants()]
+    table += [
+        "",
+        f"| {OVERLAY_SIDE} x {OVERLAY_SIDE} overlay of an {OVERLAY_MAP} x {OVERLAY_MAP} map "
+        "| trials "
+        + "".join(f"| {v}: median / slowest trial, ms " for v in variants)
+        + "| 2 threads / 1 thread, median of trials | trials with 2 threads > 10x 1 thread |",
+        "|---|---:|" + "---:|" * len(variants) + "---:|---:|",
+    ]
+    for r in overlays:
+        table.append(
+            f"| {r['condition']} | {r['trials']} "
+            + "".join(f"| {r[v]['median_ms']:.1f} / {r[v]['worst_ms']:.1f} " for v in variants)
+            + f"| {r['two_over_one_median']:.1f} | {r['trials_two_threads_over_10x']} "
+            f"of {r['trials']} |"
+        )
     notes = [
         f"torch threads {torch.get_num_threads()} (set by the runner). The widgets redraw "
         "with torch on one thread (attnviz.running.single_threaded): on tiny maps, "
@@ -374,11 +522,26 @@ def run(quick: bool = False) -> dict:
         "digits-on-photos (rendering cost does not depend on the weights); STNInspector on "
         f"16 RTS digits with {SNAPSHOTS} snapshots of theta from the identity to the true "
         "distortion.",
+        f"Overlay threads: attnviz.render.overlay of a random {OVERLAY_MAP} x {OVERLAY_MAP} "
+        f"map over a random {OVERLAY_SIDE} x {OVERLAY_SIDE} RGB image (normalise, upsample, "
+        "colour, blend; the torch part is the upsampling), in each "
+        "trial the median of "
+        f"{5 if quick else 15} rounds per variant (one warm-up round dropped, the order "
+        "rotating every round), the thread count set before each timed call; "
+        f"{2 if quick else 8} trials per condition, the neighbours started afresh for each: "
+        "with no "
+        "neighbour started (whether the machine was quiet: the last note), beside 2 "
+        "CPU-bound Python processes (benchmarks/_common.Busy), and beside "
+        "2 processes each running a 16-channel 3 x 3 convolution on 8 x 16 x 32 x 32 "
+        "tensors in a loop on 2 torch threads (TorchBusy, here). '2 threads / 1 thread': "
+        "each trial's 2-thread median over its 1-thread median, the median over the "
+        "trials. The single_threaded() column includes switching the thread count there "
+        "and back.",
         contention.note(),
     ]
     return {
         "title": "Capture overhead and widget redraws",
         "table": "\n".join(table),
-        "rows": overhead + redraws + contended,
+        "rows": overhead + redraws + contended + overlays,
         "notes": notes,
     }

@@ -6,12 +6,19 @@ on the same digits-on-photos split with the same budget and seed (Adam, lr 3e-3,
 one-cycle, batch 64). Then the SE network's excitations s (eq. 3, every block) are
 extracted for the whole test set, in batches of 256 under ``torch.no_grad()``, with one
 ``attnviz.capture(kinds="channel", dtype=torch.float16)`` per batch that keeps only the
-weights: throughput against the plain forward of the same network, and the process's
-resident memory (psutil RSS) over three repeated extractions, which should stay flat.
+weights: throughput against the plain forward of the same network (paired passes), and
+the process's resident memory (psutil RSS) over ten repeated extractions, which should
+stay flat: no trend across the repeats (a leak grows with every one). RSS is read as it
+is, and again after glibc's ``malloc_trim(0)`` hands freed heap back to the system: the
+allocator keeps or returns the tens of MiB of a batch's freed activations as it likes,
+which moves the first reading up and down by that much from one extraction to the next;
+the second counts the memory still in use.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import statistics
 import time
@@ -27,7 +34,7 @@ from attnviz.train import fit
 
 SEED = 0
 BATCH = 256  # images per forward of the extraction
-REPEATS = 3  # extractions over the test set for the memory check
+REPEATS = 10  # extractions over the test set for the memory check
 MIB = 2**20
 
 
@@ -61,38 +68,82 @@ def _hooks(model: torch.nn.Module) -> int:
 
 
 def _throughput(model, images, rounds: int) -> dict:
-    """Images/s of the plain and the hooked pass over ``images``, interleaved, median."""
+    """Images/s of the plain and the hooked pass over ``images``: ``rounds`` pairs, the
+    order alternating; the ratio is the median of each pair's own ratio."""
     _forward(model, images)  # warm-up
     _extract(model, images)
     plain, hooked = [], []
-    for _ in range(rounds):
+
+    def timed(fn, into: list) -> None:
         start = time.perf_counter()
-        _forward(model, images)
-        plain.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        _extract(model, images)
-        hooked.append(time.perf_counter() - start)
+        fn(model, images)
+        into.append(time.perf_counter() - start)
+
+    for i in range(rounds):
+        pair = [(_forward, plain), (_extract, hooked)]
+        for fn, into in pair if i % 2 == 0 else pair[::-1]:
+            timed(fn, into)
     n = len(images)
-    p, h = n / statistics.median(plain), n / statistics.median(hooked)
-    return {"plain_images_per_s": p, "capture_images_per_s": h, "ratio": h / p}
+    pairs = [p / h for p, h in zip(plain, hooked)]  # hooked images/s over plain images/s
+    return {
+        "plain_images_per_s": n / statistics.median(plain),
+        "capture_images_per_s": n / statistics.median(hooked),
+        "ratio": statistics.median(pairs),
+        "pair_ratios": pairs,
+    }
+
+
+def _malloc_trim() -> bool:
+    """Hand the heap's free memory back to the system (glibc); False where there is none."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
+def _series(before: float, after: list[float]) -> dict:
+    """RSS readings (MiB) after each extraction: range, trend and halves."""
+    half = len(after) // 2
+    return {
+        "before_mib": before,
+        "after_mib": after,
+        "last_minus_before_mib": after[-1] - before,
+        "min_mib": min(after),
+        "max_mib": max(after),
+        "trend_mib_per_extraction": statistics.linear_regression(
+            range(1, len(after) + 1), after
+        ).slope,
+        "second_half_minus_first_half_mib": statistics.median(after[half:])
+        - statistics.median(after[:half]),
+    }
 
 
 def _memory(model, images) -> dict:
-    """RSS before and after each of REPEATS extractions; only the latest weights are kept."""
+    """RSS before and after each of REPEATS extractions, as read and after malloc_trim;
+    only the latest weights are kept."""
     proc = psutil.Process()
+
+    def rss() -> float:
+        return proc.memory_info().rss / MIB
+
     kept = _extract(model, images)
     gc.collect()
-    before = proc.memory_info().rss
-    after = []
+    before = rss()
+    trimmed = _malloc_trim()
+    before_trimmed = rss()
+    raw, trim = [], []
     for _ in range(REPEATS):
         kept = _extract(model, images)
         gc.collect()
-        after.append(proc.memory_info().rss)
+        raw.append(rss())
+        _malloc_trim()
+        trim.append(rss())
     size = sum(t.numel() * t.element_size() for t in kept.values())
     return {
-        "rss_before_mib": before / MIB,
-        "rss_after_mib": [a / MIB for a in after],
-        "rss_growth_mib": (after[-1] - before) / MIB,
+        "rss": _series(before, raw),
+        "rss_after_malloc_trim": _series(before_trimmed, trim) if trimmed else None,
         "kept_kib": size / 1024,
         "kept_shapes": {k: list(t.shape) for k, t in kept.items()},
         "kept_dtype": str(next(iter(kept.values())).dtype),
@@ -102,7 +153,7 @@ def _memory(model, images) -> dict:
 def run(quick: bool = False) -> dict:
     contention = Contention()
     n_train, n_test, epochs = (500, 200, 1) if quick else (10000, 2000, 4)
-    rounds = 2 if quick else 5
+    rounds = 2 if quick else 15
     train = digits_on_photos("train", n=n_train, seed=SEED)
     test = digits_on_photos("test", n=n_test, seed=SEED)
     _, h_plain = _train(None, train, test, epochs)
@@ -131,7 +182,6 @@ def run(quick: bool = False) -> dict:
     speed = _throughput(se, test.images, rounds)
     mem = _memory(se, test.images)
     hooks_after = _hooks(se)
-    after = ", ".join(f"{a:.1f}" for a in mem["rss_after_mib"])
     table += [
         "",
         f"| SE network over the {n_test} test images, batches of {BATCH}, no_grad "
@@ -139,14 +189,29 @@ def run(quick: bool = False) -> dict:
         "|---|---:|---:|",
         f"| plain forward | {speed['plain_images_per_s']:.0f} | 1.00 |",
         f"| forward + capture of every SE block's s (float16, weights kept) "
-        f"| {speed['capture_images_per_s']:.0f} | {speed['ratio']:.2f} |",
+        f"| {speed['capture_images_per_s']:.0f} | **{speed['ratio']:.2f}** (pairs "
+        f"{min(speed['pair_ratios']):.2f} to {max(speed['pair_ratios']):.2f}) |",
         "",
-        f"| RSS before, MiB | RSS after each of {REPEATS} extractions, MiB | growth, MiB "
-        "| kept weights, KiB |",
-        "|---:|---:|---:|---:|",
-        f"| {mem['rss_before_mib']:.1f} | {after} | {mem['rss_growth_mib']:+.1f} "
-        f"| {mem['kept_kib']:.1f} |",
+        f"| RSS, MiB | before | after each of {REPEATS} extractions | last - before "
+        "| lowest / highest after | trend per extraction "
+        f"| median of last {REPEATS - REPEATS // 2} - median of first {REPEATS // 2} |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
+    for label, key in (
+        ("as read", "rss"),
+        ("after malloc_trim (memory in use)", "rss_after_malloc_trim"),
+    ):
+        m = mem[key]
+        if m is None:
+            table.append(f"| {label} | no glibc malloc_trim here | | | | | |")
+            continue
+        after = ", ".join(f"{a:.0f}" for a in m["after_mib"])
+        table.append(
+            f"| {label} | {m['before_mib']:.1f} | {after} | {m['last_minus_before_mib']:+.1f} "
+            f"| {m['min_mib']:.1f} / {m['max_mib']:.1f} "
+            f"| **{m['trend_mib_per_extraction']:+.2f}** "
+            f"| {m['second_half_minus_first_half_mib']:+.1f} |"
+        )
     channels = sum(s[1] for s in mem["kept_shapes"].values())
     notes = [
         f"Training: {n_train} train / {n_test} test images (64 x 64), {epochs} epoch(s), seed "
@@ -154,13 +219,19 @@ def run(quick: bool = False) -> dict:
         f"{torch.get_num_threads()}. Train seconds exclude evaluation. "
         "'train time / plain': SE's training seconds over the plain network's (1.00 = free).",
         "Extraction: images/s of one pass over the test set, median of "
-        f"{rounds} interleaved passes each. 'capture / plain': the hooked pass's images/s "
-        "over the plain pass's (1.00 = capture costs nothing; 0.50 = half the throughput). "
+        f"{rounds} pairs of passes (plain and hooked, the order alternating). 'capture / "
+        "plain': the median over the pairs of the hooked pass's images/s over the plain "
+        "pass's in the same pair (1.00 = capture costs nothing; 0.50 = half the throughput). "
         "The hooked pass opens one attnviz.capture per batch and keeps only the weights.",
         f"Memory: RSS after one warm-up extraction, then after each of {REPEATS} more, each "
         f"replacing the kept weights ({len(mem['kept_shapes'])} blocks, {channels} weights "
-        f"per image, {mem['kept_dtype']}); flat means the growth stays near zero, well "
-        "below one extraction's kept weights times the repeats. Forward hooks on the model "
+        f"per image, {mem['kept_dtype']}, {mem['kept_kib']:.1f} KiB), read after gc.collect() "
+        "as it is, then again after glibc's malloc_trim(0). 'trend': the least-squares "
+        f"slope of the {REPEATS} readings (keeping every extraction's weights would add "
+        f"{mem['kept_kib'] / 1024:.2f} MiB per extraction); flat means the trend and the "
+        "half-to-half difference stay near zero. The readings as read move up and down "
+        "with the freed batch activations the allocator keeps or returns; after malloc_trim "
+        "they count the memory in use. Forward hooks on the model "
         f"before / after all extractions: {hooks_before} / {hooks_after}.",
     ]
     notes.append(contention.note())
