@@ -436,10 +436,15 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             if not self._mine():
                 return
             stack = self._tracker.stack
-            covered = id(module) in self._covered or any(f.covered for f in stack)
+            outer = any(f.covered for f in stack)
+            covered = outer or id(module) in self._covered
             if not stack:
                 self._tracker.__enter__()
-            stack.append(Frame(name, module, args, kwargs, covered))
+            frame = Frame(name, module, args, kwargs, covered)
+            stack.append(frame)
+            if covered and not outer:  # a registered module: its probe reads it, not the mode
+                self._tracker.__exit__(None, None, None)
+                frame.suspended = True
 
         return hook
 
@@ -448,6 +453,8 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         if not self._mine() or not stack:
             return
         frame = stack.pop()
+        if frame.suspended:
+            self._tracker.__enter__()
         try:
             if stack and frame.tainted:  # a softmax result handed back to the caller
                 outs = output if isinstance(output, (tuple, list)) else (output,)

@@ -250,3 +250,29 @@ def test_separable_attention_of_mobilevit_v2_is_recorded_as_context_scores():
     by_offset = r.map.reshape(2, -1, ph, r.map.shape[-1] // pw, pw).sum((1, 3))
     torch.testing.assert_close(by_offset, torch.ones(2, ph, pw))
     assert p == ph * pw and r.view()[1].shape == r.map.shape
+
+
+def test_the_function_mode_is_off_inside_registered_modules():
+    """Registered modules are read by their probes: the kernel tracker steps aside while they
+    run (every op under a torch function mode costs time), and is back in the blocks around."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    from attnviz.models import small_resnet
+    from attnviz.probes.kernels import Tracker
+
+    model = small_resnet(10, attention="cbam", width=8).eval()
+    seen = {}
+
+    def spy(name):
+        def hook(module, args):
+            seen[name] = any(isinstance(m, Tracker) for m in _get_current_function_mode_stack())
+
+        return hook
+
+    model.layer2[0].attention.spatial_gate.register_forward_pre_hook(spy("inside CBAM"))
+    model.layer2[0].conv2.register_forward_pre_hook(spy("in the block"))
+    with torch.no_grad(), attnviz.capture(model) as rec:
+        model(torch.rand(2, 3, 32, 32))
+    assert seen == {"inside CBAM": False, "in the block": True}
+    assert not _get_current_function_mode_stack()  # nothing left behind
+    assert len(rec.select(kind="spatial")) == 4

@@ -108,6 +108,9 @@ class Frame:
     # id -> (tensor, softmax dim or None, is the softmax output itself); tensors held so
     # that ids are not reused while the frame runs
     tainted: dict[int, tuple[torch.Tensor, int | None, bool]] = field(default_factory=dict)
+    # the outermost covered frame turns the torch function mode off while it runs: what a
+    # registered module computes is its probe's to read, and every op would pay the mode
+    suspended: bool = False
 
 
 def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:
