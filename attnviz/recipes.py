@@ -96,6 +96,8 @@ class Recipe:
         scores: what :mod:`attnviz.shipped` measures on the test split besides accuracy.
         seed: the seed of the model's initialisation, its training and its data.
         n_train, n_test: image counts of the ``photos`` data.
+        distractors: with ``photos``, digits of other classes drawn in blue under the red
+            digit to classify (:func:`attnviz.data.digits_on_photos`).
     """
 
     title: str
@@ -107,6 +109,7 @@ class Recipe:
     seed: int = 0
     n_train: int = 10000
     n_test: int = 2000
+    distractors: int = 0
 
     def __post_init__(self) -> None:
         if self.model[0] not in CONSTRUCTORS:
@@ -120,6 +123,8 @@ class Recipe:
             )
         if self.data not in DATA:
             raise ValueError(f"unknown data {self.data!r}; use one of {DATA}")
+        if self.distractors and self.data != "photos":
+            raise ValueError("distractors apply to the photos data only")
 
     # -- what it is ---------------------------------------------------------------------------
     @property
@@ -141,6 +146,8 @@ class Recipe:
         }
         if self.data == "photos":
             out["images"] = {"train": self.n_train, "test": self.n_test}
+            if self.distractors:
+                out["distractors"] = self.distractors
         return out
 
     # -- deriving recipes -------------------------------------------------------------------------
@@ -187,7 +194,9 @@ class Recipe:
         """The training data for data seed ``seed``: a data set, or ``epoch -> data set``."""
         seed = self.seed if seed is None else seed
         if self.data == "photos":
-            return digits_on_photos("train", n=self.n_train, seed=seed)
+            return digits_on_photos(
+                "train", n=self.n_train, seed=seed, distractors=self.distractors
+            )
         kind = self.data
 
         def fresh(epoch: int) -> Any:
@@ -199,7 +208,7 @@ class Recipe:
         """The test split for data seed ``seed`` (the shipped model was scored on seed 0's)."""
         seed = self.seed if seed is None else seed
         if self.data == "photos":
-            return digits_on_photos("test", n=self.n_test, seed=seed)
+            return digits_on_photos("test", n=self.n_test, seed=seed, distractors=self.distractors)
         return distorted_mnist(self.data, "test", seed=seed)
 
     def fit(

