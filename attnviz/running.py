@@ -54,8 +54,8 @@ def single_threaded() -> Iterator[None]:
     For work on tiny tensors, such as a widget redraw: when other processes compete for
     the cores, multi-threaded torch ops on small maps spend most of their time waiting
     for each other, now and then for a hundred times as long (measured on 2 cores beside
-    2 busy processes, 8 trials: a 256 x 256 overlay took about 1 ms on 2 threads as on
-    one, but 107 and 165 ms in one trial each, never over 1.6 ms on one thread;
+    2 busy torch processes, 8 trials: a 256 x 256 overlay took 0.6 ms on 2 threads in
+    the median trial but 167 ms in one, never over 1.1 ms on one thread;
     benchmarks/results/2026-12-03-capture.md). The count is process-wide, so use it
     around short, synchronous work only.
     """
