@@ -403,11 +403,12 @@ def _headline(scores: Mapping[str, Any]) -> str:
     if "class_specificity" in scores:
         last = list(scores["class_specificity"].items())[-1]
         parts.append(f"class specificity of {last[0]} {last[1]:.2f}")
-    if "cbam_maps" in scores:
-        block, row = list(scores["cbam_maps"].items())[-1]
+    if "cbam_maps" in scores:  # the block whose map holds the most of its mass on the digit
+        block, row = max(scores["cbam_maps"].items(), key=lambda kv: kv[1]["energy"])
         parts.append(
             f"Ms of {block} points at the digit in {row['pointing_game']:.0%} "
-            f"({row['pointing_game_4px']:.0%} within 4 px)"
+            f"({row['pointing_game_4px']:.0%} within 4 px), {row['energy']:.2f} of its mass "
+            f"in the digit's box, mask IoU {row['mask_iou']:.2f}"
         )
     if "on_object_ratio" in scores:
         parts.append(

@@ -45,7 +45,8 @@ def _cbam(**kwargs) -> dict:
 def variants(quick: bool = False) -> dict[str, recipes.Recipe]:
     """The recipes this experiment trains: the shipped plain and CBAM ResNet-10 recipes and
     variants of the CBAM one (same data, seed and budget unless the name says otherwise)."""
-    cbam = recipes.get("resnet10_cbam")
+    # the recipe shipped before this experiment: 3 x 3, no batch norm, CBAM's own r = 16
+    cbam = recipes.get("resnet10_cbam").variant(model=_cbam(spatial_kernel=3))
     out = {
         "plain (no attention)": recipes.get("resnet10_plain"),
         "CBAM 3x3 (shipped before)": cbam,
@@ -55,6 +56,11 @@ def variants(quick: bool = False) -> dict[str, recipes.Recipe]:
         "CBAM 3x3 + BN": cbam.variant(model=_cbam(spatial_kernel=3, spatial_batch_norm=True)),
         "CBAM 3x3 + BN, r = 4": cbam.variant(
             model=_cbam(spatial_kernel=3, spatial_batch_norm=True, reduction=4)
+        ),
+        "CBAM 3x3, r = 4": cbam.variant(model=_cbam(spatial_kernel=3, reduction=4)),
+        "CBAM 3x3 + BN, r = 4, 12 epochs": cbam.variant(
+            model=_cbam(spatial_kernel=3, spatial_batch_norm=True, reduction=4),
+            train={"epochs": 12},
         ),
         "CBAM 3x3 + BN, last stage only": cbam.variant(
             model={

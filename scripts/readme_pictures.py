@@ -107,10 +107,15 @@ for net in nets.values():
     captions.append([f"P={p:.2f}" for p in softmax_scores(net, show, targets).tolist()])
 with torch.no_grad(), attnviz.capture(nets["+CBAM"], kinds="spatial") as rec:
     nets["+CBAM"](show)
-last = rec.select(kind="spatial")[-1]
-maps.append(list(last.map))
-captions.append([""] * 6)
-rows = ["Grad-CAM plain", "Grad-CAM +SE", "Grad-CAM +CBAM", "CBAM Ms (last)"]
+# the block whose map holds most of its mass on the digit (as notebook 03 opens on), and the last
+scores = shipped.entry("resnet10_cbam")["scores"]["cbam_maps"]
+best = max(scores, key=lambda block: scores[block]["energy"])
+last = list(scores)[-1]
+for block in dict.fromkeys([best, last]):
+    maps.append(list(rec[block].map))
+    captions.append([""] * 6)
+rows = ["Grad-CAM plain", "Grad-CAM +SE", "Grad-CAM +CBAM"]
+rows += [f"CBAM Ms {block.split('.attention')[0]}" for block in dict.fromkeys([best, last])]
 render.overlay_grid(
     show,
     maps,

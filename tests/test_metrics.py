@@ -302,3 +302,33 @@ def test_square_window_ceiling_matches_a_search_over_square_windows():
     torch.testing.assert_close(best, got, atol=2e-3, rtol=0)  # ... and it is reached
     with pytest.raises(ValueError, match="positive width"):
         metrics.square_window_ceiling(torch.tensor([[0.0, 0, 0, 5]]))
+
+
+def test_perfect_and_useless_maps_score_as_their_definitions_imply():
+    """The box itself scores 1 on every measure, the mask itself IoU 1; a constant map gets
+    the box's share of the image as energy, no pointing hit and no mask: the measures
+    cannot silently invert."""
+    from attnviz.data import digits_on_photos
+
+    data = digits_on_photos("test", n=24, seed=5)
+    n, side = len(data), data.images.shape[-1]
+    ys, xs = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
+    b = data.boxes[:, :, None, None]
+    box_maps = ((xs >= b[:, 0]) & (xs <= b[:, 2]) & (ys >= b[:, 1]) & (ys <= b[:, 3])).float()
+    constant = torch.full((n, side, side), 0.7)
+    _, s = metrics.score_maps(
+        {"box": box_maps, "mask": data.masks.float(), "constant": constant},
+        data.boxes,
+        data.masks,
+        tolerance=(0, 4),
+    )
+    assert s["box"]["pointing_game"] == 1 and s["box"]["energy"] == pytest.approx(1)
+    assert s["mask"]["mask_iou"] == pytest.approx(1) and s["mask"]["energy"] == pytest.approx(1)
+    share = (
+        (data.boxes[:, 2] - data.boxes[:, 0]) * (data.boxes[:, 3] - data.boxes[:, 1])
+    ) / side**2
+    assert s["constant"]["energy"] == pytest.approx(share.mean().item(), abs=1e-4)
+    assert s["constant"]["pointing_game"] == 0 and s["constant"]["mask_iou"] == 0
+    # a better map scores higher: the box beats the constant map on every measure
+    for key in ("pointing_game", "pointing_game_4px", "energy", "mask_iou"):
+        assert s["box"][key] > s["constant"][key], key

@@ -124,9 +124,8 @@ def test_notebooks_get_every_shipped_model_through_obtain(path):
 
 def test_recipes_build_the_networks_the_notebooks_used_to_spell_out():
     torch.manual_seed(0)
-    by_hand = small_resnet(
-        10, attention="cbam", width=16, stem_stride=2, attention_kwargs={"spatial_kernel": 3}
-    )
+    kwargs = {"spatial_kernel": 3, "spatial_batch_norm": True, "reduction": 4}
+    by_hand = small_resnet(10, attention="cbam", width=16, stem_stride=2, attention_kwargs=kwargs)
     built = recipes.get("resnet10_cbam").build()
     assert by_hand.state_dict().keys() == built.state_dict().keys()
     assert all(torch.equal(v, built.state_dict()[k]) for k, v in by_hand.state_dict().items())
