@@ -138,22 +138,22 @@ def test_switching_family_model_and_head_changes_the_pictures():
     app = PhotoExplainer(picker, picker=PhotoPicker(value="chelsea", preview_size=64))
     s = app.current()
     assert s["model"] == "timm/deit_tiny_distilled_patch16_224" and not s["pretrained"]
-    assert "Random weights" in app._banner.value
+    assert "Random weights" in app.banner
     r = app.ex.recording[s["block"]]
     torch.testing.assert_close(s["map"], r.token_attention("cls")[0])
-    before = app._se_png.value
+    before = app.pictures()["se"]
     app.select(block=s["block"], head=2)
     torch.testing.assert_close(app.current()["map"], r.token_attention("cls", head=2)[0])
-    assert app._se_png.value != before
+    assert app.pictures()["se"] != before
     app.select(block=maps.ROLLOUT)
-    assert app._head.disabled and app.current()["label"].startswith("attention rollout")
+    assert app.controls["head"].disabled and app.current()["label"].startswith("attention rollout")
     picker.select("vision transformer", "timm/vit_tiny_patch16_224")
     assert app.current()["model"] == "timm/vit_tiny_patch16_224"
-    shown = app._se_png.value
+    shown = app.pictures()["se"]
     picker.select("SKNet")
     s = app.current()
     assert s["model"] == "timm/skresnet18" and s["label"] == "branch choice per channel"
-    assert s["map"] is None and app._se_png.value != shown
+    assert s["map"] is None and app.pictures()["se"] != shown
     with pytest.raises(ValueError, match="no family"):
         picker.select("nope")
     app.close()

@@ -228,6 +228,11 @@ class PhotoExplainer(App):
         if self.picker.image is not None:
             self._load()
 
+    @property
+    def banner(self) -> str:
+        """The line above the pictures: which weights the model has (HTML)."""
+        return str(self._banner.value)
+
     def _set_banner(self) -> None:
         if self.models is not None:
             self._banner.value = self.models.status
