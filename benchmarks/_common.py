@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psutil
 import torch
@@ -113,6 +114,35 @@ def rotated_ms(
 def paired_ratio(times: dict[str, list[float]], key: str, base: str = "plain") -> float:
     """The median of each round's own ``key`` / ``base`` time ratio."""
     return statistics.median(a / b for a, b in zip(times[key], times[base]))
+
+
+def training_table(
+    histories: dict[str, Any], *, prefix: str = ""
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """A Markdown table and raw rows of trained models' epochs, seconds and accuracy, each
+    model's training time over the first one's (the baseline, e.g. the plain network).
+    ``prefix`` goes before each name in the table (not in the rows)."""
+    base = next(iter(histories.values())).train_seconds
+    table = [
+        "| model | epochs | train seconds | test accuracy | train time / plain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for name, h in histories.items():
+        acc, secs = h.final.test_acc, h.train_seconds
+        table.append(
+            f"| {prefix}{name} | {h.final.epoch} | {secs:.1f} | {acc:.2%} | {secs / base:.2f} |"
+        )
+        rows.append(
+            {
+                "model": name,
+                "epochs": h.final.epoch,
+                "train_seconds": secs,
+                "test_acc": acc,
+                "time_ratio": secs / base,
+            }
+        )
+    return table, rows
 
 
 def worst_check_errors(

@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from _common import Contention
+from _common import Contention, training_table
 
 from attnviz import recipes
 from attnviz.analysis import spatial_maps
@@ -121,26 +121,7 @@ def run(quick: bool = False) -> dict:
         nets[name] = recipe.build(SEED)
         hists[name] = recipe.fit(nets[name], test, seed=SEED, device="cpu", progress=False)
 
-    base = hists["plain"].train_seconds
-    table = [
-        "| model | epochs | train seconds | test accuracy | train time / plain |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    rows = []
-    for name, h in hists.items():
-        acc, secs = h.final.test_acc, h.train_seconds
-        table.append(
-            f"| ResNet-10 {name} | {h.final.epoch} | {secs:.1f} | {acc:.2%} | {secs / base:.2f} |"
-        )
-        rows.append(
-            {
-                "model": name,
-                "epochs": h.final.epoch,
-                "train_seconds": secs,
-                "test_acc": acc,
-                "time_ratio": secs / base,
-            }
-        )
+    table, rows = training_table(hists, prefix="ResNet-10 ")
 
     cost = _costs(nets["+CBAM"], test.images[:COST_BATCH], test.labels[:COST_BATCH], reps)
     maps_ms = cost["cbam_maps"]

@@ -21,16 +21,12 @@ import ctypes
 import ctypes.util
 import gc
 import statistics
-import time
 
 import psutil
 import torch
-from _common import Contention
+from _common import Contention, paired_ratio, rotated_ms, training_table
 
-from attnviz import capture
-from attnviz.data import digits_on_photos
-from attnviz.models import small_resnet
-from attnviz.train import fit
+from attnviz import capture, recipes
 
 SEED = 0
 BATCH = 256  # images per forward of the extraction
@@ -38,10 +34,11 @@ REPEATS = 10  # extractions over the test set for the memory check
 MIB = 2**20
 
 
-def _train(attention: str | None, train, test, epochs: int):
-    torch.manual_seed(SEED)
-    model = small_resnet(10, attention=attention, width=16, stem_stride=2)
-    hist = fit(model, train, test, epochs=epochs, lr=3e-3, seed=SEED, progress=False, device="cpu")
+def _train(name: str, test, epochs: int, n_train: int):
+    """The shipped recipe ``name`` (attnviz.recipes) with this benchmark's budget."""
+    recipe = recipes.get(name).variant(train={"epochs": epochs}, n_train=n_train)
+    model = recipe.build(SEED)
+    hist = recipe.fit(model, test, seed=SEED, device="cpu", progress=False)
     return model, hist
 
 
@@ -68,27 +65,19 @@ def _hooks(model: torch.nn.Module) -> int:
 
 
 def _throughput(model, images, rounds: int) -> dict:
-    """Images/s of the plain and the hooked pass over ``images``: ``rounds`` pairs, the
-    order alternating; the ratio is the median of each pair's own ratio."""
-    _forward(model, images)  # warm-up
-    _extract(model, images)
-    plain, hooked = [], []
-
-    def timed(fn, into: list) -> None:
-        start = time.perf_counter()
-        fn(model, images)
-        into.append(time.perf_counter() - start)
-
-    for i in range(rounds):
-        pair = [(_forward, plain), (_extract, hooked)]
-        for fn, into in pair if i % 2 == 0 else pair[::-1]:
-            timed(fn, into)
+    """Images/s of the plain and the hooked pass over ``images``: ``rounds`` pairs after
+    a warm-up, the order alternating; the ratio is the median of each pair's own ratio."""
+    times = rotated_ms(
+        [("plain", lambda: _forward(model, images)), ("hooked", lambda: _extract(model, images))],
+        rounds,
+    )
+    plain, hooked = times["plain"], times["hooked"]
     n = len(images)
     pairs = [p / h for p, h in zip(plain, hooked)]  # hooked images/s over plain images/s
     return {
-        "plain_images_per_s": n / statistics.median(plain),
-        "capture_images_per_s": n / statistics.median(hooked),
-        "ratio": statistics.median(pairs),
+        "plain_images_per_s": 1000 * n / statistics.median(plain),
+        "capture_images_per_s": 1000 * n / statistics.median(hooked),
+        "ratio": paired_ratio(times, "plain", base="hooked"),
         "pair_ratios": pairs,
     }
 
@@ -154,29 +143,10 @@ def run(quick: bool = False) -> dict:
     contention = Contention()
     n_train, n_test, epochs = (500, 200, 1) if quick else (10000, 2000, 4)
     rounds = 2 if quick else 15
-    train = digits_on_photos("train", n=n_train, seed=SEED)
-    test = digits_on_photos("test", n=n_test, seed=SEED)
-    _, h_plain = _train(None, train, test, epochs)
-    se, h_se = _train("se", train, test, epochs)
-    base = h_plain.train_seconds
-
-    rows = []
-    table = [
-        "| model | epochs | train seconds | test accuracy | train time / plain |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, h in (("ResNet-10 (plain)", h_plain), ("ResNet-10 + SE (r = 4)", h_se)):
-        acc, secs = h.final.test_acc, h.train_seconds
-        table.append(f"| {name} | {h.final.epoch} | {secs:.1f} | {acc:.2%} | {secs / base:.2f} |")
-        rows.append(
-            {
-                "model": name,
-                "epochs": h.final.epoch,
-                "train_seconds": secs,
-                "test_acc": acc,
-                "time_ratio": secs / base,
-            }
-        )
+    test = recipes.get("resnet10_se").variant(n_test=n_test).test_data(SEED)
+    _, h_plain = _train("resnet10_plain", test, epochs, n_train)
+    se, h_se = _train("resnet10_se", test, epochs, n_train)
+    table, rows = training_table({"ResNet-10 (plain)": h_plain, "ResNet-10 + SE (r = 4)": h_se})
 
     hooks_before = _hooks(se)
     speed = _throughput(se, test.images, rounds)
