@@ -360,10 +360,11 @@ def names() -> list[str]:
     return list(RECIPES)
 
 
-def get(name: str) -> Recipe:
-    """The recipe ``name``: a shipped model's, or an experiment's (:data:`EXPERIMENTS`)."""
+def get(name: str, *, experiments: bool = True) -> Recipe:
+    """The recipe ``name``: a shipped model's, or an experiment's (:data:`EXPERIMENTS`;
+    ``experiments=False`` accepts shipped models only)."""
     if name in RECIPES:
         return RECIPES[name]
-    if name in EXPERIMENTS:
+    if experiments and name in EXPERIMENTS:
         return EXPERIMENTS[name]
     raise KeyError(f"no shipped model {name!r}; the shipped models are {', '.join(RECIPES)}")

@@ -59,12 +59,13 @@ from ._resources import models_dir, version
 from .analysis import channel_stats, spatial_maps
 from .capture import capture
 from .metrics import attention_on_object, sampled_box_iou, score_maps, transform_agreement
-from .recipes import RECIPES, Recipe, names
+from .recipes import RECIPES, Recipe, get, names
 from .train import History, PhasedHistory, logits, pick_device, save_checkpoint
 
 __all__ = [
     "RECIPES",
     "Recipe",
+    "best_cbam_block",
     "build",
     "entry",
     "history",
@@ -83,9 +84,7 @@ MANIFEST = "manifest.json"
 
 
 def _shipped(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise KeyError(f"no shipped model {name!r}; the shipped models are {', '.join(RECIPES)}")
-    return RECIPES[name]
+    return get(name, experiments=False)
 
 
 def build(name: str) -> nn.Module:
@@ -390,6 +389,18 @@ def verify(name: str, folder: str | os.PathLike | None = None) -> Verification:
     return Verification(name, info, measured)
 
 
+def _most_on_digit(maps: Mapping[str, Mapping[str, float]]) -> str:
+    """Of CBAM blocks' scores, the block whose map holds the most of its mass on the digit."""
+    return max(maps, key=lambda block: maps[block]["energy"])
+
+
+def best_cbam_block(name: str = "resnet10_cbam", folder: str | os.PathLike | None = None) -> str:
+    """The CBAM block of shipped model ``name`` whose spatial map holds the most of its mass
+    in the digit's box (its energy in the manifest): the block notebook 03 opens on, the
+    README picture shows and :func:`summary` quotes."""
+    return _most_on_digit(entry(name, folder)["scores"]["cbam_maps"])
+
+
 def _headline(scores: Mapping[str, Any]) -> str:
     """The attention figures of a manifest entry, in words."""
     parts = []
@@ -403,8 +414,9 @@ def _headline(scores: Mapping[str, Any]) -> str:
     if "class_specificity" in scores:
         last = list(scores["class_specificity"].items())[-1]
         parts.append(f"class specificity of {last[0]} {last[1]:.2f}")
-    if "cbam_maps" in scores:  # the block whose map holds the most of its mass on the digit
-        block, row = max(scores["cbam_maps"].items(), key=lambda kv: kv[1]["energy"])
+    if "cbam_maps" in scores:
+        block = _most_on_digit(scores["cbam_maps"])
+        row = scores["cbam_maps"][block]
         parts.append(
             f"Ms of {block} points at the digit in {row['pointing_game']:.0%} "
             f"({row['pointing_game_4px']:.0%} within 4 px), {row['energy']:.2f} of its mass "

@@ -86,11 +86,8 @@ cbam = nets["+CBAM"]
 # block for a row of images at once.
 
 # %%
-recorded = shipped.entry("resnet10_cbam")["scores"]["cbam_maps"]
-# open on the block whose map best picks out the digit (by its energy in the box)
-best = max(recorded, key=lambda block: recorded[block]["energy"])
 explorer = SpatialExplorer(cbam, test.images[:32], labels=test.labels[:32].tolist())
-explorer.block = best
+explorer.block = shipped.best_cbam_block()  # the map with the most of its mass on the digit
 explorer
 
 # %% [markdown]
@@ -175,6 +172,7 @@ display(Markdown(table))
 # * Grad-CAM is computed on the last block, so it is as coarse as that block.
 
 # %%
+recorded = shipped.entry("resnet10_cbam")["scores"]["cbam_maps"]
 display(
     Markdown(
         "| shipped `resnet10_cbam`: Ms of | pointing game | within 4 px | energy in box | "

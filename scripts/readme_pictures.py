@@ -108,9 +108,8 @@ for net in nets.values():
 with torch.no_grad(), attnviz.capture(nets["+CBAM"], kinds="spatial") as rec:
     nets["+CBAM"](show)
 # the block whose map holds most of its mass on the digit (as notebook 03 opens on), and the last
-scores = shipped.entry("resnet10_cbam")["scores"]["cbam_maps"]
-best = max(scores, key=lambda block: scores[block]["energy"])
-last = list(scores)[-1]
+best = shipped.best_cbam_block()
+last = list(shipped.entry("resnet10_cbam")["scores"]["cbam_maps"])[-1]
 for block in dict.fromkeys([best, last]):
     maps.append(list(rec[block].map))
     captions.append([""] * 6)

@@ -61,6 +61,9 @@ def test_reproduces_the_manifest_accuracy_and_scores(name):
 def test_the_notebooks_figures_are_in_the_manifest():
     scores = {name: shipped.entry(name)["scores"] for name in shipped.names()}
     cbam = scores["resnet10_cbam"]["cbam_maps"]
+    best = shipped.best_cbam_block()
+    assert all(cbam[best]["energy"] >= row["energy"] for row in cbam.values())
+    assert f"Ms of {best} points" in shipped.summary(["resnet10_cbam"])
     assert len(cbam) == 4 and all(
         set(r) >= {"pointing_game", "pointing_game_4px", "energy", "mask_iou"}
         for r in cbam.values()
