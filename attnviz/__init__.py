@@ -12,6 +12,8 @@ or ``from attnviz.widgets import QueryExplorer``.
 """
 
 import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -86,41 +88,14 @@ _renamed = module_getattr(
     },
 )
 
-#: the parts loaded on first use (``attnviz.shipped`` without ``import attnviz.shipped``)
-_LAZY_PARTS = frozenset(
-    {
-        "analysis",
-        "app",
-        "cam",
-        "cli",
-        "coverage",
-        "data",
-        "explain",
-        "maps",
-        "metrics",
-        "models",
-        "nbrun",
-        "photos",
-        "probes",
-        "recipes",
-        "render",
-        "running",
-        "shipped",
-        "stats",
-        "storage",
-        "testing",
-        "train",
-        "widgets",
-        "zoo",
-    }
-)
 #: names of other parts offered here, loaded on first use: name -> part
 _LAZY_NAMES = {"obtain": "shipped"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY_PARTS:
-        return importlib.import_module(f"attnviz.{name}")
+    # a part of the package (attnviz.shipped without ``import attnviz.shipped``) loads here
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _LAZY_NAMES:
         value = getattr(importlib.import_module(f"attnviz.{_LAZY_NAMES[name]}"), name)
         globals()[name] = value
@@ -129,7 +104,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_PARTS, *_LAZY_NAMES})
+    parts = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    return sorted({*globals(), *parts, *_LAZY_NAMES})
 
 
 __all__ = [
