@@ -117,9 +117,17 @@ def test_leaves_the_model_as_it_was(model, images):
     assert app.picture() and app.scale == 2
     panel, s = _decode(app.picture()), app.current()
     assert panel.shape == (SIZE * 2, SIZE * 2, 3)
-    # away from the query's box and crosshair (at the centre): the map over the image
+    # away from the query's box and crosshair (at the centre): the record's row (float16,
+    # as the page holds it), each key a block of pixels, coloured and blended by the rule
     image = render.to_uint8_rgb(images[0])
-    expected = render.upscale(render.overlay(image, s["map"].numpy(), alpha=0.6, cmap="inferno"), 2)
+    m = s["key_map"].numpy().astype(np.float16).astype(np.float64)
+    index = np.minimum(255, np.floor((m - m.min()) / (m.max() - m.min()) * 256)).astype(int)
+    colour = render.heat._colormap_lut("inferno")[index]  # Hk x Wk x 3
+    hk, wk = m.shape
+    cells = colour.repeat(SIZE // hk, 0).repeat(SIZE // wk, 1).astype(int)
+    a = round(255 * 0.6)
+    expected = (cells * a + image.astype(int) * (255 - a) + 127) // 255
+    expected = render.upscale(expected.astype(np.uint8), 2)
     np.testing.assert_array_equal(panel[:24, :24], expected[:24, :24])
     assert not np.array_equal(panel[:24, :24], render.upscale(image, 2)[:24, :24])
     app.close()

@@ -4,9 +4,10 @@ showing PNG bytes, and the checks of the images and labels an app is given."""
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, overload
 
 import ipywidgets as widgets
@@ -15,6 +16,7 @@ import torch
 
 from .. import render
 from ..running import single_threaded
+from .pointer import PointerView
 
 __all__ = [
     "App",
@@ -55,6 +57,8 @@ class App:
     log: widgets.Output
     #: the app's controls in display order: public name -> attribute holding the widget
     _CONTROLS: ClassVar[dict[str, str]] = {}
+    #: the controls :meth:`export_html` steps through by default, outermost first
+    _EXPORT: ClassVar[tuple[str, ...]] = ()
     #: zlib level of the PNGs sent to the front end. 0 (stored) is the fastest to make,
     #: about 190 KiB per 256 x 256 panel: right for a local kernel. Raise it (1-6) when
     #: the kernel is remote (Colab) and bandwidth matters more than a few milliseconds.
@@ -103,14 +107,17 @@ class App:
         return {name: getattr(self, attr) for name, attr in self._CONTROLS.items()}
 
     @property
-    def panels(self) -> dict[str, widgets.Image]:
-        """The app's picture panels (``Image`` widgets) by name (e.g. ``"bars"``), in the
+    def panels(self) -> dict[str, Any]:
+        """The app's picture panels (``Image`` widgets, or the clickable
+        :class:`~attnviz.widgets.pointer.PointerView`) by name (e.g. ``"bars"``), in the
         order they were made; a redraw sets the ``value`` (PNG bytes) of these same
         widgets, never replaces them. :meth:`pictures` gives their bytes."""
         return {
             name[1:-4]: widget
             for name, widget in vars(self).items()
-            if name.startswith("_") and name.endswith("_png") and isinstance(widget, widgets.Image)
+            if name.startswith("_")
+            and name.endswith("_png")
+            and isinstance(widget, (widgets.Image, PointerView))
         }
 
     def pictures(self) -> dict[str, bytes]:
@@ -119,7 +126,13 @@ class App:
         The names are the app's picture panels (:attr:`panels`): what a script saving
         figures, or a test checking a redraw, reads (an empty panel gives ``b""``).
         """
-        return {name: bytes(widget.value) for name, widget in self.panels.items()}
+        out: dict[str, bytes] = {}
+        for name, widget in self.panels.items():
+            if isinstance(widget, widgets.Image):
+                out[name] = bytes(widget.value)
+            else:  # a PointerView: the pixels its page draws (and its head grid)
+                out.update(widget.pictures(name, level=self.png_level))
+        return out
 
     def visible_pictures(self) -> list[str]:
         """The names of the panels on display now, in layout order: those not inside a
@@ -152,10 +165,105 @@ class App:
             raise ValueError(f"{type(self).__name__} shows no picture")
         return next(iter(pictures.values()))
 
+    def export_html(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        controls: Sequence[str] | None = None,
+        max_bytes: int = 10 * 10**6,
+        title: str | None = None,
+    ) -> Any:
+        """One self-contained HTML file that keeps the app's interaction, offline.
+
+        The app is stepped through every combination of the values of ``controls`` (by
+        default the app's own choice, e.g. the STN inspector's epochs and images), nested
+        in that order (a control's values are read after the ones before it are set, so a
+        channel slider follows its block); every frame's visible pictures (PNG, each
+        distinct one stored once) and text go into the page, whose sliders pick the
+        frame. The page shows the very pictures the app showed. The app is left as it was.
+
+        Args:
+            path: where to write the page (``.html``, written atomically); None: only
+                return it (to show it in a notebook).
+            controls: names from :attr:`controls`, outermost first.
+            max_bytes: refuse (ValueError, saying what to cut) beyond this many bytes of
+                pictures.
+            title: the page's title (default the app's class name).
+
+        Returns:
+            an :class:`~attnviz.widgets.export.ExportedPage` (``path``, ``nbytes``,
+            ``seconds``; shown in a notebook as the page itself).
+        """
+        from .export import frames_page, timed
+
+        names = list(self._EXPORT if controls is None else controls)
+        unknown = [n for n in names if n not in self.controls]
+        if not names or unknown:
+            raise ValueError(
+                f"controls must name some of {list(self.controls)}, got {names}"
+                + (f" ({unknown} unknown)" if unknown else "")
+            )
+        panels = list(self.panels)
+
+        def walk(depth: int) -> dict[str, Any]:
+            if depth == len(names):
+                visible = set(self.visible_pictures())
+                pictures = self.pictures()
+                return {
+                    "panels": {n: (pictures[n] if n in visible else None) for n in panels},
+                    "info": self.info,
+                }
+            widget = self.controls[names[depth]]
+            values, labels = _choices(widget)
+            start = values.index(widget.value) if widget.value in values else 0
+            children = []
+            for v in values:
+                widget.value = v
+                children.append(walk(depth + 1))
+            widget.value = values[start]
+            return {
+                "control": names[depth],
+                "options": labels,
+                "start": start,
+                "children": children,
+            }
+
+        def make() -> tuple[str, int]:
+            level = self.png_level
+            self.png_level = 9  # the page is kept and shared: small pictures
+            self.__dict__.pop("_shown_arrays", None)
+            try:
+                return frames_page(
+                    title or type(self).__name__, panels, lambda: walk(0), max_bytes=max_bytes
+                )
+            finally:
+                self.png_level = level
+                self.__dict__.pop("_shown_arrays", None)
+
+        height = 160 + max((_png_height(p) for p in self.pictures().values()), default=300)
+        return timed(make, path, height)
+
     def close(self) -> None:
         """Close every widget of the app and drop what it holds; safe to call twice."""
         self._release()
         close_tree(self.root)
+
+
+def _choices(widget: widgets.Widget) -> tuple[list[Any], list[str]]:
+    """The values a control can take and their labels (sliders, dropdowns, checkboxes)."""
+    if isinstance(widget, widgets.Checkbox):
+        return [False, True], ["off", "on"]
+    if isinstance(widget, (widgets.IntSlider, widgets.BoundedIntText)):
+        values = list(range(widget.min, widget.max + 1, widget.step or 1))
+        return values, [str(v) for v in values]
+    if isinstance(widget, (widgets.Dropdown, widgets.SelectionSlider, widgets.ToggleButtons)):
+        pairs = [o if isinstance(o, tuple) else (str(o), o) for o in widget.options]
+        return [v for _, v in pairs], [str(label) for label, _ in pairs]
+    raise ValueError(f"a {type(widget).__name__} cannot be stepped through for an export")
+
+
+def _png_height(png: bytes) -> int:
+    return struct.unpack(">II", png[16:24])[1] if png[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
 class Opacity:

@@ -86,6 +86,7 @@ class ChannelExplorer(App, Opacity, ImageIndex, BlockChoice):
         "highest": "_highest",
         "lowest": "_lowest",
     }
+    _EXPORT: ClassVar[tuple[str, ...]] = ("image", "block", "channel")
 
     def __init__(
         self,

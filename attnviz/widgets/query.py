@@ -12,29 +12,37 @@ shown per head or averaged over heads. A vision transformer adds where its class
 looks (the DINO paper's picture) and the attention rollout through all blocks (Abnar and
 Zuidema, 2020).
 
-The query pixel is chosen with two sliders: core ``ipywidgets.Image`` sends no click
-events, and click support would need a browser extension (ipyevents, ipycanvas), which
-breaks offline and in some front ends. One forward pass per image (under
-:func:`attnviz.capture`) fills a cache of every block's record; moving the query, the
-block, the toggle or the opacity only re-renders from it.
+The query pixel is chosen by clicking the picture (hovering previews a pixel without
+choosing it), or with the two sliders, which follow the clicks. The picture is a
+:class:`~attnviz.widgets.pointer.PointerView`: one forward pass per image (under
+:func:`attnviz.capture`) packs every block's rows (float16) into the page, which draws the
+pointed pixel's map itself, so a click shows new pixels within a frame, with no kernel
+round trip. For transformers a head-by-block grid (bertviz's model view, for images)
+shows the chosen query's attention in every block and head; clicking a cell opens it
+large. :meth:`QueryExplorer.export_html` writes all of it into one offline HTML file.
 """
 
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import ipywidgets as widgets
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from .. import render
 from ..capture import capture
 from ..maps import rollout_map, upsample
 from ..records import LocalAttentionRecord, SelfAttentionRecord
+from ..render.pointer import CELL_COLOR as CELL_COLOR  # the colours drawn, for scripts
+from ..render.pointer import CROSSHAIR_COLOR as CROSSHAIR_COLOR
+from ..render.pointer import PREVIEW_COLOR as PREVIEW_COLOR
+from ..render.pointer import WINDOW_COLOR as WINDOW_COLOR
+from ..render.pointer import pack_attention
+from ..running import single_threaded
 from ._base import (
     App,
     BlockChoice,
@@ -44,34 +52,22 @@ from ._base import (
     display_images,
     redraw,
 )
+from .export import ExportedPage, pointer_page, timed
+from .pointer import PointerView
 
 __all__ = ["QueryExplorer"]
 
-#: colours drawn over the map: the query pixel's crosshair (over a dark outline), the
-#: query cell's box, and the box of the keys a local-attention query can see
-CROSSHAIR_COLOR = (0, 255, 255)
-CELL_COLOR = (255, 255, 255)
-WINDOW_COLOR = (80, 200, 255)
-#: what the panel shows, by "show" value
+#: what the panel shows, by "show" value (named tokens: "where the <token> token looks")
 _SHOWS = {
     "query": "where the query looks",
     "received": "where the whole image looks",
-    "cls": "where the class token looks",
     "rollout": "attention rollout (all blocks)",
 }
 _CMAP = "inferno"
 
 
-def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int) -> np.ndarray:
-    """A crosshair centred on canvas pixel (cx, cy), 1 pixel wide with a dark outline."""
-    out = canvas.copy()
-    h, w = out.shape[:2]
-    for colour, width in (((0, 0, 0), 1), (CROSSHAIR_COLOR, 0)):
-        y0, y1 = max(cy - width, 0), min(cy + width + 1, h)
-        x0, x1 = max(cx - width, 0), min(cx + width + 1, w)
-        out[y0:y1, max(cx - arm, 0) : min(cx + arm + 1, w)] = colour
-        out[max(cy - arm, 0) : min(cy + arm + 1, h), x0:x1] = colour
-    return out
+def _show_label(value: str) -> str:
+    return _SHOWS.get(value, f"where the {value} token looks")
 
 
 class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
@@ -96,13 +92,20 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         ValueError: bad shapes, display values outside [0, 1], no self-attention.
         TypeError: integer images, or ``model`` not an ``nn.Module``.
 
-    The query is chosen with the x and y sliders (image pixels): core ipywidgets images
-    send no clicks. The model's train/eval flags are left as they were (forward passes run
-    in eval mode under ``torch.no_grad()``). ``.root`` is the ``VBox``.
+    The query is chosen by clicking the picture (hovering previews a pixel, drawn with a
+    yellow crosshair, without choosing it) or with the x and y sliders, which follow the
+    clicks. Each key is drawn as the block of pixels it covers (no smoothing), from the
+    rows in float16. With the head-by-block grid on (the default for transformers), every
+    block x head shows the chosen query's map (the first column is the mean over heads);
+    clicking a cell shows that block and head large. "show" also offers each named token
+    (class token, registers) as the query, and the rollout. The model's train/eval flags
+    are left as they were (forward passes run in eval mode under ``torch.no_grad()``).
+    ``.root`` is the ``VBox``.
 
     ``controls``: ``image``, ``block``, ``opacity``, ``x`` and ``y`` (the query pixel's
-    sliders), ``show`` (what the panel shows) and ``head`` (dropdowns). ``panels``:
-    ``map``.
+    sliders), ``show`` (what the panel shows), ``head`` (dropdowns) and ``grid`` (the
+    head grid's checkbox). ``panels``: ``map`` (a :class:`PointerView`; ``pictures()``
+    adds ``"heads"``, the grid, while it is on).
     """
 
     _CONTROLS: ClassVar[dict[str, str]] = {
@@ -113,7 +116,11 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         "y": "_y",
         "show": "_what",
         "head": "_head",
+        "grid": "_grid",
     }
+    #: the most bytes of attention rows sent to the page per image (float16); beyond it
+    #: each query row keeps its largest weights (see attnviz.render.pointer)
+    pack_bytes: int = 64 * 2**20
 
     def __init__(
         self,
@@ -143,32 +150,100 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._redraw()
 
     # -- capture and cache ---------------------------------------------------------------
-    def _load(self, index: int) -> None:
-        """One forward pass of image ``index``; keep every self-attention record."""
+    def _forward(self, index: int) -> tuple[dict[str, SelfAttentionRecord], dict[str, str]]:
+        """One forward pass of image ``index``: the self-attention records with queries and
+        keys on the image, and why the others cannot be shown."""
         x = self.images[index : index + 1].to(self.device)
         with torch.no_grad(), capture(self.model, kinds="self") as rec:
             self.model(x)
         # kinds="self": every record is a SelfAttentionRecord; shown: those whose queries
         # and keys lie on the image (not class attention's single query, not tokens no
         # layout places, which are listed below the panel)
-        blocks, self.unplaced = {}, {}
+        blocks, unplaced = {}, {}
         for name, r in cast("dict[str, SelfAttentionRecord]", dict(rec.items())).items():
             try:
                 r.query_size, r.key_size  # noqa: B018 (raises where there is no grid)
                 blocks[name] = r
             except ValueError as e:
-                self.unplaced[name] = str(e)
+                unplaced[name] = str(e)
         if not blocks:
-            why = "; ".join(f"{n}: {w}" for n, w in self.unplaced.items())
+            why = "; ".join(f"{n}: {w}" for n, w in unplaced.items())
             raise ValueError(
                 "no self-attention block ran in the forward pass with queries on the image"
                 + (f" ({why})" if why else "")
             )
+        return blocks, unplaced
+
+    def _load(self, index: int) -> None:
+        """One forward pass of image ``index``; keep every self-attention record."""
+        blocks, self.unplaced = self._forward(index)
         self._cache = {
             "index": index,
             "blocks": blocks,
             "image": render.to_uint8_rgb(self._shown[index]),
         }
+
+    def export_html(  # type: ignore[override]
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        images: Sequence[int] | None = None,
+        max_bytes: int = 10 * 10**6,
+        title: str | None = None,
+    ) -> ExportedPage:
+        """One self-contained HTML file of this explorer: click and hover, blocks, heads,
+        named tokens, the head grid, no kernel, nothing fetched.
+
+        Holds, for each chosen image, the photo and every block's rows packed as float16
+        (:func:`attnviz.render.pointer.pack_attention`), drawn by the live widget's own
+        script, so the same clicks give the same pixels. Whole rows where they fit in
+        ``max_bytes``; else each query row keeps its largest weights (as many as fit;
+        the page says how many) while the named tokens' rows stay whole.
+
+        Args:
+            path: where to write it (``.html``, atomically); None: only return it.
+            images: indices of the images to include (default all).
+            max_bytes: the file's budget in bytes (default 10 MB).
+            title: the page's title.
+
+        Returns:
+            an :class:`~attnviz.widgets.export.ExportedPage`.
+        """
+        indices = list(range(len(self.images))) if images is None else [int(i) for i in images]
+        if not indices or not all(0 <= i < len(self.images) for i in indices):
+            raise ValueError(f"images must be indices in [0, {len(self.images) - 1}]")
+        view = self._map_png
+        h, w = self.image_size
+
+        def make() -> tuple[str, int]:
+            photos = [render.to_uint8_rgb(self._shown[i]).tobytes() for i in indices]
+            # base64 grows data by 4/3; leave room for the script and page
+            room = (max_bytes - 4 * sum(map(len, photos)) // 3 - 150_000) * 3 // 4
+            if room <= 0:
+                raise ValueError(
+                    f"max_bytes={max_bytes} leaves no room for the rows: raise it or export "
+                    "fewer images"
+                )
+            entries: list[dict[str, Any]] = []
+            for i, photo in zip(indices, photos):
+                blocks = self._cache["blocks"] if i == self.index else self._forward(i)[0]
+                pack = pack_attention(blocks, self.image_size, max_bytes=room // len(indices))
+                entries.append(
+                    {"label": f"image {i}", "photo": photo, "size": [h, w], "pack": pack}
+                )
+            state = {
+                k: getattr(view, k)
+                for k in ("block", "head", "show", "query", "alpha", "grid", "thumb", "scale")
+            }
+            state["mode"] = "attention"
+            if state["block"] not in [b["name"] for b in entries[0]["pack"].meta["blocks"]]:
+                state["block"] = entries[0]["pack"].meta["blocks"][0]["name"]
+            return pointer_page(title or "attnviz query explorer", entries, state, view.lut), 0
+
+        with single_threaded():
+            grid_h = len(self._cache["blocks"]) * (view.thumb * h // w + 3)
+            height = 140 + max(h * self.scale, grid_h if view.grid else 0)
+            return timed(make, path, height)
 
     # -- widgets -------------------------------------------------------------------------
     def _build(self, n: int) -> None:
@@ -184,15 +259,18 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._opacity = widgets.FloatSlider(
             value=0.6, min=0, max=1, step=0.05, description="opacity"
         )
-        self._map_png = widgets.Image(format="png")
+        transformer = any(r.prefix for r in self._cache["blocks"].values())
+        self._grid = widgets.Checkbox(value=transformer, description="head-by-block grid")
+        self._map_png = PointerView(cmap=_CMAP)
+        self._send_pack()
         self._info = widgets.HTML()
         self.log = widgets.Output()
         self.root = widgets.VBox(
             [
                 widgets.HBox([self._image, self._block, self._opacity]),
                 widgets.HBox([self._x, self._y]),
-                widgets.HBox([self._what, self._head]),
-                widgets.HBox([self._map_png]),
+                widgets.HBox([self._what, self._head, self._grid]),
+                self._map_png,
                 self._info,
                 self.log,
             ]
@@ -206,6 +284,29 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         self._what.add_class("attnviz-query-show")
         for wid in (self._block, self._x, self._y, self._what, self._head, self._opacity):
             wid.observe(self._guard(lambda _change: self._redraw()), names="value")
+        self._grid.observe(self._guard(lambda _change: self._redraw()), names="value")
+        # what the page changed (a click on the picture or the grid): the controls follow
+        self._map_png.observe(self._guard(self._on_page), names=["query", "block", "head"])
+
+    def _send_pack(self) -> None:
+        """Pack the image's rows for the page (float16, at most ``pack_bytes``)."""
+        pack = pack_attention(self._cache["blocks"], self.image_size, max_bytes=self.pack_bytes)
+        self._map_png.show_attention(self._cache["image"], pack, self.scale)
+
+    def _on_page(self, change: dict) -> None:
+        view = self._map_png
+        self._holding = True
+        try:
+            h, w = self.image_size
+            self._x.value, self._y.value = min(view.query[0], w - 1), min(view.query[1], h - 1)
+            if view.block in self._cache["blocks"]:
+                self._block.value = view.block
+            head = None if view.head < 0 else view.head
+            if head in [v for _, v in self._head.options]:
+                self._head.value = head
+        finally:
+            self._holding = False
+        self._redraw()
 
     def _block_options(self) -> list[tuple[str, str]]:
         out = []
@@ -216,9 +317,13 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
 
     def _what_options(self) -> list[tuple[str, str]]:
         shows = ["query", "received"]
-        if any("cls" in r.prefix for r in self._cache["blocks"].values()):
-            shows += ["cls", "rollout"]
-        return [(_SHOWS[k], k) for k in shows]
+        tokens: list[str] = []
+        for r in self._cache["blocks"].values():
+            tokens += [t for t in r.prefix if t not in tokens]
+        shows += tokens
+        if "cls" in tokens:
+            shows.append("rollout")
+        return [(_show_label(k), k) for k in shows]
 
     def _head_options(self) -> list[tuple[str, int | None]]:
         heads = max(r.heads for r in self._cache["blocks"].values())
@@ -228,10 +333,15 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         block = self.block
         self._load(change["new"])
         options = self._block_options()
-        if options != [tuple(o) for o in self._block.options]:
-            self._block.options = options  # may redraw with the first block ...
-            if block in self._cache["blocks"]:
-                self._block.value = block
+        self._holding = True
+        try:
+            if options != [tuple(o) for o in self._block.options]:
+                self._block.options = options
+                if block in self._cache["blocks"]:
+                    self._block.value = block
+        finally:
+            self._holding = False
+        self._send_pack()
         self._redraw()
 
     # -- state ---------------------------------------------------------------------------
@@ -313,10 +423,12 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             key_map = r.key_row(self.query, self.image_size, head=head)[0]
         elif what == "received":
             key_map = r.received(head=head)[0]
-        elif what == "cls":
-            key_map = r.token_attention("cls", head=head)[0]
-        else:
+        elif what == "rollout":
             key_map = rollout_map(list(self._cache["blocks"].values()))[0]
+        elif what in r.prefix:
+            key_map = r.token_attention(what, head=head)[0]
+        else:  # a token this block lacks (another block has it): nothing to show here
+            key_map = torch.zeros(hk, wk)
         shown = upsample(key_map, self.image_size)
         peak = int(key_map.argmax())
         window = r.window(cell) if isinstance(r, LocalAttentionRecord) else None
@@ -338,29 +450,12 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         }
 
     # -- drawing -------------------------------------------------------------------------
-    def _panel(self, s: dict) -> np.ndarray:
-        image, k = self._cache["image"], self.scale
-        blended = render.overlay(image, s["map"].numpy(), alpha=self._opacity.value, cmap=_CMAP)
-        canvas = render.upscale(blended, k)
-        if s["show"] != "query":
-            return canvas
-        (i, j), (hq, wq), (h, w) = s["cell"], s["query_size"], self.image_size
-        picture = Image.fromarray(canvas)
-        if s["window"] is not None:
-            (hk, wk), (r0, c0, r1, c1) = s["key_size"], s["window"]
-            box = (c0 * w / wk, r0 * h / hk, c1 * w / wk, r1 * h / hk)
-            picture = render.draw_box(picture, box, scale=k, color=WINDOW_COLOR)
-        box = (j * w / wq, i * h / hq, (j + 1) * w / wq, (i + 1) * h / hq)
-        canvas = np.asarray(render.draw_box(picture, box, scale=k, color=CELL_COLOR))
-        x, y = s["query"]
-        return _crosshair(canvas, int((x + 0.5) * k), int((y + 0.5) * k), arm=max(3, 2 * k))
-
     def _html(self, s: dict) -> str:
         m = s["key_map"]
         if s["show"] == "query":
             what = f"query pixel ({s['query'][0]}, {s['query'][1]}) &rarr; cell {s['cell']}"
         else:
-            what = _SHOWS[s["show"]]
+            what = _show_label(s["show"])
         heads = (
             "rollout: heads averaged"
             if s["show"] == "rollout"
@@ -385,7 +480,13 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
     @redraw
     def _redraw(self) -> None:
         s = self.current()
-        self._show(self._map_png, self._panel(s))
+        view = self._map_png
+        with view.hold_sync():
+            view.block, view.show = s["block"], s["show"]
+            view.head = -1 if self.head is None else self.head
+            view.query = list(s["query"])
+            view.alpha = round(255 * self.opacity)
+            view.grid = bool(self._grid.value)
         self._info.value = self._html(s)
 
     # -- display and clean-up ------------------------------------------------------------

@@ -95,6 +95,7 @@ class STNInspector(App, ImageIndex):
         "play": "_play",
         "snapshot": "_snapshot",
     }
+    _EXPORT: ClassVar[tuple[str, ...]] = ("snapshot", "image")
 
     def __init__(
         self,
