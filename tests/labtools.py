@@ -215,7 +215,7 @@ class LabBrowser:
 
     def _route(self, route) -> None:
         url = route.request.url
-        if url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")):
+        if url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "file://")):
             route.continue_()
         else:
             self.blocked.append(url)
