@@ -35,7 +35,7 @@ import ipywidgets as widgets
 from . import shipped
 from .widgets._base import App
 
-__all__ = ["TABS", "ExplorerApp", "explorers", "notebook", "serve"]
+__all__ = ["TABS", "ExplorerApp", "explorers", "make_explorer", "notebook", "serve"]
 
 #: the tabs, in order
 TABS = ("Spatial transformer", "SE channels", "CBAM spatial maps", "Non-local attention", "Photos")
@@ -48,6 +48,65 @@ def _caption(name: str, folder: Any) -> str:
         f"{e['test_images']} test images, trained {e['epochs']} epochs "
         f"(shipped model <code>{name}</code>; recipe in its manifest)"
     )
+
+
+def make_explorer(
+    tab: str, *, folder: Any = None, images: int = 32, photo_weights: str | None = None
+) -> tuple[App, str]:
+    """The explorer of one tab of the app and its caption (HTML), built on the shipped models.
+
+    Args:
+        tab: one of :data:`TABS`.
+        folder: where the shipped models are (default: the ones attnviz ships).
+        images: test images for the SE, CBAM and non-local explorers (the spatial
+            transformer's replay shows the test digits its training snapshots were saved for).
+        photo_weights: the photo tab's weights (``"DEFAULT"``: trained, downloaded once;
+            ``None``: random weights, nothing downloaded).
+
+    Returns:
+        ``(explorer, caption)``; :meth:`~attnviz.widgets._base.App.export_html` of the
+        explorer writes it as one offline page (``attnviz export``).
+
+    Raises:
+        KeyError: an unknown tab (the message lists the tabs).
+        FileNotFoundError: the shipped models are missing.
+    """
+    from .widgets import (
+        ChannelExplorer,
+        ModelPicker,
+        PhotoExplainer,
+        QueryExplorer,
+        SpatialExplorer,
+        STNInspector,
+    )
+
+    if tab not in TABS:
+        raise KeyError(f"no tab {tab!r}; the tabs are {', '.join(TABS)}")
+    if tab == "Spatial transformer":
+        test, hist = shipped.test_data("stcnn_rts"), shipped.history("stcnn_rts", folder)
+        snap = hist.snapshot("stn")
+        k = snap.shape[1]
+        app: App = STNInspector(
+            test.images[:k],
+            snap,
+            epochs=list(range(len(snap))),
+            labels=test.labels[:k].tolist(),
+            predictions=hist.snapshot("predictions"),
+            boxes=test.boxes[:k],
+        )
+        return app, _caption("stcnn_rts", folder) + ": its training, epoch by epoch"
+    if tab == "Photos":
+        picker = ModelPicker(weights=photo_weights)
+        return PhotoExplainer(picker), "Any photo, any attention family."
+    name, make = {
+        "SE channels": ("resnet10_se", ChannelExplorer),
+        "CBAM spatial maps": ("resnet10_cbam", SpatialExplorer),
+        "Non-local attention": ("resnet10_nonlocal", QueryExplorer),
+    }[tab]
+    test = shipped.test_data(name)
+    model = shipped.load(name, folder=folder)
+    kwargs = {} if make is QueryExplorer else {"labels": test.labels[:images].tolist()}
+    return make(model, test.images[:images], **kwargs), _caption(name, folder)
 
 
 class ExplorerApp(App):
@@ -68,7 +127,6 @@ class ExplorerApp(App):
         shipped.manifest(folder)  # a clear error now if the models are missing
         self.folder, self.photo_weights, self.n = folder, photo_weights, images
         self._built: dict[str, App] = {}
-        self._data: dict[str, Any] = {}
         self.log = widgets.Output()
         self.tabs = widgets.Tab(children=[widgets.VBox() for _ in TABS])
         for i, title in enumerate(TABS):
@@ -83,47 +141,10 @@ class ExplorerApp(App):
         self.tabs.selected_index = 0
         self._open(0)
 
-    def _test(self, name: str) -> Any:
-        if name not in self._data:
-            self._data[name] = shipped.test_data(name)
-        return self._data[name]
-
     def _make(self, tab: str) -> tuple[App, str]:
-        from .widgets import (
-            ChannelExplorer,
-            ModelPicker,
-            PhotoExplainer,
-            QueryExplorer,
-            SpatialExplorer,
-            STNInspector,
+        return make_explorer(
+            tab, folder=self.folder, images=self.n, photo_weights=self.photo_weights
         )
-
-        n, folder = self.n, self.folder
-        if tab == "Spatial transformer":
-            test, hist = self._test("stcnn_rts"), shipped.history("stcnn_rts", folder)
-            snap = hist.snapshot("stn")
-            k = snap.shape[1]
-            app: App = STNInspector(
-                test.images[:k],
-                snap,
-                epochs=list(range(len(snap))),
-                labels=test.labels[:k].tolist(),
-                predictions=hist.snapshot("predictions"),
-                boxes=test.boxes[:k],
-            )
-            return app, _caption("stcnn_rts", folder) + ": its training, epoch by epoch"
-        if tab == "Photos":
-            picker = ModelPicker(weights=self.photo_weights)
-            return PhotoExplainer(picker), "Any photo, any attention family."
-        name, make = {
-            "SE channels": ("resnet10_se", ChannelExplorer),
-            "CBAM spatial maps": ("resnet10_cbam", SpatialExplorer),
-            "Non-local attention": ("resnet10_nonlocal", QueryExplorer),
-        }[tab]
-        test = self._test(name)
-        model = shipped.load(name, folder=folder)
-        kwargs = {} if make is QueryExplorer else {"labels": test.labels[:n].tolist()}
-        return make(model, test.images[:n], **kwargs), _caption(name, folder)
 
     @property
     def built(self) -> list[str]:

@@ -8,8 +8,11 @@ the rows the kernel packed, and with the exported page after the same interactio
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 import torch
 from labtools import CHROMIUM, LabBrowser, LabServer, open_and_run
 from nbfixtures import write_notebook
+from PIL import Image
 
 from attnviz import capture
 from attnviz.render.pointer import AttentionPack, PointerState, draw_grid, draw_panel
@@ -242,3 +246,127 @@ def test_click_hover_and_the_head_grid_live_then_the_exported_page_shows_the_sam
     offline.close()
     size = exported.stat().st_size
     assert size < 1_000_000, f"{size} bytes"
+
+
+# -- frame pages: the STN inspector and the channel explorer ------------------------------
+def _stn():
+    from attnviz.widgets import STNInspector
+
+    g = torch.Generator().manual_seed(0)
+    thetas = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(3, 4, 2, 3).clone()
+    thetas[1:, :, :, :2] *= 0.6
+    thetas[2, :, 0, 2] = 0.2
+    images = torch.rand(4, 1, 16, 16, generator=g)
+    return STNInspector(images, thetas, epochs=[1, 5, 10], scale=4), None
+
+
+def _channels():
+    from attnviz import shipped
+    from attnviz.widgets import ChannelExplorer
+
+    test = shipped.test_data("resnet10_se")
+    model = shipped.load("resnet10_se")
+    app = ChannelExplorer(model, test.images[:2], labels=test.labels[:2].tolist())
+    return app, {"block": ["layer1.0.attention", "layer2.0.attention"]}
+
+
+def _set_range(page, name: str, index: int) -> None:
+    page.evaluate(
+        """([name, i]) => { const el = document.querySelector('input.attnviz-' + name);
+        el.value = i; el.dispatchEvent(new Event('input')); }""",
+        [name, index],
+    )
+
+
+def _shown(page) -> dict[str, bytes]:
+    """The pictures on show, as the screen shows them: stored small, drawn k times larger."""
+    srcs = page.evaluate(
+        """() => Object.fromEntries(Array.from(document.querySelectorAll('#panels img'))
+        .filter((img) => img.style.display !== 'none')
+        .map((img) => [img.alt, [img.src, Number(img.dataset.factor)]]))"""
+    )
+    out = {}
+    for name, (src, k) in srcs.items():
+        small = _pixels_of(base64.b64decode(src.split(",", 1)[1]))
+        out[name] = small.repeat(k, 0).repeat(k, 1)
+    return out
+
+
+def _pixels_of(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@pytest.mark.parametrize("make", [_stn, _channels], ids=["stn", "channels"])
+def test_a_frame_page_shows_what_the_app_showed_for_the_same_controls(make, lab, tmp_path):
+    _, browser, _ = lab
+    app, values = make()
+    exported = app.export_html(tmp_path / "frames.html", values=values)
+    assert exported.path.stat().st_size == exported.nbytes
+    names = list(type(app)._EXPORT)
+    page = browser.context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(exported.path.as_uri())
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # five settings of the controls, outermost first
+        for name in names:
+            widget = app.controls[name]
+            offered = (
+                [v if not isinstance(v, tuple) else v[1] for v in widget.options]
+                if hasattr(widget, "options")
+                else list(range(widget.min, widget.max + 1))
+            )
+            offered = (values or {}).get(name, offered)
+            i = int(rng.integers(len(offered)))
+            widget.value = offered[i]
+            _set_range(page, name, i)
+        shown, live = _shown(page), app.pictures()
+        visible = app.visible_pictures()
+        assert sorted(shown) == sorted(visible)
+        for name in visible:
+            np.testing.assert_array_equal(shown[name], _pixels_of(live[name]))
+        parsed = "(h) => { const d = document.createElement('div'); d.innerHTML = h; "
+        parsed += "return d.innerHTML }"
+        assert page.inner_html("#info") == page.evaluate(parsed, app.info)
+    assert requests == [exported.path.as_uri()], requests
+    page.close()
+    app.close()
+
+
+def test_the_export_survives_nbconvert_and_still_answers_clicks(lab, tmp_path):
+    from nbconvert import HTMLExporter
+
+    from attnviz.nbrun import execute_notebook
+
+    _, browser, _ = lab
+    source = write_notebook(
+        tmp_path / "shared.ipynb",
+        MODEL
+        + "\nfrom attnviz.widgets import QueryExplorer\n"
+        + "QueryExplorer(model, images[:1], scale=4).export_html()\n",
+    )
+    nb = execute_notebook(source, {}, timeout=300, output=tmp_path / "run.ipynb", cwd=tmp_path)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    out = tmp_path / "shared.html"
+    out.write_text(body, encoding="utf-8")
+    page = browser.context.new_page()
+    blocked = len(browser.blocked)
+    page.goto(out.as_uri())
+    frame = page.frame_locator("iframe.attnviz-export").first
+    canvas = frame.locator(MAIN).first
+    canvas.wait_for()
+    inner = next(f for f in page.frames if f != page.main_frame)
+    before = _pixels(inner, MAIN)
+    canvas.click(position={"x": 201, "y": 30})
+    _wait(inner, MAIN, "query", "50,7")
+    after = _pixels(inner, MAIN)
+    changed = (before != after).any(-1)
+    # the crosshair and the cell box moved to (50, 7): pixels changed around it
+    assert changed[20:40, 190:215].any() and changed.mean() > 0.05
+    page.close()
+    # nbconvert's own template links require.js, MathJax and the widget manager from CDNs
+    # (refused here); nothing else asked for the network: the exported frame needs none
+    outside = re.sub(r"<iframe[^>]*srcdoc=\"[^\"]*\"", "", body)  # the page, not the export
+    tried = browser.blocked[blocked:]
+    assert tried and all(url.split("?")[0] in outside for url in tried), tried
+    del browser.blocked[blocked:]

@@ -170,6 +170,7 @@ class App:
         path: str | os.PathLike | None = None,
         *,
         controls: Sequence[str] | None = None,
+        values: dict[str, Sequence[Any]] | None = None,
         max_bytes: int = 10 * 10**6,
         title: str | None = None,
     ) -> Any:
@@ -186,6 +187,8 @@ class App:
             path: where to write the page (``.html``, written atomically); None: only
                 return it (to show it in a notebook).
             controls: names from :attr:`controls`, outermost first.
+            values: the values to step through for some controls (e.g.
+                ``{"image": [0, 3]}``); the others take every value they offer.
             max_bytes: refuse (ValueError, saying what to cut) beyond this many bytes of
                 pictures.
             title: the page's title (default the app's class name).
@@ -214,13 +217,23 @@ class App:
                     "info": self.info,
                 }
             widget = self.controls[names[depth]]
-            values, labels = _choices(widget)
-            start = values.index(widget.value) if widget.value in values else 0
+            offered, labels = _choices(widget)
+            chosen = offered
+            if names[depth] in (values or {}):
+                chosen = list((values or {})[names[depth]])
+                bad = [v for v in chosen if v not in offered]
+                if bad or not chosen:
+                    raise ValueError(
+                        f"values[{names[depth]!r}] must be some of {offered}, got {chosen}"
+                    )
+                labels = [labels[offered.index(v)] for v in chosen]
+            first = widget.value
+            start = chosen.index(first) if first in chosen else 0
             children = []
-            for v in values:
+            for v in chosen:
                 widget.value = v
                 children.append(walk(depth + 1))
-            widget.value = values[start]
+            widget.value = first
             return {
                 "control": names[depth],
                 "options": labels,
@@ -234,7 +247,11 @@ class App:
             self.__dict__.pop("_shown_arrays", None)
             try:
                 return frames_page(
-                    title or type(self).__name__, panels, lambda: walk(0), max_bytes=max_bytes
+                    title or type(self).__name__,
+                    panels,
+                    lambda: walk(0),
+                    max_bytes=max_bytes,
+                    scale=int(getattr(self, "scale", 1)),
                 )
             finally:
                 self.png_level = level

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import json
 import os
 import tempfile
@@ -32,6 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image as PILImage
+
+from ..render import png_bytes
 from .pointer import SCRIPT
 
 __all__ = ["ExportedPage", "frames_page", "pointer_page", "write_page"]
@@ -165,16 +170,31 @@ def pointer_page(
 # -- frame pages (any app: every combination of chosen controls) --------------------------
 
 
+def _shrunk(png: bytes, scale: int) -> tuple[bytes, int, int, int]:
+    """A picture drawn ``scale`` times larger by repeating pixels is stored at its own size
+    and shown ``scale`` times larger again by the page (``image-rendering: pixelated``,
+    an integer factor: the same screen pixels). Returns (png, factor, width, height)."""
+    arr = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
+    h, w = arr.shape[:2]
+    if scale > 1 and h % scale == 0 and w % scale == 0:
+        small = arr[::scale, ::scale]
+        if np.array_equal(small.repeat(scale, 0).repeat(scale, 1), arr):
+            return png_bytes(small, compress_level=9), scale, w, h
+    return png, 1, w, h
+
+
 def frames_page(
     title: str,
     names: Sequence[str],
     enumerate_frames: Callable[[], dict[str, Any]],
     *,
     max_bytes: int,
+    scale: int = 1,
 ) -> tuple[str, int]:
     """The page of an app stepped through every combination of its chosen controls.
 
-    ``enumerate_frames()`` returns the tree: a node is ``{"control", "options" (labels),
+    ``scale``: the app's integer upscaling (pictures that are exact upscales are stored
+    small). ``enumerate_frames()`` returns the tree: a node is ``{"control", "options" (labels),
     "start" (index shown first), "children"}`` or a leaf ``{"panels": {name: png bytes or
     None}, "info": html}``. Returns the page and the number of frames.
 
@@ -200,8 +220,9 @@ def frames_page(
             key = hashlib.sha1(png).hexdigest()
             if key not in index:
                 index[key] = len(pngs)
-                pngs.append(_b64(png))
-                total += len(pngs[-1])
+                small, k, width, height = _shrunk(png, scale)
+                pngs.append([_b64(small), k, width, height])
+                total += len(pngs[-1][0])
                 if total > max_bytes:
                     raise ValueError(
                         f"the pictures of {frames} frames already take {total / 2**20:.1f} MiB, "

@@ -44,7 +44,13 @@ function build() {
   for (const name of DATA.panels) {
     const id = n.panels[name];
     imgs[name].style.display = id === undefined || id === null ? "none" : "";
-    if (id !== undefined && id !== null) imgs[name].src = "data:image/png;base64," + DATA.pngs[id];
+    if (id !== undefined && id !== null) {
+      const [b64, k, width, height] = DATA.pngs[id];
+      imgs[name].src = "data:image/png;base64," + b64;
+      imgs[name].dataset.factor = String(k); // stored k times smaller, shown k times larger
+      imgs[name].style.width = width + "px";
+      imgs[name].style.height = height + "px";
+    }
   }
   info.innerHTML = n.info;
 }
