@@ -231,3 +231,17 @@ def test_display_close_and_bad_inputs(model, images, app):
         SpatialExplorer(se, images)
     with pytest.raises(TypeError, match="float"):
         SpatialExplorer(model, (images * 255).to(torch.uint8))
+
+
+def test_the_value_under_the_pointer_is_the_maps_value_there(app):
+    """Hovering the CBAM picture names the pixel, its cell of Ms and Ms's value there."""
+    view = app.panels["cbam"]
+    hh, ww = app._shown.shape[-2:]
+    assert view.size == [hh, ww] and app.under_pointer() is None
+    view.hover = [ww - 1, 0]
+    at, s = app.under_pointer(), app.current()
+    h, w = s["map"].shape
+    assert at["cell"] == (0, w - 1) and at["value"] == float(s["map"][0, w - 1])
+    assert f"at ({ww - 1}, 0)" in app.info
+    view.hover = []
+    assert app.under_pointer() is None and "at (" not in app.info

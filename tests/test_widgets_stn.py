@@ -184,7 +184,9 @@ def test_bad_construction_raises_a_clear_error(parts, change, error, match):
 
 
 def test_panels_keep_their_pixel_size_in_the_browser():
-    """Image widgets are pinned to the PNG size: front ends neither stretch nor squeeze them."""
+    """The clickable pictures state their image size and scale (the page pins them to the
+    PNG's size: front ends neither stretch nor squeeze them) and report positions in
+    image pixels."""
     import io
 
     from PIL import Image
@@ -192,11 +194,43 @@ def test_panels_keep_their_pixel_size_in_the_browser():
     from attnviz.widgets import STNInspector
 
     app = STNInspector(torch.rand(2, 1, 20, 30), torch.eye(2, 3).expand(2, 2, 3), scale=2)
-    png = app.panels["input"]
-    w, h = Image.open(io.BytesIO(png.value)).size
-    assert (png.layout.width, png.layout.height) == (f"{w}px", f"{h}px") == ("60px", "40px")
-    panel = _decode(png.value)  # identity theta: the quadrilateral frames the image itself
+    view = app.panels["input"]
+    w, h = Image.open(io.BytesIO(view.png)).size
+    assert (view.size, view.scale, (w, h)) == ([20, 30], 2, (60, 40))
+    panel = _decode(view.png)  # identity theta: the quadrilateral frames the image itself
     inside = panel[1:-1, 1:-1]
     image = render.upscale(app.images[0], 2)[1:-1, 1:-1]
     np.testing.assert_array_equal(inside, image)
     app.close()
+
+
+def test_pointing_at_the_input_marks_where_it_lands_in_the_crop_and_back(app):
+    """A point of the input lands in the crop where theta's inverse takes it, and pointing
+    at that crop pixel leads back to the input point (theta applied), both marked."""
+    app.index, app.snapshot = 1, 2
+    theta = app.current()["theta"].double()
+    app.point = ("input", (8, 7))
+    link = app.correspondence()
+    assert link["from"] == "input" and link["input"] == (8.5, 7.5)
+    u, v = link["crop"]
+    # by hand: crop pixel centre (u, v) samples theta @ (2u/W' - 1, 2v/H' - 1, 1)
+    ho, wo = app.output_size
+    xn = theta[:, :2] @ torch.tensor([2 * u / wo - 1, 2 * v / ho - 1]).double() + theta[:, 2]
+    assert torch.allclose(xn, torch.tensor([2 * 8.5 / W - 1, 2 * 7.5 / H - 1]).double())
+    assert link["inside"] and "in the crop" in app.info
+    crop = _decode(app.pictures()["crop"])
+    k = app._crop_scale
+    assert tuple(crop[int(v * k), int(u * k)]) == (0, 255, 255)  # the mark at the landing
+    assert tuple(_decode(app.pictures()["input"])[int(7.5 * SCALE), int(8.5 * SCALE)]) == (
+        0,
+        255,
+        255,
+    )
+    # hovering the crop overrides the click: back to the input
+    app.panels["crop"].hover = [int(u), int(v)]
+    back = app.correspondence()
+    assert back["from"] == "crop" and abs(back["input"][0] - 8.5) < 1.5
+    app.panels["crop"].hover = []
+    assert app.correspondence()["from"] == "input"
+    app.point = None
+    assert app.correspondence() is None and "in the crop" not in app.info

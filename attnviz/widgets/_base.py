@@ -70,7 +70,7 @@ class App:
     def _release(self) -> None:
         """Drop what the app holds besides its widgets (caches, links, callbacks)."""
 
-    def _show(self, widget: widgets.Image, image: Any) -> None:
+    def _show(self, widget: widgets.Image | PointerView, image: Any) -> None:
         """Show ``image`` (anything :func:`attnviz.render.to_uint8_rgb` takes) in ``widget``,
         encoding it only when its pixels differ from what the widget shows already."""
         arr = render.to_uint8_rgb(image)
@@ -78,7 +78,12 @@ class App:
         last = shown.get(id(widget))
         if last is not None and last.shape == arr.shape and np.array_equal(last, arr):
             return
-        show_png(widget, render.png_bytes(arr, compress_level=self.png_level))
+        png = render.png_bytes(arr, compress_level=self.png_level)
+        if isinstance(widget, PointerView):  # a clickable picture: positions in image pixels
+            k = max(1, widget.scale)
+            widget.show_png(png, (arr.shape[0] // k, arr.shape[1] // k), k)
+        else:
+            show_png(widget, png)
         shown[id(widget)] = arr
 
     def _guard(self, callback: Callable[..., Any]) -> Callable[..., None]:

@@ -137,6 +137,15 @@ class PointerView(anywidget.AnyWidget):
         return out
 
     # -- png mode --------------------------------------------------------------------------
+    @property
+    def pointed(self) -> tuple[int, int] | None:
+        """The image pixel (x, y) under the pointer, else the last one clicked, else None."""
+        if len(self.hover) == 2:
+            return int(self.hover[0]), int(self.hover[1])
+        if self.click[2] > 0:
+            return int(self.click[0]), int(self.click[1])
+        return None
+
     def show_png(self, png: bytes, size: tuple[int, int], scale: int) -> None:
         """Show a picture the kernel drew, whose pixels are an H x W image ``scale`` times
         larger; pointer positions are reported in that image's pixels."""

@@ -36,6 +36,7 @@ from ..cam import default_target_layer, gradcam, resolve_layer
 from ..capture import capture
 from ..records import ChannelRecord, SpatialRecord
 from ._base import App, ImageIndex, Opacity, as_list, check_images, display_images, redraw
+from .pointer import PointerView
 
 __all__ = ["SpatialExplorer"]
 
@@ -236,7 +237,7 @@ class SpatialExplorer(App, Opacity, ImageIndex):
         self._opacity = widgets.FloatSlider(
             value=0.5, min=0, max=1, step=0.05, description="opacity"
         )
-        self._cbam_png = widgets.Image(format="png")
+        self._cbam_png = PointerView(mode="png", scale=self.scale)
         self._gate_png = widgets.Image(format="png")
         self._cam_png = widgets.Image(format="png")
         self._grid_png = widgets.Image(format="png")
@@ -259,6 +260,7 @@ class SpatialExplorer(App, Opacity, ImageIndex):
         self.root.add_class("attnviz-spatial-explorer")
         self._image.add_class("attnviz-image")
         self._cbam_png.add_class("attnviz-cbam")
+        self._cbam_png.observe(self._guard(lambda _c: self._redraw()), names=["hover", "click"])
         self._image.observe(self._guard(self._on_image), names="value")
         self._mode.observe(self._guard(self._on_mode), names="value")
         for w in (self._block, self._target, self._cmap, self._range, self._opacity):
@@ -406,6 +408,27 @@ class SpatialExplorer(App, Opacity, ImageIndex):
             **self._norm(),
         )
 
+    def under_pointer(self) -> dict[str, Any] | None:
+        """The values at the image pixel under the pointer (hovered, else last clicked) on
+        the block's map: ``xy``, ``cell`` ((i, j) of Ms's h x w grid, floor(y h / H),
+        floor(x w / W)), ``value`` (Ms there) and ``gradcam`` (Grad-CAM at the pixel);
+        None when nothing is pointed at or in overview mode."""
+        xy = self._cbam_png.pointed
+        if xy is None or self.mode != "single":
+            return None
+        s = self.current()
+        x, y = xy
+        hh, ww = self._shown.shape[-2:]
+        h, w = s["map"].shape
+        i, j = min(y * h // hh, h - 1), min(x * w // ww, w - 1)
+        cam = s["gradcam"]
+        return {
+            "xy": (x, y),
+            "cell": (i, j),
+            "value": float(s["map"][i, j]),
+            "gradcam": float(cam[y * cam.shape[0] // hh, x * cam.shape[1] // ww]),
+        }
+
     def _html(self, s: dict) -> str:
         parts = [f"<b>{html.escape(_short(s['block']))}</b>"]
         if s["mode"] == "single":
@@ -422,6 +445,12 @@ class SpatialExplorer(App, Opacity, ImageIndex):
             parts.append(
                 f"Grad-CAM on {html.escape(s['target_layer'])} for "
                 f"{html.escape(self._name(s['target']))} (P={s['target_probability']:.2f})"
+            )
+        at = self.under_pointer() if s["mode"] == "single" else None
+        if at is not None:
+            parts.append(
+                f"at ({at['xy'][0]}, {at['xy'][1]}): M<sub>s</sub> = {at['value']:.3g} "
+                f"(cell {at['cell'][0]}, {at['cell'][1]}), Grad-CAM = {at['gradcam']:.3g}"
             )
         return "<span style='font-family:monospace'>" + " &middot; ".join(parts) + "</span>"
 

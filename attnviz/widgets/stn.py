@@ -21,6 +21,7 @@ import torch
 
 from .. import maps, render
 from ._base import App, ImageIndex, as_list, check_images, redraw
+from .pointer import PointerView
 
 __all__ = ["STNInspector"]
 
@@ -49,6 +50,18 @@ def _check_thetas(thetas: Any, n: int) -> torch.Tensor:
     if not thetas.is_floating_point():
         raise TypeError(f"thetas must be a float tensor, got {thetas.dtype}")
     return thetas
+
+
+def _mark(canvas: np.ndarray, xy: Sequence[float], scale: int) -> np.ndarray:
+    """A crosshair (cyan over black) on the canvas pixel of image point (x, y)."""
+    out = canvas.copy()
+    h, w = out.shape[:2]
+    cx, cy = int(xy[0] * scale), int(xy[1] * scale)
+    arm = max(3, 2 * scale)
+    for colour, width in (((0, 0, 0), 1), ((0, 255, 255), 0)):
+        out[max(cy - width, 0) : cy + width + 1, max(cx - arm, 0) : min(cx + arm + 1, w)] = colour
+        out[max(cy - arm, 0) : min(cy + arm + 1, h), max(cx - width, 0) : cx + width + 1] = colour
+    return out
 
 
 class STNInspector(App, ImageIndex):
@@ -87,7 +100,9 @@ class STNInspector(App, ImageIndex):
 
     ``controls``: ``image``, ``snapshot`` (sliders), ``play`` (plays the snapshots;
     both disabled with one snapshot). ``panels``: ``input`` (U with the quadrilateral),
-    ``crop`` (V). ``info``: the table.
+    ``crop`` (V), both clickable: hovering (or clicking) a pixel of either marks it and
+    where it is in the other (:meth:`correspondence`; the table gives both points).
+    ``info``: the table.
     """
 
     _CONTROLS: ClassVar[dict[str, str]] = {
@@ -176,8 +191,8 @@ class STNInspector(App, ImageIndex):
         )
         self._play = widgets.Play(value=0, min=0, max=e - 1, interval=600, disabled=e == 1)
         self._link = widgets.link((self._play, "value"), (self._snapshot, "index"))
-        self._input_png = widgets.Image(format="png")
-        self._crop_png = widgets.Image(format="png")
+        self._input_png = PointerView(mode="png", scale=self.scale)
+        self._crop_png = PointerView(mode="png", scale=self._crop_scale)
         self._table = widgets.HTML()
         self.log = widgets.Output()
         self.root = widgets.VBox(
@@ -189,6 +204,8 @@ class STNInspector(App, ImageIndex):
         )
         for w in (self._image, self._snapshot):
             w.observe(self._guard(lambda _change: self._redraw()), names="value")
+        for panel in (self._input_png, self._crop_png):
+            panel.observe(self._guard(lambda _change: self._redraw()), names=["hover", "click"])
         # stable handles for browser tests and user CSS
         self.root.add_class("attnviz-stn-inspector")
         self._snapshot.add_class("attnviz-snapshot")
@@ -250,6 +267,60 @@ class STNInspector(App, ImageIndex):
             "prediction": None if self.predictions is None else self.predictions[k][i],
         }
 
+    @property
+    def point(self) -> tuple[str, tuple[int, int]] | None:
+        """The pixel pointed at (hovered, else last clicked): (``"input"`` or ``"crop"``,
+        (x, y) in that picture's pixels), or None. Settable (e.g. ``("input", (5, 9))``,
+        as a click would; None clears it)."""
+        for name, view in (("input", self._input_png), ("crop", self._crop_png)):
+            if len(view.hover) == 2:
+                return name, (int(view.hover[0]), int(view.hover[1]))
+        last = max((self._input_png, self._crop_png), key=lambda v: v.click[2])
+        if last.click[2] > 0:
+            name = "input" if last is self._input_png else "crop"
+            return name, (int(last.click[0]), int(last.click[1]))
+        return None
+
+    @point.setter
+    def point(self, value: tuple[str, Sequence[int]] | None) -> None:
+        count = 1 + max(self._input_png.click[2], self._crop_png.click[2])
+        if value is None:
+            for view in (self._input_png, self._crop_png):
+                view.hover, view.click = [], [0, 0, 0]
+            return
+        name, (x, y) = value
+        if name not in ("input", "crop"):
+            raise ValueError(f"point names 'input' or 'crop', got {name!r}")
+        view = self._input_png if name == "input" else self._crop_png
+        view.click = [int(x), int(y), count]
+
+    def correspondence(self, state: dict | None = None) -> dict[str, Any] | None:
+        """Where the pointed pixel is in both pictures: ``input`` (x, y) in input pixels
+        and ``crop`` (u, v) in crop pixels (continuous; the pixel centre is +0.5), with
+        ``inside`` (whether the input point lands inside the crop). The crop pixel's
+        centre is sampled at ``theta @ (u_n, v_n, 1)`` (``align_corners=False``); an input
+        point lands where the inverse takes it."""
+        pointed = self.point
+        if pointed is None:
+            return None
+        state = self.current() if state is None else state
+        theta = state["theta"].double()
+        (h, w), (ho, wo) = self._input_size, self.output_size
+        name, (x, y) = pointed
+        if name == "crop":
+            u, v = x + 0.5, y + 0.5
+            un = torch.tensor([2 * u / wo - 1, 2 * v / ho - 1], dtype=torch.float64)
+            xn = theta[:, :2] @ un + theta[:, 2]
+            xy = ((float(xn[0]) + 1) * w / 2, (float(xn[1]) + 1) * h / 2)
+            uv = (u, v)
+        else:
+            xy = (x + 0.5, y + 0.5)
+            xn = torch.tensor([2 * xy[0] / w - 1, 2 * xy[1] / h - 1], dtype=torch.float64)
+            un = torch.linalg.solve(theta[:, :2], xn - theta[:, 2])
+            uv = ((float(un[0]) + 1) * wo / 2, (float(un[1]) + 1) * ho / 2)
+        inside = 0 <= uv[0] < wo and 0 <= uv[1] < ho
+        return {"from": name, "input": xy, "crop": uv, "inside": inside}
+
     # -- drawing -------------------------------------------------------------------------
     def _render_input(self, state: dict) -> Any:
         canvas = render.draw_quad(self.images[state["index"]], state["corners"], scale=self.scale)
@@ -266,7 +337,7 @@ class STNInspector(App, ImageIndex):
         crop = maps.resample(sampled[state["index"]], state["theta"], self.output_size)
         return render.upscale(crop.clamp(0, 1), self._crop_scale)
 
-    def _html(self, state: dict) -> str:
+    def _html(self, state: dict, link: dict | None = None) -> str:
         parts = state["decomposition"]
         parts = dict(parts, rotation_deg=math.degrees(parts["rotation"]))
         rows = [("snapshot", html.escape(str(state["epoch"])))]
@@ -278,6 +349,11 @@ class STNInspector(App, ImageIndex):
         for key in ("label", "prediction"):
             if state[key] is not None:
                 rows.append((key, html.escape(str(state[key]))))
+        if link is not None:
+            (x, y), (u, v) = link["input"], link["crop"]
+            where = f"({u:.1f}, {v:.1f})" if link["inside"] else "outside the crop"
+            rows.append(("input point", f"({x:.1f}, {y:.1f})"))
+            rows.append(("in the crop", where))
         cells = "".join(
             f"<tr><td style='padding-right:1em'>{a}</td><td style='text-align:right'>{b}</td></tr>"
             for a, b in rows
@@ -287,9 +363,15 @@ class STNInspector(App, ImageIndex):
     @redraw
     def _redraw(self) -> None:
         state = self.current()
-        self._show(self._input_png, self._render_input(state))
-        self._show(self._crop_png, self._render_crop(state))
-        self._table.value = self._html(state)
+        link = self.correspondence(state)
+        inp, crop = render.to_uint8_rgb(self._render_input(state)), self._render_crop(state)
+        if link is not None:
+            inp = _mark(inp, link["input"], self.scale)
+            if link["inside"]:
+                crop = _mark(render.to_uint8_rgb(crop), link["crop"], self._crop_scale)
+        self._show(self._input_png, inp)
+        self._show(self._crop_png, crop)
+        self._table.value = self._html(state, link)
 
     # -- display and clean-up ------------------------------------------------------------
     def _release(self) -> None:

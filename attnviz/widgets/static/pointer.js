@@ -164,10 +164,10 @@ function render({ model, el }) {
   root.style.cssText = "display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap";
   const main = document.createElement("canvas");
   main.className = "attnviz-pointer-main";
-  main.style.cssText = "cursor:crosshair;image-rendering:pixelated;touch-action:none";
+  main.style.cssText = "cursor:crosshair;image-rendering:pixelated;touch-action:none;flex:none";
   const img = document.createElement("img");
   img.className = "attnviz-pointer-png";
-  img.style.cssText = "cursor:crosshair;image-rendering:pixelated;touch-action:none";
+  img.style.cssText = "cursor:crosshair;image-rendering:pixelated;touch-action:none;flex:none";
   img.draggable = false;
   const side = document.createElement("div");
   side.className = "attnviz-pointer-grid";
@@ -179,7 +179,7 @@ function render({ model, el }) {
   labels.style.cssText = "display:flex;flex-direction:column";
   const grid = document.createElement("canvas");
   grid.className = "attnviz-pointer-heads";
-  grid.style.cssText = "cursor:pointer;image-rendering:pixelated";
+  grid.style.cssText = "cursor:pointer;image-rendering:pixelated;flex:none";
   gridRow.append(labels, grid);
   side.append(heads, gridRow);
   root.append(main, img, side);
@@ -410,6 +410,9 @@ function render({ model, el }) {
     if (url) URL.revokeObjectURL(url);
     url = URL.createObjectURL(new Blob([bytesOf(get("png"))], { type: "image/png" }));
     img.src = url;
+    const [h, w] = size();
+    img.style.width = w * get("scale") + "px"; // pinned: never stretched or squeezed
+    img.style.height = h * get("scale") + "px";
   }
 
   for (const k of ["block", "head", "show", "query", "alpha", "grid", "thumb", "scale", "mode"]) {
