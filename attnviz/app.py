@@ -3,7 +3,9 @@
     attnviz app            # or: make app; serves http://127.0.0.1:8866 with Voila
     attnviz app --port 9000 --no-download
 
-In a notebook, ``attnviz.app.explorers()`` shows the same page. One tab per explorer:
+In a notebook, ``attnviz.app.explorers()`` shows the same page, and
+``attnviz.app.make_explorer(tab)`` builds one tab's explorer alone (``attnviz export``
+writes it as one offline HTML page). One tab per explorer:
 
 - **Spatial transformer**: replay of the RTS ST-CNN's training (theta of 16 test digits
   after every epoch, saved with the model) in the STN inspector;

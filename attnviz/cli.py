@@ -537,7 +537,7 @@ def export(args: argparse.Namespace) -> int:
         print(f"attnviz export: {e}", file=sys.stderr)
         return 2
     try:
-        if what.tab == "Spatial transformer":  # the first n of the digits it was trained on
+        if what.tab == "Spatial transformer":  # the first n of the digits its snapshots hold
             image = explorer.controls["image"]
             image.max = min(image.max, n - 1)
         shown = explorer.controls["image"].max + 1

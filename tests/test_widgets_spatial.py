@@ -240,7 +240,7 @@ def test_the_value_under_the_pointer_is_the_maps_value_there(app):
     assert view.size == [hh, ww] and app.under_pointer() is None
     view.hover = [ww - 1, 0]
     at, s = app.under_pointer(), app.current()
-    h, w = s["map"].shape
+    w = s["map"].shape[1]
     assert at["cell"] == (0, w - 1) and at["value"] == float(s["map"][0, w - 1])
     assert f"at ({ww - 1}, 0)" in app.info
     view.hover = []

@@ -202,7 +202,7 @@ def frames_page(
         ValueError: the distinct pictures take more than ``max_bytes``.
     """
     tree = enumerate_frames()
-    pngs: list[str] = []
+    pngs: list[list[Any]] = []
     index: dict[str, int] = {}
     total = 0
     frames = 0
