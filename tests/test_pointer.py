@@ -370,3 +370,4 @@ def test_the_export_survives_nbconvert_and_still_answers_clicks(lab, tmp_path):
     tried = browser.blocked[blocked:]
     assert tried and all(url.split("?")[0] in outside for url in tried), tried
     del browser.blocked[blocked:]
+

@@ -26,7 +26,6 @@ import html
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..render import png_bytes
+from ..storage import atomic_write_text
 from .pointer import SCRIPT
 
 __all__ = ["ExportedPage", "frames_page", "pointer_page", "write_page"]
@@ -117,22 +117,14 @@ class ExportedPage:
 
 
 def write_page(text: str, path: str | os.PathLike | None) -> Path | None:
-    """Write ``text`` to ``path`` atomically (a temporary file renamed into place)."""
+    """Write ``text`` to ``path`` atomically (:func:`attnviz.storage.atomic_write_text`:
+    a temporary file renamed into place, with the permissions a new file gets)."""
     if path is None:
         return None
     target = Path(path)
     if target.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"an exported page is HTML: give a path ending in .html, got {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".attnviz-", suffix=".html", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(text, target)
 
 
 # -- pointer pages (query explorer, head grid) ---------------------------------------------
