@@ -113,7 +113,8 @@ render.stn_grid(probe, stn.theta, stn.output, boxes=test_rts.boxes[:16], scale=3
 #
 # Pick an image, then scrub through the epochs (or press play): the box, the
 # crop and the decomposition of $\theta$ change together. Epoch 0 is the
-# untrained transformer, initialised to the identity.
+# untrained transformer, initialised to the identity. Hover over the input
+# (or the crop) to see where a point lands in the other.
 
 # %%
 snap = h_st.snapshot("stn")
@@ -126,6 +127,13 @@ inspector = STNInspector(
     boxes=test_rts.boxes[:16],
 )
 inspector
+
+# %% [markdown]
+# The replay as one offline HTML file (every epoch of the first images), to
+# share without a kernel:
+
+# %%
+inspector.export_html("stn_replay.html", values={"image": list(range(2 if QUICK else 8))})
 
 # %% [markdown]
 # ## Does the transformer undo the distortion?

@@ -108,6 +108,15 @@ explorer = ChannelExplorer(se_model, test.images[:64], labels=test.labels[:64].t
 explorer
 
 # %% [markdown]
+# Every channel of the last SE block for the first image, as one offline HTML
+# file (the sliders still work; nothing is fetched):
+
+# %%
+explorer.export_html(
+    "se_channels.html", values={"image": [0], "block": [explorer.controls["block"].options[-1][1]]}
+)
+
+# %% [markdown]
 # ## Class-wise excitation, as in the SE paper
 #
 # For every block: the mean weight of each channel over the test images of

@@ -94,14 +94,26 @@ render.overlay_grid(show, [maps], row_labels=[record.name], scale=3)
 # %% [markdown]
 # ## Where does a pixel look?
 #
-# Move the *x* and *y* sliders to choose a query pixel (marked with a
-# crosshair; the box is the feature-map cell it falls in). The overlay is that
-# query's attention over the image. *Where the whole image looks* shows the
-# attention every key receives, averaged over all queries.
+# Click on the picture to choose a query pixel (hovering previews one, with a
+# yellow crosshair; the *x* and *y* sliders follow the clicks). The box is the
+# feature-map cell the pixel falls in, and the overlay is that query's
+# attention over the image, each key drawn as the block of pixels it covers.
+# *Where the whole image looks* shows the attention every key receives,
+# averaged over all queries.
 
 # %%
 explorer = QueryExplorer(nets["non-local"], test.images[:32])
 explorer
+
+# %% [markdown]
+# ### Share it: one file, no kernel
+#
+# `export_html` writes the explorer into one self-contained HTML file that
+# still answers clicks: open it from disk, mail it, put it in a report. It
+# fetches nothing from anywhere. Shown here, it is the page itself.
+
+# %%
+explorer.export_html("query_explorer.html", images=range(2 if QUICK else 8))
 
 # %% [markdown]
 # ## Does attention from the digit stay on the digit?

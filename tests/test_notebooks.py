@@ -66,12 +66,20 @@ def test_a_failing_cell_is_reported_with_its_number(tmp_path):
     assert (tmp_path / "out.ipynb").exists()
 
 
+#: the notebooks that export an explorer to one offline page
+EXPORTING = {"01_spatial_transformer", "02_squeeze_excitation", "05_self_attention"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
     """QUICK with TRAIN: every model trained here, one epoch (the training code runs)."""
     out = execute_notebook(
-        path, {"QUICK": True, "TRAIN": True}, timeout=600, output=tmp_path / path.name
+        path,
+        {"QUICK": True, "TRAIN": True},
+        timeout=600,
+        output=tmp_path / path.name,
+        cwd=tmp_path,  # what the notebook writes (exported pages) stays out of the repo
     )
     errors = [
         o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
@@ -92,6 +100,15 @@ def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path):
         if "image/png" in o.get("data", {})
     ]
     assert widgets and images, "a notebook should show at least one widget and one picture"
+    exports = [
+        o
+        for c in out.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "attnviz-export" in "".join(o.get("data", {}).get("text/html", ""))
+    ]
+    if path.stem in EXPORTING:  # the shared page shows itself (and survives nbconvert)
+        assert exports, f"{path.stem} should show its exported page"
 
 
 @pytest.mark.slow
@@ -102,7 +119,9 @@ def test_notebook_runs_in_its_default_mode_on_the_shipped_models(name, tmp_path)
 
     path = next(p for p in NOTEBOOKS if p.stem == name)
     start = time.perf_counter()
-    out = execute_notebook(path, {}, timeout=DEFAULT_MODE_SECONDS, output=tmp_path / path.name)
+    out = execute_notebook(
+        path, {}, timeout=DEFAULT_MODE_SECONDS, output=tmp_path / path.name, cwd=tmp_path
+    )
     seconds = time.perf_counter() - start
     text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
     assert "loading the shipped models" in text and "epoch" not in text.lower()
