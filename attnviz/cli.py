@@ -56,10 +56,16 @@ def _index(results: list[dict], out: Path, quick: bool) -> Path:
         name = html.escape(r["name"])
         return f"<a href='{html.escape(r['html'])}'>{name}</a>" if r["html"] else name
 
+    def shared(r: dict) -> str:
+        return " ".join(
+            f"<a href='{html.escape(p)}'>{html.escape(p)}</a>" for p in r.get("exports", [])
+        )
+
     rows = "\n".join(
         f"<tr><td>{link(r)}</td>"
         f"<td class='{'ok' if r['ok'] else 'bad'}'>{html.escape(r['status'])}</td>"
         f"<td>{r['seconds']:.0f} s</td>"
+        f"<td>{shared(r)}</td>"
         f"<td><pre>{html.escape(strip_ansi(r['error']))}</pre></td></tr>"
         for r in results
     )
@@ -74,7 +80,7 @@ def _index(results: list[dict], out: Path, quick: bool) -> Path:
         f"<!doctype html><meta charset='utf-8'><title>attnviz gallery</title><style>{style}</style>"
         f"<h1>attnviz notebooks</h1><p>Mode: {mode}; run {when}; {len(results)} notebooks, "
         f"{failed} not ok.</p><table><tr><th>notebook</th>"
-        f"<th>status</th><th>time</th><th>error</th></tr>{rows}</table>"
+        f"<th>status</th><th>time</th><th>interactive pages</th><th>error</th></tr>{rows}</table>"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -89,6 +95,7 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
 
     start, error, status = time.perf_counter(), "", "ok"
     executed = out / path.name
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.html")}
     nb = None
     try:
         # quick: the notebooks open on the shipped models (TRAIN = False), notebook 04 without
@@ -111,9 +118,16 @@ def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:
     except Exception as e:  # the page could not be rendered: say so, keep going
         error += f"\n(no HTML page: {type(e).__name__}: {e})"
         page = ""
+    # the offline pages the notebook exported (explorer.export_html) into the gallery
+    exports = sorted(
+        p.name
+        for p in out.glob("*.html")
+        if p.name not in (page, "index.html") and before.get(p.name) != p.stat().st_mtime_ns
+    )
     return {
         "name": path.stem,
         "html": page,
+        "exports": exports,
         "ok": status == "ok",
         "status": status,
         "seconds": time.perf_counter() - start,

@@ -327,3 +327,24 @@ def test_overlay_of_a_botnet_and_a_bad_head(tmp_path, capsys):
         ]
     )
     assert code == 2 and "--head must be in [0, 4)" in capsys.readouterr().err
+
+
+def test_the_gallery_embeds_and_links_the_pages_a_notebook_exports(tmp_path):
+    """A notebook that shares an explorer: its page in the gallery holds the interactive
+    page itself (a sandboxed frame), and the index links the exported file."""
+    src = tmp_path / "nbs"
+    src.mkdir()
+    code = (
+        "import torch\nfrom attnviz.widgets import STNInspector\n"
+        "app = STNInspector(torch.rand(2, 1, 8, 8), torch.eye(2, 3).expand(2, 2, 3))\n"
+        "app.export_html('replay.html')"
+    )
+    write_notebook(src / "01_shares.ipynb", code)
+    write_notebook(src / "02_plain.ipynb", "x = 1")
+    out = tmp_path / "gallery"
+    assert main(["demo", "--notebooks", str(src), "--out", str(out), "--timeout", "120"]) == 0
+    page = (out / "01_shares.html").read_text()
+    assert "attnviz-export" in page and "sandbox=" in page and "attnvizFrames" in page
+    index = (out / "index.html").read_text()
+    assert "<a href='replay.html'>replay.html</a>" in index and (out / "replay.html").exists()
+    assert index.count("replay.html</a>") == 1  # the plain notebook exported nothing
