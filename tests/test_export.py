@@ -136,3 +136,20 @@ def test_a_pack_round_trips_through_json():
     np.testing.assert_array_equal(
         again.row("blocks.0.attn", 0, "query", 3), pack.row("blocks.0.attn", 0, "query", 3)
     )
+
+
+def test_an_export_over_budget_stops_at_once_and_leaves_the_app_as_it_was():
+    """The budget is checked frame by frame: a page that cannot fit is refused after the
+    first frames past it, not after drawing them all, and the sliders are put back."""
+    thetas = torch.rand(6, 4, 2, 3)
+    app = STNInspector(torch.rand(4, 3, 16, 16), thetas, scale=4)
+    app.index, app.snapshot = 2, 3
+    drawn = []
+    app.controls["image"].observe(lambda c: drawn.append(c["new"]), names="value")
+    with pytest.raises(ValueError, match=r"export fewer images or controls .*values="):
+        app.export_html(max_bytes=10_000)
+    # the pictures pass 10 kB within the first frames: images 0 and 1, then back to 2 (a
+    # whole walk would move the image slider 6 x (4 + 1) = 30 times)
+    assert drawn == [0, 1, 2]
+    assert (app.index, app.snapshot) == (2, 3)
+    app.close()

@@ -59,6 +59,15 @@ app.root
 )
 
 
+STN_NOTEBOOK = """
+import torch
+from attnviz.widgets import STNInspector
+thetas = torch.tensor([[0.5, 0.0, 0.2], [0.0, 0.5, -0.1]]).expand(1, 2, 2, 3)
+app = STNInspector(torch.rand(2, 1, 16, 16), thetas, scale=8)
+app.root
+"""
+
+
 def _model():
     space: dict = {}
     exec(MODEL, space)
@@ -69,6 +78,7 @@ def _model():
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     write_notebook(root / "pointer.ipynb", NOTEBOOK)
+    write_notebook(root / "stn.ipynb", STN_NOTEBOOK)
     server = LabServer(root, tmp_path_factory.mktemp("jupyter-home"))
     browser = None
     try:
@@ -121,7 +131,7 @@ def _wait(frame, selector: str, key: str, value: str, timeout: float = 30) -> di
         time.sleep(0.1)
 
 
-def _grid_point(meta, block: int, column: int, thumb: int = 64) -> tuple[int, int]:
+def _grid_point(meta, block: int, column: int, thumb: int = 48) -> tuple[int, int]:
     """A pixel inside the grid cell of block index ``block`` and column ``column``."""
     th = thumb * SIZE // SIZE
     return 3 + column * (thumb + 3) + thumb // 2, 3 + block * (th + 3) + th // 2
@@ -371,3 +381,30 @@ def test_the_export_survives_nbconvert_and_still_answers_clicks(lab, tmp_path):
     assert tried and all(url.split("?")[0] in outside for url in tried), tried
     del browser.blocked[blocked:]
 
+
+def test_hovering_the_stn_input_marks_where_the_point_lands_in_the_crop(lab):
+    """A kernel-drawn picture reports the hovered image pixel: the kernel marks it, finds
+    where it lands in the crop (theta's inverse) and says so in the table."""
+    server, browser, _ = lab
+    page = browser.context.new_page()
+    open_and_run(page, server, "stn.ipynb")
+    picture = page.locator("img.attnviz-pointer-png").first
+    picture.wait_for()
+    box = picture.bounding_box()
+    assert (box["width"], box["height"]) == (128, 128)  # 16 x 16 pixels, 8 times larger
+    # input pixel (10, 6): normalised (0.3125, -0.1875); theta's inverse takes it to
+    # ((0.3125 - 0.2) / 0.5, (-0.1875 + 0.1) / 0.5) = (0.225, -0.175): crop (9.8, 6.6)
+    page.mouse.move(box["x"] + 10 * 8 + 4, box["y"] + 6 * 8 + 4)
+    table = page.locator(".attnviz-stn-inspector table").first
+    deadline = time.monotonic() + 30
+    while "in the crop" not in table.inner_text():
+        assert time.monotonic() < deadline, table.inner_text()
+        time.sleep(0.1)
+    text = table.inner_text()
+    assert "(10.5, 6.5)" in text and "(9.8, 6.6)" in text, text
+    page.mouse.move(0, 0)  # the pointer leaves: the mark goes
+    deadline = time.monotonic() + 30
+    while "in the crop" in table.inner_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    page.close()

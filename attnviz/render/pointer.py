@@ -55,7 +55,6 @@ __all__ = [
     "PointerState",
     "draw_grid",
     "draw_panel",
-    "grid_cell_at",
     "pack_attention",
     "thumb_size",
 ]
@@ -416,12 +415,13 @@ def draw_grid(
     image: np.ndarray,
     pack: AttentionPack,
     state: PointerState,
-    thumb: int = 64,
+    thumb: int = 48,
     cmap: str = "inferno",
 ) -> np.ndarray:
     """The head-by-block grid exactly as ``pointer.js`` draws it: one row per block, one
     column for the mean over heads then one per head, each cell the row the state picks
-    for that block and head (the chosen query's cell on that block's grid), overlaid on
+    for that block and head (the chosen query's cell on that block's grid; a hovered
+    pixel being previewed changes only the main picture), overlaid on
     the photo shrunk to ``thumb`` pixels wide; the block and head shown large are boxed
     (cyan). Rollout shows the class token's rows. Cells a block lacks stay blank."""
     h, w = image.shape[:2]
@@ -434,7 +434,7 @@ def draw_grid(
     ys, xs = (np.arange(th) * h) // th, (np.arange(tw) * w) // tw
     small = image[ys][:, xs]
     show = "cls" if state.show == "rollout" else state.show
-    where = state.preview if state.preview is not None else state.query
+    where = state.query  # the grid follows clicks; a hover previews the main picture only
     current = pack.block(state.block)
     selected = 0 if state.head is None or state.head >= current["heads"] else state.head + 1
     for bi, b in enumerate(blocks):
@@ -452,15 +452,3 @@ def draw_grid(
             y0, x0 = g + bi * (th + g), g + selected * (tw + g)
             _outline(canvas, x0 - 2, y0 - 2, x0 + tw + 1, y0 + th + 1, SELECTED_COLOR)
     return canvas
-
-
-def grid_cell_at(pack: AttentionPack, image_size: Sequence[int], thumb: int, u: int, v: int):
-    """(block name, head or None) of the grid cell under grid pixel (u, v), or None."""
-    tw, th = thumb_size(image_size, thumb)
-    g = GRID_GAP
-    bi, c = (v - g) // (th + g), (u - g) // (tw + g)
-    blocks = pack.meta["blocks"]
-    inside = 0 <= (v - g) % (th + g) < th and 0 <= (u - g) % (tw + g) < tw
-    if not (inside and 0 <= bi < len(blocks) and 0 <= c <= blocks[bi]["heads"]):
-        return None
-    return blocks[bi]["name"], (None if c == 0 else c - 1)

@@ -213,14 +213,16 @@ class App:
             )
         panels = list(self.panels)
 
-        def walk(depth: int) -> dict[str, Any]:
+        def walk(depth: int, keep: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
             if depth == len(names):
                 visible = set(self.visible_pictures())
                 pictures = self.pictures()
-                return {
-                    "panels": {n: (pictures[n] if n in visible else None) for n in panels},
-                    "info": self.info,
-                }
+                return keep(
+                    {
+                        "panels": {n: (pictures[n] if n in visible else None) for n in panels},
+                        "info": self.info,
+                    }
+                )
             widget = self.controls[names[depth]]
             offered, labels = _choices(widget)
             chosen = offered
@@ -235,10 +237,12 @@ class App:
             first = widget.value
             start = chosen.index(first) if first in chosen else 0
             children = []
-            for v in chosen:
-                widget.value = v
-                children.append(walk(depth + 1))
-            widget.value = first
+            try:
+                for v in chosen:
+                    widget.value = v
+                    children.append(walk(depth + 1, keep))
+            finally:  # even when the export stops: the app is left as it was
+                widget.value = first
             return {
                 "control": names[depth],
                 "options": labels,
@@ -254,7 +258,7 @@ class App:
                 return frames_page(
                     title or type(self).__name__,
                     panels,
-                    lambda: walk(0),
+                    lambda keep: walk(0, keep),
                     max_bytes=max_bytes,
                     scale=int(getattr(self, "scale", 1)),
                 )

@@ -178,7 +178,7 @@ def _shrunk(png: bytes, scale: int) -> tuple[bytes, int, int, int]:
 def frames_page(
     title: str,
     names: Sequence[str],
-    enumerate_frames: Callable[[], dict[str, Any]],
+    enumerate_frames: Callable[[Callable[[dict[str, Any]], dict[str, Any]]], dict[str, Any]],
     *,
     max_bytes: int,
     scale: int = 1,
@@ -186,26 +186,25 @@ def frames_page(
     """The page of an app stepped through every combination of its chosen controls.
 
     ``scale``: the app's integer upscaling (pictures that are exact upscales are stored
-    small). ``enumerate_frames()`` returns the tree: a node is ``{"control", "options" (labels),
-    "start" (index shown first), "children"}`` or a leaf ``{"panels": {name: png bytes or
-    None}, "info": html}``. Returns the page and the number of frames.
+    small). ``enumerate_frames(keep)`` returns the tree: a node is ``{"control", "options"
+    (labels), "start" (index shown first), "children"}`` or a leaf, ``keep({"panels": {name:
+    png bytes or None}, "info": html})`` (which stores the pictures at once and stops the
+    export as soon as they pass ``max_bytes``). Returns the page and the number of frames.
 
     Raises:
         ValueError: the distinct pictures take more than ``max_bytes``.
     """
-    tree = enumerate_frames()
     pngs: list[list[Any]] = []
     index: dict[str, int] = {}
     total = 0
     frames = 0
 
-    def store(n: dict[str, Any]) -> dict[str, Any]:
+    def keep(leaf: dict[str, Any]) -> dict[str, Any]:
+        """Store one frame's pictures now, so that an export over budget stops at once."""
         nonlocal total, frames
-        if "control" in n:
-            return {**n, "children": [store(c) for c in n["children"]]}
         frames += 1
         out: dict[str, int | None] = {}
-        for name, png in n["panels"].items():
+        for name, png in leaf["panels"].items():
             if png is None:
                 out[name] = None
                 continue
@@ -219,12 +218,14 @@ def frames_page(
                     raise ValueError(
                         f"the pictures of {frames} frames already take {total / 2**20:.1f} MiB, "
                         f"more than max_bytes ({max_bytes / 2**20:.1f} MiB): export fewer "
-                        "images or fewer controls, or raise max_bytes"
+                        "images or controls (values={'image': [0]}, controls=[...]), or raise "
+                        "max_bytes"
                     )
             out[name] = index[key]
-        return {"panels": out, "info": n["info"]}
+        return {"panels": out, "info": leaf["info"]}
 
-    data = {"tree": store(tree), "panels": list(names), "pngs": pngs}
+    tree = enumerate_frames(keep)
+    data = {"tree": tree, "panels": list(names), "pngs": pngs}
     body = "<div id='controls'></div><div id='panels' class='panels'></div><div id='info'></div>"
     return _page(title, body, data, _static("page_frames.js")), frames
 

@@ -66,7 +66,7 @@ class PointerView(anywidget.AnyWidget):
     query = traitlets.List(traitlets.Int(), [0, 0]).tag(sync=True)
     alpha = traitlets.Int(153).tag(sync=True)
     grid = traitlets.Bool(False).tag(sync=True)
-    thumb = traitlets.Int(64).tag(sync=True)
+    thumb = traitlets.Int(48).tag(sync=True)
     png = traitlets.Bytes(b"").tag(sync=True)
     hover = traitlets.List(traitlets.Int(), []).tag(sync=True)
     click = traitlets.List(traitlets.Int(), [0, 0, 0]).tag(sync=True)

@@ -128,26 +128,83 @@ function crosshair(px, cw, ch, cx, cy, arm, colour) {
   }
 }
 
+// where each pixel of a (tw x th) picture of an h x w image over a hk x wk key grid comes
+// from: the photo pixel (times 3) and the key cell; cached, the geometry rarely changes
+const GEOMETRY = new Map();
+function geometry(tw, th, h, w, hk, wk) {
+  const key = [tw, th, h, w, hk, wk].join(",");
+  let g = GEOMETRY.get(key);
+  if (!g) {
+    const pix = new Int32Array(tw * th);
+    const cell = new Int32Array(tw * th);
+    for (let v = 0; v < th; v++) {
+      const y = Math.floor((v * h) / th);
+      const ky = Math.floor((y * hk) / h);
+      for (let u = 0; u < tw; u++) {
+        const x = Math.floor((u * w) / tw);
+        pix[v * tw + u] = 3 * (y * w + x);
+        cell[v * tw + u] = 3 * (ky * wk + Math.floor((x * wk) / w)); // times 3: a colour
+      }
+    }
+    g = { pix, cell };
+    if (GEOMETRY.size > 64) GEOMETRY.clear();
+    GEOMETRY.set(key, g);
+  }
+  return g;
+}
+
+// the photo's term of the blend, p (255 - A) + 127, at each pixel of a geometry's picture
+function photoTerms(g, photo, alpha) {
+  if (g.photo !== photo || g.alpha !== alpha) {
+    const B = new Int32Array(3 * g.pix.length);
+    for (let i = 0; i < g.pix.length; i++) {
+      const p = g.pix[i];
+      B[3 * i] = photo[p] * (255 - alpha) + 127;
+      B[3 * i + 1] = photo[p + 1] * (255 - alpha) + 127;
+      B[3 * i + 2] = photo[p + 2] * (255 - alpha) + 127;
+    }
+    Object.assign(g, { photo, alpha, B });
+  }
+  return g.B;
+}
+
 // overlay `row` (over a hk x wk key grid) on the photo into a (tw x th) rectangle at (x0, y0)
+// of a canvas cw pixels wide: (c A + p (255 - A) + 127) // 255 per channel, the division
+// done as ((x + 1) * 257) >> 16, exact for 0 <= x <= 65535 (here x <= 255 * 255 + 127)
 function paint(px, cw, photo, h, w, row, hk, wk, lut, alpha, x0, y0, tw, th) {
-  const idx = row ? colourIndices(row) : null;
-  for (let v = 0; v < th; v++) {
-    const y = Math.floor((v * h) / th);
-    const ky = Math.floor((y * hk) / h);
-    for (let u = 0; u < tw; u++) {
-      const x = Math.floor((u * w) / tw);
-      const p = 3 * (y * w + x);
-      const o = 4 * ((y0 + v) * cw + x0 + u);
-      if (idx) {
-        const ci = 3 * idx[ky * wk + Math.floor((x * wk) / w)];
-        px[o] = blend(lut[ci], photo[p], alpha);
-        px[o + 1] = blend(lut[ci + 1], photo[p + 1], alpha);
-        px[o + 2] = blend(lut[ci + 2], photo[p + 2], alpha);
-      } else {
+  const g = geometry(tw, th, h, w, hk, wk);
+  const { pix, cell } = g;
+  if (!row) {
+    let i = 0;
+    for (let v = 0; v < th; v++) {
+      let o = 4 * ((y0 + v) * cw + x0);
+      for (let u = 0; u < tw; u++, i++, o += 4) {
+        const p = pix[i];
         px[o] = photo[p];
         px[o + 1] = photo[p + 1];
         px[o + 2] = photo[p + 2];
+        px[o + 3] = 255;
       }
+    }
+    return;
+  }
+  const idx = colourIndices(row);
+  const colour = new Int32Array(3 * idx.length); // each key's colour, times A, plus 1
+  for (let k = 0; k < idx.length; k++) {
+    colour[3 * k] = lut[3 * idx[k]] * alpha + 1;
+    colour[3 * k + 1] = lut[3 * idx[k] + 1] * alpha + 1;
+    colour[3 * k + 2] = lut[3 * idx[k] + 2] * alpha + 1;
+  }
+  const B = photoTerms(g, photo, alpha);
+  let i = 0;
+  for (let v = 0; v < th; v++) {
+    let o = 4 * ((y0 + v) * cw + x0);
+    for (let u = 0; u < tw; u++, i++, o += 4) {
+      const c = cell[i];
+      const b = 3 * i;
+      px[o] = ((colour[c] + B[b]) * 257) >> 16;
+      px[o + 1] = ((colour[c + 1] + B[b + 1]) * 257) >> 16;
+      px[o + 2] = ((colour[c + 2] + B[b + 2]) * 257) >> 16;
       px[o + 3] = 255;
     }
   }
@@ -185,6 +242,8 @@ function render({ model, el }) {
   root.append(main, img, side);
   el.append(root);
 
+  let labelsFor = ""; // the grid's labels are rebuilt only when blocks or sizes change
+  let quiet = false; // while the page itself sets several traits: one draw, not one each
   let preview = null; // the hovered pixel, drawn but not chosen
   let pending = null; // a hover waiting for the next frame to be sent to the kernel
   const state = { photo: null, dv: null, lut: null };
@@ -288,7 +347,7 @@ function render({ model, el }) {
     const px = out.data;
     px.fill(255);
     const show = get("show") === "rollout" ? "cls" : get("show");
-    const where = preview || get("query");
+    const where = get("query"); // the grid follows clicks; a hover previews the main picture only
     const current = findBlock(meta, get("block"));
     const selected = slotOf(current, head());
     blocks.forEach((b, bi) => {
@@ -307,6 +366,11 @@ function render({ model, el }) {
       }
     });
     ctx.putImageData(out, 0, 0);
+    grid.dataset.query = where.join(",");
+    grid.dataset.block = current.name;
+    const labelKey = JSON.stringify([blocks.map((b) => b.name), cols, tw, th]);
+    if (labelKey === labelsFor) return;
+    labelsFor = labelKey;
     heads.textContent = "";
     const headLine = document.createElement("div");
     headLine.style.cssText = `margin-left:${labels.offsetWidth + 4}px;display:flex;gap:${GAP}px;padding-left:${GAP}px`;
@@ -327,7 +391,7 @@ function render({ model, el }) {
     });
   }
 
-  function draw() {
+  function draw(withGrid = true) {
     const png = get("mode") === "png";
     main.style.display = png ? "none" : "";
     img.style.display = png ? "" : "none";
@@ -335,7 +399,7 @@ function render({ model, el }) {
     if (png) return;
     const t0 = performance.now();
     drawMain();
-    if (get("grid")) drawGrid();
+    if (withGrid && get("grid")) drawGrid();
     el.dataset.drawMs = String(performance.now() - t0);
   }
 
@@ -349,9 +413,20 @@ function render({ model, el }) {
     });
   }
 
+  function setAll(pairs) {
+    quiet = true;
+    try {
+      for (const [k, v] of pairs) model.set(k, v);
+    } finally {
+      quiet = false;
+    }
+  }
+
+  // only a kernel-drawn picture needs the hovered pixel; attention pages draw it themselves
   function sendHover() {
     pending = null;
-    model.set("hover", preview ? preview.slice() : []);
+    if (get("mode") !== "png") return;
+    setAll([["hover", preview ? preview.slice() : []]]);
     model.save_changes();
   }
 
@@ -359,13 +434,13 @@ function render({ model, el }) {
     const xy = pixelAt(e, e.currentTarget);
     if (preview && xy[0] === preview[0] && xy[1] === preview[1]) return;
     preview = xy;
-    timed(e, draw);
+    timed(e, () => draw(false));
     if (pending === null) pending = requestAnimationFrame(sendHover);
   }
 
   function onLeave() {
     preview = null;
-    draw();
+    draw(false);
     if (pending !== null) cancelAnimationFrame(pending);
     sendHover();
   }
@@ -373,10 +448,10 @@ function render({ model, el }) {
   function onClick(e) {
     const xy = pixelAt(e, e.currentTarget);
     if (get("mode") === "png") {
-      model.set("click", [xy[0], xy[1], (get("click")[2] || 0) + 1]);
+      setAll([["click", [xy[0], xy[1], (get("click")[2] || 0) + 1]]]);
     } else {
       preview = null;
-      model.set("query", xy);
+      setAll([["query", xy]]);
       timed(e, draw);
     }
     model.save_changes();
@@ -392,8 +467,7 @@ function render({ model, el }) {
     const c = Math.floor((u - GAP) / (tw + GAP));
     const inside = (v - GAP) % (th + GAP) < th && (u - GAP) % (tw + GAP) < tw && u >= GAP && v >= GAP;
     if (!inside || bi < 0 || bi >= blocks.length || c < 0 || c > blocks[bi].heads) return;
-    model.set("block", blocks[bi].name);
-    model.set("head", c === 0 ? -1 : c - 1);
+    setAll([["block", blocks[bi].name], ["head", c === 0 ? -1 : c - 1]]);
     timed(e, draw);
     model.save_changes();
   }
@@ -415,13 +489,23 @@ function render({ model, el }) {
     img.style.height = h * get("scale") + "px";
   }
 
+  // what the kernel (or the exported page's controls) changed: one draw for all of it
+  let scheduled = false;
+  function later() {
+    if (quiet || scheduled) return;
+    scheduled = true;
+    queueMicrotask(() => {
+      scheduled = false;
+      draw();
+    });
+  }
   for (const k of ["block", "head", "show", "query", "alpha", "grid", "thumb", "scale", "mode"]) {
-    model.on(`change:${k}`, draw);
+    model.on(`change:${k}`, later);
   }
   for (const k of ["image", "data", "meta", "lut", "size"]) {
     model.on(`change:${k}`, () => {
       loadData();
-      draw();
+      later();
     });
   }
   model.on("change:png", showPng);
