@@ -119,7 +119,7 @@ def test_01_spatial_transformer_snapshot_slider_moves_the_box(lab):
     page = browser.context.new_page()
     open_and_run(page, server, "01_spatial_transformer.ipynb")
     app = page.locator(".attnviz-stn-inspector").first
-    panel = app.locator(".attnviz-input").first
+    panel = app.locator(".attnviz-input img").first  # the picture in the clickable view
     before = screenshot(panel)
     move_slider(app.locator(".attnviz-snapshot").first, steps=5)
     after = wait_for_change(panel, before)
@@ -170,7 +170,7 @@ def test_05_query_slider_moves_the_crosshair(lab):
     page = browser.context.new_page()
     open_and_run(page, server, "05_self_attention.ipynb")
     app = page.locator(".attnviz-query-explorer").first
-    panel = app.locator(".attnviz-query").first
+    panel = app.locator(".attnviz-query canvas.attnviz-pointer-main").first
     before = screenshot(panel)
     move_slider(app.locator(".attnviz-query-x").first, steps=8)
     after = wait_for_change(panel, before)
@@ -205,7 +205,7 @@ def test_04_family_switch_query_slider_and_channels(lab):
         "the photo overlay should give way to the branch chart's flat bands"
     )
     query = page.locator(".attnviz-query-explorer").first
-    shown = query.locator(".attnviz-query").first
+    shown = query.locator(".attnviz-query canvas.attnviz-pointer-main").first  # not the grid
     start = screenshot(shown)
     move_slider(query.locator(".attnviz-query-x").first, steps=40)
     moved = wait_for_change(shown, start)

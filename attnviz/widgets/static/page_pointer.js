@@ -37,9 +37,8 @@ function control(label, el) {
   controls.append(wrap);
   return el;
 }
-function select(label, options, value, onChange) {
-  const el = document.createElement("select");
-  el.className = "attnviz-" + label;
+function fill(el, options, value) {
+  el.textContent = "";
   for (const [text, v] of options) {
     const o = document.createElement("option");
     o.textContent = text;
@@ -47,6 +46,11 @@ function select(label, options, value, onChange) {
     el.append(o);
   }
   el.value = JSON.stringify(value);
+}
+function select(label, options, value, onChange) {
+  const el = document.createElement("select");
+  el.className = "attnviz-" + label;
+  fill(el, options, value);
   el.addEventListener("change", () => onChange(JSON.parse(el.value)));
   return control(label, el);
 }
@@ -67,16 +71,6 @@ Object.assign(grid, { type: "checkbox", checked: values.grid, className: "attnvi
 grid.addEventListener("change", () => model.set("grid", grid.checked));
 control("head grid", grid);
 if (DATA.images.length < 2) images.parentElement.style.display = "none";
-function fill(el, options, value) {
-  el.textContent = "";
-  for (const [text, v] of options) {
-    const o = document.createElement("option");
-    o.textContent = text;
-    o.value = JSON.stringify(v);
-    el.append(o);
-  }
-  el.value = JSON.stringify(value);
-}
 const info = document.getElementById("info");
 function refresh() {
   const meta = values.meta;

@@ -210,6 +210,19 @@ function paint(px, cw, photo, h, w, row, hk, wk, lut, alpha, x0, y0, tw, th) {
   }
 }
 
+// a canvas of cw x ch pixels, shown at that size (never stretched), and pixels to fill
+function pixels(canvas, cw, ch) {
+  if (canvas.width !== cw || canvas.height !== ch) {
+    canvas.width = cw;
+    canvas.height = ch;
+    canvas.style.width = cw + "px";
+    canvas.style.height = ch + "px";
+  }
+  const ctx = canvas.getContext("2d");
+  const out = ctx.createImageData(cw, ch);
+  return { ctx, out, px: out.data };
+}
+
 function bytesOf(value) {
   const dv = view(value);
   return new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength);
@@ -275,15 +288,7 @@ function render({ model, el }) {
     const s = get("scale");
     const cw = w * s;
     const ch = h * s;
-    if (main.width !== cw || main.height !== ch) {
-      main.width = cw;
-      main.height = ch;
-      main.style.width = cw + "px";
-      main.style.height = ch + "px";
-    }
-    const ctx = main.getContext("2d");
-    const out = ctx.createImageData(cw, ch);
-    const px = out.data;
+    const { ctx, out, px } = pixels(main, cw, ch);
     const b = findBlock(meta, get("block"));
     const show = get("show");
     const where = preview || get("query");
@@ -336,15 +341,7 @@ function render({ model, el }) {
     for (const b of blocks) cols = Math.max(cols, b.heads + 1);
     const cw = GAP + cols * (tw + GAP);
     const ch = GAP + blocks.length * (th + GAP);
-    if (grid.width !== cw || grid.height !== ch) {
-      grid.width = cw;
-      grid.height = ch;
-      grid.style.width = cw + "px";
-      grid.style.height = ch + "px";
-    }
-    const ctx = grid.getContext("2d");
-    const out = ctx.createImageData(cw, ch);
-    const px = out.data;
+    const { ctx, out, px } = pixels(grid, cw, ch);
     px.fill(255);
     const show = get("show") === "rollout" ? "cls" : get("show");
     const where = get("query"); // the grid follows clicks; a hover previews the main picture only
