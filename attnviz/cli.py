@@ -551,13 +551,14 @@ def export(args: argparse.Namespace) -> int:
         print(f"attnviz export: {e}", file=sys.stderr)
         return 2
     try:
-        if what.tab == "Spatial transformer":  # the first n of the digits its snapshots hold
-            image = explorer.controls["image"]
-            image.max = min(image.max, n - 1)
-        shown = explorer.controls["image"].max + 1
+        shown = min(n, explorer.controls["image"].max + 1)
         if shown < n:
             print(f"only {shown} images to show: the page has {shown}", flush=True)
-        page = explorer.export_html(args.out, max_bytes=max_bytes, title=title)
+        # the replay's explorer holds every digit its snapshots were saved for: the first n
+        first = (
+            {"values": {"image": list(range(shown))}} if what.tab == "Spatial transformer" else {}
+        )
+        page = explorer.export_html(args.out, max_bytes=max_bytes, title=title, **first)
     except ValueError as e:  # beyond the budget
         print(f"attnviz export: {e} (here: fewer --images or a larger --max-mb)", file=sys.stderr)
         return 2

@@ -53,6 +53,7 @@ __all__ = [
     "WINDOW_COLOR",
     "AttentionPack",
     "PointerState",
+    "crosshair",
     "draw_grid",
     "draw_panel",
     "pack_attention",
@@ -317,6 +318,24 @@ def _blend(colour: np.ndarray, pixel: np.ndarray, alpha: int) -> np.ndarray:
     return ((c * alpha + p * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
+def _overlay(
+    photo: np.ndarray,
+    row: np.ndarray,
+    key_size: Sequence[int],
+    image_size: Sequence[int],
+    ys: np.ndarray,
+    xs: np.ndarray,
+    alpha: int,
+    cmap: str,
+) -> np.ndarray:
+    """``row`` (over the key grid) coloured and blended over ``photo``, the image pixels
+    (ys, xs) of each output pixel: each key the block of pixels it covers (``paint`` in
+    pointer.js)."""
+    (hk, wk), (h, w) = key_size, image_size
+    colour = _lut(cmap)[_colour_indices(row)].reshape(hk, wk, 3)
+    return _blend(colour[(ys * hk) // h][:, (xs * wk) // w], photo, alpha)
+
+
 def _outline(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, colour: Any) -> None:
     """A 2-pixel box inside the inclusive rectangle [x0, x1] x [y0, y1], clipped."""
     h, w = canvas.shape[:2]
@@ -331,7 +350,9 @@ def _outline(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, colour: Any
             canvas[ya : yb + 1, xa : xb + 1] = colour
 
 
-def _crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int, colour: Any) -> None:
+def crosshair(canvas: np.ndarray, cx: int, cy: int, arm: int, colour: Any) -> None:
+    """Draw, in place, a crosshair on canvas pixel (cx, cy): arms ``arm`` pixels long,
+    1 pixel of ``colour`` over a 3-pixel black outline, clipped to the canvas."""
     h, w = canvas.shape[:2]
     for c, width in (((0, 0, 0), 1), (colour, 0)):
         xa, xb = max(cx - arm, 0), min(cx + arm, w - 1)
@@ -371,9 +392,7 @@ def draw_panel(
     pixels = image[ys][:, xs]
     if row is None:
         return pixels.copy()
-    colour = _lut(cmap)[_colour_indices(row)].reshape(hk, wk, 3)
-    heat = colour[(ys * hk) // h][:, (xs * wk) // w]
-    canvas = _blend(heat, pixels, state.alpha)
+    canvas = _overlay(pixels, row, (hk, wk), (h, w), ys, xs, state.alpha, cmap)
     if state.show == "query":
         (hq, wq), (x, y) = b["query_size"], where
         i, j = divmod(cell, wq)
@@ -397,7 +416,7 @@ def draw_panel(
         )
         colour = PREVIEW_COLOR if state.preview is not None else CROSSHAIR_COLOR
         arm = max(3, 2 * scale)
-        _crosshair(canvas, x * scale + scale // 2, y * scale + scale // 2, arm, colour)
+        crosshair(canvas, x * scale + scale // 2, y * scale + scale // 2, arm, colour)
     return canvas
 
 
@@ -444,10 +463,10 @@ def draw_grid(
             row = pack.row(b["name"], None if c == 0 else c - 1, show, cell)
             if row is None:
                 continue
-            colour = _lut(cmap)[_colour_indices(row)].reshape(hk, wk, 3)
-            heat = colour[(ys * hk) // h][:, (xs * wk) // w]
             y0, x0 = g + bi * (th + g), g + c * (tw + g)
-            canvas[y0 : y0 + th, x0 : x0 + tw] = _blend(heat, small, state.alpha)
+            canvas[y0 : y0 + th, x0 : x0 + tw] = _overlay(
+                small, row, (hk, wk), (h, w), ys, xs, state.alpha, cmap
+            )
         if b["name"] == state.block:
             y0, x0 = g + bi * (th + g), g + selected * (tw + g)
             _outline(canvas, x0 - 2, y0 - 2, x0 + tw + 1, y0 + th + 1, SELECTED_COLOR)

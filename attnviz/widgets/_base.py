@@ -3,11 +3,12 @@ showing PNG bytes, and the checks of the images and labels an app is given."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import struct
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, overload
 
 import ipywidgets as widgets
@@ -85,6 +86,20 @@ class App:
         else:
             show_png(widget, png)
         shown[id(widget)] = arr
+
+    @contextlib.contextmanager
+    def _hold(self) -> Iterator[None]:
+        """Set several widgets without a redraw per widget; one redraw at the end."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        self._redraw()
+
+    def _redraw(self) -> None:
+        """Draw every panel from the app's state (each app defines it)."""
+        raise NotImplementedError
 
     def _guard(self, callback: Callable[..., Any]) -> Callable[..., None]:
         """``callback`` for a widget event: skipped while several widgets are set together
@@ -250,7 +265,7 @@ class App:
                 "children": children,
             }
 
-        def make() -> tuple[str, int]:
+        def make() -> str:
             level = self.png_level
             self.png_level = 9  # the page is kept and shared: small pictures
             self.__dict__.pop("_shown_arrays", None)
@@ -266,7 +281,7 @@ class App:
                 self.png_level = level
                 self.__dict__.pop("_shown_arrays", None)
 
-        height = 160 + max((_png_height(p) for p in self.pictures().values()), default=300)
+        height = 160 + max((_png_size(p)[1] for p in self.pictures().values()), default=300)
         return timed(make, path, height)
 
     def close(self) -> None:
@@ -288,8 +303,12 @@ def _choices(widget: widgets.Widget) -> tuple[list[Any], list[str]]:
     raise ValueError(f"a {type(widget).__name__} cannot be stepped through for an export")
 
 
-def _png_height(png: bytes) -> int:
-    return struct.unpack(">II", png[16:24])[1] if png[:8] == b"\x89PNG\r\n\x1a\n" else 0
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header (IHDR), nothing decoded; (0, 0) if no PNG."""
+    return struct.unpack(">II", png[16:24]) if png[:8] == _PNG else (0, 0)
 
 
 class Opacity:
@@ -365,9 +384,9 @@ def show_png(widget: widgets.Image, png: bytes) -> None:
     which distorts the aspect ratio; a fixed size keeps every pixel where it was drawn.
     The size is read from the PNG header (IHDR), so nothing is decoded.
     """
-    if png[:8] != b"\x89PNG\r\n\x1a\n":
+    if png[:8] != _PNG:
         raise ValueError("show_png needs PNG bytes (render.png_bytes)")
-    width, height = struct.unpack(">II", png[16:24])
+    width, height = _png_size(png)
     w, h = f"{width}px", f"{height}px"
     if widget.layout.width != w or widget.layout.height != h:
         widget.layout.width, widget.layout.height = w, h

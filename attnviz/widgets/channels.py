@@ -15,9 +15,8 @@ JupyterLab, VS Code and Colab, offline.
 
 from __future__ import annotations
 
-import contextlib
 import html
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import ipywidgets as widgets
@@ -198,16 +197,6 @@ class ChannelExplorer(App, Opacity, ImageIndex, BlockChoice):
             w.observe(self._guard(lambda _change: self._redraw()), names="value")
         self._highest.on_click(self._guard(lambda _b: self._jump(highest=True)))
         self._lowest.on_click(self._guard(lambda _b: self._jump(highest=False)))
-
-    @contextlib.contextmanager
-    def _hold(self) -> Iterator[None]:
-        """Set several widgets without a redraw per widget; one redraw at the end."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-        self._redraw()
 
     # -- callbacks -----------------------------------------------------------------------
     def _on_image(self, change: dict) -> None:

@@ -182,14 +182,14 @@ def frames_page(
     *,
     max_bytes: int,
     scale: int = 1,
-) -> tuple[str, int]:
+) -> str:
     """The page of an app stepped through every combination of its chosen controls.
 
     ``scale``: the app's integer upscaling (pictures that are exact upscales are stored
     small). ``enumerate_frames(keep)`` returns the tree: a node is ``{"control", "options"
     (labels), "start" (index shown first), "children"}`` or a leaf, ``keep({"panels": {name:
     png bytes or None}, "info": html})`` (which stores the pictures at once and stops the
-    export as soon as they pass ``max_bytes``). Returns the page and the number of frames.
+    export as soon as they pass ``max_bytes``).
 
     Raises:
         ValueError: the distinct pictures take more than ``max_bytes``.
@@ -227,12 +227,13 @@ def frames_page(
     tree = enumerate_frames(keep)
     data = {"tree": tree, "panels": list(names), "pngs": pngs}
     body = "<div id='controls'></div><div id='panels' class='panels'></div><div id='info'></div>"
-    return _page(title, body, data, _static("page_frames.js")), frames
+    return _page(title, body, data, _static("page_frames.js"))
 
 
-def timed(make: Callable[[], tuple[str, int]], path: Any, height: int) -> ExportedPage:
-    """Make a page (``make()`` -> (html, height)), write it, time it."""
+def timed(make: Callable[[], str], path: Any, height: int) -> ExportedPage:
+    """Make a page (``make()`` -> its HTML), write it to ``path``, time both; ``height``:
+    the pixels its frame gets in a notebook."""
     start = time.perf_counter()
-    text, _ = make()
+    text = make()
     written = write_page(text, path)
     return ExportedPage(text, written, time.perf_counter() - start, height)

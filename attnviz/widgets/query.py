@@ -215,7 +215,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         view = self._map_png
         h, w = self.image_size
 
-        def make() -> tuple[str, int]:
+        def make() -> str:
             photos = [render.to_uint8_rgb(self._shown[i]).tobytes() for i in indices]
             # base64 grows data by 4/3; leave room for the script and page
             room = (max_bytes - 4 * sum(map(len, photos)) // 3 - 150_000) * 3 // 4
@@ -238,7 +238,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             state["mode"] = "attention"
             if state["block"] not in [b["name"] for b in entries[0]["pack"].meta["blocks"]]:
                 state["block"] = entries[0]["pack"].meta["blocks"][0]["name"]
-            return pointer_page(title or "attnviz query explorer", entries, state, view.lut), 0
+            return pointer_page(title or "attnviz query explorer", entries, state, view.lut)
 
         with single_threaded():
             grid_h = len(self._cache["blocks"]) * (view.thumb * h // w + 3)
@@ -295,8 +295,7 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
 
     def _on_page(self, change: dict) -> None:
         view = self._map_png
-        self._holding = True
-        try:
+        with self._hold():
             h, w = self.image_size
             self._x.value, self._y.value = min(view.query[0], w - 1), min(view.query[1], h - 1)
             if view.block in self._cache["blocks"]:
@@ -304,9 +303,6 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
             head = None if view.head < 0 else view.head
             if head in [v for _, v in self._head.options]:
                 self._head.value = head
-        finally:
-            self._holding = False
-        self._redraw()
 
     def _block_options(self) -> list[tuple[str, str]]:
         out = []
@@ -333,16 +329,12 @@ class QueryExplorer(App, Opacity, ImageIndex, BlockChoice):
         block = self.block
         self._load(change["new"])
         options = self._block_options()
-        self._holding = True
-        try:
+        with self._hold():
             if options != [tuple(o) for o in self._block.options]:
                 self._block.options = options
                 if block in self._cache["blocks"]:
                     self._block.value = block
-        finally:
-            self._holding = False
-        self._send_pack()
-        self._redraw()
+            self._send_pack()
 
     # -- state ---------------------------------------------------------------------------
     @property

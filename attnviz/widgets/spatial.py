@@ -408,15 +408,16 @@ class SpatialExplorer(App, Opacity, ImageIndex):
             **self._norm(),
         )
 
-    def under_pointer(self) -> dict[str, Any] | None:
+    def under_pointer(self, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The values at the image pixel under the pointer (hovered, else last clicked) on
         the block's map: ``xy``, ``cell`` ((i, j) of Ms's h x w grid, floor(y h / H),
         floor(x w / W)), ``value`` (Ms there) and ``gradcam`` (Grad-CAM at the pixel);
-        None when nothing is pointed at or in overview mode."""
+        None when nothing is pointed at or in overview mode. ``state``: :meth:`current`,
+        if already computed."""
         xy = self._cbam_png.pointed
         if xy is None or self.mode != "single":
             return None
-        s = self.current()
+        s = self.current() if state is None else state
         x, y = xy
         hh, ww = self._shown.shape[-2:]
         h, w = s["map"].shape
@@ -446,7 +447,7 @@ class SpatialExplorer(App, Opacity, ImageIndex):
                 f"Grad-CAM on {html.escape(s['target_layer'])} for "
                 f"{html.escape(self._name(s['target']))} (P={s['target_probability']:.2f})"
             )
-        at = self.under_pointer() if s["mode"] == "single" else None
+        at = self.under_pointer(s)
         if at is not None:
             parts.append(
                 f"at ({at['xy'][0]}, {at['xy'][1]}): M<sub>s</sub> = {at['value']:.3g} "

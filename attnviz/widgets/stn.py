@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import maps, render
+from ..render.pointer import CROSSHAIR_COLOR, crosshair
 from ._base import App, ImageIndex, as_list, check_images, redraw
 from .pointer import PointerView
 
@@ -55,12 +56,7 @@ def _check_thetas(thetas: Any, n: int) -> torch.Tensor:
 def _mark(canvas: np.ndarray, xy: Sequence[float], scale: int) -> np.ndarray:
     """A crosshair (cyan over black) on the canvas pixel of image point (x, y)."""
     out = canvas.copy()
-    h, w = out.shape[:2]
-    cx, cy = int(xy[0] * scale), int(xy[1] * scale)
-    arm = max(3, 2 * scale)
-    for colour, width in (((0, 0, 0), 1), ((0, 255, 255), 0)):
-        out[max(cy - width, 0) : cy + width + 1, max(cx - arm, 0) : min(cx + arm + 1, w)] = colour
-        out[max(cy - arm, 0) : min(cy + arm + 1, h), max(cx - width, 0) : cx + width + 1] = colour
+    crosshair(out, int(xy[0] * scale), int(xy[1] * scale), max(3, 2 * scale), CROSSHAIR_COLOR)
     return out
 
 

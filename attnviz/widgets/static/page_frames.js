@@ -13,11 +13,6 @@ for (const name of DATA.panels) {
   panels.append(img);
   imgs[name] = img;
 }
-function node(depth) {
-  let n = DATA.tree;
-  for (let d = 0; d < depth; d++) n = n.children[path[d]];
-  return n;
-}
 function build() {
   controls.textContent = "";
   let n = DATA.tree;

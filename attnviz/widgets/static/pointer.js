@@ -94,10 +94,6 @@ function queryCell(b, xy, h, w) {
   return Math.floor((xy[1] * hq) / h) * wq + Math.floor((xy[0] * wq) / w);
 }
 
-function blend(c, p, a) {
-  return Math.floor((c * a + p * (255 - a) + 127) / 255);
-}
-
 function setPx(px, cw, x, y, c) {
   const o = 4 * (y * cw + x);
   px[o] = c[0];
