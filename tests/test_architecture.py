@@ -39,6 +39,7 @@ LAYERS = {
     "zoo": 9,
     "analysis": 9,
     "coverage": 9,
+    "attribution": 9,
     "recipes": 10,
     "stats": 10,
     "explain": 10,
