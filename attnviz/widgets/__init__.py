@@ -8,6 +8,7 @@ writes it into one offline HTML file (:class:`ExportedPage`).
 """
 
 from .channels import ChannelExplorer
+from .deletion import DeletionExplorer
 from .export import ExportedPage
 from .gallery import ChannelGallery
 from .photo import ModelPicker, PhotoExplainer
@@ -20,6 +21,7 @@ from .upload import PhotoPicker
 __all__ = [
     "ChannelExplorer",
     "ChannelGallery",
+    "DeletionExplorer",
     "ExportedPage",
     "ModelPicker",
     "PhotoExplainer",
