@@ -62,6 +62,7 @@ __all__ = [
     "pointing_hits",
     "pointing_point",
     "random_maps",
+    "reference_logits",
     "score_methods",
 ]
 
@@ -267,6 +268,7 @@ def perturbation_curves(
     fill: float = 0.0,
     batch_size: int = 512,
     seed: int = 0,
+    reference: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Deletion, insertion, positive and negative perturbation curves of each image.
 
@@ -279,6 +281,9 @@ def perturbation_curves(
         fill: the value removed pixels get (0: black, as RISE's deletion).
         batch_size: perturbed images per forward.
         seed: of the tie-breaking order.
+        reference: :func:`reference_logits` of the same model, images and fill, when
+            several methods' curves are computed (the steps at 0 and 1 are the same
+            images for every map); computed here when None.
 
     Returns:
         ``{"deletion", "insertion": N x F probabilities of the true class,
@@ -296,14 +301,20 @@ def perturbation_curves(
     ranks = _ranks(pixel_maps(t, (h, w)).flatten(1), seed).reshape(n, 1, h, w)
     counts = torch.round(f * h * w).long()
     blurred = _blurred(images)
+    ref = reference if reference is not None else reference_logits(model, images, fill=fill)
+    # steps that remove or insert nothing or everything show every map the same images
+    # (the image, the blurred image, the filled image): read from ``ref``, not recomputed
+    ends = {0: "image", h * w: "filled"}
+    middle = [j for j, k in enumerate(counts.tolist()) if k not in ends]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("deletion", "insertion", "negative")}
     out["positive"] = []
-    per = max(1, batch_size // len(f))
+    per = max(1, batch_size // max(1, len(middle)))
+    mid = counts[middle][None, :, None, None, None]
     for i in range(0, n, per):
         x, b, r = images[i : i + per], blurred[i : i + per], ranks[i : i + per]
-        y = torch.as_tensor(labels[i : i + per]).to(device)
-        top = (r[:, None] < counts[None, :, None, None, None]).to(x.dtype)  # k x F x 1 x H x W
-        bottom = (r[:, None] >= (h * w - counts)[None, :, None, None, None]).to(x.dtype)
+        y = torch.as_tensor(labels[i : i + per]).to("cpu")
+        top = (r[:, None] < mid).to(x.dtype)  # k x F' x 1 x H x W
+        bottom = (r[:, None] >= h * w - mid).to(x.dtype)
         xs = x[:, None]
         variants = {
             "deletion": xs * (1 - top) + fill * top,
@@ -311,18 +322,48 @@ def perturbation_curves(
             "insertion": b[:, None] * (1 - top) + xs * top,
         }
         for key, v in variants.items():
-            logits = model(v.reshape(-1, c, h, w).to(device)).float()
-            logits = logits.reshape(len(x), len(f), -1)
+            logits = torch.empty(len(x), len(f), ref["image"].shape[1])
+            if middle:
+                computed = model(v.reshape(-1, c, h, w).to(device)).float().cpu()
+                logits[:, middle] = computed.reshape(len(x), len(middle), -1)
+            for j, k in enumerate(counts.tolist()):
+                if k in ends:
+                    # insertion's "nothing inserted" is the blurred image, "all" the image
+                    which = ends[k] if key != "insertion" else ("blurred" if k == 0 else "image")
+                    logits[:, j] = ref[which][i : i + per]
             target = y[:, None].expand(-1, len(f))
             if key != "negative":
                 prob = logits.softmax(-1).gather(2, target[..., None])[..., 0]
-                out[key].append(prob.double().cpu())
+                out[key].append(prob.double())
             if key != "insertion":
-                correct = (logits.argmax(-1) == target).double().cpu()
+                correct = (logits.argmax(-1) == target).double()
                 out["positive" if key == "deletion" else key].append(correct)
     curves = {k: torch.cat(v) for k, v in out.items()}
     curves.update({f"{k}_auc": _auc(v, f) for k, v in list(curves.items())})
     return curves
+
+
+@torch.no_grad()
+def reference_logits(
+    model: nn.Module, images: torch.Tensor, *, fill: float = 0.0, batch_size: int = 512
+) -> dict[str, torch.Tensor]:
+    """The model's logits (CPU, float32) for the images every curve starts or ends on:
+    ``"image"`` itself, ``"filled"`` (every pixel set to ``fill``) and ``"blurred"``
+    (insertion's start)."""
+    device = next(model.parameters()).device
+    out = {}
+    for key, x in (
+        ("image", images),
+        ("filled", torch.full_like(images, fill)),
+        ("blurred", _blurred(images)),
+    ):
+        out[key] = torch.cat(
+            [
+                model(x[i : i + batch_size].to(device)).float().cpu()
+                for i in range(0, len(x), batch_size)
+            ]
+        )
+    return out
 
 
 def bootstrap_interval(
@@ -450,6 +491,9 @@ def score_methods(
         methods[RANDOM] = random_maps(n, size, seed=seed)
     per_image: dict[str, dict[str, torch.Tensor]] = {}
     curves: dict[str, dict[str, torch.Tensor]] = {}
+    ref = None
+    if model is not None:
+        ref = reference_logits(model, images, fill=fill, batch_size=batch_size)  # type: ignore[arg-type]
     for name, maps in methods.items():
         t = _batch(maps, f"maps of {name!r}")
         if len(t) != n:
@@ -470,6 +514,7 @@ def score_methods(
                 fill=fill,
                 batch_size=batch_size,
                 seed=seed,
+                reference=ref,
             )
             s.update({k: c[f"{k}_auc"] for k in ("deletion", "insertion", "positive", "negative")})
             curves[name] = {k: v for k, v in c.items() if not k.endswith("_auc")}
