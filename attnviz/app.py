@@ -40,7 +40,14 @@ from .widgets._base import App
 __all__ = ["TABS", "ExplorerApp", "explorers", "make_explorer", "notebook", "serve"]
 
 #: the tabs, in order
-TABS = ("Spatial transformer", "SE channels", "CBAM spatial maps", "Non-local attention", "Photos")
+TABS = (
+    "Spatial transformer",
+    "SE channels",
+    "CBAM spatial maps",
+    "Non-local attention",
+    "Transformer attention",
+    "Photos",
+)
 
 
 def _caption(name: str, folder: Any) -> str:
@@ -104,6 +111,7 @@ def make_explorer(
         "SE channels": ("resnet10_se", ChannelExplorer),
         "CBAM spatial maps": ("resnet10_cbam", SpatialExplorer),
         "Non-local attention": ("resnet10_nonlocal", QueryExplorer),
+        "Transformer attention": ("vit_small_reg", QueryExplorer),
     }[tab]
     test = shipped.test_data(name)
     model = shipped.load(name, folder=folder)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .data import digits_on_photos, distorted_mnist
-from .models import STCNN, TinyCNN, small_resnet
+from .models import STCNN, TinyCNN, small_resnet, small_vit
 from .train import fit, fit_upright, snapshot_attention, stn_param_groups
 
 __all__ = [
@@ -55,6 +55,7 @@ CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "STCNN.for_upright": STCNN.for_upright,
     "TinyCNN": TinyCNN,
     "small_resnet": small_resnet,
+    "small_vit": small_vit,
 }
 
 #: training functions a recipe may use -> the function (``attnviz.train.<name>``)
@@ -98,6 +99,10 @@ class Recipe:
         n_train, n_test: image counts of the ``photos`` data.
         distractors: with ``photos``, digits of other classes drawn in blue under the red
             digit to classify (:func:`attnviz.data.digits_on_photos`).
+        fresh: with ``photos``, ``n_train`` new training images every epoch (data seed
+            ``1000 * seed + epoch``; new photo crops, places and colours of the same
+            training digits), as the ``distorted_mnist`` kinds: what lets a transformer
+            learn here without memorising its training images.
     """
 
     title: str
@@ -110,6 +115,7 @@ class Recipe:
     n_train: int = 10000
     n_test: int = 2000
     distractors: int = 0
+    fresh: bool = False
 
     def __post_init__(self) -> None:
         if self.model[0] not in CONSTRUCTORS:
@@ -123,8 +129,8 @@ class Recipe:
             )
         if self.data not in DATA:
             raise ValueError(f"unknown data {self.data!r}; use one of {DATA}")
-        if self.distractors and self.data != "photos":
-            raise ValueError("distractors apply to the photos data only")
+        if (self.distractors or self.fresh) and self.data != "photos":
+            raise ValueError("distractors and fresh apply to the photos data only")
 
     # -- what it is ---------------------------------------------------------------------------
     @property
@@ -148,6 +154,8 @@ class Recipe:
             out["images"] = {"train": self.n_train, "test": self.n_test}
             if self.distractors:
                 out["distractors"] = self.distractors
+            if self.fresh:
+                out["fresh"] = True
         return out
 
     # -- deriving recipes -------------------------------------------------------------------------
@@ -193,6 +201,13 @@ class Recipe:
     def train_data(self, seed: int | None = None) -> Any:
         """The training data for data seed ``seed``: a data set, or ``epoch -> data set``."""
         seed = self.seed if seed is None else seed
+        if self.data == "photos" and self.fresh:
+            n, k = self.n_train, self.distractors
+
+            def new_photos(epoch: int) -> Any:
+                return digits_on_photos("train", n=n, seed=seed * 1000 + epoch, distractors=k)
+
+            return new_photos
         if self.data == "photos":
             return digits_on_photos(
                 "train", n=self.n_train, seed=seed, distractors=self.distractors
@@ -334,6 +349,32 @@ RECIPES: dict[str, Recipe] = {
         ("attention_on_object",),
     ),
 }
+
+# the small ViTs: an 8 x 8 grid of tokens over the 64 x 64 photos (stride 8) from a
+# convolutional stem, a class token, 4 blocks, new training photos every epoch. Measured
+# here (seed 0, 2000 test images): a linear patch projection stayed at 25% test accuracy
+# after 15 epochs on 10,000 fixed images; the conv stem reached 85.5% (20 epochs, train
+# 99.6%: memorised) and 91.2% on 20,000 fixed images (10 epochs)
+_VIT = {"image_size": 64, "patch_size": 8, "dim": 96, "depth": 4, "heads": 4, "stem": "conv"}
+_VIT_FIT = ("fit", {"epochs": 40, "lr": 2e-3})
+RECIPES["vit_small"] = Recipe(
+    "small ViT (conv stem, class token, 4 blocks), digits on photos",
+    ("06_which_map",),
+    ("small_vit", {**_VIT}),
+    "photos",
+    _VIT_FIT,
+    ("attention_maps",),
+    fresh=True,
+)
+RECIPES["vit_small_reg"] = Recipe(
+    "small ViT with 4 registers, digits on photos",
+    ("05_self_attention", "06_which_map"),
+    ("small_vit", {**_VIT, "registers": 4}),
+    "photos",
+    _VIT_FIT,
+    ("attention_maps",),
+    fresh=True,
+)
 
 #: recipes the benchmarks measure that ship no model
 EXPERIMENTS: dict[str, Recipe] = {

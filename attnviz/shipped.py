@@ -14,6 +14,8 @@ resnet10_plain     02, 03    ResNet-10 (width 16) on digits on photos (6 epochs)
 resnet10_se        02, 03    the same with SE blocks
 resnet10_cbam      03        the same with CBAM (3 x 3 spatial gate)
 resnet10_nonlocal  05        the same with a non-local block after stage 3
+vit_small          06        small ViT (conv stem, class token), digits on photos
+vit_small_reg      05, 06    the same with 4 register tokens
 =================  ========  ===================================================
 
 The files live in ``assets/models/`` (inside the package as ``attnviz/_models`` in a
@@ -32,7 +34,8 @@ float16 weights (and the float32 accuracy before rounding, to show what float16 
 How each model is built and trained lives in :mod:`attnviz.recipes`; this module keeps
 the files, the manifest, their verification and the summary table.
 
-Regenerate every model from scratch (CPU or GPU; about 15 minutes on a 2-core CPU)::
+Regenerate every model from scratch (CPU or GPU; on a 2-core CPU about 25 minutes for
+the CNNs and 26 to 28 minutes per ViT)::
 
     attnviz models --regenerate [--only NAME ...] [--device cuda] [--out DIR]
 """
@@ -57,12 +60,20 @@ from torch import nn
 from . import storage
 from ._resources import models_dir, version
 from .analysis import channel_stats, spatial_maps
+from .attribution import explain_maps
 from .capture import capture
-from .metrics import attention_on_object, sampled_box_iou, score_maps, transform_agreement
+from .metrics import (
+    attention_on_object,
+    sampled_box_iou,
+    score_maps,
+    score_methods,
+    transform_agreement,
+)
 from .recipes import RECIPES, Recipe, get, names
 from .train import History, PhasedHistory, logits, pick_device, save_checkpoint
 
 __all__ = [
+    "COMPARED",
     "RECIPES",
     "Recipe",
     "best_cbam_block",
@@ -78,6 +89,16 @@ __all__ = [
     "test_data",
     "verify",
 ]
+
+#: the shipped attention models notebook 06 and ``benchmarks/bench_truth.py`` explain
+#: side by side on the same test split (all trained on digits on photos, seed 0)
+COMPARED = {
+    "ViT": "vit_small",
+    "ViT + registers": "vit_small_reg",
+    "ResNet-10 + CBAM": "resnet10_cbam",
+    "ResNet-10 + SE": "resnet10_se",
+    "ResNet-10 + non-local": "resnet10_nonlocal",
+}
 
 FORMAT = "attnviz-models-1"
 MANIFEST = "manifest.json"
@@ -185,9 +206,24 @@ def _scores(recipe: Recipe, model: nn.Module, test: Any) -> dict[str, Any]:
                 on_object_ratio=on / area,
                 images_with_object_queries=int(ok.sum()),
             )
+        elif kind == "attention_maps":
+            out["attention_maps"] = _attention_scores(model, test)
         else:  # pragma: no cover - a recipe names a score this module does not know
             raise ValueError(f"unknown score {kind!r}")
     return out
+
+
+#: the class-token maps a shipped transformer's manifest entry scores (no backward but one)
+ATTENTION_MAPS = ("attention_mean", "rollout", "relevance")
+
+
+def _attention_scores(model: nn.Module, test: Any) -> dict[str, dict[str, float]]:
+    """Pointing game (exact, ±4 px) and energy in mask of a transformer's class-token
+    maps and the centre baseline on the test split (:mod:`attnviz.attribution`)."""
+    found = explain_maps(model, test.images, test.labels, methods=ATTENTION_MAPS)
+    summary = score_methods(found, test.masks, tolerance=4).summary
+    keys = ("pointing", "pointing_tol", "energy", "jaccard")
+    return {m: {k: row[k][0] for k in keys} for m, row in summary.items()}
 
 
 def _accuracy(model: nn.Module, test: Any) -> dict[str, Any]:
@@ -426,6 +462,15 @@ def _headline(scores: Mapping[str, Any]) -> str:
         parts.append(
             f"attention from the digit on the digit {scores['on_object']:.0%}, "
             f"{scores['on_object_ratio']:.2f}x its area"
+        )
+    if "attention_maps" in scores:
+        maps = {k: v for k, v in scores["attention_maps"].items() if "baseline" not in k}
+        best = max(maps, key=lambda m: maps[m]["energy"])
+        row, centre = maps[best], scores["attention_maps"]["centre baseline"]
+        parts.append(
+            f"{best} points at the digit in {row['pointing']:.0%} ({row['pointing_tol']:.0%} "
+            f"within 4 px; centre baseline {centre['pointing']:.0%}), {row['energy']:.2f} of "
+            f"its mass on the digit (centre baseline {centre['energy']:.2f})"
         )
     return "; ".join(parts) or "—"
 

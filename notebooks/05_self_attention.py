@@ -133,3 +133,19 @@ display(
         f"digit area {area:.1%} (ratio {on / area:.2f})."
     )
 )
+
+# %% [markdown]
+# ## A trained vision transformer
+#
+# The same question inside a transformer: the shipped small ViT with four
+# register tokens (`vit_small_reg`, trained on the same photos; each token is
+# an 8 × 8 patch). Click a patch to see where it looks in the chosen block;
+# *show* offers the class token (`cls`, the token that is classified) and the
+# registers (`reg1` … `reg4`, extra tokens no output reads), and the rollout.
+# The head grid shows every block and head at once. Notebook 06 scores these
+# maps against the digit's mask.
+
+# %%
+vit, vit_history = obtain("vit_small_reg", **RUN)
+print(f"test accuracy {vit_history.final.test_acc:.1%}")
+QueryExplorer(vit, test_data("vit_small_reg", **RUN).images[:32])

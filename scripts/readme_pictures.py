@@ -1,6 +1,6 @@
 """Render the README's pictures from the trained models attnviz ships (attnviz.shipped).
 
-    python scripts/readme_pictures.py assets/readme [stn|resnets|families]
+    python scripts/readme_pictures.py assets/readme [stn|resnets|families|truth]
 
 Anyone can regenerate the pictures and check them against the committed ones: the models
 are the shipped files (checksums in assets/models/manifest.json), the data is generated
@@ -37,7 +37,7 @@ def png(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-parts = sys.argv[2:] or ["stn", "resnets"]
+parts = sys.argv[2:] or ["stn", "resnets", "truth"]
 if "stn" in parts:
     # 1. spatial transformers: sampled region and crop, RTS and cluttered
     for kind, model_name, name in [
@@ -71,6 +71,25 @@ if "families" in parts:
         print(f"{family}: {fam.models[0]}", "trained" if pre.pretrained else f"random ({why})")
         rows.append((family, explain(pre, photo, display_side=160)))
     comparison_figure(rows, side=160).save(out / "families.png")
+if "truth" in parts:
+    # notebook 06's rows: every method's map of the shipped ViT with registers on six test
+    # images (blocks and the best head chosen on training images, as the notebook does)
+    from attnviz import attribution
+
+    test = shipped.test_data("vit_small_reg")
+    vit = shipped.load("vit_small_reg")
+    calibration = digits_on_photos("train", n=256, seed=0)
+    choices = attribution.calibrate(vit, calibration.images, calibration.masks)
+    found = attribution.explain_maps(
+        vit,
+        test.images[:6],
+        test.labels[:6],
+        choices=choices,
+        methods=[m for m in attribution.methods_for(vit, test.images) if m != "attention_head"],
+    )
+    rows = [test.masks[:6].float(), *found.values()]
+    labels = ["digit mask (truth)", *found]
+    render.overlay_grid(test.images[:6], rows, row_labels=labels, scale=2).save(out / "truth.png")
 if "resnets" not in parts:
     print("wrote", sorted(p.name for p in out.iterdir()))
     sys.exit(0)

@@ -44,6 +44,7 @@ def test_opens_on_the_first_tab_and_builds_the_others_when_opened(explorers):
         ("SE channels", ChannelExplorer),
         ("CBAM spatial maps", SpatialExplorer),
         ("Non-local attention", QueryExplorer),
+        ("Transformer attention", QueryExplorer),
         ("Photos", PhotoExplainer),
     ],
 )

@@ -95,7 +95,7 @@ def _calls(tree: ast.AST) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("0[1235]_*.py")))
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("0[12356]_*.py")))
 def test_notebooks_get_every_shipped_model_through_obtain(path):
     """A notebook that opens shipped models trains none by hand: each comes from
     obtain(name, ...), which trains by the recipe or opens the file the recipe made."""
@@ -139,6 +139,24 @@ def test_quick_and_variants():
     assert recipes.get("resnet10_se").epochs == 6  # the original is unchanged
     longer = recipes.get("resnet10_se").variant(train={"epochs": 12})
     assert longer.epochs == 12 and longer.train[1]["lr"] == 3e-3
+
+
+def test_fresh_photos_are_new_images_of_the_same_digits_every_epoch():
+    vit = recipes.get("vit_small")
+    assert (
+        vit.describe()["fresh"] is True and vit.describe()["model"]["arguments"]["stem"] == "conv"
+    )
+    quick = vit.quick()
+    assert quick.fresh and quick.n_train == 2000
+    data = quick.variant(n_train=8).train_data()
+    a, b = data(1), data(2)
+    assert not torch.equal(a.images, b.images)  # new crops, places and colours
+    assert torch.equal(data(1).images, a.images)  # seeded: the same epoch, the same images
+    assert torch.equal(
+        quick.test_data().images, recipes.get("resnet10_se").quick().test_data().images
+    )
+    with pytest.raises(ValueError, match="photos data only"):
+        recipes.get("stcnn_rts").variant(fresh=True)
 
 
 def test_bad_recipes_and_names_say_what_to_do():
