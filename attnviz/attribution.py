@@ -22,8 +22,8 @@ attention received          ``mean_h mean_q A^L[h, q, patches]`` over the patch 
                             queries: how much each patch is read
 relevance (Chefer 2021)     row t of R, ``R = I``; per block                       yes
                             ``R += mean_h((dy_c/dA^b * A^b)^+) R`` (Chefer et al.,
-                            "Generic Attention-model Explainability", ICCV 2021,
-                            eqs. 5-6, the rule for self-attention)
+                            "Generic Attention-model Explainability", ICCV 2021:
+                            their rule for self-attention)
 Grad-CAM                    ``ReLU(sum_k alpha_k A_k)``, ``alpha_k`` the mean of   yes
                             ``dy_c/dA_k`` (Selvaraju et al., ICCV 2017), computed
                             by the grad-cam package on the token grid (a ViT) or
@@ -274,14 +274,30 @@ def gradient_relevance(
                 h.remove()
             model.train(was_training)
         n = seen[0].shape[-1]
+        if any(a.shape != (len(x), a.shape[1], n, n) for a in seen):
+            raise ValueError(
+                "gradient-weighted relevance needs every block to attend over the same "
+                f"{n} tokens (a plain ViT); got {[tuple(a.shape) for a in seen]}"
+            )
         r = torch.eye(n, dtype=torch.float64, device=device).expand(len(x), n, n).clone()
         for a, g in zip(seen, grads):
             cam = (g.detach() * a.detach()).double().clamp_min(0).mean(dim=1)
             r = r + cam @ r
         row = r[:, token, prefix:].float().cpu()
-        side = math.isqrt(n - prefix)
-        outs.append(row.reshape(len(x), side, side))
+        outs.append(row.reshape(len(x), *_patch_grid(layout, x.shape[-2:], n - prefix)))
     return torch.cat(outs)
+
+
+def _patch_grid(layout: Any, size: Sequence[int], patches: int) -> tuple[int, int]:
+    """(h, w) of the patch tokens: the input's size over the patch size, else a square."""
+    if layout is not None:
+        h, w = size[0] // layout.patch[0], size[1] // layout.patch[1]
+        if h * w == patches:
+            return h, w
+    side = math.isqrt(patches)
+    if side * side != patches:
+        raise ValueError(f"cannot lay {patches} patch tokens on a grid; pass square images")
+    return side, side
 
 
 def _choice_title(method: str, choice: Any) -> str:

@@ -70,7 +70,7 @@ def test_gradient_relevance_equals_chefer_2021_by_hand():
     for b in range(len(x)):
         n = attns[0].shape[-1]
         r = np.eye(n)
-        for a, g in zip(attns, grads):  # eqs. 5-6: A-bar = E_h[(grad A * A)^+]; R += A-bar R
+        for a, g in zip(attns, grads):  # A-bar = E_h[(grad A * A)^+]; R += A-bar R
             abar = np.maximum(g[b].numpy() * a[b].detach().numpy(), 0).mean(0)
             r = r + abar @ r
         expected = r[0, 2:].reshape(4, 4)
@@ -78,6 +78,29 @@ def test_gradient_relevance_equals_chefer_2021_by_hand():
         assert np.abs(got - expected).max() <= 1e-6
     # the model is left as it was: no gradients on its parameters
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_relevance_reads_timm_vits_with_the_fused_kernel_off_on_rectangular_grids():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=(16, 32),
+        patch_size=4,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        num_classes=3,
+        reg_tokens=2,
+    ).eval()
+    x = torch.rand(2, 3, 16, 32)
+    maps = attribution.gradient_relevance(vit, x, torch.tensor([0, 2]))
+    assert maps.shape == (2, 4, 8) and (maps >= 0).all()
+    assert all(
+        m.fused_attn == timm.layers.use_fused_attn()
+        for m in vit.modules()
+        if hasattr(m, "fused_attn")
+    )
 
 
 def test_raw_attention_received_and_grad_cam_are_the_records_and_the_package():
