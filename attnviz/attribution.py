@@ -59,7 +59,13 @@ from torch import nn
 from . import maps
 from .cam import gradcam
 from .capture import capture
-from .metrics.faithfulness import FRACTIONS, MethodScores, energy_in_mask, score_methods
+from .metrics.faithfulness import (
+    CENTRE,
+    FRACTIONS,
+    MethodScores,
+    energy_in_mask,
+    score_methods,
+)
 from .records import ChannelRecord, Recording, SelfAttentionRecord, SpatialRecord
 from .running import inference, model_device
 
@@ -300,6 +306,18 @@ def _patch_grid(layout: Any, size: Sequence[int], patches: int) -> tuple[int, in
     return side, side
 
 
+def _predictions(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The predicted class of each image (CPU), ``batch_size`` images per forward."""
+    device = model_device(model)
+    with inference(model):
+        return torch.cat(
+            [
+                model(images[i : i + batch_size].to(device)).argmax(1).cpu()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+
 def _choice_title(method: str, choice: Any) -> str:
     m = METHODS[method]
     if method == "attention_best":
@@ -360,8 +378,8 @@ def explain_maps(
             reads, as :func:`calibrate` returns; default the last such block.
         head: the head of ``attention_head``.
         batch_size: images per forward.
-        timings: if given, filled with method key -> seconds spent (the captured forward
-            shared by the record-based methods is booked as ``"capture"``).
+        timings: if given, filled with map title -> seconds spent making it (the
+            record-based maps share one captured forward: each is booked all of it).
 
     Raises:
         ValueError: a method not defined for the model (the message lists those that are).
@@ -378,13 +396,7 @@ def explain_maps(
     device = model_device(model)
     timings = {} if timings is None else timings
     if targets is None:
-        with inference(model):
-            targets = torch.cat(
-                [
-                    model(images[i : i + batch_size].to(device)).argmax(1).cpu()
-                    for i in range(0, len(images), batch_size)
-                ]
-            )
+        targets = _predictions(model, images, batch_size)
     out: dict[str, torch.Tensor] = {}
     from_records = [m for m in methods if m not in ("relevance", "gradcam")]
     if from_records:
@@ -397,20 +409,20 @@ def explain_maps(
             for m in from_records:
                 titles[m], t = _record_maps(rec, m, choices.get(m), head)
                 per.setdefault(m, []).append(t.float().cpu())
-        timings["capture"] = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         for m in from_records:
             out[titles[m]] = torch.cat(per[m])
+            timings[titles[m]] = seconds
     for m in methods:
         start = time.perf_counter()
+        title = METHODS[m].title
         if m == "relevance":
-            out[METHODS[m].title] = gradient_relevance(
-                model, images, targets, batch_size=batch_size
-            )
+            out[title] = gradient_relevance(model, images, targets, batch_size=batch_size)
         elif m == "gradcam":
-            out[METHODS[m].title] = gradcam(model, images, targets=targets, batch_size=batch_size)
+            out[title] = gradcam(model, images, targets=targets, batch_size=batch_size)
         else:
             continue
-        timings[m] = time.perf_counter() - start
+        timings[title] = time.perf_counter() - start
     return out
 
 
@@ -480,6 +492,20 @@ class Comparison:
         """model -> the method with the best mean on score ``key`` (baselines excluded)."""
         return {model: s.best(key) for model, s in self.scores.items()}
 
+    def winners_table(self, keys: Sequence[str]) -> str:
+        """Markdown: per model and score in ``keys``, the model's accuracy, the winning
+        method (baselines excluded), its mean and the centre baseline's."""
+        rows = ["| model | accuracy | score | best method | mean | centre baseline |"]
+        rows.append("|---|---:|---|---|---:|---:|")
+        for model, s in self.scores.items():
+            for key in keys:
+                best = s.best(key)
+                rows.append(
+                    f"| {model} | {self.accuracy[model]:.2%} | {s.title(key)} | {best} | "
+                    f"{s.summary[best][key][0]:.3f} | {s.summary[CENTRE][key][0]:.3f} |"
+                )
+        return "\n".join(rows)
+
 
 def compare(
     models: Mapping[str, nn.Module],
@@ -514,15 +540,8 @@ def compare(
         if progress is not None:
             progress(f"{name}: explaining {len(images)} images")
         chosen = calibrate(model, *calibration, batch_size=batch_size) if calibration else {}
-        device = model_device(model)
         start = time.perf_counter()
-        with inference(model):
-            preds = torch.cat(
-                [
-                    model(images[i : i + batch_size].to(device)).argmax(1).cpu()
-                    for i in range(0, len(images), batch_size)
-                ]
-            )
+        preds = _predictions(model, images, batch_size)
         forward = (time.perf_counter() - start) / len(images)
         timings: dict[str, float] = {}
         keys = None if methods is None else methods.get(name)
@@ -535,10 +554,7 @@ def compare(
             batch_size=batch_size,
             timings=timings,
         )
-        cost[name] = {
-            t: timings.get(_key_of(t), timings.get("capture", 0.0)) / len(images) / forward
-            for t in found
-        }
+        cost[name] = {t: timings[t] / len(images) / forward for t in found}
         if progress is not None:
             progress(f"{name}: scoring {len(found)} methods and 2 baselines")
         scores[name] = score_methods(
@@ -554,10 +570,3 @@ def compare(
         all_maps[name], choices[name] = found, chosen
         accuracy[name] = float((preds == torch.as_tensor(labels)).double().mean())
     return Comparison(scores, all_maps, choices, cost, accuracy)
-
-
-def _key_of(title: str) -> str:
-    for key, m in METHODS.items():
-        if m.title == title:
-            return key
-    return "capture"

@@ -97,16 +97,7 @@ display(Markdown(comparison.table()))
 # and how far above the centre baseline it is.
 
 # %%
-rows = ["| model | accuracy | score | best method | its mean | centre baseline |"]
-rows.append("|---|---:|---|---|---:|---:|")
-for model, s in comparison.scores.items():
-    for key in ("pointing", "energy", "deletion", "positive"):
-        best = s.best(key)
-        rows.append(
-            f"| {model} | {comparison.accuracy[model]:.1%} | {s.title(key)} | {best} | "
-            f"{s.summary[best][key][0]:.3f} | {s.summary['centre baseline'][key][0]:.3f} |"
-        )
-display(Markdown("\n".join(rows)))
+display(Markdown(comparison.winners_table(("pointing", "energy", "deletion", "positive"))))
 
 # %% [markdown]
 # ## Every method as a row

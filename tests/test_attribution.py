@@ -156,3 +156,5 @@ def test_calibration_picks_on_its_own_images_and_compare_scores_every_model():
     assert set(c.scores["vit"].summary) >= {"attention rollout", "relevance (Chefer 2021)"}
     assert all(v > 0 for v in c.cost["vit"].values())
     assert c.winners("energy")["se"].startswith(("Grad-CAM", "channel-weighted"))
+    wins = c.winners_table(["energy"]).splitlines()
+    assert len(wins) == 4 and wins[3].startswith(f"| se | {c.accuracy['se']:.2%} | energy in mask")

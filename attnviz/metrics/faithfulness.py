@@ -47,12 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spatial import _finite, _map_batch, center_prior
+from ..running import model_device
+from .spatial import _finite, _map_batch, _mask_batch, center_prior
 
 __all__ = [
     "LOWER_IS_BETTER",
     "SCORES",
     "MethodScores",
+    "baseline_maps",
     "bootstrap_interval",
     "energy_in_mask",
     "mass_jaccard",
@@ -90,12 +92,8 @@ def _batch(maps: Any, name: str = "maps") -> torch.Tensor:
 
 
 def _masks(masks: Any, n: int) -> torch.Tensor:
-    m = torch.as_tensor(masks).detach().to("cpu")
-    if m.dim() == 2:
-        m = m[None]
-    if m.dim() != 3 or len(m) != n:
-        raise ValueError(f"masks must be ({n}, H, W), one per map, got {tuple(m.shape)}")
-    return m.bool()
+    """N x H x W bool masks on the CPU (:func:`~attnviz.metrics.spatial` checks the shape)."""
+    return _mask_batch(masks, n).detach().to("cpu").bool()
 
 
 def pixel_maps(maps: Any, size: Sequence[int]) -> torch.Tensor:
@@ -195,6 +193,14 @@ def random_maps(n: int, size: Sequence[int], *, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, int(size[0]), int(size[1]), generator=gen, dtype=torch.float64)
 
 
+def baseline_maps(n: int, size: Sequence[int], *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The two maps that know nothing, scored beside every method: :data:`CENTRE` (a
+    Gaussian centre prior, which points exactly at the image centre) and :data:`RANDOM`
+    (uniform noise, seeded), N x H x W."""
+    h, w = int(size[0]), int(size[1])
+    return {CENTRE: center_prior(n, (h, w)), RANDOM: random_maps(n, (h, w), seed=seed)}
+
+
 def _ranks(pixels: torch.Tensor, seed: int) -> torch.Tensor:
     """Rank of each pixel (0 = most salient), ties in one fixed random order: N x P."""
     n, p = pixels.shape
@@ -204,6 +210,32 @@ def _ranks(pixels: torch.Tensor, seed: int) -> torch.Tensor:
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(p).expand(n, p).contiguous())
     return ranks
+
+
+def _step_images(
+    images: torch.Tensor,
+    blurred: torch.Tensor,
+    ranks: torch.Tensor,
+    counts: torch.Tensor,
+    kind: str,
+    fill: float,
+) -> torch.Tensor:
+    """N x F x C x H x W: what each of ``counts`` (F pixel counts) shows the model.
+
+    ``"deletion"`` (and positive perturbation): the ``count`` most salient pixels set to
+    ``fill``; ``"negative"``: the ``count`` least salient set to ``fill``;
+    ``"insertion"``: the ``count`` most salient copied into the blurred image. ``ranks``
+    is N x 1 x H x W (0 = most salient)."""
+    pixels = ranks.shape[-2] * ranks.shape[-1]
+    k = counts[None, :, None, None, None]
+    r, x = ranks[:, None], images[:, None]
+    if kind == "negative":
+        chosen = (r >= pixels - k).to(images.dtype)
+    else:
+        chosen = (r < k).to(images.dtype)
+    if kind == "insertion":
+        return blurred[:, None] * (1 - chosen) + x * chosen
+    return x * (1 - chosen) + fill * chosen
 
 
 def perturbed(
@@ -232,13 +264,9 @@ def perturbed(
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     n, _, h, w = images.shape
     ranks = _ranks(pixel_maps(_batch(maps), (h, w)).flatten(1), seed).reshape(n, 1, h, w)
-    k = round(fraction * h * w)
-    chosen = (ranks >= h * w - k) if kind == "negative" else (ranks < k)
-    chosen = chosen.to(images.dtype)
-    start = _blurred(images) if kind == "insertion" else torch.full_like(images, fill)
-    if kind == "insertion":
-        return start * (1 - chosen) + images * chosen
-    return images * (1 - chosen) + start * chosen
+    count = torch.tensor([round(fraction * h * w)])
+    blurred = _blurred(images) if kind == "insertion" else images
+    return _step_images(images, blurred, ranks, count, kind, fill)[:, 0]
 
 
 def _blurred(images: torch.Tensor) -> torch.Tensor:
@@ -297,7 +325,7 @@ def perturbation_curves(
     f = torch.as_tensor([float(v) for v in fractions], dtype=torch.float64)
     if len(f) < 2 or (f[1:] <= f[:-1]).any() or f[0] < 0 or f[-1] > 1:
         raise ValueError(f"fractions must increase within [0, 1], got {list(fractions)}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     ranks = _ranks(pixel_maps(t, (h, w)).flatten(1), seed).reshape(n, 1, h, w)
     counts = torch.round(f * h * w).long()
     blurred = _blurred(images)
@@ -309,19 +337,12 @@ def perturbation_curves(
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("deletion", "insertion", "negative")}
     out["positive"] = []
     per = max(1, batch_size // max(1, len(middle)))
-    mid = counts[middle][None, :, None, None, None]
+    mid = counts[middle]
     for i in range(0, n, per):
         x, b, r = images[i : i + per], blurred[i : i + per], ranks[i : i + per]
         y = torch.as_tensor(labels[i : i + per]).to("cpu")
-        top = (r[:, None] < mid).to(x.dtype)  # k x F' x 1 x H x W
-        bottom = (r[:, None] >= h * w - mid).to(x.dtype)
-        xs = x[:, None]
-        variants = {
-            "deletion": xs * (1 - top) + fill * top,
-            "negative": xs * (1 - bottom) + fill * bottom,
-            "insertion": b[:, None] * (1 - top) + xs * top,
-        }
-        for key, v in variants.items():
+        for key in ("deletion", "negative", "insertion"):
+            v = _step_images(x, b, r, mid, key, fill)
             logits = torch.empty(len(x), len(f), ref["image"].shape[1])
             if middle:
                 computed = model(v.reshape(-1, c, h, w).to(device)).float().cpu()
@@ -350,7 +371,7 @@ def reference_logits(
     """The model's logits (CPU, float32) for the images every curve starts or ends on:
     ``"image"`` itself, ``"filled"`` (every pixel set to ``fill``) and ``"blurred"``
     (insertion's start)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = {}
     for key, x in (
         ("image", images),
@@ -468,8 +489,7 @@ def score_methods(
         tolerance: of the tolerant pointing game, in pixels (4 px at 64 px is TorchRay's
             15 px at 224).
         fractions, fill: of :func:`perturbation_curves`.
-        baselines: add :data:`CENTRE` (a Gaussian centre prior, which points exactly at
-            the image centre) and :data:`RANDOM` (uniform noise, seeded) as methods.
+        baselines: add :func:`baseline_maps` as methods.
         level: of the intervals.
         seed: of the random baseline, the tie-breaking order and the bootstrap.
         batch_size: perturbed images per forward.
@@ -487,8 +507,7 @@ def score_methods(
     n, size = len(m), (int(m.shape[-2]), int(m.shape[-1]))
     methods = dict(maps_by_method)
     if baselines:
-        methods[CENTRE] = center_prior(n, size)
-        methods[RANDOM] = random_maps(n, size, seed=seed)
+        methods.update(baseline_maps(n, size, seed=seed))
     per_image: dict[str, dict[str, torch.Tensor]] = {}
     curves: dict[str, dict[str, torch.Tensor]] = {}
     ref = None

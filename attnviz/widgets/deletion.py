@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import render
 from ..attribution import Comparison
-from ..metrics.faithfulness import perturbed
+from ..metrics.faithfulness import baseline_maps, perturbed
 from ..running import inference, model_device
 from ._base import App, check_images
 
@@ -71,6 +71,8 @@ class DeletionExplorer(App):
                 f"the comparison scored {first.n} images, got {len(self.images)}: pass the same"
             )
         self.comparison, self.models, self.side = comparison, dict(models), side
+        # the baselines score_methods scored beside the methods (seed 0, as compare uses)
+        self._baselines = baseline_maps(len(self.images), self.images.shape[-2:])
         names = list(comparison.scores)
         if model is not None and model not in names:
             raise ValueError(f"model must be one of {names}, got {model!r}")
@@ -110,55 +112,54 @@ class DeletionExplorer(App):
         """The fraction of pixels removed (inserted) at the current step."""
         return next(iter(self.comparison.scores.values())).fractions[self._step.value]
 
+    def _shown(self) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
+        """Per method (baselines included): its map of the current image, the image the
+        current step shows the model, and the probability of the true class it gives."""
+        name, i, kind = self._model.value, self._image.value, self._kind.value
+        model = self.models[name]
+        x = self.images[i : i + 1]
+        out = []
+        with inference(model):
+            for method in self.comparison.scores[name].summary:
+                m = self._maps(name, method)[i : i + 1]
+                image = perturbed(x, m, self.fraction, kind=kind)
+                prob = model(image.to(model_device(model))).softmax(1)[0, int(self.labels[i])]
+                out.append((method, m[0], image[0], float(prob)))
+        return out
+
     def current(self) -> dict[str, Any]:
         """The model, image, curve, fraction, and per method the probability of the true
         class the model gives the image shown (``shown``) and the curve's value there."""
         name, i, kind = self._model.value, self._image.value, self._kind.value
         scores = self.comparison.scores[name]
-        model = self.models[name]
-        x = self.images[i : i + 1]
-        shown, recorded = {}, {}
-        with inference(model):
-            for method in scores.summary:
-                maps = self._maps(name, method)[i : i + 1]
-                image = perturbed(x, maps, self.fraction, kind=kind)
-                prob = model(image.to(model_device(model))).softmax(1)[0, int(self.labels[i])]
-                shown[method] = float(prob)
-                curve = scores.curves[method]["deletion" if kind == "negative" else kind]
-                recorded[method] = float(curve[i, self._step.value])
+        rows = self._shown()
+        recorded = {}
+        if kind != "negative":  # the negative curve records accuracy, not probability
+            for method, *_ in rows:
+                recorded[method] = float(scores.curves[method][kind][i, self._step.value])
         return {
             "model": name,
             "image": i,
             "kind": kind,
             "fraction": self.fraction,
-            "probability": shown,
-            "curve": recorded if kind != "negative" else {},
+            "probability": {method: prob for method, _, _, prob in rows},
+            "curve": recorded,
         }
 
     def _maps(self, name: str, method: str) -> torch.Tensor:
         found = self.comparison.maps[name]
-        if method in found:
-            return found[method]
-        from ..metrics import center_prior
-        from ..metrics.faithfulness import CENTRE, random_maps
-
-        n, size = len(self.images), (self.images.shape[-2], self.images.shape[-1])
-        if method == CENTRE:
-            return center_prior(n, size)
-        return random_maps(n, size)
+        return found[method] if method in found else self._baselines[method]
 
     def _redraw(self) -> None:
         name, i, kind = self._model.value, self._image.value, self._kind.value
         x = self.images[i : i + 1]
         tiles, lines = [], []
-        now = self.current()
+        shown = self._shown()
         scale = max(1, self.side // x.shape[-1])
         original = render.to_uint8_rgb(x[0])
-        for k, (method, prob) in enumerate(now["probability"].items()):
-            m = self._maps(name, method)[i : i + 1]
-            image = perturbed(x, m, self.fraction, kind=kind)
-            heat = render.overlay(original, m[0])
-            tiles += [render.upscale(heat, scale), render.upscale(image[0].clamp(0, 1), scale)]
+        for k, (method, m, image, prob) in enumerate(shown):
+            heat = render.overlay(original, m)
+            tiles += [render.upscale(heat, scale), render.upscale(image.clamp(0, 1), scale)]
             lines.append(f"row {k + 1}: {method}, P(true class) = {prob:.3f}")
         self._show(self._rows_png, render.montage(tiles, ncols=2, pad=4))
         what = {"deletion": "removed", "insertion": "inserted", "negative": "removed (least first)"}
