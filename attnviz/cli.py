@@ -294,46 +294,118 @@ def _outputs(args: argparse.Namespace):
         if npz.resolve() == out.resolve():
             return f"--npz {npz} is the picture's own path", None
     for path in (out, npz):
-        if path is None:
-            continue
-        folder = path.resolve().parent
-        if not folder.is_dir():
-            return f"{path}: no folder {folder} to write it in", None
-        if not os.access(folder, os.W_OK):
-            return f"{path}: the folder {folder} is not writable", None
+        error = _unwritable(path) if path is not None else None
+        if error:
+            return error, None
     return out, npz
 
 
-# -- stats, plot ------------------------------------------------------------------------------
-def _stats_model(name: str, weights: str, image_size: int | None):
-    """(model, transform, description) for `attnviz stats --model NAME`."""
-    from torchvision import transforms as T
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written (its folder is missing or read-only), or None.
+    Every command refuses a missing folder rather than create it."""
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        return f"{path}: no folder {folder} to write it in"
+    if not os.access(folder, os.W_OK):
+        return f"{path}: the folder {folder} is not writable"
+    return None
 
-    from . import shipped
+
+# -- stats, plot ------------------------------------------------------------------------------
+def _message(e: BaseException) -> str:
+    """An exception's message (a KeyError's without the quotes its str() adds)."""
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        return str(e.args[0])
+    return str(e)
+
+
+#: the longest and shortest panel side `attnviz overlay --size` draws (3 panels of 4096
+#: pixels make a 12-megapixel PNG)
+PANEL_SIDES = (32, 4096)
+
+
+def _panel_side(text: str) -> int:
+    """argparse type of ``overlay --size``: an int within :data:`PANEL_SIDES`."""
+    value = _int_at_least(text, PANEL_SIDES[0])
+    if value > PANEL_SIDES[1]:
+        raise argparse.ArgumentTypeError(f"must be at most {PANEL_SIDES[1]}, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """argparse type: an int >= 1 (the message names the value)."""
+    return _int_at_least(text, 1)
+
+
+def _count(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _stats_model(name: str, weights: str, image_size: int | None):
+    """(model, transform, description, what the transform does) for `attnviz stats --model`.
+
+    Every image is resized (shorter side) and centre-cropped to the network's input, as its
+    own preprocessing does: the shipped models' input is their recipe's (64 x 64 photos,
+    ...), a torchvision or timm network's that of its weights' transforms; ``image_size``
+    overrides the side (the network's normalisation is kept).
+    """
+    from . import recipes, shipped
+    from .stats import input_transform
 
     if name.startswith("shipped:"):
-        model = shipped.load(name.split(":", 1)[1])
-        steps: list[Any] = [T.Resize((image_size, image_size))] if image_size else []
-        return model, T.Compose([*steps, T.ToTensor()]), {"model": name, "weights": "shipped"}
+        short = name.split(":", 1)[1]
+        model = shipped.load(short)
+        channels, side, _ = recipes.get(short, experiments=False).input_shape
+        source = f"the input of {name}"
+        if image_size:
+            side, source = image_size, "--image-size"
+        transform = input_transform(side, channels=channels)
+        said = f"resized and centre-cropped to {side} x {side} ({source})"
+        return model, transform, {"model": name, "weights": "shipped"}, said
     from .zoo import pretrained
 
     pre = pretrained(name, weights=None if weights.lower() == "none" else weights)
     transform = pre.transforms
+    crop, resize = getattr(transform, "crop_size", None), getattr(transform, "resize_size", None)
+    said = (
+        f"resized (shorter side {resize[0]}) and centre-cropped to {crop[0]} x {crop[0]}, as "
+        f"{name}'s weights' transforms do"
+        if crop and resize
+        else f"preprocessed by {name}'s transforms"
+    )
     if image_size:
-        transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
-    return pre.model, transform, {"model": name, "weights": str(pre.weights)}
+        mean = getattr(transform, "mean", (0.0, 0.0, 0.0))
+        std = getattr(transform, "std", (1.0, 1.0, 1.0))
+        transform = input_transform(image_size, mean=mean, std=std)
+        said = f"resized and centre-cropped to {image_size} x {image_size} (--image-size)"
+    return pre.model, transform, {"model": name, "weights": str(pre.weights)}, said
 
 
 def stats(args: argparse.Namespace) -> int:
     """Attention statistics over a data set (resumable; the same under torchrun)."""
-    from .stats import dataset_stats, open_dataset
+    from .stats import _check_out, dataset_stats, open_dataset
 
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        model, transform, describe = _stats_model(args.model, args.weights, args.image_size)
-        dataset = open_dataset(args.data, transform)
-    except (ValueError, TypeError, ImportError, FileNotFoundError, KeyError) as e:
-        print(f"attnviz stats: {e}", file=sys.stderr)
+        _check_out(args.out)
+        model, transform, describe, said = _stats_model(args.model, args.weights, args.image_size)
+        dataset = open_dataset(args.data, transform, skip_bad=args.skip_bad)
+    except (ValueError, TypeError, ImportError, OSError, KeyError) as e:
+        print(f"attnviz stats: {_message(e)}", file=sys.stderr)
         return 2
+    if rank0:
+        print(f"attnviz stats: {len(dataset)} images, {said}", flush=True)
     if args.device:
         device = args.device
         if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
@@ -353,11 +425,12 @@ def stats(args: argparse.Namespace) -> int:
             bins=args.bins,
             progress=not args.no_progress,
             describe=describe,
+            skip_bad=args.skip_bad,
         )
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # a bad file (named), mixed sizes, labels, no attention
         print(f"attnviz stats: {e}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank0:
         print(result.summary())
         print(f"wrote {args.out}")
     return 0
@@ -496,6 +569,9 @@ def _export_error(args: argparse.Namespace) -> str | None:
         return f"--out {out}: the page is HTML; give a file name ending in .html"
     if out.is_dir():
         return f"--out {out} is a folder; give a file name ending in .html"
+    unwritable = _unwritable(out)
+    if unwritable:
+        return f"--out {unwritable}"
     if args.images is not None and args.images < 1:
         return f"--images must be at least 1, got {args.images}"
     if args.max_mb is not None and not 0 < args.max_mb < float("inf"):
@@ -574,18 +650,23 @@ def export(args: argparse.Namespace) -> int:
 
 # -- app, models ----------------------------------------------------------------------------
 def app(args: argparse.Namespace) -> int:
-    """Serve every explorer on the shipped models with Voila."""
+    """Serve every explorer on the shipped models with Voila (``attnviz.app.serve``) until
+    stopped. A refused setting (port, address, token, models folder, a port in use) or a
+    missing Voila is reported as ``attnviz app: <why>`` with exit status 2, before Voila
+    starts."""
     from .app import serve
 
     try:
         return serve(
             port=args.port,
             ip=args.ip,
+            allow_remote=args.allow_remote,
+            token=args.token,
             open_browser=args.browser,
             photo_weights=None if args.no_download else "DEFAULT",
             folder=args.models,
         )
-    except (ImportError, FileNotFoundError, ValueError) as e:
+    except (ImportError, OSError, ValueError) as e:
         print(f"attnviz app: {e}", file=sys.stderr)
         return 2
 
@@ -669,7 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--block", help="attention module to draw (default: the last with a picture)")
     o.add_argument("--head", type=int, help="one attention head (default: the mean over heads)")
     o.add_argument("--target", type=int, help="class index to explain (default: predicted)")
-    o.add_argument("--size", type=int, default=384, help="longer side of each panel")
+    o.add_argument(
+        "--size",
+        type=_panel_side,
+        default=384,
+        help=f"longer side of each panel in pixels ({PANEL_SIDES[0]} to {PANEL_SIDES[1]})",
+    )
     o.add_argument("-o", "--output", default="overlay.png", help="PNG to write")
     o.add_argument("--npz", help="also export the captured weights and maps to this .npz")
     o.set_defaults(run=overlay)
@@ -689,12 +775,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--out", required=True, help="the statistics file (resumable)")
     s.add_argument("--blocks", nargs="+", help="glob patterns of blocks (default all)")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    s.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
-    s.add_argument("--top-k", type=int, default=16, help="images kept per channel and side")
-    s.add_argument("--bins", type=int, default=50, help="histogram bins over [0, 1]")
-    s.add_argument("--image-size", type=int, help="resize images to this square side")
+    s.add_argument("--batch-size", type=_positive, default=64)
+    s.add_argument("--workers", type=_count, default=0, help="DataLoader worker processes")
+    s.add_argument("--shard-size", type=_positive, default=1024, help="images per resumable shard")
+    s.add_argument("--top-k", type=_positive, default=16, help="images kept per channel and side")
+    s.add_argument("--bins", type=_positive, default=50, help="histogram bins over [0, 1]")
+    s.add_argument(
+        "--image-size",
+        type=_positive,
+        help="resize (shorter side) and centre-crop every image to this square side "
+        "(default: the model's input size, from the shipped recipe or the weights' transforms)",
+    )
+    s.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out files that cannot be read (corrupt, truncated, not an image) and list "
+        "them in the result, instead of stopping at the first (named)",
+    )
     s.add_argument("--device", help="cuda, cuda:1, cpu (torchrun: cuda:$LOCAL_RANK)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=stats)
@@ -713,9 +810,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=int, default=8, help="images per gallery row")
     p.set_defaults(run=plot)
     a = sub.add_parser("app", help="every explorer on the shipped models, served by Voila")
-    a.add_argument("--port", type=int, default=8866)
     a.add_argument(
-        "--ip", default="127.0.0.1", help="address to listen on (default: this machine only)"
+        "--port", default="8866", help="port to listen on, 1 to 65535 (default 8866); never another"
+    )
+    a.add_argument(
+        "--ip",
+        default="127.0.0.1",
+        help="address to listen on: a loopback one (default 127.0.0.1: this machine only; "
+        "::1, localhost) unless --allow-remote",
+    )
+    a.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow an --ip other machines can reach (e.g. 0.0.0.0); the app then requires a "
+        "token (printed in its URL) and answers any Host header",
+    )
+    a.add_argument(
+        "--token", help="require this token (default: none; a new one with --allow-remote)"
     )
     a.add_argument("--browser", action="store_true", help="open a browser tab")
     a.add_argument(

@@ -177,15 +177,27 @@ def _opened(source: Any) -> Iterator[Image.Image]:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(fh if fh is not None else source)
         except UnidentifiedImageError as e:
-            raise ImageLoadError(
-                f"{what} is not an image (or not a format Pillow reads): {e}"
-            ) from e
+            if _empty(fh if fh is not None else source):
+                raise ImageLoadError(f"{what} is empty (0 bytes), not an image") from e
+            raise ImageLoadError(f"{what} is not an image (or not a format Pillow reads)") from e
         except Image.DecompressionBombError as e:
             raise ImageTooLargeError(f"{what}: {e}") from e
         yield image
     finally:
         if fh is not None:
             fh.close()
+
+
+def _empty(fh: Any) -> bool:
+    """Whether a file object holds no bytes at all (its position is kept)."""
+    try:
+        here = fh.tell()
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size == 0
 
 
 def _decode(image: Image.Image, what: str) -> None:

@@ -39,6 +39,7 @@ from .train import fit, fit_upright, snapshot_attention, stn_param_groups
 __all__ = [
     "CONSTRUCTORS",
     "EXPERIMENTS",
+    "INPUT_SHAPES",
     "QUICK",
     "RECIPES",
     "TRAINERS",
@@ -64,6 +65,15 @@ TRAINERS: dict[str, Callable[..., Any]] = {"fit": fit, "fit_upright": fit_uprigh
 #: the data sets a recipe may name: ``photos`` is digits on photos (``n_train`` / ``n_test``
 #: images at 64 x 64); the rest are ``distorted_mnist`` kinds, fresh distortions every epoch
 DATA = ("photos", "RTS", "R", "cluttered")
+
+#: the input (channels, height, width) of a model trained on each of :data:`DATA`
+#: (``tests/test_recipes.py`` checks it against the data each recipe generates)
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "photos": (3, 64, 64),
+    "RTS": (1, 42, 42),
+    "R": (1, 28, 28),
+    "cluttered": (1, 60, 60),
+}
 
 #: what :meth:`Recipe.quick` changes: one epoch (per phase), fewer photos
 QUICK = {"epochs": 1, "n_train": 2000, "n_test": 500}
@@ -140,6 +150,11 @@ class Recipe:
         if kind == "fit_upright":
             return sum(int(kwargs[k]) for k in ("pre_epochs", "stn_epochs", "joint_epochs"))
         return int(kwargs["epochs"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the model takes: its data's."""
+        return INPUT_SHAPES[self.data]
 
     def describe(self) -> dict[str, Any]:
         """The recipe as the manifest records it (plain data)."""

@@ -254,9 +254,17 @@ def manifest(folder: str | os.PathLike | None = None) -> dict[str, Any]:
             "installation. Regenerate them with `attnviz models --regenerate --out DIR` and "
             "pass folder=DIR"
         )
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("format") != FORMAT:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}): restore it (git checkout) or regenerate the "
+            "models with `attnviz models --regenerate`"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not an attnviz models manifest ({FORMAT})")
+    if not isinstance(data.get("models"), dict):
+        raise ValueError(f'{path} has no "models" table: it is damaged; restore or regenerate it')
     return data
 
 
@@ -282,6 +290,13 @@ def _sha256(path: Path) -> str:
 
 def _checked_file(name: str, folder: str | os.PathLike | None) -> Path:
     info = entry(name, folder)
+    missing = [k for k in ("file", "sha256") if not isinstance(info.get(k), str)]
+    if missing:
+        raise ValueError(
+            f"{_folder(folder) / MANIFEST}: the entry of {name!r} lacks {' and '.join(missing)}"
+            " (without its checksum the file cannot be trusted); restore the manifest or "
+            f"regenerate it: attnviz models --regenerate --only {name}"
+        )
     path = _folder(folder) / info["file"]
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: `attnviz models --regenerate --only {name}`")

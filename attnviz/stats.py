@@ -55,6 +55,7 @@ from torch import nn
 from . import storage
 from ._resources import version
 from .analysis import ChannelStats, _records_once
+from .photos import ImageLoadError, load_image
 from .records import ChannelRecord, SpatialRecord
 from .running import inference, model_device
 
@@ -63,12 +64,17 @@ __all__ = [
     "TarShards",
     "dataset_stats",
     "fingerprint",
+    "input_transform",
     "model_fingerprint",
     "open_dataset",
+    "read_image",
 ]
 
 FORMAT = "attnviz-stats-1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
+#: what a sample that cannot be read raises while it is read (a file that is not an image,
+#: truncated or corrupt, too large, gone): named and skipped (``skip_bad``) or reported
+_UNREADABLE = (OSError, ValueError, SyntaxError)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -79,44 +85,100 @@ class TarShards(torch.utils.data.Dataset):
     the last ``/``): an image (``.jpg``, ``.png``, ...) and its label in ``.cls`` (an
     integer as text). The tar files are indexed once (member offsets), then read at
     random, so shards of any size stream with workers and resume like any data set.
+    Images are read by :func:`read_image` (EXIF orientation, any mode to RGB); an image
+    that cannot be decoded raises :class:`~attnviz.photos.ImageLoadError` naming the
+    shard and the member (``shard.tar:key.png``).
+
+    Args:
+        paths: the ``.tar`` files.
+        transform: applied to each RGB PIL image.
+        skip_bad: a file that is not a tar archive, or a sample without an image or a
+            readable label, is left out and listed in :attr:`skipped` (``(source,
+            reason)``) instead of raising.
+
+    Raises:
+        ImageLoadError: a file that is not a readable tar archive (without ``skip_bad``).
+        ValueError: a sample without an image or a ``.cls`` label (without ``skip_bad``).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        transform: Callable | None = None,
+        *,
+        skip_bad: bool = False,
+    ):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("TarShards needs at least one .tar file")
         self.transform = transform
         self.samples: list[tuple[int, int, int, int]] = []  # (tar, image offset, size, label)
+        self.names: list[str] = []  # "<shard>:<member>" of each sample's image
+        self.skipped: list[tuple[str, str]] = []
         for t, path in enumerate(self.paths):
-            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-            with tarfile.open(path) as tar:
-                for m in tar.getmembers():
-                    if not m.isfile():
-                        continue
-                    folder, _, base = m.name.rpartition("/")
-                    key, _, ext = base.partition(".")
-                    groups.setdefault(f"{folder}/{key}", {})[f".{ext.lower()}"] = m
-                for key, files in groups.items():
-                    image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
-                    if image is None or ".cls" not in files:
-                        raise ValueError(
-                            f"{path}: sample {key!r} needs an image ({', '.join(IMAGE_EXTENSIONS)})"
-                            f" and a .cls label; it has {sorted(files)}"
-                        )
-                    f = tar.extractfile(files[".cls"])
-                    label = int(f.read().decode().strip()) if f is not None else -1
-                    self.samples.append((t, image.offset_data, image.size, label))
+            try:
+                self._index(t, path, skip_bad)
+            except tarfile.ReadError:
+                reason = f"{path} is not a tar archive (or a damaged one)"
+                if not skip_bad:
+                    raise ImageLoadError(reason) from None
+                self.skipped.append((str(path), reason))
+            except (tarfile.TarError, EOFError, OSError) as e:
+                reason = f"{path} could not be read as a tar archive ({type(e).__name__}: {e})"
+                if not skip_bad:
+                    raise ImageLoadError(reason) from None
+                self.skipped.append((str(path), reason))
+
+    def _index(self, t: int, path: Path, skip_bad: bool) -> None:
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        found: list[tuple[int, int, int, str]] = []
+        bad: list[tuple[str, str]] = []
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if not m.isfile():
+                    continue
+                folder, _, base = m.name.rpartition("/")
+                key, _, ext = base.partition(".")
+                groups.setdefault(f"{folder}/{key}", {})[f".{ext.lower()}"] = m
+            for key, files in groups.items():
+                image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
+                source = f"{path}:{image.name if image is not None else key.lstrip('/')}"
+                if image is None or ".cls" not in files:
+                    reason = (
+                        f"{path}: sample {key!r} needs an image ({', '.join(IMAGE_EXTENSIONS)})"
+                        f" and a .cls label; it has {sorted(files)}"
+                    )
+                    if not skip_bad:
+                        raise ValueError(reason)
+                    bad.append((source, reason))
+                    continue
+                f = tar.extractfile(files[".cls"])
+                text = f.read().decode(errors="replace").strip() if f is not None else ""
+                try:
+                    label = int(text)
+                except ValueError:
+                    reason = f"{source}: its label {files['.cls'].name} is {text[:40]!r}"
+                    if not skip_bad:
+                        raise ValueError(reason) from None
+                    bad.append((source, reason))
+                    continue
+                found.append((image.offset_data, image.size, label, source))
+        # a shard is taken whole or not at all (an archive that breaks half-way is skipped)
+        for offset, size, label, source in found:
+            self.samples.append((t, offset, size, label))
+            self.names.append(source)
+        self.skipped.extend(bad)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        from PIL import Image
-
         t, offset, size, label = self.samples[i]
         with open(self.paths[t], "rb") as f:
             f.seek(offset)
-            image = Image.open(io.BytesIO(f.read(size))).convert("RGB")
+            data = io.BytesIO(f.read(size))
+        data.name = self.names[i]  # what load_image's messages call it
+        image = load_image(data)
         return (self.transform(image) if self.transform else image), label
 
     @property
@@ -124,12 +186,101 @@ class TarShards(torch.utils.data.Dataset):
         return [s[3] for s in self.samples]
 
 
-def open_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], transform: Callable):
-    """An image folder (``ImageFolder`` layout: one sub-folder per class) or tar shards
-    (a ``.tar`` file, several, or a folder of them) as a data set of (tensor, label)."""
+def read_image(path: str | os.PathLike) -> Any:
+    """An image file as an RGB PIL image, as a viewer shows it (the image folder's loader).
+
+    :func:`attnviz.photos.load_image`: EXIF orientation applied, transparency over white,
+    grey, palette, 1-bit, 16-bit and CMYK images converted to 8-bit RGB, the size limits of
+    :data:`attnviz.photos.LIMITS` checked from the header.
+
+    Raises:
+        ImageLoadError: not an image, truncated or corrupt; the message names the file.
+    """
+    return load_image(path)
+
+
+def _listed(path: str) -> bool:
+    """An image folder's file to read: an image by its extension, not a hidden file (a
+    macOS ``._name.png`` resource fork or ``.DS_Store``)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def input_transform(
+    size: int,
+    *,
+    resize: int | None = None,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    channels: int = 3,
+) -> Callable[[Any], torch.Tensor]:
+    """A network's preprocessing for images of any size: resize the shorter side to
+    ``resize`` (default ``size``), crop the centred ``size`` x ``size`` square, scale to
+    [0, 1] and normalise (by default not at all: attnviz's shipped models take [0, 1]
+    images), as torchvision's classification transforms do.
+
+    Args:
+        size: the side of the network's square input.
+        resize: the shorter side before the crop (torchvision's weights: 256 for 224).
+        mean, std: per channel (``channels`` of each).
+        channels: 3, or 1 for a network of grey images (converted first).
+
+    Raises:
+        ValueError: a size or channel count that is not a positive int.
+    """
+    from torchvision.transforms import Compose, Grayscale
+
+    from .zoo import Preprocess
+
+    for name, value in (("size", size), ("resize", resize if resize is not None else size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    preprocess = Preprocess(
+        size, resize or size, mean=tuple(mean)[:channels], std=tuple(std)[:channels]
+    )
+    return Compose([Grayscale(1), preprocess]) if channels == 1 else preprocess
+
+
+def open_dataset(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    transform: Callable,
+    *,
+    skip_bad: bool = False,
+):
+    """An image folder (``ImageFolder`` layout: one sub-folder per class, sub-folders inside
+    a class read too) or tar shards (a ``.tar`` file, several, or a folder of them) as a data
+    set of (tensor, label).
+
+    Images are read by :func:`read_image` (EXIF orientation, any mode to RGB); hidden files
+    (``._name.png``, ``.DS_Store``) are not listed. Give a ``transform`` that resizes
+    (:func:`input_transform`) when the images differ in size.
+
+    Args:
+        path: the folder, or the tar shard(s).
+        transform: applied to each RGB PIL image.
+        skip_bad: tar shards only: a file that is not a tar archive, or a sample without an
+            image or label, is listed in the data set's ``skipped`` instead of raising
+            (undecodable images are skipped by :func:`dataset_stats`'s ``skip_bad``).
+
+    Raises:
+        FileNotFoundError: no such folder or shard, or a folder without class folders.
+        ImageLoadError: a ``.tar`` that is not a tar archive (naming it).
+    """
     from torchvision.datasets import ImageFolder
 
     paths = [Path(p) for p in ([path] if isinstance(path, (str, os.PathLike)) else path)]
+    if len(paths) > 1:  # several: .tar files, and folders of them
+        paths = [t for p in paths for t in (sorted(p.glob("*.tar")) if p.is_dir() else [p])]
+        others = [str(p) for p in paths if p.suffix != ".tar"]
+        if others:
+            raise FileNotFoundError(
+                f"{', '.join(others)}: several --data paths must be .tar shards or folders of "
+                "them (an image folder is given alone)"
+            )
     tars = [p for p in paths if p.suffix == ".tar"]
     if len(paths) == 1 and paths[0].is_dir():
         inside = sorted(paths[0].glob("*.tar"))
@@ -137,7 +288,9 @@ def open_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], transfor
             tars = inside
         else:
             try:
-                return ImageFolder(str(paths[0]), transform=transform)
+                return ImageFolder(
+                    str(paths[0]), transform=transform, loader=read_image, is_valid_file=_listed
+                )
             except FileNotFoundError as e:  # no class folders, or no images in them
                 raise FileNotFoundError(
                     f"{paths[0]}: not an image folder with images (one sub-folder of images per "
@@ -148,7 +301,7 @@ def open_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], transfor
         missing = [str(p) for p in tars if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"no such tar shard: {', '.join(missing)}")
-        return TarShards(tars, transform)
+        return TarShards(tars, transform, skip_bad=skip_bad)
     raise FileNotFoundError(
         f"{', '.join(map(str, paths))}: not an image folder (one sub-folder of images per "
         "class) nor .tar shards"
@@ -365,6 +518,100 @@ class _ShardBatches:
         return sum(1 for _ in self.plan())
 
 
+# -- reading that names what it cannot read ------------------------------------------------------
+def _source(dataset: Any, i: int) -> str:
+    """What sample ``i`` is read from: its file (image folder), ``shard:member`` (tar
+    shards), else ``sample i``."""
+    names = getattr(dataset, "names", None)
+    if isinstance(names, list) and i < len(names):
+        return str(names[i])
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and i < len(samples) and isinstance(samples[i], tuple):
+        if isinstance(samples[i][0], (str, os.PathLike)):
+            return str(samples[i][0])
+    return f"sample {i}"
+
+
+class _Guarded(torch.utils.data.Dataset):
+    """``dataset[i]`` as ``(x, y, i, None)``, or ``(None, -1, i, why)`` where it cannot be
+    read: nothing raises in a DataLoader worker (whose errors come back wrapped in its
+    traceback); the main process decides, naming the file."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int, str | None]:
+        try:
+            x, y = self.dataset[i]
+        except _UNREADABLE as e:
+            source, why = _source(self.dataset, i), str(e) or type(e).__name__
+            return None, -1, i, why if source in why else f"{source}: {why}"
+        return x, y, i, None
+
+
+@dataclass
+class _Batch:
+    """The readable images of a batch, stacked, and what could not be read."""
+
+    x: torch.Tensor | None
+    y: torch.Tensor
+    index: torch.Tensor
+    bad: list[tuple[int, str]]
+    shapes: list[tuple[int, tuple[int, ...]]] | None = None  # images of different sizes
+
+
+def _collate(items: list[tuple[Any, Any, int, str | None]]) -> _Batch:
+    good = [(x, y, i) for x, y, i, why in items if why is None]
+    bad = [(i, why) for _, _, i, why in items if why is not None]
+    index = torch.tensor([i for _, _, i in good], dtype=torch.long)
+    y = torch.tensor([int(y) for _, y, _ in good], dtype=torch.long)
+    if not good:
+        return _Batch(None, y, index, bad)
+    xs = [torch.as_tensor(x) for x, _, _ in good]
+    if len({tuple(x.shape) for x in xs}) > 1:
+        return _Batch(None, y, index, bad, [(i, tuple(x.shape)) for x, (_, _, i) in zip(xs, good)])
+    return _Batch(torch.stack(xs), y, index, bad)
+
+
+def _unreadable(why: str) -> ImageLoadError:
+    return ImageLoadError(
+        f"{why}\nThe run stops at the first file it cannot read; skip_bad=True (attnviz "
+        "stats --skip-bad) leaves such files out and lists them in the result."
+    )
+
+
+def _mixed_sizes(dataset: Any, shapes: list[tuple[int, tuple[int, ...]]]) -> ValueError:
+    (i, a), (j, b) = shapes[0], next(s for s in shapes if s[1] != shapes[0][1])
+    return ValueError(
+        f"the images differ in size: {_source(dataset, i)} is {'x'.join(map(str, a))} and "
+        f"{_source(dataset, j)} is {'x'.join(map(str, b))} after the data set's transform. "
+        "Give it a transform that resizes to the network's input, e.g. "
+        "attnviz.stats.input_transform(64) (attnviz stats does so by default)."
+    )
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _check_out(out: str | os.PathLike) -> Path:
+    """The statistics file's path, checked before any work (its folder must exist)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"out={str(out)!r} is a folder; give the statistics file's name")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"out={str(out)!r}: no folder {folder} to write it in")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"out={str(out)!r}: the folder {folder} is not writable")
+    return path
+
+
 # -- the result ------------------------------------------------------------------------------------
 @dataclass
 class DatasetStats:
@@ -386,6 +633,12 @@ class DatasetStats:
     counts: torch.Tensor
     class_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> list[str]:
+        """The files left out because they could not be read (``skip_bad``): ``"source:
+        reason"`` each; empty when none was."""
+        return list(self.meta.get("skipped", {}).get("files", []))
 
     @property
     def channel_blocks(self) -> list[str]:
@@ -475,6 +728,14 @@ class DatasetStats:
             )
             s = f"{spec[name]:.3f}" if name in spec else "—"
             rows.append(f"| {name} | {b['kind']} | {size} | {s} |")
+        read = int(self.counts.sum())
+        rows += [
+            "",
+            f"{read} images read" + (f"; {len(self.skipped)} skipped:" if self.skipped else ""),
+        ]
+        rows += [f"- {why}" for why in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            rows.append(f"- ... and {len(self.skipped) - 20} more (DatasetStats.skipped)")
         return "\n".join(rows)
 
 
@@ -515,15 +776,18 @@ def dataset_stats(
     progress: bool = True,
     describe: Mapping[str, Any] | None = None,
     on_shard: Callable[[int], None] | None = None,
+    skip_bad: bool = False,
 ) -> DatasetStats:
     """Reduce a data set's attention to per-class statistics in one streaming pass.
 
     Args:
         model: any network :func:`attnviz.capture` records channel or spatial attention in.
         dataset: a map-style data set of ``(image tensor, label)`` (``ImageFolder``,
-            :class:`TarShards`, a ``TensorDataset``, ...); see :func:`open_dataset`.
-        out: the statistics file (written atomically); with it the run is resumable
-            (state in ``<out>.parts/``). Without it nothing is written.
+            :class:`TarShards`, a ``TensorDataset``, ...); see :func:`open_dataset`. Images
+            of different sizes need a transform that resizes them (:func:`input_transform`).
+        out: the statistics file (written atomically; its folder must exist); with it the
+            run is resumable (state in ``<out>.parts/``, written after each shard and
+            removed when the file is written). Without it nothing is written.
         blocks: glob pattern(s) choosing blocks (default every channel and spatial block).
         batch_size, num_workers: of the ``DataLoader``.
         shard_size: images per shard (the unit of resuming and of distribution).
@@ -534,16 +798,35 @@ def dataset_stats(
         progress: a tqdm bar (rank 0).
         describe: stored in the file's ``meta`` (model name, weights, transform, ...).
         on_shard: called with each shard's number after its state is written (tests).
+        skip_bad: leave out the samples that cannot be read (not an image, truncated,
+            corrupt, too large: an ``OSError`` or ``ValueError`` while reading) and list
+            them in the result (:attr:`DatasetStats.skipped`, the summary) instead of
+            stopping at the first. Not part of the run's identity: a run that stopped at a
+            bad file resumes with ``skip_bad=True``.
 
     Returns:
         The :class:`DatasetStats` (on every rank; rank 0 writes ``out``).
+
+    Raises:
+        ValueError: a bad argument (before any work), labels out of range, images of
+            different sizes in one batch (naming two), no attention recorded.
+        ImageLoadError: a sample that cannot be read, naming its file (without
+            ``skip_bad``).
     """
     from torch.utils.data import DataLoader
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    for name, value, minimum in (
+        ("batch_size", batch_size, 1),
+        ("shard_size", shard_size, 1),
+        ("top_k", top_k, 1),
+        ("bins", bins, 1),
+        ("num_workers", num_workers, 0),
+    ):
+        _check_count(name, value, minimum)
+    if num_classes is not None:
+        _check_count("num_classes", num_classes)
+    if out is not None:
+        _check_out(out)
     size = len(dataset)
     if size == 0:
         raise ValueError("the data set is empty")
@@ -581,65 +864,98 @@ def dataset_stats(
                 "every node the same files at the same path and the same weights"
             )
     shards = list(range(rank, -(-size // shard_size), world))
-    state_path = None
+    parts = Path(f"{out}.parts") if out is not None else None
+    state_path = parts / f"rank-{rank}-of-{world}.pt" if parts is not None else None
     acc: dict | None = None
     done: list[int] = []
-    if out is not None:
-        parts = Path(f"{out}.parts")
-        parts.mkdir(parents=True, exist_ok=True)
-        state_path = parts / f"rank-{rank}-of-{world}.pt"
-        if state_path.exists():
-            state = storage.read(state_path, what="statistics state")
-            if state.get("config") != config:
-                raise ValueError(
-                    f"{state_path} is the state of a different run (model, data set, settings "
-                    f"or number of processes differ): delete {parts} to start again"
-                )
-            acc, done = state["acc"], list(state["done"])
+    # files that could not be read, (data set index, "source: reason"): skipped ones, and
+    # with tar shards the archives and samples left out while indexing
+    skipped: list[tuple[int, str]] = [(-1, why) for _, why in getattr(dataset, "skipped", [])]
+    if state_path is not None and state_path.exists():
+        state = storage.read(state_path, what="statistics state")
+        if not isinstance(state, dict) or state.get("config") != config:
+            raise ValueError(
+                f"{state_path} is the state of a different run (model, data set, settings "
+                f"or number of processes differ) or no attnviz statistics state: delete "
+                f"{parts} to start again"
+            )
+        acc, done = state["acc"], list(state["done"])
+        skipped = [(int(i), str(why)) for i, why in state.get("skipped", [])]
+    todo = [s for s in shards if s not in done]
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        todo_images = sum(min(shard_size, size - s * shard_size) for s in shards if s not in done)
+        todo_images = sum(min(shard_size, size - s * shard_size) for s in todo)
         bar = tqdm(total=todo_images * world, desc="attnviz stats", unit="img")
-    todo = [s for s in shards if s not in done]
     # one DataLoader for all the shards (its workers start once); its batches never cross a
     # shard's end, and it yields them in the sampler's order, which _batches repeats
     sampler = _ShardBatches(todo, shard_size, batch_size, size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    loader = DataLoader(
+        _Guarded(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate
+    )
     part: dict = {}
     pending: dict = {}
-    with inference(model):
-        for (x, y), (shard, start, last) in zip(loader, sampler.plan()):
-            y = torch.as_tensor(y).long()
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-                raise ValueError(
-                    f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]"
-                )
-            idx = torch.arange(start, start + len(y))
-            _reduce_batch(
-                model, x.to(device), y, idx, blocks, part, pending, num_classes, bins, top_k
-            )
-            if bar is not None:
-                bar.update(len(y) * world)
-            if not last:
-                continue
-            _flush(part, pending, top_k)
-            acc, part = _merge(acc, part, top_k), {}
-            done.append(shard)
-            if state_path is not None:
-                storage.atomic_save({"config": config, "acc": acc, "done": done}, state_path)
-            if on_shard is not None:
-                on_shard(shard)
-    if bar is not None:
-        bar.close()
+    try:
+        with inference(model):
+            for batch, (shard, _, last) in zip(loader, sampler.plan()):
+                for i, why in batch.bad:
+                    if not skip_bad:
+                        raise _unreadable(why)
+                    skipped.append((i, why))
+                if batch.shapes:
+                    raise _mixed_sizes(dataset, batch.shapes)
+                y = batch.y
+                if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+                    raise ValueError(
+                        f"labels must lie in [0, {num_classes}), got "
+                        f"[{int(y.min())}, {int(y.max())}]"
+                    )
+                if batch.x is not None:
+                    _reduce_batch(
+                        model,
+                        batch.x.to(device),
+                        y,
+                        batch.index,
+                        blocks,
+                        part,
+                        pending,
+                        num_classes,
+                        bins,
+                        top_k,
+                    )
+                if bar is not None:
+                    bar.update((len(y) + len(batch.bad)) * world)
+                if not last:
+                    continue
+                _flush(part, pending, top_k)
+                acc, part = _merge(acc, part, top_k), {}
+                done.append(shard)
+                if state_path is not None:
+                    state = {"config": config, "acc": acc, "done": done, "skipped": skipped}
+                    storage.atomic_save(state, state_path)
+                if on_shard is not None:
+                    on_shard(shard)
+    except BaseException:
+        # a failed run leaves what resuming needs (the shards done) and nothing else
+        if parts is not None and parts.is_dir() and not any(parts.iterdir()):
+            parts.rmdir()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     if dist is not None:
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, acc)
-        acc = None
-        for part in gathered:  # rank order: the same on every rank
-            acc = _merge(acc, part, top_k)
+        dist.all_gather_object(gathered, (acc, skipped))
+        acc, skipped = None, []
+        for part_acc, part_skipped in gathered:  # rank order: the same on every rank
+            acc = _merge(acc, part_acc, top_k)
+            skipped += part_skipped
     if not acc:
+        if skipped:
+            raise ValueError(
+                f"no image could be read: {len(skipped)} skipped, the first {skipped[0][1]}"
+            )
         raise ValueError("the model recorded no channel or spatial attention (blocks=?)")
     first = next(iter(acc.values()))
     counts = first["n"].clone()
@@ -658,17 +974,19 @@ def dataset_stats(
         **dict(describe or {}),
     }
     meta["model_fingerprint"] = config["model"]
+    skipped.sort(key=lambda s: s[0])
+    meta["skipped"] = {"count": len(skipped), "files": [why for _, why in skipped]}
     stats = DatasetStats(acc, counts, names, storage_safe(meta))
     if out is not None and rank == 0:
         stats.save(out)
     if dist is not None:
         dist.barrier()
-    if state_path is not None:  # the file is written: the run's state is not needed any more
+    if state_path is not None and parts is not None:  # the file is written: no state needed
         state_path.unlink(missing_ok=True)
         if dist is not None:
             dist.barrier()
-        if rank == 0 and not any(state_path.parent.iterdir()):
-            state_path.parent.rmdir()
+        if rank == 0 and parts.is_dir() and not any(parts.iterdir()):
+            parts.rmdir()
     return stats
 
 

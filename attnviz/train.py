@@ -256,7 +256,7 @@ def _resume_from(path: Path, config: dict[str, Any], resume: bool, overwrite: bo
             "Pass resume=True to continue that run, overwrite=True to start over and replace "
             "it, or another checkpoint path"
         )
-    if done is None or "fit" not in state:
+    if done is None or not isinstance(state.get("fit"), dict):
         raise ValueError(
             f"{path} is a checkpoint without the training state fit() resumes from (saved by "
             "save_checkpoint, not by fit); pass overwrite=True to start over"

@@ -50,7 +50,10 @@ def _tree_sizes(node: dict) -> list:
 
 @pytest.mark.slow  # 240 frames of PNGs at zlib level 9: about 30 s
 def test_channels_page_holds_every_channel_of_every_block(tmp_path, capsys):
-    out = tmp_path / "pages" / "channels.html"  # the folder is made
+    out = tmp_path / "pages" / "channels.html"
+    code, _, err = _export(capsys, "channels", "--images", "1", "--out", str(out))
+    assert code == 2 and "no folder" in err  # as overlay and stats, export makes no folders
+    out.parent.mkdir()
     code, printed, err = _export(capsys, "channels", "--images", "1", "--out", str(out))
     assert code == 0, err
     data = _page(out, printed)

@@ -131,6 +131,13 @@ def test_recipes_build_the_networks_the_notebooks_used_to_spell_out():
     assert all(torch.equal(v, built.state_dict()[k]) for k, v in by_hand.state_dict().items())
 
 
+def test_input_shape_is_that_of_the_data_each_recipe_generates():
+    for name in recipes.names():
+        recipe = recipes.get(name)
+        images = recipe.quick().test_data().images
+        assert tuple(images.shape[1:]) == recipe.input_shape, name
+
+
 def test_quick_and_variants():
     up = recipes.get("stcnn_upright").quick()
     assert up.train[1] == {"pre_epochs": 1, "stn_epochs": 1, "joint_epochs": 1} and up.epochs == 3

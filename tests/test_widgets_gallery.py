@@ -122,7 +122,7 @@ def test_block_change_redraws_the_gallery(setup):
 def test_refuses_a_different_data_set_or_block(setup):
     path, data, _ = setup
     other = TensorDataset(torch.zeros(5, 3, 64, 64), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="computed on a data set of 120 images"):
+    with pytest.raises(ValueError, match="of 120 images, this data set"):
         ChannelGallery(path, other)
     with pytest.raises(ValueError, match="block must be one of"):
         ChannelGallery(path, data, block="nope")

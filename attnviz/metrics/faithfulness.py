@@ -270,7 +270,10 @@ def perturbed(
 
 
 def _blurred(images: torch.Tensor) -> torch.Tensor:
-    """RISE's insertion start: a Gaussian blur (sigma 5 px, kernel 11 at 224 px, scaled)."""
+    """The insertion curve's start: a Gaussian blur of sigma 5 px at 224 px (scaled with
+    the longer side) and kernel side 2 * round(2.2 sigma) + 1 (23 at 224 px, so the kernel
+    reaches 2.2 sigma). RISE's code uses sigma 5 with an 11-pixel kernel (about one sigma);
+    the shipped models' insertion scores in the manifest were measured with this one."""
     from torchvision.transforms.functional import gaussian_blur
 
     side = max(images.shape[-2:])
@@ -306,7 +309,11 @@ def perturbation_curves(
         labels: N true classes (the class whose probability and accuracy are read).
         maps: N x h x w maps (any resolution; each pixel takes its cell's value).
         fractions: increasing fractions of the pixels removed / inserted, in [0, 1].
-        fill: the value removed pixels get (0: black, as RISE's deletion).
+        fill: the value removed pixels get, in the model's input space. The default 0
+            is what RISE's code writes (zeros in the network's normalised input): for a
+            network that normalises its input that is the data set's mean colour, not
+            black; for attnviz's shipped models, which take unnormalised [0, 1] images,
+            it is black.
         batch_size: perturbed images per forward.
         seed: of the tie-breaking order.
         reference: :func:`reference_logits` of the same model, images and fill, when

@@ -12,10 +12,35 @@ import torch
 from PIL import Image
 
 from .. import render
-from ..stats import DatasetStats
+from ..stats import DatasetStats, fingerprint
 from ._base import App
 
 __all__ = ["ChannelGallery"]
+
+
+def _check_same_data(stats: DatasetStats, dataset: Any) -> None:
+    """Refuse a data set other than the one the statistics were computed on: the top-k
+    are data set indices, so another data set would show other images under their
+    weights. Compares the size, then the stored fingerprint (files, sizes and labels of an
+    image folder or tar shards; else the first and last samples)."""
+    stored = stats.meta.get("dataset", {})
+    size, expected = stored.get("size"), stored.get("fingerprint")
+    here = f"{type(dataset).__name__} {str(getattr(dataset, 'root', '') or '')!r}".rstrip(" '")
+    there = f"{stored.get('kind', 'a data set')} {stored.get('root', '')!r}".rstrip(" '")
+    if size is not None and len(dataset) != size:
+        raise ValueError(
+            f"the statistics were computed on {there} of {size} images, this data set "
+            f"({here}) has {len(dataset)}: pass the same data set (same files, same order)"
+        )
+    if expected:
+        seen = fingerprint(dataset)
+        if seen != expected:
+            raise ValueError(
+                f"the statistics were computed on another data set: {there} (fingerprint "
+                f"{expected[:12]}) is not {here} (fingerprint {seen[:12]}), though both "
+                f"hold {len(dataset)} images. Pass the data set the statistics were "
+                "computed on (same files, sizes, labels and order)"
+            )
 
 
 class ChannelGallery(App):
@@ -37,7 +62,8 @@ class ChannelGallery(App):
     ``bottom``, ``means``.
 
     Raises:
-        ValueError: no channel block in the file, a data set of another size, or a
+        ValueError: no channel block in the file, a data set other than the one the
+            statistics were computed on (another size or fingerprint: both named), or a
             ``block`` the file does not hold.
     """
 
@@ -58,12 +84,7 @@ class ChannelGallery(App):
             raise ValueError("the statistics file holds no channel-attention block")
         if block is not None and block not in blocks:
             raise ValueError(f"block must be one of {blocks}, got {block!r}")
-        size = self.stats.meta.get("dataset", {}).get("size")
-        if size is not None and len(dataset) != size:
-            raise ValueError(
-                f"the statistics were computed on a data set of {size} images, this one has "
-                f"{len(dataset)}: pass the same data set (same order)"
-            )
+        _check_same_data(self.stats, dataset)
         self.dataset, self.side = dataset, side
         self._class_means = self.stats.channel_stats().mean  # block -> K x C, for the bars
         self.k = min(k or 10**9, len(self.stats.blocks[blocks[0]]["top_index"]))
