@@ -18,7 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ._compat import module_getattr
-from .capture import CaptureWarning, FaithfulnessError, capture
+from .capture import (
+    AllRefusedError,
+    CaptureError,
+    CaptureWarning,
+    FaithfulnessError,
+    NoAttentionError,
+    NoSuchBlockError,
+    capture,
+)
 from .modules import (
     CBAM,
     ChannelGate,
@@ -111,10 +119,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "CBAM",
     "KINDS",
+    "AllRefusedError",
     "AttentionSpec",
     "AxialRecord",
     "BilinearAttentionRecord",
     "BranchRecord",
+    "CaptureError",
     "CaptureWarning",
     "ChannelGate",
     "ChannelRecord",
@@ -125,6 +135,8 @@ __all__ = [
     "FaithfulnessError",
     "HeatmapHead",
     "LocalAttentionRecord",
+    "NoAttentionError",
+    "NoSuchBlockError",
     "NonLocal",
     "Record",
     "Recording",

@@ -72,7 +72,16 @@ from .probes.tokens import token_layout
 from .records import KINDS, Check, Recording
 from .registry import find_attention_modules, list_attention_types
 
-__all__ = ["ATTENTION_MODES", "CaptureWarning", "FaithfulnessError", "capture"]
+__all__ = [
+    "ATTENTION_MODES",
+    "AllRefusedError",
+    "CaptureError",
+    "CaptureWarning",
+    "FaithfulnessError",
+    "NoAttentionError",
+    "NoSuchBlockError",
+    "capture",
+]
 
 #: what a capture keeps of self-attention computed by a fused kernel (``attention=``)
 ATTENTION_MODES = {
@@ -90,8 +99,38 @@ class CaptureWarning(UserWarning):
     """A capture could not record something faithfully (the message says what and why)."""
 
 
-class FaithfulnessError(ValueError):
+class CaptureError(ValueError):
+    """A capture that cannot record what was asked (the message says why and what to do).
+
+    A ``ValueError``, so ``except ValueError`` keeps working; tools that sort models by
+    outcome (:mod:`attnviz.coverage`) test the subclass, never the message."""
+
+
+class NoAttentionError(CaptureError):
+    """The model has no attention attnviz can see (no registered module and nothing that
+    could run a kernel), none of the chosen kinds, or applied none in the forward pass."""
+
+
+class AllRefusedError(NoAttentionError):
+    """Every selected attention module is refused by design (``Recording.refused`` says
+    why, e.g. timm's LambdaLayer has no attention map)."""
+
+    def __init__(self, message: str, refused: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.refused = dict(refused or {})
+
+
+class NoSuchBlockError(CaptureError):
+    """A ``blocks=`` pattern matches no attention module, or ``kinds=`` names no kind."""
+
+
+class FaithfulnessError(CaptureError):
     """With ``verify="raise"``: a record disagrees with what its module computed."""
+
+
+def _all_refused(refused: dict[str, str]) -> AllRefusedError:
+    why = "; ".join(f"{n}: {r}" for n, r in refused.items())
+    return AllRefusedError(f"nothing to record: every selected module is refused. {why}", refused)
 
 
 # -- state shared by every capture in the process ------------------------------------------
@@ -320,7 +359,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         ]
         open_ = [n for n, m in self._tracked if id(m) not in self._covered]
         if not found and not open_:
-            raise ValueError(
+            raise NoAttentionError(
                 f"{type(model).__name__} has no recognised attention module and no module "
                 "that could compute one (it is built of torch.nn's own layers only). attnviz "
                 f"recognises {len(list_attention_types())} module types "
@@ -334,7 +373,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             names = [n for n, _ in self._tracked]
             for p in patterns:
                 if not any(fnmatch.fnmatchcase(n, p) for n in available + names):
-                    raise ValueError(
+                    raise NoSuchBlockError(
                         f"block pattern {p!r} matches no attention module (nor any module "
                         f"that could run one); available: {available or names[:20]}"
                     )
@@ -349,17 +388,16 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             kinds = {kinds} if isinstance(kinds, str) else set(kinds)
             bad = kinds - set(KINDS)
             if bad:
-                raise ValueError(f"unknown kind(s) {sorted(bad)}; kinds are {KINDS}")
+                raise NoSuchBlockError(f"unknown kind(s) {sorted(bad)}; kinds are {KINDS}")
             probes = [p for p in probes if p.kind in kinds]
             self._generic = self._generic and "self" in kinds
             if not probes and not self._generic:
-                raise ValueError(
+                raise NoAttentionError(
                     f"{type(model).__name__} has no attention module of kind {sorted(kinds)}"
                 )
         self._kinds = kinds
         if not probes and not self._generic:
-            why = "; ".join(f"{r.name} ({r.module_type}): {r.reason}" for r in refused)
-            raise ValueError(f"nothing to record: every selected module is refused. {why}")
+            raise _all_refused({f"{r.name} ({r.module_type})": r.reason for r in refused})
         return probes, refused
 
     # -- hooks ---------------------------------------------------------------------------
@@ -620,7 +658,9 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                     f"(the records are partial; Recording.unrecorded lists them): {listed}"
                 )
             if not self.probes and not len(rec) and not rec.unrecorded and rec.forwards:
-                raise ValueError(self._nothing_applied(rec))
+                if rec.refused:
+                    raise _all_refused(dict(rec.refused))
+                raise NoAttentionError(self._nothing_applied(rec))
         if exc_type is None:
             failed = [c for c in checks if not c.ok]
             if failed:
@@ -639,9 +679,6 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
     def _nothing_applied(self, rec: Recording) -> str:
         """Why a capture that found no registered module recorded nothing."""
         model = type(self.root).__name__
-        if rec.refused:
-            why = "; ".join(f"{n}: {r}" for n, r in rec.refused.items())
-            return f"nothing to record: every selected module is refused. {why}"
         if self._kinds is not None:
             return (
                 f"{model} has no attention module of kind {sorted(self._kinds)}: none is "

@@ -34,7 +34,9 @@ Its row's status:
 - ``"partial"``: an attention kernel ran but was not recorded (``Recording.unrecorded``),
   or a check failed;
 - ``"refused"``: modules refused by design (``Recording.refused``), reasons in the note;
-- ``"no attention"``: the capture found no attention (its ``ValueError``);
+- ``"no attention"``: the capture found no attention (its
+  :class:`~attnviz.capture.NoAttentionError`; ``"refused"`` for its subclass
+  :class:`~attnviz.capture.AllRefusedError`);
 - ``"error"``: anything else went wrong (the message is kept);
 - ``"skipped: ..."``: not run, with the reason (:data:`SKIPPED`).
 
@@ -52,13 +54,14 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .capture import CaptureWarning, capture
+from .capture import AllRefusedError, CaptureWarning, NoAttentionError, capture
 from .records import KINDS, Record, Recording
 from .registry import find_attention_modules
 
@@ -76,6 +79,7 @@ __all__ = [
     "TIMM_CASES",
     "Case",
     "CoverageRow",
+    "Status",
     "cases",
     "family_status",
     "markdown_table",
@@ -85,13 +89,33 @@ __all__ = [
     "sweep",
 ]
 
-RECORDED = "recorded"
-RECORDED_NOT_PLACED = "recorded, not placed"
-PARTIAL = "partial"
-REFUSED = "refused"
-NO_ATTENTION = "no attention"
-ERROR = "error"
-SKIPPED = "skipped: too large for the sweep"
+
+class Status(str, Enum):
+    """What a capture of a model found (a row's status; see the module docstring). A
+    ``str``, so rows compare with and print as the plain words."""
+
+    RECORDED = "recorded"
+    RECORDED_NOT_PLACED = "recorded, not placed"
+    PARTIAL = "partial"
+    REFUSED = "refused"
+    NO_ATTENTION = "no attention"
+    ERROR = "error"
+    SKIPPED = "skipped: too large for the sweep"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+RECORDED = Status.RECORDED
+RECORDED_NOT_PLACED = Status.RECORDED_NOT_PLACED
+PARTIAL = Status.PARTIAL
+REFUSED = Status.REFUSED
+NO_ATTENTION = Status.NO_ATTENTION
+ERROR = Status.ERROR
+SKIPPED = Status.SKIPPED
 
 #: every status, worst first (a family's status is the worst of its rows'); a status
 #: that starts with "skipped" ranks with :data:`SKIPPED`
@@ -648,15 +672,14 @@ def run_case(case: Case, *, batch: int = 1) -> CoverageRow:
                 _call(case, model, x)
                 stage = "close"  # the capture's exit may say: no attention was applied
         except Exception as e:
-            message = str(e)
-            ours = isinstance(e, ValueError) and stage in ("capture", "close")
-            if ours and "every selected module is refused" in message:
+            # by the error's type, never its wording: capture's own verdicts, raised when
+            # it is made or closed (a model's forward may raise anything)
+            ours = stage in ("capture", "close")
+            if ours and isinstance(e, AllRefusedError):
                 row.status = REFUSED
                 row.refused = _refusals(model) if model is not None else {}
-                row.note = _join(row.note, _refusal_note(model, row.refused) or message)
-            elif ours and (
-                "applied no attention" in message or "no recognised attention module" in message
-            ):
+                row.note = _join(row.note, _refusal_note(model, row.refused) or str(e))
+            elif ours and isinstance(e, NoAttentionError):
                 row.status = NO_ATTENTION
             else:
                 row.note = _join(row.note, f"{stage}: {_first_line(e)}")

@@ -167,6 +167,49 @@ def test_one_model_is_classified_by_what_its_capture_found():
     assert (row.status, row.note, row.seconds) == ("skipped: too large for the sweep", "42 GB", 0)
 
 
+class NoMap(nn.Module):
+    """A module refused by design (registered as such in the test)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def test_the_sweep_classifies_by_error_type_not_by_wording(monkeypatch):
+    """Every capture error reworded: the rows are classified as before (refused, no
+    attention, and a model's own error stays an error)."""
+    import importlib
+
+    from attnviz import refuse_attention_type, unregister_attention_type
+
+    capture_module = importlib.import_module("attnviz.capture")  # the module, not the function
+
+    refuse_attention_type(NoMap, "no attention map by design")
+    try:
+        cases = {
+            "refused": _case(lambda: nn.Sequential(nn.Conv2d(3, 3, 1), NoMap())),
+            "no attention": _case(lambda: nn.Sequential(nn.Conv2d(3, 4, 1))),
+            "nothing applied": _case(lambda: Net(nn.Identity())),
+            "error": _case(_fails),
+        }
+        before = {k: coverage.run_case(c).status for k, c in cases.items()}
+
+        def reworded(self, *args, **kwargs):
+            ValueError.__init__(self, "Es gibt hier keine Aufmerksamkeit.")
+
+        monkeypatch.setattr(capture_module.CaptureError, "__init__", reworded)
+        with pytest.raises(capture_module.NoAttentionError, match="keine Aufmerksamkeit"):
+            capture_module.capture(nn.Sequential(nn.Conv2d(3, 4, 1)))  # the wording changed
+        after = {k: coverage.run_case(c).status for k, c in cases.items()}
+    finally:
+        unregister_attention_type(NoMap)
+    assert before == after == {
+        "refused": coverage.Status.REFUSED,
+        "no attention": coverage.Status.NO_ATTENTION,
+        "nothing applied": coverage.Status.NO_ATTENTION,
+        "error": coverage.Status.ERROR,
+    }
+
+
 def test_the_callers_random_state_is_left_alone():
     torch.manual_seed(7)
     expected = torch.rand(3)
