@@ -58,6 +58,7 @@ import math
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -135,8 +136,25 @@ def _all_refused(refused: dict[str, str]) -> AllRefusedError:
 
 # -- state shared by every capture in the process ------------------------------------------
 _LOCK = threading.Lock()
-_EVAL: dict[int, list[Any]] = {}  # id(module) -> [module, open captures, its saved flag]
-_EAGER: list[Any] = []  # [open captures forcing eager mode, the set_stance object]
+@dataclass
+class _Held:
+    """A module whose train/eval flag open captures have changed."""
+
+    module: nn.Module
+    captures: int  # open captures holding it
+    training: bool  # its flag before the first of them
+
+
+@dataclass
+class _Eager:
+    """``torch.compiler.set_stance("force_eager")`` while any capture needs it."""
+
+    captures: int
+    stance: Any  # the set_stance object, exited by the last capture
+
+
+_EVAL: dict[int, _Held] = {}  # id(module) -> who holds it
+_EAGER: list[_Eager] = []  # empty, or the one stance in force
 
 
 def _eval_enter(root: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
@@ -147,9 +165,9 @@ def _eval_enter(root: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
         for m in held:
             entry = _EVAL.get(id(m))
             if entry is None:
-                _EVAL[id(m)] = [m, 1, m.training]
+                _EVAL[id(m)] = _Held(m, 1, m.training)
             else:
-                entry[1] += 1
+                entry.captures += 1
         if any(m.training for m in held):
             root.eval()  # through train(False), so modules that override train() are obeyed
     return held
@@ -160,12 +178,12 @@ def _eval_exit(modules: list[nn.Module]) -> None:
     with _LOCK:
         for m in modules:
             entry = _EVAL.get(id(m))
-            if entry is None or entry[0] is not m:
+            if entry is None or entry.module is not m:
                 continue
-            entry[1] -= 1
-            if entry[1] == 0:
-                if m.training != entry[2]:
-                    m.training = entry[2]
+            entry.captures -= 1
+            if entry.captures == 0:
+                if m.training != entry.training:
+                    m.training = entry.training
                 del _EVAL[id(m)]
 
 
@@ -189,20 +207,18 @@ def _eager_enter() -> None:
         )
     with _LOCK:
         if not _EAGER:
-            stance = set_stance("force_eager")
-            _EAGER[:] = [1, stance]
+            _EAGER.append(_Eager(1, set_stance("force_eager")))
         else:
-            _EAGER[0] += 1
+            _EAGER[0].captures += 1
 
 
 def _eager_exit() -> None:
     with _LOCK:
         if not _EAGER:
             return
-        _EAGER[0] -= 1
-        if _EAGER[0] == 0:
-            _EAGER[1].__exit__(None, None, None)
-            _EAGER.clear()
+        _EAGER[0].captures -= 1
+        if _EAGER[0].captures == 0:
+            _EAGER.pop().stance.__exit__(None, None, None)
 
 
 def _worst(checks: list[tuple[list[torch.Tensor], str, float, float]]) -> torch.Tensor:
