@@ -136,6 +136,8 @@ def _all_refused(refused: dict[str, str]) -> AllRefusedError:
 
 # -- state shared by every capture in the process ------------------------------------------
 _LOCK = threading.Lock()
+
+
 @dataclass
 class _Held:
     """A module whose train/eval flag open captures have changed."""

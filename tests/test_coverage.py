@@ -202,12 +202,16 @@ def test_the_sweep_classifies_by_error_type_not_by_wording(monkeypatch):
         after = {k: coverage.run_case(c).status for k, c in cases.items()}
     finally:
         unregister_attention_type(NoMap)
-    assert before == after == {
-        "refused": coverage.Status.REFUSED,
-        "no attention": coverage.Status.NO_ATTENTION,
-        "nothing applied": coverage.Status.NO_ATTENTION,
-        "error": coverage.Status.ERROR,
-    }
+    assert (
+        before
+        == after
+        == {
+            "refused": coverage.Status.REFUSED,
+            "no attention": coverage.Status.NO_ATTENTION,
+            "nothing applied": coverage.Status.NO_ATTENTION,
+            "error": coverage.Status.ERROR,
+        }
+    )
 
 
 def test_the_callers_random_state_is_left_alone():
@@ -219,8 +223,10 @@ def test_the_callers_random_state_is_left_alone():
 
 
 def test_without_transformers_its_rows_are_skipped_with_the_reason(monkeypatch):
-    real = coverage._import
-    monkeypatch.setattr(coverage, "_import", lambda n: None if n == "transformers" else real(n))
+    from attnviz.coverage import catalog
+
+    real = catalog._import
+    monkeypatch.setattr(catalog, "_import", lambda n: None if n == "transformers" else real(n))
     rows = coverage.sweep(["transformers"])
     assert [r.family for r in rows] == list(coverage.HF_CASES)
     assert {r.status for r in rows} == {"skipped: transformers is not installed"}
