@@ -44,8 +44,10 @@ def _need_notebook_extra() -> None:
 def _html(nb, path: Path) -> None:
     from nbconvert import HTMLExporter
 
+    from .storage import atomic_write_text
+
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    path.write_text(body, encoding="utf-8")
+    atomic_write_text(body, path)
 
 
 def _index(results: list[dict], out: Path, quick: bool) -> Path:
@@ -82,9 +84,9 @@ def _index(results: list[dict], out: Path, quick: bool) -> Path:
         f"{failed} not ok.</p><table><tr><th>notebook</th>"
         f"<th>status</th><th>time</th><th>interactive pages</th><th>error</th></tr>{rows}</table>"
     )
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+    from .storage import atomic_write_text
+
+    return atomic_write_text(page, out / "index.html")
 
 
 def _run_one(path: Path, out: Path, args: argparse.Namespace) -> dict:

@@ -158,3 +158,59 @@ def test_calibration_picks_on_its_own_images_and_compare_scores_every_model():
     assert c.winners("energy")["se"].startswith(("Grad-CAM", "channel-weighted"))
     wins = c.winners_table(["energy"]).splitlines()
     assert len(wins) == 4 and wins[3].startswith(f"| se | {c.accuracy['se']:.2%} | energy in mask")
+
+
+def test_rollout_streamed_over_several_chunks_equals_abnar_and_zuidema_by_hand():
+    """The rollout row is streamed 256 query rows at a time; each chunk's identity (the
+    residual) sits on the diagonal of the WHOLE matrix, at column start + i, not i: 578
+    tokens (cls, reg1, 24 x 24 patches) make three chunks, 256 + 256 + 66."""
+    torch.manual_seed(0)
+    model = SmallViT(96, 4, dim=16, depth=3, heads=2, registers=1).double().eval()
+    x = torch.rand(2, 3, 96, 96, dtype=torch.float64)
+    with torch.no_grad():
+        _, attns = _by_hand(model, x)
+    n = attns[0].shape[-1]
+    assert n == 578 and n > 2 * 256 and n % 256
+    rollout = attribution.explain_maps(model, x, methods=["rollout"])["attention rollout"]
+    for b in range(len(x)):
+        roll = np.eye(n)
+        for a in attns:  # A' = (I + mean_h A) / 2, rows renormalised; R = A'_L ... A'_1
+            mixed = 0.5 * np.eye(n) + 0.5 * a[b].mean(0).numpy()
+            mixed /= mixed.sum(1, keepdims=True)
+            roll = mixed @ roll
+        expected = roll[0, 2:].reshape(24, 24)  # cls row, patches after cls and reg1
+        np.testing.assert_allclose(rollout[b].numpy(), expected, rtol=0, atol=1e-8)
+
+
+def _chefer_by_hand(model: SmallViT, x: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
+    """Chefer et al. 2021 relevance of ``classes`` (one per image), from the by-hand forward:
+    A-bar = E_h[(grad A * A)^+], R = I, R += A-bar R; the cls row over the patches."""
+    logits, attns = _by_hand(model, x)
+    grads = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), attns)
+    out = []
+    for b in range(len(x)):
+        n = attns[0].shape[-1]
+        r = np.eye(n)
+        for a, g in zip(attns, grads):
+            r = r + np.maximum(g[b].numpy() * a[b].detach().numpy(), 0).mean(0) @ r
+        out.append(r[0, 2:].reshape(4, 4))
+    return np.stack(out)
+
+
+def test_compare_explains_the_true_class_not_the_predicted_one():
+    """compare's maps answer "why this label": the relevance of the labels given (Chefer
+    et al., by hand), on images the model predicts as another class."""
+    model, x = _vit(), torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    labels = (predicted + 3) % 10  # every image labelled with a class the model did not pick
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[:, 4:12, 4:12] = True
+    c = attribution.compare(
+        {"vit": model}, x, labels, masks, methods={"vit": ["relevance"]}, fractions=(0, 1)
+    )
+    assert c.accuracy["vit"] == 0.0
+    got = c.maps["vit"]["relevance (Chefer 2021)"].double().numpy()
+    truth, guess = _chefer_by_hand(model, x, labels), _chefer_by_hand(model, x, predicted)
+    assert np.abs(truth - guess).max() > 0.2 * np.abs(truth).max()  # the classes' maps differ
+    np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-9)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +155,108 @@ def test_an_export_over_budget_stops_at_once_and_leaves_the_app_as_it_was():
     assert drawn == [0, 1, 2]
     assert (app.index, app.snapshot) == (2, 3)
     app.close()
+
+
+class _Metas(HTMLParser):
+    """Every <meta> tag's attributes, and whether it came before the first <script>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metas: list[dict] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "meta":
+            self.metas.append({**dict(attrs), "before scripts": self.scripts == 0})
+        elif tag == "script":
+            self.scripts += 1
+
+
+def _stn_page(path):
+    thetas = torch.eye(2, 3).expand(2, 3, 2, 3).clone()
+    app = STNInspector(torch.rand(3, 1, 8, 8), thetas, scale=2)
+    page = app.export_html(path, values={"image": [0]})
+    app.close()
+    return page
+
+
+def _pointer_page(path):
+    app = QueryExplorer(_vit(), torch.rand(1, 3, 32, 32), scale=1)
+    page = app.export_html(path)
+    app.close()
+    return page
+
+
+@pytest.mark.parametrize("make", [_stn_page, _pointer_page], ids=["frames", "pointer"])
+def test_an_exported_pages_content_security_policy_allows_no_request(make, tmp_path):
+    """The exact policy: nothing by default, inline scripts and styles, data: and blob:
+    pictures; no scheme (https:, http:), wildcard or host anywhere, not even 'self'."""
+    page = make(tmp_path / "p.html")
+    html = page.path.read_text(encoding="utf-8")
+    assert html == page.html
+    parser = _Metas()
+    parser.feed(html)
+    csp = [m for m in parser.metas if m.get("http-equiv", "").lower() == "content-security-policy"]
+    assert len(csp) == 1 and csp[0]["before scripts"]
+    directives = {}
+    for part in csp[0]["content"].split(";"):
+        name, *sources = part.split()
+        assert name not in directives, f"{name} given twice"
+        directives[name] = sources
+    assert directives == {
+        "default-src": ["'none'"],
+        "script-src": ["'unsafe-inline'"],
+        "style-src": ["'unsafe-inline'"],
+        "img-src": ["data:", "blob:"],
+    }
+    allowed = {"'none'", "'unsafe-inline'", "data:", "blob:"}
+    assert {s for sources in directives.values() for s in sources} <= allowed
+
+
+def test_a_page_reaches_its_path_by_a_rename_from_its_own_folder(tmp_path, monkeypatch):
+    """The page is written whole to a temporary file beside the target, then renamed over
+    it (os.replace): a reader sees the old page or the new one, never half of one."""
+    renames = []
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        renames.append((Path(src), Path(dst), Path(src).read_bytes()))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    thetas = torch.eye(2, 3).expand(2, 3, 2, 3).clone()
+    app = STNInspector(torch.rand(3, 1, 8, 8), thetas, scale=2)
+    target = tmp_path / "p.html"
+    target.write_bytes(b"the old page")
+    page = app.export_html(target, values={"image": [0]})
+    app.close()
+    assert [(src.parent, dst) for src, dst, _ in renames] == [(tmp_path, target)]
+    ((src, _, written),) = renames
+    assert src != target and not src.exists()
+    assert written == target.read_bytes() == page.html.encode("utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["p.html"]
+
+
+def test_a_page_write_that_fails_leaves_the_old_page_whole(tmp_path, monkeypatch):
+    """The disk fails while the new page is being written (fsync raises): the old page is
+    still there byte for byte, the error reaches the caller, and no temporary file stays."""
+    thetas = torch.eye(2, 3).expand(2, 3, 2, 3).clone()
+    app = STNInspector(torch.rand(3, 1, 8, 8), thetas, scale=2)
+    target = tmp_path / "p.html"
+    old = b"<!doctype html><title>the old page</title>\n" * 100
+    target.write_bytes(old)
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    raised = None
+    try:
+        app.export_html(target, values={"image": [0]})
+    except OSError as e:
+        raised = e
+    finally:
+        app.close()
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["p.html"]
+    assert raised is not None and raised.errno == 28

@@ -239,3 +239,68 @@ def test_dinov2_at_518_fits_in_a_small_multiple_of_its_q_and_k():
     assert got["held"] <= 2 * got["qk"], got
     assert got["held"] < 300 * 2**20 and got["grew"] < 600 * 2**20, got
     assert math.isfinite(got["seconds"]) and time.time()
+
+
+class ClsTokens(nn.Module):
+    """A class token and 24 x 24 patches through nn.MultiheadAttention (taught its layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.token_layout = attnviz.TokenLayout(("cls",), (1, 1), "test")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x)[0]
+
+
+def _mha_by_hand(mha: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head from the module's own input projection."""
+    heads = mha.num_heads
+    (wq, wk, _), (bq, bk, _) = mha.in_proj_weight.split(8), mha.in_proj_bias.split(8)
+    q, k = (
+        (x @ w.T + b).reshape(len(x), -1, heads, 8 // heads).transpose(1, 2)
+        for w, b in ((wq, bq), (wk, bk))
+    )
+    return (q @ k.transpose(-2, -1) / math.sqrt(8 // heads)).softmax(-1)
+
+
+def _masked_by_hand(m: MaskedAttention, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head with MaskedAttention's boolean keep-mask."""
+    b, _, h, w = x.shape
+    t = x.flatten(2).transpose(1, 2)
+    q, k, _ = m.qkv(t).reshape(b, h * w, 3, m.heads, -1).permute(2, 0, 3, 1, 4)
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    logits[0, :, :, -3:] = float("-inf")  # image 0 cannot look at its last three positions
+    return logits.softmax(-1)
+
+
+@pytest.mark.parametrize("mode", ["factors", "full"])
+def test_received_over_several_chunks_is_the_column_mean_of_the_whole_matrix(mode):
+    """Past one chunk of query rows (FactoredAttentionRecord.chunk, 256) the attention each
+    key receives is still the mean over every patch query of its column: 600 tokens
+    (no prefix, chunks 256 + 256 + 88) and 1 + 576 (a class token: chunks start at row 1)."""
+    torch.manual_seed(8)
+    assert FactoredAttentionRecord.chunk < 577 and 576 % FactoredAttentionRecord.chunk
+    masked = nn.Sequential(MaskedAttention()).eval()
+    x = torch.randn(2, 16, 24, 25)
+    tokens = ClsTokens().eval()
+    t = torch.randn(2, 577, 8)
+    cases = [(masked, x, _masked_by_hand(masked[0], x), 0, "0"), (tokens, t, None, 1, "attn")]
+    for model, inp, a, p, name in cases:
+        with torch.no_grad():
+            if a is None:
+                a = _mha_by_hand(model.attn, inp)
+            with attnviz.capture(model, attention=mode, verify="raise") as rec:
+                model(inp)
+        r = rec[name]
+        assert isinstance(r, FactoredAttentionRecord) == (mode == "factors")
+        assert r.tokens == a.shape[-1] > 2 * FactoredAttentionRecord.chunk
+        patches = a[:, :, p:, p:]  # patch queries x patch keys
+        grid = r.key_size
+        close = {"rtol": 0, "atol": 1e-8}  # a row missed per chunk moves a mean by ~1e-5
+        want = patches.mean(dim=(1, 2)).reshape(2, *grid)  # heads, then queries
+        torch.testing.assert_close(r.received(), want, **close)
+        one = patches[:, 1].mean(1).reshape(2, *grid)
+        torch.testing.assert_close(r.received(head=1), one, **close)
+        last = a.shape[-1] - 1
+        torch.testing.assert_close(r.key_column(last), a[..., last], rtol=0, atol=1e-6)

@@ -276,3 +276,66 @@ def test_the_function_mode_is_off_inside_registered_modules():
     assert seen == {"inside CBAM": False, "in the block": True}
     assert not _get_current_function_mode_stack()  # nothing left behind
     assert len(rec.select(kind="spatial")) == 4
+
+
+@pytest.mark.parametrize("mode", ["full", "factors"])
+def test_the_matrix_honours_an_sdpa_scale_in_both_capture_modes(mode):
+    """``scaled_dot_product_attention(..., scale=0.37)`` applies softmax(q k^T * 0.37), not
+    the default 1 / sqrt(d) (here 0.5): the whole matrix and the factors alike."""
+    torch.manual_seed(6)
+    net = Net(SdpaAttention(heads=2, scale=0.37)).eval()  # d = 4: the default would be 0.5
+    x = torch.randn(2, 3, 4, 5)
+    q, k, _ = net.attn.qkv_heads(net.stem(x))
+    expected = (q @ k.transpose(-2, -1) * 0.37).softmax(-1)
+    unscaled = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+    assert (expected - unscaled).abs().max() > 1e-3  # the scale shows in the matrix
+    rec = _capture(net, x, attention=mode)
+    r = rec["attn"]
+    assert isinstance(r, attnviz.records.FactoredAttentionRecord) == (mode == "factors")
+    torch.testing.assert_close(r.matrix, expected, rtol=1e-5, atol=1e-6)
+    assert rec.checks and all(c.ok for c in rec.checks)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query attention through the fused kernel: 4 query heads share 2 key/value
+    heads (``enable_gqa=True``); query head h reads key/value head h // 2."""
+
+    def __init__(self, c: int = 8, heads: int = 4, kv_heads: int = 2, d: int = 4) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.d = heads, kv_heads, d
+        self.q, self.kv = nn.Linear(c, heads * d), nn.Linear(c, 2 * kv_heads * d)
+        self.proj = nn.Linear(heads * d, c)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, _, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        q = self.q(t).reshape(b, h * w, self.heads, self.d).transpose(1, 2)
+        kv = self.kv(t).reshape(b, h * w, 2, self.kv_heads, self.d).permute(2, 0, 3, 1, 4)
+        return q, kv[0], kv[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_heads(x)
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        out = self.proj(out.transpose(1, 2).reshape(b, h * w, -1))
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+@pytest.mark.parametrize("mode", ["full", "factors"])
+def test_grouped_query_heads_read_their_own_key_value_head(mode):
+    """With ``enable_gqa``, query head h attends with key head h // (heads / kv_heads)
+    (torch's repeat_interleave), not h % kv_heads: heads 1 and 2 tell the two apart."""
+    torch.manual_seed(7)
+    net = Net(GroupedQueryAttention()).eval()
+    x = torch.randn(2, 3, 3, 4)
+    q, k, _ = net.attn.qkv_heads(net.stem(x))
+    assert q.shape[1] == 4 and k.shape[1] == 2
+    expected = torch.stack(
+        [(q[:, h] @ k[:, h // 2].transpose(-2, -1) / 2.0).softmax(-1) for h in range(4)], 1
+    )  # scale 1 / sqrt(d) = 1 / 2
+    assert (expected[:, 1] - expected[:, 2]).abs().max() > 1e-3  # the two kv heads differ
+    rec = _capture(net, x, attention=mode)
+    r = rec["attn"]
+    assert r.heads == 4
+    torch.testing.assert_close(r.matrix, expected, rtol=1e-5, atol=1e-6)
+    assert rec.checks and all(c.ok for c in rec.checks)
