@@ -268,17 +268,16 @@ def gradient_relevance(
             seen.append(out)
 
         hooks = [cast(nn.Module, m.attn_drop).register_forward_hook(keep) for m in modules]
-        was_training = model.training
         try:
-            model.eval()
-            with torch.enable_grad(), _unfused(modules):
+            # every module's own train/eval flag comes back (model.train(flag) would set one
+            # flag on all of them)
+            with inference(model, grad=True), _unfused(modules):
                 logits = model(x.requires_grad_(True))
                 score = logits.gather(1, y[:, None]).sum()
                 grads = torch.autograd.grad(score, seen)
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
         n = seen[0].shape[-1]
         if any(a.shape != (len(x), a.shape[1], n, n) for a in seen):
             raise ValueError(

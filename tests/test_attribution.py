@@ -80,6 +80,17 @@ def test_gradient_relevance_equals_chefer_2021_by_hand():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_gradient_relevance_leaves_mixed_train_and_eval_flags_as_they_were():
+    """model.train(was_training) would set every module's flag to the root's."""
+    model, x = _vit(), torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    model.train()
+    model.blocks[1].eval()  # a frozen block inside a training model
+    flags = {name: m.training for name, m in model.named_modules()}
+    attribution.gradient_relevance(model, x, torch.tensor([1, 2]))
+    assert {name: m.training for name, m in model.named_modules()} == flags
+    assert not model.blocks[1].training and model.training and model.blocks[0].training
+
+
 def test_relevance_reads_timm_vits_with_the_fused_kernel_off_on_rectangular_grids():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
