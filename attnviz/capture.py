@@ -569,9 +569,8 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         assert rec is not None  # hooks exist only inside the ``with``
         r = rec._records.get(probe.name)
         if r is None:
-            r = rec._records[probe.name] = probe.record_type(
-                probe.name, type(probe.module).__name__
-            )
+            make = em.record_type or probe.record_type
+            r = rec._records[probe.name] = make(probe.name, type(probe.module).__name__)
         for field, tensor in em.fields.items():
             r._append(field, self._store(tensor))
         r.meta.update(em.meta)

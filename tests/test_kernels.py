@@ -339,3 +339,25 @@ def test_grouped_query_heads_read_their_own_key_value_head(mode):
     assert r.heads == 4
     torch.testing.assert_close(r.matrix, expected, rtol=1e-5, atol=1e-6)
     assert rec.checks and all(c.ok for c in rec.checks)
+
+
+def test_a_probe_keeps_its_record_class_whatever_its_calls_emit():
+    """A kernel kept as its factors and one kept whole give their own record classes, and
+    the probe's class is never reassigned by a call (each emission carries its own)."""
+    from attnviz.probes.kernels import KernelProbe
+
+    net = Net(SdpaAttention(heads=2, scale=0.37)).eval()
+    x = torch.randn(2, 3, 4, 5)
+    kinds = {}
+    for mode in ("factors", "full", "factors"):
+        cap = attnviz.capture(net, attention=mode)
+        with cap as rec, torch.no_grad():
+            net(x)
+        kinds.setdefault(mode, set()).add(type(rec["attn"]))
+        probes = list(cap._kernel_probes.values())
+        assert probes and all("record_type" not in vars(p) for p in probes)
+    assert kinds == {
+        "factors": {attnviz.records.FactoredAttentionRecord},
+        "full": {attnviz.records.SelfAttentionRecord},
+    }
+    assert KernelProbe.record_type is attnviz.records.SelfAttentionRecord

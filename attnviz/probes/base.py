@@ -76,12 +76,16 @@ class Emission:
             compares it with the dtype's tolerance when it ends.
         problem: why nothing can be recorded for this call (e.g. the gate never ran); the
             capture warns (or raises with ``verify="raise"``) and records nothing for it.
+        record_type: the record class of these fields where one probe gives more than one
+            (a fused kernel kept as its factors, or its whole matrix); None: the probe's
+            own :attr:`Probe.record_type`.
     """
 
     fields: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     checks: list[tuple[str, str, Callable[[], Any], float, float]] = field(default_factory=list)
     problem: str | None = None
+    record_type: type[Record] | None = None
 
     def compare(self, relation: str, pair: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
         """``pair()`` gives (actual, expected): the check is max |a - e| / max |e|."""

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..records import FactoredAttentionRecord, SelfAttentionRecord
+from ..records import FactoredAttentionRecord, Record, SelfAttentionRecord
 from .base import FUNCTIONS, Emission, Probe, spots, sums_to_one
 from .tokens import attention_matrix, factored_fields
 
@@ -297,13 +297,14 @@ class KernelProbe(Probe):
                 return Emission(problem=f"{self.name}: a kernel whose values do not line up")
         lead = int(math.prod(lead_shape))
         placed = layout(lead_shape, q, k) if layout is not None else None
+        record_type: type[Record] = SelfAttentionRecord
         if call.factors is not None and (placed is None or placed.query_pos is None):
             fields, meta = self._factors(call, v, placed, batch, lead)
+            record_type = FactoredAttentionRecord
         else:
             a = call.rows()  # windows: small matrices, kept whole
             if placed is not None:
                 fields, meta, record_type = placed.fields(a, v)
-                self.record_type = record_type
             else:
                 b = batch if batch and lead % batch == 0 else lead
                 fields = {
@@ -311,10 +312,9 @@ class KernelProbe(Probe):
                     "values": v.reshape(b, lead // b, k, v.shape[-1]),
                 }
                 meta = {"tokens_unplaced": True}
-                self.record_type = SelfAttentionRecord
         meta["kernel"] = call.how
         meta["kernel_shape"] = shape
-        em = Emission(fields=fields, meta=meta)
+        em = Emission(fields=fields, meta=meta, record_type=record_type)
         rows = list(range(q))[spots(q, 16)]
         imgs = slice(None, None, max(1, lead // 64))  # images, windows and heads: about 64
 
@@ -355,7 +355,6 @@ class KernelProbe(Probe):
             images=b,
             heads=h,
         )
-        self.record_type = FactoredAttentionRecord
         return fields, {**meta, **kept}
 
     def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:  # not hook-driven

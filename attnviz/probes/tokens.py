@@ -306,7 +306,6 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
             return self.missing()
         if self._factors:
             return self._factored(args, kwargs, output[0])
-        self.record_type = SelfAttentionRecord
         out, a = output
         value = args[2] if len(args) > 2 else kwargs.get("value")
         if not (isinstance(a, torch.Tensor) and isinstance(value, torch.Tensor)):
@@ -391,8 +390,7 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         fields, kept = factored_fields(
             q, k, v, None, scale=None, causal=False, how="nn.MultiheadAttention, kept as factors"
         )
-        self.record_type = FactoredAttentionRecord
-        em = Emission(fields=fields, meta={**meta, **kept})
+        em = Emission(fields=fields, meta={**meta, **kept}, record_type=FactoredAttentionRecord)
         rows, imgs = list(range(n))[spots(n, 16)], slice(0, 2)
 
         @functools.cache  # both checks read the same rows: computed once
@@ -443,18 +441,18 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
         rows = list(range(n))[spots(n, 16)]
         meta = self.token_meta(n)
         if self.factored:  # the kernel's factors; rows computed when asked
-            self.record_type = FactoredAttentionRecord
             fields, kept = factored_fields(
                 q, k, v, mask, scale=scale, causal=causal, how="scaled_dot_product_attention"
             )
-            em = Emission(fields=fields, meta={**meta, **kept})
+            em = Emission(fields=fields, meta={**meta, **kept}, record_type=FactoredAttentionRecord)
 
             def chosen() -> torch.Tensor:
                 return attention_matrix(q, k, mask, causal, scale, rows=rows)
         else:
-            self.record_type = SelfAttentionRecord
             a = attention_matrix(q, k, mask, causal, scale)
-            em = Emission(fields={"matrix": a, "values": v}, meta=meta)
+            em = Emission(
+                fields={"matrix": a, "values": v}, meta=meta, record_type=SelfAttentionRecord
+            )
 
             def chosen() -> torch.Tensor:
                 return a[:, :, rows]
