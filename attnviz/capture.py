@@ -57,6 +57,7 @@ import fnmatch
 import math
 import threading
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -69,6 +70,7 @@ from .probes import Probe, Refusal
 from .probes.base import Emission, Watch
 from .probes.kernels import Frame, KernelProbe, Tracker, first_image, tracked
 from .probes.layouts import Scene, layout_for
+from .probes.scan import method_table, starts_no_kernel
 from .probes.tokens import token_layout
 from .records import KINDS, Check, Recording
 from .registry import find_attention_modules, list_attention_types
@@ -197,6 +199,41 @@ def _eager_root(model: nn.Module) -> nn.Module:
     ):
         root = cast(nn.Module, root._orig_mod)  # checked to be a module just above
     return root
+
+
+#: the frames :func:`_quiet_frames` found for a model, kept while its modules are the same
+_QUIET: weakref.WeakKeyDictionary[nn.Module, tuple[Any, frozenset[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _quiet_frames(
+    model: nn.Module, tracked_: list[tuple[str, nn.Module]], covered: set[int]
+) -> frozenset[int]:
+    """The ids of the tracked, unregistered modules whose own code surely starts no
+    attention kernel (:func:`attnviz.probes.scan.starts_no_kernel`). Read once per model
+    and kept while the model holds the same module objects, and its frames the same
+    callable attributes (a module swapped, or a forward or function patched on one, is
+    read again)."""
+    frames = {id(m) for _, m in tracked_}
+    key = tuple(
+        (id(m), type(m))
+        + (tuple(id(v) for v in m.__dict__.values() if callable(v)) if id(m) in frames else ())
+        for m in model.modules()
+    )
+    with _LOCK:
+        hit = _QUIET.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    methods = method_table(model)
+    quiet = frozenset(
+        id(m)
+        for _, m in tracked_
+        if id(m) not in covered and starts_no_kernel(m, lambda c: id(c) in frames, methods)
+    )
+    with _LOCK:
+        _QUIET[model] = (key, quiet)
+    return quiet
 
 
 def _eager_enter() -> None:
@@ -358,6 +395,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         self._errors: dict[tuple[str, str], list[Any]] = {}
         self._patterns = _as_patterns(blocks)
         self._tracker = Tracker(factored=attention == "factors")
+        self._mode_on = False
         self._kernel_probes: dict[str, KernelProbe] = {}
         self._scene: dict[str, Any] = {}
         self.recording: Recording | None = None
@@ -376,6 +414,8 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             or (tracked(m) and not any(n.startswith(r + ".") for r in roots if r))
         ]
         open_ = [n for n, m in self._tracked if id(m) not in self._covered]
+        # frames whose own code starts no kernel: no mode while they run (probes.scan)
+        self._quiet_frames = _quiet_frames(model, self._tracked, self._covered)
         if not found and not open_:
             raise NoAttentionError(
                 f"{type(model).__name__} has no recognised attention module and no module "
@@ -487,20 +527,32 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         return hook
 
     # -- attention found by what modules compute (probes.kernels) --------------------------
+    def _mode(self, on: bool) -> None:
+        """The tracker's torch function mode on or off (entered at most once)."""
+        if on != self._mode_on:
+            if on:
+                self._tracker.__enter__()
+            else:
+                self._tracker.__exit__(None, None, None)
+            self._mode_on = on
+
+    def _wanted(self) -> bool:
+        """Whether the running module needs the mode: not a registered one (its probe reads
+        it), and one whose own code may start a kernel, or while a softmax result is being
+        followed (it may reach a product with values through any module)."""
+        stack = self._tracker.stack
+        if not stack or stack[-1].covered:
+            return False
+        return id(stack[-1].module) not in self._quiet_frames or any(f.tainted for f in stack)
+
     def _push(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if not self._mine():
                 return
             stack = self._tracker.stack
-            outer = any(f.covered for f in stack)
-            covered = outer or id(module) in self._covered
-            if not stack:
-                self._tracker.__enter__()
-            frame = Frame(name, module, args, kwargs, covered)
-            stack.append(frame)
-            if covered and not outer:  # a registered module: its probe reads it, not the mode
-                self._tracker.__exit__(None, None, None)
-                frame.suspended = True
+            covered = (bool(stack) and stack[-1].covered) or id(module) in self._covered
+            stack.append(Frame(name, module, args, kwargs, covered))
+            self._mode(self._wanted())
 
         return hook
 
@@ -509,8 +561,6 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         if not self._mine() or not stack:
             return
         frame = stack.pop()
-        if frame.suspended:
-            self._tracker.__enter__()
         try:
             if stack and frame.tainted:  # a softmax result handed back to the caller
                 outs = output if isinstance(output, (tuple, list)) else (output,)
@@ -525,8 +575,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 finally:
                     self._tracker.quiet -= 1
         finally:
-            if not stack:
-                self._tracker.__exit__(None, None, None)
+            self._mode(self._wanted())
 
     def _note_input(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._mine():
@@ -573,7 +622,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
             r = rec._records[probe.name] = make(probe.name, type(probe.module).__name__)
         for field, tensor in em.fields.items():
             r._append(field, self._store(tensor))
-        r.meta.update(em.meta)
+        r._describe(em.meta, em.geometry)  # meta's facts; self-attention: record.geometry
         if self.verify:
             with torch.no_grad():
                 for what, mode, fn, low, high in em.checks:
@@ -732,9 +781,8 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
                 if watch is not None:
                     watch.__exit__(None, None, None)
             self._active = {}
-            if self._tracker.stack:  # a forward that raised past its hooks
-                self._tracker.stack.clear()
-                self._tracker.__exit__(None, None, None)
+            self._tracker.stack.clear()  # a forward that raised past its hooks
+            self._mode(False)
         finally:
             _eval_exit(self._eval_modules)
             self._eval_modules = []

@@ -1,5 +1,5 @@
-"""`attnviz stats` throughput: against plain inference over the same loader, and 1 vs 2
-processes under torchrun.
+"""`attnviz stats` throughput: against plain inference over the same loader, over images of
+mixed sizes against one size, and 1 vs 2 processes under torchrun.
 
 Data: digits on photos (64 x 64) written as an image folder of PNGs (decoded by the
 DataLoader, as a real folder is); models: the shipped SE ResNet-10 (every SE weight of
@@ -26,16 +26,48 @@ from torchvision.transforms import ToTensor
 
 from attnviz import render, shipped
 from attnviz.data import digits_on_photos
-from attnviz.stats import dataset_stats, open_dataset
+from attnviz.stats import dataset_stats, input_transform, open_dataset
+
+#: the mixed folder's sizes, in turn: about the pixels of 64 x 64 each (4,096 to 4,160), so
+#: decoding costs the same and the difference is the resizing that mixed sizes need
+MIXED_SIZES = [(64, 64), (80, 52), (52, 80), (72, 57), (57, 72)]
 
 
-def _folder(root: Path, n: int) -> Path:
+def _folder(root: Path, n: int, sizes: list[tuple[int, int]] | None = None) -> Path:
+    """n digits on photos as an image folder of PNGs, 64 x 64 or resized to ``sizes`` in
+    turn."""
     data = digits_on_photos("test", n=n, seed=3)
     for k in range(10):
         (root / str(k)).mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        render.as_pil(data.images[i]).save(root / str(int(data.labels[i])) / f"{i:05d}.png")
+        image = render.as_pil(data.images[i])
+        if sizes:
+            image = image.resize(sizes[i % len(sizes)])
+        image.save(root / str(int(data.labels[i])) / f"{i:05d}.png")
     return root
+
+
+def _mixed_vs_same(model, n: int, reps: int, workers: int, tmp: Path) -> dict:
+    """attnviz stats as the CLI runs it by default (every image resized and centre-cropped to
+    64 x 64) over a folder of one size and one of mixed sizes: paired runs, order
+    alternated."""
+    same = open_dataset(_folder(tmp / "same", n), input_transform(64))
+    mixed = open_dataset(_folder(tmp / "mixed", n, MIXED_SIZES), input_transform(64))
+    _stats(model, Subset(same, range(64)), 64, 512, 0, tmp / "warm.pt")
+    times: dict[str, list[float]] = {"same": [], "mixed": []}
+    for r in range(reps):
+        order = ["same", "mixed"] if r % 2 == 0 else ["mixed", "same"]
+        for key in order:
+            data = same if key == "same" else mixed
+            times[key].append(_stats(model, data, 64, 512, workers, tmp / f"{key}-{r}.pt"))
+    ratios = [s / m for s, m in zip(times["same"], times["mixed"])]
+    return {
+        "images": n,
+        "same_s": statistics.median(times["same"]),
+        "mixed_s": statistics.median(times["mixed"]),
+        "throughput_ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
 
 
 def _plain(model, dataset, batch: int, workers: int) -> float:
@@ -145,6 +177,7 @@ def run(quick: bool = False) -> dict:
                 **_ratio(mobilenet, big, 32, 128, workers, reps, Path(tmp)),
             }
         )
+        sizes = _mixed_vs_same(shipped.load("resnet10_se"), n, reps, workers, Path(tmp))
         one = _torchrun(folder, Path(tmp) / "one.pt", 1, 1)
         two = _torchrun(folder, Path(tmp) / "two.pt", 2, 1)
         one_two_threads = _torchrun(folder, Path(tmp) / "one2.pt", 1, 2)
@@ -169,6 +202,17 @@ def run(quick: bool = False) -> dict:
         f"| wall seconds (process start and model load included) | {one:.1f} s | "
         f"{two:.1f} s | **{one / two:.2f}x** | {one_two_threads:.1f} s |",
     ]
+    mixed_sizes = ", ".join(f"{w}x{h}" for w, h in MIXED_SIZES)
+    table += [
+        "",
+        "| `attnviz stats` defaults (resize and centre-crop to 64 x 64), shipped SE "
+        f"ResNet-10, {n} PNGs | one size (64 x 64) | mixed sizes ({mixed_sizes}) | mixed "
+        "throughput / one size (median of pairs) | each pair |",
+        "|---|---:|---:|---:|---|",
+        f"| wall seconds | {sizes['same_s']:.1f} s | {sizes['mixed_s']:.1f} s | "
+        f"**{sizes['throughput_ratio']:.2f}x** | "
+        f"{' / '.join(f'{x:.2f}' for x in sizes['ratios'])} |",
+    ]
     procs = {
         "torchrun_1x1_s": one,
         "torchrun_2x1_s": two,
@@ -179,6 +223,7 @@ def run(quick: bool = False) -> dict:
         "title": "Dataset statistics: throughput and processes",
         "table": "\n".join(table),
         "rows": rows,
+        "mixed_sizes": sizes,
         "processes": procs,
         "notes": [
             f"Same batches through one DataLoader each ({workers} worker process decoding "

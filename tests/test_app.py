@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from labtools import free_port
 
 from attnviz import app as appmod
 from attnviz import cli, shipped
@@ -81,9 +82,13 @@ def test_the_page_notebook_and_the_voila_command(tmp_path):
         seen["template"] = (template / "attnviz-offline/index.html.j2").read_text()
         return 0
 
-    assert appmod.serve(port=9123, photo_weights=None, run=run) == 0
+    port = free_port()
+    assert appmod.serve(port=port, photo_weights=None, run=run) == 0
     cmd = seen["cmd"]
-    assert cmd[1:3] == ["-m", "voila"] and "--Voila.ip=127.0.0.1" in cmd and "--port=9123" in cmd
+    # Voila, through attnviz/_server.py (its kernel manager and Host check), on that port only
+    assert Path(cmd[1]).name == "_server.py" and Path(cmd[2]).name == "attnviz.ipynb"
+    assert "--Voila.ip=127.0.0.1" in cmd and f"--port={port}" in cmd
+    assert "--Voila.port_retries=0" in cmd
     assert "--strip_sources=True" in cmd and "--no-browser" in cmd
     assert "--template=attnviz-offline" in cmd
     assert "{%- block notebook_css -%}" in seen["template"] and "https://" not in seen["template"]

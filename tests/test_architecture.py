@@ -19,6 +19,7 @@ PACKAGE = ROOT / "attnviz"
 # drawing in docs/ARCHITECTURE.md hides no shortcut.
 LAYERS = {
     "_compat": 0,
+    "_server": 0,  # run by path inside Voila: imports nothing of attnviz
     "_resources": 0,
     "storage": 0,
     "running": 0,

@@ -254,7 +254,8 @@ def test_separable_attention_of_mobilevit_v2_is_recorded_as_context_scores():
 
 def test_the_function_mode_is_off_inside_registered_modules():
     """Registered modules are read by their probes: the kernel tracker steps aside while they
-    run (every op under a torch function mode costs time), and is back in the blocks around."""
+    run (every op under a torch function mode costs time), and so it does in the residual
+    blocks around them, whose own code calls no softmax (attnviz.probes.scan)."""
     from torch.overrides import _get_current_function_mode_stack
 
     from attnviz.models import small_resnet
@@ -273,7 +274,7 @@ def test_the_function_mode_is_off_inside_registered_modules():
     model.layer2[0].conv2.register_forward_pre_hook(spy("in the block"))
     with torch.no_grad(), attnviz.capture(model) as rec:
         model(torch.rand(2, 3, 32, 32))
-    assert seen == {"inside CBAM": False, "in the block": True}
+    assert seen == {"inside CBAM": False, "in the block": False}
     assert not _get_current_function_mode_stack()  # nothing left behind
     assert len(rec.select(kind="spatial")) == 4
 

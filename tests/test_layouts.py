@@ -24,13 +24,13 @@ def test_torchvision_maxvit_window_and_grid_positions_follow_its_partition():
         layer = layers.window_attention if "window" in r.name else layers.grid_attention
         x = _index_image(56, 56)
         tokens = layer.partition_swap(layer.partition_op(x, layer.p))  # B x G x P x C
-        assert torch.equal(r.meta["query_pos"], tokens[0, :, :, 0].long()), r.name
+        assert torch.equal(r.geometry.query_pos, tokens[0, :, :, 0].long()), r.name
         assert r.windows.shape[1:3] == (tokens.shape[1], layer.n_heads)
         # the dense matrix holds each group's rows at the places of its tokens
         g, t = 5, 3
         row = r.windows[0, g, 0, t]
-        dense = r.matrix[0, 0, int(r.meta["query_pos"][g, t])]
-        torch.testing.assert_close(dense[r.meta["key_pos"][g]], row)
+        dense = r.matrix[0, 0, int(r.geometry.query_pos[g, t])]
+        torch.testing.assert_close(dense[r.geometry.key_pos[g]], row)
         assert float(dense.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -75,8 +75,8 @@ def test_tinyvit_windows_follow_its_padding_and_partition():
     idx = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w, 1).expand(1, h, w, 8) + 1
     idx = idx.repeat(1, 1, 1, block.attn.norm.normalized_shape[0] // 8)
     tokens = _window_inputs(block, block.attn, idx)[..., 0]  # windows x 49, 0 where padded
-    assert torch.equal(r.meta["query_pos"], (tokens - 1).long().clamp(min=-1))
-    assert (r.meta["query_pos"] < 0).any()  # padding happened, and is marked
+    assert torch.equal(r.geometry.query_pos, (tokens - 1).long().clamp(min=-1))
+    assert (r.geometry.query_pos < 0).any()  # padding happened, and is marked
 
 
 def test_twins_local_windows_follow_its_partition():
@@ -104,7 +104,7 @@ def test_twins_local_windows_follow_its_partition():
     padded = torch.nn.functional.pad(seen[0].reshape(1, h, w, c), pad)
     hp, wp = padded.shape[1:3]
     wins = padded.reshape(1, hp // ws, ws, wp // ws, ws, c).transpose(2, 3).reshape(-1, ws * ws, c)
-    assert torch.equal(r.meta["query_pos"], (wins[..., 0] - 1).long().clamp(min=-1))
+    assert torch.equal(r.geometry.query_pos, (wins[..., 0] - 1).long().clamp(min=-1))
 
 
 def test_nest_blocks_follow_blockify():
@@ -117,7 +117,7 @@ def test_nest_blocks_follow_blockify():
     h, w = r.query_size
     idx = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w, 1)
     tokens = blockify(idx, model.levels[1].block_size)[0, ..., 0]  # T x N
-    assert torch.equal(r.meta["query_pos"], tokens.long())
+    assert torch.equal(r.geometry.query_pos, tokens.long())
     heads = model.levels[1].transformer_encoder[0].attn.num_heads
     assert r.windows.shape[1:3] == (tokens.shape[0], heads)
 
@@ -133,8 +133,8 @@ def test_davit_windows_follow_its_padding_and_partition():
     c = block.attn.qkv.in_features
     idx = (torch.arange(h * w, dtype=torch.float32) + 1).reshape(1, 1, h, w).expand(1, c, h, w)
     tokens = _window_inputs(block, block.attn, idx)[..., 0]
-    assert torch.equal(r.meta["query_pos"], (tokens - 1).long().clamp(min=-1))
-    assert (r.meta["query_pos"] < 0).any()
+    assert torch.equal(r.geometry.query_pos, (tokens - 1).long().clamp(min=-1))
+    assert (r.geometry.query_pos < 0).any()
 
 
 def test_sam_windows_follow_its_padding_and_partition():
@@ -156,8 +156,8 @@ def test_sam_windows_follow_its_padding_and_partition():
     idx = (torch.arange(h * w, dtype=torch.float32) + 1).reshape(1, h, w, 1)
     wins, _ = window_partition(idx, model.blocks[0].window_size)
     placed = (wins.reshape(wins.shape[0], -1) - 1).long().clamp(min=-1)
-    assert torch.equal(r.meta["query_pos"], placed)
-    assert r.windows.shape[1:3] == (4, 2) and (r.meta["query_pos"] < 0).any()
+    assert torch.equal(r.geometry.query_pos, placed)
+    assert r.windows.shape[1:3] == (4, 2) and (r.geometry.query_pos < 0).any()
 
 
 def test_rollout_stops_at_patch_merging_and_at_class_attention_with_the_reason():

@@ -150,6 +150,11 @@ _OPTIONAL = {
     "nbclient": "notebooks",
     "nbconvert": "notebooks",
     "jupyter_core": "notebooks",
+    # the app's Voila side (attnviz/_server.py) and its supervisor (attnviz/app.py)
+    "voila": "notebooks",
+    "jupyter_server": "notebooks",
+    "tornado": "notebooks",
+    "psutil": "notebooks",
 }
 
 

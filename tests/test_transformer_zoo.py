@@ -310,7 +310,7 @@ def test_timm_swin_v1_matrix_per_window(swin_v1: Run) -> None:
         if any(block.shift_size):
             shifted += 1
             window = tuple(block.window_size)
-            mask = shift_mask(*padded(rec.meta["query_size"], window), window, block.shift_size)
+            mask = shift_mask(*padded(rec.geometry.query_size, window), window, block.shift_size)
             assert torch.equal(kw["mask"], mask), name
         else:
             assert kw.get("mask") is None, name
@@ -327,12 +327,12 @@ def test_timm_swin_v1_placement_against_index_image(swin_v1: Run) -> None:
     and window_partition of an index image, on a map that needs padding."""
     padded = 0
     for name, rec, block in _swin_v1_windows(swin_v1):
-        size = rec.meta["query_size"]
+        size = rec.geometry.query_size
         assert size == block.input_resolution, name
         expected = timm_swin_positions(block, size)
         assert torch.equal(expected, block_positions(block, "_attn", size)), name
-        assert torch.equal(rec.meta["query_pos"], expected), name
-        assert torch.equal(rec.meta["key_pos"], expected), name
+        assert torch.equal(rec.geometry.query_pos, expected), name
+        assert torch.equal(rec.geometry.key_pos, expected), name
         padded += int((expected < 0).any())
     assert padded == 4  # every block pads (10 x 14 and 5 x 7 with 4 x 4 windows)
 
@@ -342,7 +342,7 @@ def test_timm_swin_v1_dense_matrix_and_padding(swin_v1: Run) -> None:
     for name, rec, block in _swin_v1_windows(swin_v1):
         (x,), kw = swin_v1.inputs[name]
         windows = swin_v1_windows(block.attn, x, kw.get("mask"), images=2)
-        size = rec.meta["query_size"]
+        size = rec.geometry.query_size
         pos = timm_swin_positions(block, size)
         want, lost = dense(windows, pos, pos, size[0] * size[1], size[0] * size[1])
         close(rec.matrix, want, msg=name)
@@ -369,7 +369,7 @@ def test_timm_swin_v1_fused_kernel_records_the_same(swin_v1: Run) -> None:
     for name in window_names(swin_v1):
         assert fused.rec[name].meta["kernel"] == "scaled_dot_product_attention"
         close(fused.rec[name].windows, swin_v1.rec[name].windows, SAME, msg=name)
-        assert torch.equal(fused.rec[name].meta["query_pos"], swin_v1.rec[name].meta["query_pos"])
+        assert torch.equal(fused.rec[name].geometry.query_pos, swin_v1.rec[name].geometry.query_pos)
 
 
 @pytest.mark.parametrize(
@@ -399,12 +399,12 @@ def test_timm_swin_shift_kept_where_window_covers_the_map(kw: dict, size: tuple)
     name = "layers.1.blocks.1.attn"
     block = blocks["layers.1.blocks.1"]
     rec = r.rec[name]
-    assert rec.meta["query_size"] == (3, 3) and any(block.shift_size)
+    assert rec.geometry.query_size == (3, 3) and any(block.shift_size)
     expected = block_positions(block, "_attn", (3, 3))
     (x,), kwargs = r.inputs[name]
     close(rec.windows, swin_v1_windows(block.attn, x, kwargs.get("mask"), images=2), msg=name)
-    assert torch.equal(rec.meta["query_pos"], expected), (
-        f"{rec.meta['layout']}: query_pos {rec.meta['query_pos'].tolist()} but the block "
+    assert torch.equal(rec.geometry.query_pos, expected), (
+        f"{rec.geometry.source}: query_pos {rec.geometry.query_pos.tolist()} but the block "
         f"placed {expected.tolist()}"
     )
 
@@ -534,13 +534,13 @@ def test_torchvision_swin_matrix_and_placement(v2: bool, size: tuple[int, int]) 
         rec = r.rec[name]
         (x,), _ = r.inputs[name]
         grid = (int(x.shape[1]), int(x.shape[2]))
-        assert rec.meta["query_size"] == grid, name
+        assert rec.geometry.query_size == grid, name
         windows = torchvision_windows(m, x)
         close(rec.windows, windows, msg=name)
         pos = torchvision_positions(m, grid)
         assert torch.equal(pos, own_code_positions(m, grid, x.shape[-1])), name
-        assert torch.equal(rec.meta["query_pos"], pos), name
-        assert torch.equal(rec.meta["key_pos"], pos), name
+        assert torch.equal(rec.geometry.query_pos, pos), name
+        assert torch.equal(rec.geometry.key_pos, pos), name
         want, lost = dense(windows, pos, pos, grid[0] * grid[1], grid[0] * grid[1])
         close(rec.matrix, want, msg=name)
         close(rec.padding_mass(), lost, msg=name)
@@ -603,14 +603,14 @@ def test_hugging_face_swin_matrix_and_placement(hf_swin_runs: dict[str, Run], im
     for name in window_names(r):
         layer = r.model.get_submodule(name.rsplit(".", 1)[0])
         rec = r.rec[name]
-        size = rec.meta["query_size"]
+        size = rec.geometry.query_size
         (x, mask), _ = r.inputs[name]
         assert rec.meta["kernel"] == KERNEL[impl]
         windows = hf_swin_windows(layer, x, size)
         close(rec.windows, windows, msg=name)
         pos = hf_swin_positions(layer, size)
-        assert torch.equal(rec.meta["query_pos"], pos), name
-        assert torch.equal(rec.meta["key_pos"], pos), name
+        assert torch.equal(rec.geometry.query_pos, pos), name
+        assert torch.equal(rec.geometry.key_pos, pos), name
         assert (pos < 0).any(), name  # both stages pad
         want, lost = dense(windows, pos, pos, size[0] * size[1], size[0] * size[1])
         close(rec.matrix, want, msg=name)
@@ -714,7 +714,7 @@ def test_timm_swin_v2_matrix_and_placement(
         rec = r.rec[name]
         (x,), kw = r.inputs[name]
         mask = kw.get("mask")
-        size = rec.meta["query_size"]
+        size = rec.geometry.query_size
         if any(block.shift_size):
             shifted += 1
             hp, wp = padded(size, block.window_size)
@@ -723,8 +723,8 @@ def test_timm_swin_v2_matrix_and_placement(
         close(rec.windows, windows, msg=name)
         pos = timm_swin_positions(block, size)
         assert torch.equal(pos, block_positions(block, method, size)), name
-        assert torch.equal(rec.meta["query_pos"], pos), name
-        assert torch.equal(rec.meta["key_pos"], pos), name
+        assert torch.equal(rec.geometry.query_pos, pos), name
+        assert torch.equal(rec.geometry.key_pos, pos), name
         want, lost = dense(windows, pos, pos, size[0] * size[1], size[0] * size[1])
         close(rec.matrix, want, msg=name)
         close(rec.padding_mass(), lost, msg=name)
@@ -1109,14 +1109,14 @@ def test_timm_maxvit_block_and_grid_partitions(maxvit: Run) -> None:
         assert g == (4, 3)
         windows = maxvit_groups(block.attn, x, g)
         close(rec.windows, windows, msg=name)
-        size = rec.meta["query_size"]
+        size = rec.geometry.query_size
         part = window_partition if block.partition_block else grid_partition
         pos = as_positions(part(index_image(*size), list(g)))
         img = index_image(*size, block.norm1.normalized_shape[0])
         own = as_positions(first_input(block.attn, lambda b=block, i=img: b._partition_attn(i)))
         assert torch.equal(pos, own), name
-        assert torch.equal(rec.meta["query_pos"], pos), name
-        assert torch.equal(rec.meta["key_pos"], pos), name
+        assert torch.equal(rec.geometry.query_pos, pos), name
+        assert torch.equal(rec.geometry.key_pos, pos), name
         n = size[0] * size[1]
         want, lost = dense(windows, pos, pos, n, n)
         close(rec.matrix, want, msg=name)
@@ -1125,7 +1125,7 @@ def test_timm_maxvit_block_and_grid_partitions(maxvit: Run) -> None:
     maps = ((32, 24), (16, 12), (8, 6), (4, 3))
     assert kinds == [(k, s) for s in maps for k in ("block", "grid")]
     # a grid group is a dilated lattice: group 0 of the 32 x 24 map holds rows 0, 8, 16, 24
-    grid0 = maxvit.rec["stages.0.blocks.0.attn_grid.attn"].meta["query_pos"][0]
+    grid0 = maxvit.rec["stages.0.blocks.0.attn_grid.attn"].geometry.query_pos[0]
     assert sorted({int(p) // 24 for p in grid0}) == [0, 8, 16, 24]
 
 
@@ -1171,7 +1171,9 @@ def test_timm_levit_attention_biases(model_name: str, size: tuple[int, int]) -> 
     assert grids[0] == (size[0] // 16, size[1] // 16)
     # the stride-2 attention between stages: exact, and placed nowhere rather than wrongly
     for name in ("stages.1.downsample.attn_downsample", "stages.2.downsample.attn_downsample"):
-        assert r.rec[name].meta.get("tokens_unplaced") is True
+        what = type(r.model.get_submodule(name)).__name__
+        unplaced = r.rec[name].geometry.unplaced
+        assert unplaced == f"attnviz knows no layout for {what} that places its tokens on the image"
 
 
 # -- ConViT: gated positional self-attention ----------------------------------------------------
@@ -1226,7 +1228,9 @@ def test_timm_xcit_channel_attention_is_unplaced() -> None:
         k = F.normalize(heads_of(qkv[..., c : 2 * c], heads).transpose(-2, -1), dim=-1)
         want = (q @ k.transpose(-2, -1) * attn.temperature).softmax(-1)
         rec = r.rec[name]
-        assert rec.meta.get("tokens_unplaced") is True
+        assert rec.geometry.unplaced == (
+            "attnviz knows no layout for XCA that places its tokens on the image"
+        )
         assert rec.matrix.shape == (2, heads, c // heads, c // heads)
         close(rec.matrix, want, msg=name)
         with pytest.raises(ValueError, match="no layout"):

@@ -30,7 +30,7 @@ Its row's status:
   left unrecorded, no refusal, and every self-attention record's tokens placed on the
   image;
 - ``"recorded, not placed"``: the same, but some self-attention records' tokens are not
-  placed (attnviz knows no layout for them: ``meta["tokens_unplaced"]``);
+  placed (attnviz knows no layout for them: ``record.geometry.unplaced``);
 - ``"partial"``: an attention kernel ran but was not recorded (``Recording.unrecorded``),
   or a check failed;
 - ``"refused"``: modules refused by design (``Recording.refused``), reasons in the note;

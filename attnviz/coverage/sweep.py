@@ -82,7 +82,7 @@ class CoverageRow:
     Attributes:
         kinds: record counts by kind (``{"self": 12, "channel": 2}``).
         placed, unplaced: self-attention records whose tokens attnviz places on the
-            image, and those it does not (``meta["tokens_unplaced"]``).
+            image, and those it does not (``record.geometry.unplaced``).
         seconds: building, running and capturing the model.
         note: the reasons behind the status (verbatim: unrecorded kernels, failed checks,
             refusals, the error), or what the unplaced records are.
@@ -146,9 +146,10 @@ def _unplaced(r: Record) -> str | None:
 
     Placed: the record states where its queries or its keys lie (``query_size`` or
     ``key_size``; class attention has keys on the image and a named query)."""
-    if r.meta.get("tokens_unplaced"):
+    geometry = getattr(r, "geometry", None)
+    if geometry is not None and geometry.unplaced is not None:
         return "no layout"
-    if r.meta.get("tokens_unnamed"):
+    if geometry is not None and geometry.unnamed:
         return "leading tokens not named"
     for grid in ("key_size", "query_size"):
         try:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..records import (
     BilinearAttentionRecord,
+    Geometry,
     LocalAttentionRecord,
     SelfAttentionRecord,
     TransformRecord,
@@ -114,7 +115,7 @@ class SelfAttentionProbe(Probe):
         matrix = a.reshape(b, heads, q, k)
         values = v.reshape(b, heads, k, -1)
         rows = spots(q, 16)
-        em = Emission(fields={"matrix": matrix, "values": values}, meta=self._grids(x, q, k))
+        em = Emission(fields={"matrix": matrix, "values": values}, geometry=self._geometry(x, q, k))
         em.compare(
             "matrix @ values == module's product",
             lambda: (result.reshape(b, heads, q, -1)[:, :, rows], matrix[:, :, rows] @ values),
@@ -125,18 +126,18 @@ class SelfAttentionProbe(Probe):
             em.fields["features"] = x
         return em
 
-    def _grids(self, x: torch.Tensor, q: int, k: int) -> dict[str, Any]:
-        meta: dict[str, Any] = {}
-        for key in ("query_size", "key_size"):
-            size = getattr(self.module, key, None)
+    def _geometry(self, x: torch.Tensor, q: int, k: int) -> Geometry:
+        """The grids the module states (its ``query_size`` / ``key_size`` attributes), else
+        the input's H x W where the queries (keys) are its positions."""
+        h, w = (int(s) for s in x.shape[-2:])
+
+        def grid(attribute: str, n: int) -> tuple[int, int] | None:
+            size = getattr(self.module, attribute, None)
             if size is not None:
-                meta[key] = tuple(int(s) for s in size)
-        h, w = x.shape[-2:]
-        if "query_size" not in meta and q == h * w:
-            meta["query_size"] = (h, w)
-        if "key_size" not in meta and k == h * w:
-            meta["key_size"] = (h, w)
-        return meta
+                return int(size[0]), int(size[1])
+            return (h, w) if n == h * w else None
+
+        return Geometry(grid("query_size", q), grid("key_size", k))
 
 
 class LocalAttentionProbe(Probe):
@@ -175,15 +176,10 @@ class LocalAttentionProbe(Probe):
             :, :, :, :, halo : halo + bs, halo : halo + bs
         ]
         values = own.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, heads, h * w, dv)
-        meta = {
-            "block": bs,
-            "halo": halo,
-            "window": win,
-            "blocks": (nh, nw),
-            "query_size": (nh * qb, nw * qb),
-            "key_size": (h, w),
-        }
-        em = Emission(fields={"windows": windows, "values": values}, meta=meta)
+        meta = {"block": bs, "halo": halo, "window": win, "blocks": (nh, nw)}
+        what = f"{type(m).__name__}: blocks of {bs} x {bs} pixels, halo {halo}"
+        geometry = Geometry((nh * qb, nw * qb), (h, w), source=what)
+        em = Emission(fields={"windows": windows, "values": values}, meta=meta, geometry=geometry)
         rows = spots(a.shape[-2], 16)
         em.compare(
             "matrix @ values == module's product", lambda: (result[:, :, rows], a[:, :, rows] @ v)
@@ -225,8 +221,9 @@ class BilinearAttentionProbe(Probe):
         rows = p.reshape(b, g, per, h, h)[:, :, 0]
         cols = q.reshape(b, g, per, w, w)[:, :, 0]
         values = x.reshape(b, g, per, h * w).transpose(-1, -2)
-        meta = {"query_size": (h, w), "key_size": (h, w)}
-        em = Emission(fields={"rows": rows, "cols": cols, "values": values}, meta=meta)
+        em = Emission(
+            fields={"rows": rows, "cols": cols, "values": values}, geometry=Geometry((h, w), (h, w))
+        )
         i, j = spots(h), spots(w)
 
         def shared() -> torch.Tensor:  # P and Q were expanded over each group's channels

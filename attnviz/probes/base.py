@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..records import Record
+from ..records import Geometry, Record
 
 __all__ = [
     "FUNCTIONS",
@@ -65,11 +65,12 @@ FUNCTIONS: dict[str, frozenset[Callable[..., Any]]] = {
 
 @dataclass
 class Emission:
-    """What one call of a module gave: record fields, metadata and checks.
+    """What one call of a module gave: record fields, metadata, geometry and checks.
 
     Attributes:
         fields: record field -> tensor (stored by the capture as detached copies).
-        meta: facts about the attention's layout (grids, heads, windows).
+        meta: facts about the attention that are no token geometry (the kernel read, its
+            shape, HaloNet's blocks and halo, a transformer's input size).
         checks: the relations the attention must satisfy, added by :meth:`compare`,
             :meth:`check` and :meth:`check_range`; the capture evaluates them (unless
             ``verify=False``), keeps the worst error per relation over the calls and
@@ -79,6 +80,10 @@ class Emission:
         record_type: the record class of these fields where one probe gives more than one
             (a fused kernel kept as its factors, or its whole matrix); None: the probe's
             own :attr:`Probe.record_type`.
+        geometry: where a self-attention record's tokens lie on the image (grids, named
+            tokens, places of windowed tokens, or why they are not placed), set on the
+            record as ``record.geometry``; None: the record's stays as it is (for other
+            kinds: always None).
     """
 
     fields: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -86,6 +91,7 @@ class Emission:
     checks: list[tuple[str, str, Callable[[], Any], float, float]] = field(default_factory=list)
     problem: str | None = None
     record_type: type[Record] | None = None
+    geometry: Geometry | None = None  # last: Emission's positional order is kept
 
     def compare(self, relation: str, pair: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
         """``pair()`` gives (actual, expected): the check is max |a - e| / max |e|."""

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..records import FactoredAttentionRecord, Record, SelfAttentionRecord
+from ..records import FactoredAttentionRecord, Geometry, Record, SelfAttentionRecord
 from .base import FUNCTIONS, Emission, Probe, spots, sums_to_one
 from .tokens import attention_matrix, factored_fields
 
@@ -58,8 +58,13 @@ _EINSUM = frozenset({torch.einsum})
 def tracked(module: nn.Module) -> bool:
     """Whether a capture keeps a frame for ``module``: everything but torch's own modules
     (leaves such as ``nn.Softmax`` and ``nn.Dropout``, and containers), which never run
-    an attention kernel themselves, or are registered (``nn.MultiheadAttention``)."""
-    return not type(module).__module__.startswith("torch.nn.")
+    an attention kernel themselves, or are registered (``nn.MultiheadAttention``), and
+    but subclasses that run torch.nn's own forward (torchvision's ``Conv2dNormActivation``
+    is an ``nn.Sequential``): their code only calls their children."""
+    if type(module).__module__.startswith("torch.nn."):
+        return False
+    forward = module.__dict__.get("forward", type(module).forward)
+    return not (getattr(forward, "__module__", None) or "").startswith("torch.nn.")
 
 
 @dataclass
@@ -108,9 +113,6 @@ class Frame:
     # id -> (tensor, softmax dim or None, is the softmax output itself); tensors held so
     # that ids are not reused while the frame runs
     tainted: dict[int, tuple[torch.Tensor, int | None, bool]] = field(default_factory=dict)
-    # the outermost covered frame turns the torch function mode off while it runs: what a
-    # registered module computes is its probe's to read, and every op would pay the mode
-    suspended: bool = False
 
 
 def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -280,7 +282,8 @@ class KernelProbe(Probe):
     """The record-making half of a kernel found at run time (see the module docstring).
 
     Made by the capture for a module the first time a kernel is seen in it; turns each
-    :class:`KernelCall` into record fields, layout metadata and checks.
+    :class:`KernelCall` into record fields, the kernel's metadata, the tokens' geometry
+    and checks.
     """
 
     kind = "self"
@@ -298,23 +301,24 @@ class KernelProbe(Probe):
         lead = int(math.prod(lead_shape))
         placed = layout(lead_shape, q, k) if layout is not None else None
         record_type: type[Record] = SelfAttentionRecord
+        meta: dict[str, Any] = {}
         if call.factors is not None and (placed is None or placed.query_pos is None):
-            fields, meta = self._factors(call, v, placed, batch, lead)
+            fields, meta, geometry = self._factors(call, v, placed, batch, lead)
             record_type = FactoredAttentionRecord
         else:
             a = call.rows()  # windows: small matrices, kept whole
             if placed is not None:
-                fields, meta, record_type = placed.fields(a, v)
+                fields, geometry, record_type = placed.fields(a, v)
             else:
                 b = batch if batch and lead % batch == 0 else lead
                 fields = {
                     "matrix": a.reshape(b, lead // b, q, k),
                     "values": v.reshape(b, lead // b, k, v.shape[-1]),
                 }
-                meta = {"tokens_unplaced": True}
+                geometry = self._unplaced()
         meta["kernel"] = call.how
         meta["kernel_shape"] = shape
-        em = Emission(fields=fields, meta=meta, record_type=record_type)
+        em = Emission(fields=fields, meta=meta, geometry=geometry, record_type=record_type)
         rows = list(range(q))[spots(q, 16)]
         imgs = slice(None, None, max(1, lead // 64))  # images, windows and heads: about 64
 
@@ -331,20 +335,28 @@ class KernelProbe(Probe):
             em.check("rows sum to 1", lambda: sums_to_one(sampled(), -1))
         return em
 
+    def _unplaced(self) -> Geometry:
+        """The geometry of a kernel no layout places: its reason, said by the record's grid
+        methods."""
+        what = type(self.module).__name__
+        return Geometry(
+            unplaced=f"attnviz knows no layout for {what} that places its tokens on the image"
+        )
+
     def _factors(
         self, call: KernelCall, v: torch.Tensor, placed: Any, batch: int | None, lead: int
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Record fields of a fused kernel kept as its factors (a global or unplaced
-        kernel; windows keep their small matrices)."""
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Geometry]:
+        """Record fields, metadata and geometry of a fused kernel kept as its factors (a
+        global or unplaced kernel; windows keep their small matrices)."""
         f = cast(dict, call.factors)
         if placed is not None:
             b, h = placed.images, placed.heads
-            meta = placed.meta(f["q"].shape[-2])
+            geometry = placed.geometry(f["q"].shape[-2])
         else:
             b = batch if batch and lead % batch == 0 else lead
             h = lead // b
-            meta = {"tokens_unplaced": True}
-        fields, kept = factored_fields(
+            geometry = self._unplaced()
+        fields, meta = factored_fields(
             f["q"],
             f["k"],
             v,
@@ -355,7 +367,7 @@ class KernelProbe(Probe):
             images=b,
             heads=h,
         )
-        return fields, {**meta, **kept}
+        return fields, meta, geometry
 
     def end(self, args: tuple, kwargs: dict, output: Any) -> Emission:  # not hook-driven
         raise NotImplementedError

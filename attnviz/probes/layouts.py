@@ -30,7 +30,11 @@ module, its parents and the forward's input, and returns a :class:`Placement`.
   token (i, j) of group (a, b) at (i H/g + a, j W/g + b)).
 
 A family with no layout is still recorded exactly, but its record says its tokens are
-not placed (``meta["tokens_unplaced"]``) and its grid methods refuse with the reason.
+not placed (``record.geometry.unplaced``, the reason) and its grid methods refuse with it.
+
+A :class:`Placement` is about the kernel (how its lead dimensions split into images,
+groups and heads); what stays true of the record, where its tokens lie, is the
+:class:`~attnviz.records.Geometry` it gives the record (:meth:`Placement.geometry`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..records import SelfAttentionRecord, WindowAttentionRecord
+from ..records import Geometry, SelfAttentionRecord, WindowAttentionRecord
 from .tokens import TokenLayout
 
 __all__ = ["LAYOUTS", "Placement", "Scene", "global_layout", "layout_for", "window_positions"]
@@ -103,25 +107,33 @@ class Placement:
     source: str = ""
     heads_first: bool = False  # lead flattened as (images, heads, groups): NesT
 
-    def meta(self, queries: int) -> dict[str, Any]:
-        """A global group's record metadata: layout, named tokens, grids (``queries``
-        tokens that are neither named nor on a grid are unplaced)."""
-        meta: dict[str, Any] = {"layout": self.source, "prefix": self.prefix}
-        if self.query_size is not None:
-            meta["query_size"] = self.query_size
-        if self.key_size is not None:
-            meta["key_size"] = self.key_size
-        if self.query_size is None and queries != len(self.prefix):
-            meta["tokens_unplaced"] = True
-        return meta
+    def geometry(self, queries: int) -> Geometry:
+        """The record's geometry for a kernel of ``queries`` queries: grids, named tokens,
+        places of windowed tokens (a global group's ``queries`` tokens that are neither
+        named nor on a grid are unplaced)."""
+        unplaced = None
+        if self.query_pos is None and self.query_size is None and queries != len(self.prefix):
+            unplaced = (
+                f"its {queries} queries are neither its named tokens {list(self.prefix)} nor "
+                f"positions on a grid ({self.source})"
+            )
+        return Geometry(
+            query_size=self.query_size,
+            key_size=self.key_size,
+            prefix=self.prefix,
+            query_pos=self.query_pos,
+            key_pos=self.key_pos,
+            unplaced=unplaced,
+            source=self.source,
+        )
 
-    def fields(self, a: torch.Tensor, v: torch.Tensor) -> tuple[dict, dict, type]:
-        """Record fields, metadata and record class for matrix ``a`` and values ``v``."""
+    def fields(self, a: torch.Tensor, v: torch.Tensor) -> tuple[dict, Geometry, type]:
+        """Record fields, geometry and record class for matrix ``a`` and values ``v``."""
         q, k = a.shape[-2:]
         if self.query_pos is None:
             a4 = a.reshape(self.images, self.heads, q, k)
             v4 = v.reshape(self.images, self.heads, k, v.shape[-1])
-            return {"matrix": a4, "values": v4}, self.meta(q), SelfAttentionRecord
+            return {"matrix": a4, "values": v4}, self.geometry(q), SelfAttentionRecord
         if self.heads_first:
             shape = (self.images, self.heads, self.groups)
             w = a.reshape(*shape, q, k).transpose(1, 2)
@@ -130,14 +142,7 @@ class Placement:
             shape = (self.images, self.groups, self.heads)
             w = a.reshape(*shape, q, k)
             vv = v.reshape(*shape, k, v.shape[-1])
-        meta = {
-            "layout": self.source,
-            "query_size": self.query_size,
-            "key_size": self.key_size,
-            "query_pos": self.query_pos,
-            "key_pos": self.key_pos,
-        }
-        return {"windows": w, "values": vv}, meta, WindowAttentionRecord
+        return {"windows": w, "values": vv}, self.geometry(q), WindowAttentionRecord
 
 
 Layout = Callable[[Scene, tuple[int, ...], int, int], "Placement | None"]

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..maps.attention import attention_rows
-from ..records import FactoredAttentionRecord, SelfAttentionRecord
+from ..records import FactoredAttentionRecord, Geometry, SelfAttentionRecord
 from .attention import SelfAttentionProbe
 from .base import Emission, Probe, spots, sums_to_one
 
@@ -211,18 +211,25 @@ class _TokenMixin:
         em.meta["heads_are"] = f"{fold} sequences per image x {a.shape[1]} heads"
         return em
 
-    def token_meta(self, n: int) -> dict[str, Any]:
+    def token_geometry(self, n: int) -> Geometry:
+        """The geometry of ``n`` tokens attending to each other: the model's named tokens
+        then its patch grid, else a square grid, else unnamed leading tokens."""
         layout = self.layout
         if layout is None:
             side = math.isqrt(n)
             if side * side == n:
-                return {"query_size": (side, side), "key_size": (side, side)}
-            return {"tokens_unnamed": True}
+                return Geometry((side, side), (side, side), source="a square grid of tokens")
+            return Geometry(unnamed=True)
         grid = layout.grid(n)
-        meta: dict[str, Any] = {"prefix": layout.prefix}
-        if grid is not None:
-            meta["query_size"] = meta["key_size"] = grid
-        return meta
+        return Geometry(grid, grid, prefix=layout.prefix, source=layout.source)
+
+    def key_geometry(self, k: int) -> Geometry:
+        """The geometry of cross-attention over ``k`` keys (SigLIP's pooling head: one
+        learned query over the patches): the keys' grid where the layout has it."""
+        keys = self.token_geometry(k)
+        if keys.key_size is not None and not keys.prefix:
+            return Geometry(key_size=keys.key_size, source=keys.source)
+        return Geometry()
 
 
 class MultiheadAttentionProbe(_TokenMixin, Probe):
@@ -330,18 +337,12 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
         b_v = None if m.in_proj_bias is None else m.in_proj_bias[2 * e :]
         # self-attention over tokens: the layout's grid; cross-attention (SigLIP's pooling
         # head: one learned query over the patches): the keys' grid where the layout has it
-        if q == k:
-            meta = self.token_meta(q)
-        else:
-            keys = self.token_meta(k)
-            meta = (
-                {"key_size": keys["key_size"]}
-                if "key_size" in keys and not keys.get("prefix")
-                else {}
-            )
-        meta["kernel"] = "nn.MultiheadAttention, asked for its per-head weights"
-        meta["kernel_shape"] = tuple(int(s) for s in a.shape)
-        em = Emission(fields={"matrix": a}, meta=meta)
+        geometry = self.token_geometry(q) if q == k else self.key_geometry(k)
+        meta = {
+            "kernel": "nn.MultiheadAttention, asked for its per-head weights",
+            "kernel_shape": tuple(int(s) for s in a.shape),
+        }
+        em = Emission(fields={"matrix": a}, meta=meta, geometry=geometry)
         rows, imgs = spots(q, 16), slice(0, 2)
 
         def product() -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,15 +383,13 @@ class MultiheadAttentionProbe(_TokenMixin, Probe):
             for t, w, bias in zip(inputs, weights, biases)
         )
         n, keys = q.shape[2], k.shape[2]
-        meta = self.token_meta(n) if n == keys else {}
-        if n != keys:
-            grid = self.token_meta(keys)
-            if "key_size" in grid and not grid.get("prefix"):
-                meta["key_size"] = grid["key_size"]
-        fields, kept = factored_fields(
+        geometry = self.token_geometry(n) if n == keys else self.key_geometry(keys)
+        fields, meta = factored_fields(
             q, k, v, None, scale=None, causal=False, how="nn.MultiheadAttention, kept as factors"
         )
-        em = Emission(fields=fields, meta={**meta, **kept}, record_type=FactoredAttentionRecord)
+        em = Emission(
+            fields=fields, meta=meta, geometry=geometry, record_type=FactoredAttentionRecord
+        )
         rows, imgs = list(range(n))[spots(n, 16)], slice(0, 2)
 
         @functools.cache  # both checks read the same rows: computed once
@@ -422,7 +421,7 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
             em = super().end(args, kwargs, output)
             if em.problem is None:
                 a = em.fields["matrix"]
-                em.meta = self.token_meta(a.shape[-2])
+                em.geometry = self.token_geometry(a.shape[-2])
             return self.per_image(em)
         if len(calls) != 1:
             return self.missing()
@@ -439,19 +438,23 @@ class TokenAttentionProbe(_TokenMixin, SelfAttentionProbe):
         scale = ckw.get("scale")
         n = q.shape[-2]
         rows = list(range(n))[spots(n, 16)]
-        meta = self.token_meta(n)
+        geometry = self.token_geometry(n)
         if self.factored:  # the kernel's factors; rows computed when asked
-            fields, kept = factored_fields(
+            fields, meta = factored_fields(
                 q, k, v, mask, scale=scale, causal=causal, how="scaled_dot_product_attention"
             )
-            em = Emission(fields=fields, meta={**meta, **kept}, record_type=FactoredAttentionRecord)
+            em = Emission(
+                fields=fields, meta=meta, geometry=geometry, record_type=FactoredAttentionRecord
+            )
 
             def chosen() -> torch.Tensor:
                 return attention_matrix(q, k, mask, causal, scale, rows=rows)
         else:
             a = attention_matrix(q, k, mask, causal, scale)
             em = Emission(
-                fields={"matrix": a, "values": v}, meta=meta, record_type=SelfAttentionRecord
+                fields={"matrix": a, "values": v},
+                geometry=geometry,
+                record_type=SelfAttentionRecord,
             )
 
             def chosen() -> torch.Tensor:

@@ -1,380 +1,32 @@
-"""Typed records of what attention modules applied, and the recording that holds them.
-
-A :class:`Record` is filled by :func:`attnviz.capture` (one per attention module, in the
-order the modules ran); each kind has its own class, named for the question it answers:
-
-=============== ===================== ==================================================
-kind            record                the attention, as applied
-=============== ===================== ==================================================
-``channel``     :class:`ChannelRecord`     ``weights`` B x C: one weight per channel
-``spatial``     :class:`SpatialRecord`     ``map`` B x H x W: one weight per position
-``elementwise`` :class:`ElementwiseRecord` ``gate`` B x C x H x W: per channel and position
-``axial``       :class:`AxialRecord`       ``height`` B x C x H and ``width`` B x C x W,
-                                           applied as their product
-``branch``      :class:`BranchRecord`      ``weights`` B x K x C: a choice among K paths
-``context``     :class:`ContextRecord`     ``map`` B x H x W pooling weights, then a
-                                           channel ``scale`` and/or additive ``shift``
-``transform``   :class:`TransformRecord`   ``theta`` B x 2 x 3 and the sampled ``output``
-``self``        :class:`SelfAttentionRecord` ``matrix`` B x heads x Q x K: where each
-                                           query position looks
-=============== ===================== ==================================================
-
-Self-attention comes in three layouts with one interface (``matrix``, ``values``,
-``query_map``, ``received``): dense (non-local, BoTNet), local windows
-(:class:`LocalAttentionRecord`, HaloNet) and separable row/column attention
-(:class:`BilinearAttentionRecord`, BAT).
+"""Self-attention records, one interface (``matrix``, ``values``, ``query_map``,
+``received``) in five layouts: dense (:class:`SelfAttentionRecord`: non-local, BoTNet,
+vision transformers), kept as the fused kernel's factors (:class:`FactoredAttentionRecord`),
+local windows (:class:`LocalAttentionRecord`: HaloNet), groups of tokens placed anywhere on
+the map (:class:`WindowAttentionRecord`: Swin, MaxViT) and separable row/column attention
+(:class:`BilinearAttentionRecord`: BAT). Where each record's tokens lie on the image is its
+``geometry`` (:class:`~attnviz.records.geometry.Geometry`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ._compat import renamed_kwargs
-from .maps import upsample
-from .maps.attention import Rows, attention_rows, matrix_bytes
-from .maps.views import weighted_activation
+from ..maps import upsample
+from ..maps.attention import Rows, attention_rows, matrix_bytes
+from .base import Record
+from .geometry import LEGACY_KEYS, Geometry, GeometryMeta, warn_legacy, with_legacy
 
 __all__ = [
-    "KINDS",
-    "AxialRecord",
     "BilinearAttentionRecord",
-    "BranchRecord",
-    "ChannelRecord",
-    "Check",
-    "ContextRecord",
-    "ElementwiseRecord",
     "FactoredAttentionRecord",
     "LocalAttentionRecord",
-    "Record",
-    "Recording",
     "SelfAttentionRecord",
-    "SpatialRecord",
-    "TransformRecord",
-    "TwoStageTransformRecord",
     "WindowAttentionRecord",
 ]
-
-#: the largest whole matrix a factored record computes when asked (bytes; set to change)
-MATRIX_LIMIT = 2 * 2**30
-
-#: the kinds of attention a record can hold
-KINDS = ("channel", "spatial", "elementwise", "axial", "branch", "context", "transform", "self")
-
-
-class Record:
-    """What one attention module applied, over every forward pass of a capture.
-
-    Attributes:
-        name: the module's qualified name in the model.
-        module_type: the class name of the module.
-        kind: one of :data:`KINDS`.
-        meta: what the module states about its attention (grids, heads, windows).
-    """
-
-    kind: ClassVar[str] = ""
-    _main: ClassVar[str] = ""
-
-    def __init__(self, name: str, module_type: str) -> None:
-        self.name = name
-        self.module_type = module_type
-        self._parts: dict[str, list[torch.Tensor]] = {}
-        self._cache: dict[str, torch.Tensor] = {}
-        self.meta: dict[str, Any] = {}
-
-    def _append(self, field: str, tensor: torch.Tensor) -> None:
-        self._parts.setdefault(field, []).append(tensor)
-        self._cache.clear()
-
-    def _has(self, field: str) -> bool:
-        return bool(self._parts.get(field))
-
-    def _get(self, field: str) -> torch.Tensor:
-        if field not in self._cache:
-            parts = self._parts.get(field)
-            if not parts:
-                raise AttributeError(f"{self.name}: no {field!r} was recorded")
-            shapes = {tuple(p.shape[1:]) for p in parts}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"{self.name}: forward passes inside one capture gave {field} of different "
-                    f"shapes {sorted(shapes)}; use one capture per input size"
-                )
-            self._cache[field] = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return self._cache[field]
-
-    @property
-    def data(self) -> torch.Tensor:
-        """The attention tensor itself (weights, map, gate, theta or matrix)."""
-        return self._get(self._main)
-
-    @property
-    def features(self) -> torch.Tensor:
-        """What the attention was applied to, recorded only by ``capture(..., features=True)``.
-
-        For channel, spatial, elementwise and axial attention the module's input
-        (B x C x H x W): the output is ``features`` times the attention. For branch
-        attention the K paths (B x K x C x H x W); for context attention and self-attention
-        the module's input.
-        """
-        if "features" not in self._parts:
-            raise AttributeError(
-                f"{self.name}: no features recorded; use capture(..., features=True)"
-            )
-        return self._get("features")
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the record holds (every field of every call)."""
-        return sum(t.numel() * t.element_size() for ts in self._parts.values() for t in ts)
-
-    @property
-    def batch_size(self) -> int:
-        """Images recorded: the sum of the batch sizes of every recorded call."""
-        return sum(p.shape[0] for p in self._parts.get(self._main, []))
-
-    @property
-    def calls(self) -> int:
-        """How many times the module ran (and was recorded) during the capture.
-
-        Compare with ``Recording.forwards``: a module called twice per forward pass records
-        twice the rows of the images it saw; :meth:`per_call` splits them.
-        """
-        return len(self._parts.get(self._main, []))
-
-    def per_call(self, field: str | None = None) -> list[torch.Tensor]:
-        """One tensor per recorded call (of ``field``, default the attention itself)."""
-        field = field or self._main
-        if not self._parts.get(field):
-            raise AttributeError(f"{self.name}: no {field!r} was recorded")
-        return list(self._parts[field])
-
-    def view(self) -> tuple[str, torch.Tensor]:
-        """One picture per image of this attention on its feature grid: (label, B x h x w).
-
-        Each kind says what its picture is (see the subclasses); this is the one place
-        :func:`attnviz.maps.attention_view` and the explorers ask.
-
-        Raises:
-            ValueError: a kind (or a record) with no picture on the image grid.
-        """
-        raise ValueError(f"{self.name}: {self.kind} attention has no picture on the image grid")
-
-    def __repr__(self) -> str:
-        parts = self._parts.get(self._main) or []
-        if parts:
-            shape = f"shape=({self.batch_size}, {', '.join(map(str, parts[0].shape[1:]))})"
-            shape += f", calls={len(parts)}"
-        else:
-            shape = "nothing recorded"
-        return f"{type(self).__name__}(name={self.name!r}, type={self.module_type}, {shape})"
-
-
-class ChannelRecord(Record):
-    """Channel weights (SE's s, CBAM's Mc, ECA, ...): ``weights`` is B x C."""
-
-    kind = "channel"
-    _main = "weights"
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self._get("weights")
-
-    def view(self) -> tuple[str, torch.Tensor]:
-        """The weighted activation ``sum_c s_c u_c`` (needs ``capture(..., features=True)``):
-        derived from the weights, not a map the module applied."""
-        if "features" not in self._parts:
-            raise ValueError(
-                f"{self.name}: a channel record has a picture only as the weighted "
-                "activation, which needs capture(..., features=True)"
-            )
-        return "SE-weighted activation", weighted_activation(self.features, self.weights)
-
-
-class SpatialRecord(Record):
-    """A spatial map (CBAM's Ms): ``map`` is B x H x W."""
-
-    kind = "spatial"
-    _main = "map"
-
-    @property
-    def map(self) -> torch.Tensor:
-        return self._get("map")
-
-    def view(self) -> tuple[str, torch.Tensor]:
-        """The map itself."""
-        return "spatial map", self.map.float()
-
-
-class ElementwiseRecord(Record):
-    """A gate per channel and position (Gather-Excite with extent, strip attention).
-
-    ``gate`` is B x C x H x W; the module's output is its input times the gate.
-    """
-
-    kind = "elementwise"
-    _main = "gate"
-
-    @property
-    def gate(self) -> torch.Tensor:
-        return self._get("gate")
-
-    def view(self) -> tuple[str, torch.Tensor]:
-        """The gate's mean over channels."""
-        return "gate (mean over channels)", self.gate.float().mean(1)
-
-
-class AxialRecord(Record):
-    """A gate factorised along the two axes (coordinate attention, efficient local attention).
-
-    ``height`` is B x C x H, ``width`` B x C x W; the module multiplies its input by both,
-    so the gate it applied at (c, i, j) is ``height[c, i] * width[c, j]`` (:meth:`gate`).
-    """
-
-    kind = "axial"
-    _main = "height"
-
-    @property
-    def height(self) -> torch.Tensor:
-        return self._get("height")
-
-    @property
-    def width(self) -> torch.Tensor:
-        return self._get("width")
-
-    def gate(self) -> torch.Tensor:
-        """The applied gate, B x C x H x W: ``height[..., :, None] * width[..., None, :]``."""
-        return self.height[..., :, None] * self.width[..., None, :]
-
-    def view(self) -> tuple[str, torch.Tensor]:
-        """The mean over channels of ``height x width``."""
-        return "axial gate (mean over channels)", self.gate().float().mean(1)
-
-
-class BranchRecord(Record):
-    """Attention over K branches per channel (selective kernels, ResNeSt's split attention).
-
-    ``weights`` is B x K x C: for every channel, how much of each path's output goes into
-    the module's output, ``sum_k weights[:, k, c] * path_k[c]``; a softmax over K (a sigmoid
-    when K = 1).
-    """
-
-    kind = "branch"
-    _main = "weights"
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self._get("weights")
-
-    @property
-    def paths(self) -> int:
-        """K, the number of branches."""
-        return int(self.weights.shape[1])
-
-    def choice(self) -> torch.Tensor:
-        """The branch each channel weights most: B x C integer indices."""
-        return self.weights.argmax(dim=1)
-
-
-class ContextRecord(Record):
-    """Global-context attention (GCNet): attention pooling, then a scale and/or a shift.
-
-    ``map`` (B x H x W, sums to one per image) is where the context is pooled from:
-    ``context[c] = sum_p map[p] x[c, p]``. The module then applies ``scale`` (B x C, a
-    sigmoid channel gate of the context) and/or adds ``shift`` (B x C, a transform of the
-    context): ``output = x * scale + shift``. A module without one of them records none.
-    """
-
-    kind = "context"
-    _main = "map"
-
-    @property
-    def map(self) -> torch.Tensor:
-        return self._get("map")
-
-    @property
-    def scale(self) -> torch.Tensor:
-        return self._get("scale")
-
-    @property
-    def shift(self) -> torch.Tensor:
-        return self._get("shift")
-
-    @property
-    def has_scale(self) -> bool:
-        return self._has("scale")
-
-    @property
-    def has_shift(self) -> bool:
-        return self._has("shift")
-
-    def view(self) -> tuple[str, torch.Tensor]:
-        """The pooling map: where the context is gathered from."""
-        return "context pooling map", self.map.float()
-
-
-class TransformRecord(Record):
-    """A spatial transformer's A_theta (B x 2 x 3), its output V and the input's H x W."""
-
-    kind = "transform"
-    _main = "theta"
-
-    @property
-    def theta(self) -> torch.Tensor:
-        return self._get("theta")
-
-    @property
-    def output(self) -> torch.Tensor:
-        """V, the transformed output (B x C x H' x W')."""
-        return self._get("output")
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(H, W) of the image that was sampled."""
-        return self.meta["input_size"]
-
-    @property
-    def align_corners(self) -> bool:
-        return self.meta.get("align_corners", False)
-
-    def grid(self) -> torch.Tensor:
-        """The sampling grid (B x H' x W' x 2, normalised [-1, 1]) that produced ``output``."""
-        out = self.output
-        return F.affine_grid(self.theta.float(), list(out.shape), align_corners=self.align_corners)
-
-
-class TwoStageTransformRecord(TransformRecord):
-    """A two-stage spatial transformer (:class:`attnviz.modules.TwoStageTransformer`).
-
-    ``theta`` is the composed transform that sampled ``output``; its pieces are the
-    first stage's ``window`` (B x 2 x 3: where the object is and how big) and the second
-    stage's ``rotation`` (B x 2 x 2: how it was turned), ``theta = [A_1 R | t_1]``;
-    ``crop`` is what the second stage read (the window's crop).
-    """
-
-    @property
-    def window(self) -> torch.Tensor:
-        return self._get("window")
-
-    @property
-    def rotation(self) -> torch.Tensor:
-        return self._get("rotation")
-
-    @property
-    def crop(self) -> torch.Tensor:
-        return self._get("crop")
-
-    @property
-    def angle(self) -> torch.Tensor:
-        """The rotation's angle in radians (B), counter-clockwise in sampling coordinates."""
-        r = self.rotation.double()
-        return torch.atan2(r[:, 1, 0], r[:, 0, 0]).float()
 
 
 class SelfAttentionRecord(Record):
@@ -390,10 +42,33 @@ class SelfAttentionRecord(Record):
     patch grid. The grid methods (``head_matrix``, ``key_row``, ``query_map``,
     ``received``) use the patch-to-patch part; :meth:`token_attention` gives where a
     named token looks.
+
+    Attributes:
+        geometry: where the tokens lie on the image (:class:`~attnviz.records.Geometry`:
+            grids, named tokens, places of windowed tokens, or why they are not placed),
+            set by the capture from the module's layout.
+        meta: facts that are no geometry (the kernel that was read and its shape, a
+            factored kernel's scale, ...).
     """
 
     kind = "self"
     _main = "matrix"
+
+    def __init__(self, name: str, module_type: str) -> None:
+        super().__init__(name, module_type)
+        self.geometry = Geometry()
+        self.meta: dict[str, Any] = GeometryMeta(self)
+
+    def _describe(self, meta: Mapping[str, Any], geometry: Geometry | None = None) -> None:
+        old = {k: v for k, v in meta.items() if k in LEGACY_KEYS}
+        if old:  # a probe written before Geometry: its keys are folded in
+            warn_legacy(f"{self.name} (its probe's Emission.meta)", old, 2)
+            geometry = with_legacy(geometry if geometry is not None else self.geometry, old)
+        if geometry is not None:
+            self.geometry = geometry
+        for k, v in meta.items():
+            if k not in old:
+                dict.__setitem__(self.meta, k, v)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -411,17 +86,17 @@ class SelfAttentionRecord(Record):
     @property
     def query_size(self) -> tuple[int, int]:
         """(Hq, Wq): the grid of the queries, the rows of ``matrix``."""
-        return self._grid("query_size", 2)
+        return self._grid(2)
 
     @property
     def key_size(self) -> tuple[int, int]:
         """(Hk, Wk): the grid of the keys, the columns of ``matrix``."""
-        return self._grid("key_size", 3)
+        return self._grid(3)
 
     @property
     def prefix(self) -> tuple[str, ...]:
         """Names of the tokens before the patches (vision transformers), else ``()``."""
-        return tuple(self.meta.get("prefix", ()))
+        return self.geometry.prefix
 
     @property
     def tokens(self) -> int:
@@ -438,22 +113,23 @@ class SelfAttentionRecord(Record):
     def _positions(self, dim: int) -> int:
         return int(self.matrix.shape[dim]) - len(self.prefix)
 
-    def _grid(self, key: str, dim: int) -> tuple[int, int]:
-        if self.meta.get("tokens_unplaced"):
+    def _grid(self, dim: int) -> tuple[int, int]:
+        """The query (``dim`` 2, the matrix's rows) or key (3, its columns) grid."""
+        g = self.geometry
+        if g.unplaced is not None:
             raise ValueError(
                 f"{self.name}: its matrix ({self.meta.get('kernel', 'attention')}, shape "
-                f"{self.meta.get('kernel_shape')}) is recorded exactly, but attnviz knows no "
-                f"layout for {self.module_type} that places its tokens on the image; the "
+                f"{self.meta.get('kernel_shape')}) is recorded exactly, but {g.unplaced}; the "
                 "matrix itself is in record.matrix (images x (groups x heads) x Q x K)"
             )
-        if self.meta.get("tokens_unnamed"):
+        if g.unnamed:
             raise ValueError(
                 f"{self.name}: {self._positions(dim)} tokens that are no square grid, and "
                 "attnviz cannot name the model's leading tokens; set model.token_layout = "
                 "attnviz.TokenLayout(prefix=('cls',), patch=(16, 16), source='mine')"
             )
         n = self._positions(dim)
-        size = self.meta.get(key)
+        size, key = (g.query_size, "query_size") if dim == 2 else (g.key_size, "key_size")
         if n == 0:
             raise ValueError(
                 f"{self.name}: its {'queries' if dim == 2 else 'keys'} are named tokens only "
@@ -470,7 +146,7 @@ class SelfAttentionRecord(Record):
             size = (side, side)
         if size[0] * size[1] != n:
             raise ValueError(f"{self.name}: {key} {size} does not fit {n} positions")
-        return tuple(size)
+        return size
 
     def head_matrix(self, head: int | None = None) -> torch.Tensor:
         """B x Q x K float32: one head's matrix, or the mean over heads (``head=None``)."""
@@ -642,6 +318,8 @@ class FactoredAttentionRecord(SelfAttentionRecord):
     def matrix(self) -> torch.Tensor:
         """The whole matrix (B x heads x N x M), computed now; refused beyond
         :data:`MATRIX_LIMIT` bytes."""
+        from . import MATRIX_LIMIT  # the package's, read when asked: users set it there
+
         if "matrix" not in self._cache:
             shape = (self.batch_size, self.heads, self.tokens, self.keys)
             size = matrix_bytes(shape)
@@ -732,8 +410,8 @@ class LocalAttentionRecord(SelfAttentionRecord):
         """The keys the query cell (i, j) can see, on the key grid: (row0, col0, row1, col1),
         end-exclusive, clipped to the grid (its block and the halo around it)."""
         m = self.meta
-        (hk, wk), (hq, wq), (nh, nw) = m["key_size"], m["query_size"], m["blocks"]
-        halo, win = m["halo"], m["window"]
+        (hq, wq), (hk, wk) = self._grids()
+        (nh, nw), halo, win = m["blocks"], m["halo"], m["window"]
         i, j = (int(v) for v in cell)
         if not (0 <= i < hq and 0 <= j < wq):
             raise ValueError(f"cell must lie in the {hq} x {wq} query grid, got ({i}, {j})")
@@ -741,18 +419,24 @@ class LocalAttentionRecord(SelfAttentionRecord):
         c0 = (j // (wq // nw)) * (wk // nw) - halo
         return max(r0, 0), max(c0, 0), min(r0 + win, hk), min(c0 + win, wk)
 
+    def _grids(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(Hq, Wq), (Hk, Wk) as the probe stated them."""
+        g = self.geometry
+        if g.query_size is None or g.key_size is None:
+            raise ValueError(f"{self.name}: its query and key grids were not recorded")
+        return g.query_size, g.key_size
+
     def _positions(self, dim: int) -> int:
-        m = self.meta
-        if dim == 2:
-            return m["query_size"][0] * m["query_size"][1]
-        return m["key_size"][0] * m["key_size"][1]
+        h, w = self._grids()[0 if dim == 2 else 1]
+        return h * w
 
     def _dense(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.windows
         m = self.meta
         b, h, _, q, _ = w.shape
         halo, win = m["halo"], m["window"]
-        (hk, wk), (hq, wq), (nh, nw) = m["key_size"], m["query_size"], m["blocks"]
+        (hq, wq), (hk, wk) = self._grids()
+        nh, nw = m["blocks"]
         qb = math.isqrt(q)  # queries per block side
         kv_block = hk // nh  # key pixels per block side (the block before query striding)
         dense = w.new_zeros(b, h, hq, wq, hk + 2 * halo, wk + 2 * halo)
@@ -778,8 +462,8 @@ class WindowAttentionRecord(SelfAttentionRecord):
     windows, MaxViT's blocks and dilated grids).
 
     ``windows`` (B x G x heads x Q x K) is the matrix as the module computed and applied
-    it, one Q x K matrix per group (window) and head. ``meta["query_pos"]`` and
-    ``meta["key_pos"]`` (G x Q, G x K) give each token's flat index on the query and key
+    it, one Q x K matrix per group (window) and head. ``geometry.query_pos`` and
+    ``geometry.key_pos`` (G x Q, G x K) give each token's flat index on the query and key
     grids (row-major on ``query_size`` / ``key_size``), -1 for a token with no place on the
     map (zero padding: it takes part as a key, and its weight is :meth:`padding_mass`).
     ``matrix`` lays the groups out over the whole map (B x heads x HqWq x HkWk, zero
@@ -799,18 +483,35 @@ class WindowAttentionRecord(SelfAttentionRecord):
 
     @property
     def tokens(self) -> int:
-        return self._cells("query_size")
+        """Cells of the query grid (HqWq)."""
+        return self._positions(2)
 
     @property
     def keys(self) -> int:
-        return self._cells("key_size")
-
-    def _cells(self, key: str) -> int:
-        h, w = self.meta[key]
-        return int(h * w)
+        """Cells of the key grid (HkWk)."""
+        return self._positions(3)
 
     def _positions(self, dim: int) -> int:
-        return self._cells("query_size" if dim == 2 else "key_size")
+        g = self.geometry
+        size = g.query_size if dim == 2 else g.key_size
+        if size is None:
+            what = "query_size" if dim == 2 else "key_size"
+            raise ValueError(f"{self.name}: its {what} was not recorded")
+        return size[0] * size[1]
+
+    @property
+    def _qpos(self) -> torch.Tensor:
+        """G x Q: where each group's queries lie (``geometry.query_pos``)."""
+        if self.geometry.query_pos is None:
+            raise ValueError(f"{self.name}: the places of its queries were not recorded")
+        return self.geometry.query_pos
+
+    @property
+    def _kpos(self) -> torch.Tensor:
+        """G x K: where each group's keys lie (``geometry.key_pos``)."""
+        if self.geometry.key_pos is None:
+            raise ValueError(f"{self.name}: the places of its keys were not recorded")
+        return self.geometry.key_pos
 
     def _scatter(self, rows: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
         """Lay rows (B x G x heads x R x K, one set of R rows per group, its keys at
@@ -818,7 +519,7 @@ class WindowAttentionRecord(SelfAttentionRecord):
         b, g, h, r, k = rows.shape
         kpos = kpos.to(rows.device)
         valid = kpos >= 0
-        out = rows.new_zeros(b, h, r, self._cells("key_size"))
+        out = rows.new_zeros(b, h, r, self.keys)
         src = rows.permute(0, 2, 3, 1, 4)[..., valid]  # B x heads x R x (valid keys)
         idx = kpos.expand(g, k)[valid]
         return out.index_add_(-1, idx, src) if g else out
@@ -828,9 +529,9 @@ class WindowAttentionRecord(SelfAttentionRecord):
         if "matrix" not in self._cache:
             w = self.windows.float()
             b, g, h, q, k = w.shape
-            qpos = self.meta["query_pos"].to(w.device)
-            kpos = self.meta["key_pos"].to(w.device)
-            nq, nk = self._cells("query_size"), self._cells("key_size")
+            qpos = self._qpos.to(w.device)
+            kpos = self._kpos.to(w.device)
+            nq, nk = self.tokens, self.keys
             dense = w.new_zeros(b, h, nq, nk)
             keep = (qpos[:, :, None] >= 0) & (kpos[:, None, :] >= 0)  # G x Q x K
             rows = qpos[:, :, None].expand(g, q, k)[keep]
@@ -844,20 +545,20 @@ class WindowAttentionRecord(SelfAttentionRecord):
     def padding_mass(self) -> torch.Tensor:
         """B x heads x (HqWq): the weight each query cell put on padded keys (no place)."""
         w = self.windows.float()
-        kpos = self.meta["key_pos"].to(w.device)
+        kpos = self._kpos.to(w.device)
         lost = (w * (kpos < 0)[None, :, None, None, :]).sum(-1)  # B x G x heads x Q
         return self._by_query(lost)
 
     def _by_query(self, per_token: torch.Tensor) -> torch.Tensor:
         """B x G x heads x Q values laid on the query grid: B x heads x HqWq."""
         b, _, h, _ = per_token.shape
-        qpos = self.meta["query_pos"].to(per_token.device)
+        qpos = self._qpos.to(per_token.device)
         keep = qpos >= 0
-        out = per_token.new_zeros(b, h, self._cells("query_size"))
+        out = per_token.new_zeros(b, h, self.tokens)
         return out.index_add_(-1, qpos[keep], per_token.permute(0, 2, 1, 3)[:, :, keep])
 
     def _query(self, cell: int) -> tuple[int, int]:
-        qpos = self.meta["query_pos"]
+        qpos = self._qpos
         hit = (qpos == cell).nonzero()
         if not len(hit):
             raise ValueError(f"{self.name}: query cell {cell} is in no group")
@@ -871,15 +572,15 @@ class WindowAttentionRecord(SelfAttentionRecord):
         i, j = self.query_cell(query_xy, image_size)
         g, t = self._query(i * self.query_size[1] + j)
         rows = self.windows[:, g : g + 1, :, t : t + 1].float()
-        laid = self._scatter(rows, self.meta["key_pos"][g : g + 1])[:, :, 0]
+        laid = self._scatter(rows, self._kpos[g : g + 1])[:, :, 0]
         return self._heads(laid, head).reshape(-1, *self.key_size)
 
     def received(self, *, head: int | None = None) -> torch.Tensor:
         """Attention each key cell receives, averaged over all query cells: B x Hk x Wk."""
         w = self.windows.float()
-        qpos = self.meta["query_pos"].to(w.device)
+        qpos = self._qpos.to(w.device)
         summed = (w * (qpos >= 0)[None, :, None, :, None]).sum(3, keepdim=True)
-        got = self._scatter(summed, self.meta["key_pos"])[:, :, 0] / self._cells("query_size")
+        got = self._scatter(summed, self._kpos)[:, :, 0] / self.tokens
         return self._heads(got, head).reshape(-1, *self.key_size)
 
 
@@ -939,100 +640,3 @@ def _image_size(size: Sequence[int]) -> tuple[int, int]:
     if len(out) != 2 or min(out) < 1:
         raise ValueError(f"image_size must be (H, W) of positive ints, got {size!r}")
     return out
-
-
-@dataclass
-class Check:
-    """The faithfulness check of one record: how far the module's output was from its
-    input combined with the recorded attention, over every recorded call.
-
-    Attributes:
-        name: the record's name.
-        what: the relation checked, e.g. ``"output == input * weights"``.
-        error: the largest relative error seen (max |actual - expected| / max |expected|
-            over the checked entries), or ``None`` before the capture ended.
-        tolerance: the error above which the check fails (set by the dtype).
-        calls: how many calls were checked.
-    """
-
-    name: str
-    what: str
-    error: float | None
-    tolerance: float
-    calls: int
-
-    @property
-    def ok(self) -> bool:
-        return self.error is not None and self.error <= self.tolerance
-
-
-class Recording(Mapping[str, Record]):
-    """The records of one capture, keyed by qualified module name, in forward order.
-
-    Attributes:
-        checks: every faithfulness check run, as :class:`Check` objects (filled when the
-            capture ends).
-        refused: modules recognised but not recorded, with the reason.
-        unrecorded: modules that ran an attention kernel (scaled-dot-product attention, or
-            a softmax result multiplied with values) that could not be recorded, with the
-            reason; the capture also names them in a :class:`~attnviz.CaptureWarning`.
-        forwards: forward passes of the captured model recorded (calls of its root module).
-    """
-
-    def __init__(self) -> None:
-        self._records: dict[str, Record] = {}
-        self.checks: list[Check] = []
-        self.refused: dict[str, str] = {}
-        self.unrecorded: dict[str, str] = {}
-        self.forwards = 0
-
-    def __getitem__(self, name: str) -> Record:
-        try:
-            return self._records[name]
-        except KeyError:
-            raise KeyError(
-                f"no record named {name!r}; recorded: {list(self._records) or 'nothing yet'}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes every record holds together (what ``attention=`` and ``dtype=`` change)."""
-        return sum(r.nbytes for r in self._records.values())
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @renamed_kwargs(name="blocks")
-    def select(
-        self, kind: str | None = None, blocks: str | Sequence[str] | None = None
-    ) -> list[Record]:
-        """Records of one kind and/or whose name matches a glob pattern (or one of several),
-        in forward order.
-
-        Raises:
-            ValueError: unknown kind, or nothing matches (the message lists the names).
-        """
-        if kind is not None and kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        patterns = [blocks] if isinstance(blocks, str) else blocks
-        out = [
-            r
-            for n, r in self._records.items()
-            if (kind is None or r.kind == kind)
-            and (patterns is None or any(fnmatch.fnmatchcase(n, p) for p in patterns))
-        ]
-        if not out:
-            raise ValueError(
-                f"no record matches kind={kind!r}, blocks={blocks!r}; recorded: "
-                f"{[(n, r.kind) for n, r in self._records.items()]}"
-            )
-        return out
-
-    def __repr__(self) -> str:
-        lines = [f"  {r!r}" for r in self._records.values()]
-        lines += [f"  refused {n}: {why}" for n, why in self.refused.items()]
-        lines += [f"  NOT RECORDED {n}: {why}" for n, why in self.unrecorded.items()]
-        return "Recording(\n" + "\n".join(lines) + "\n)" if lines else "Recording()"
