@@ -208,7 +208,10 @@ _QUIET: weakref.WeakKeyDictionary[nn.Module, tuple[Any, frozenset[int]]] = (
 
 
 def _quiet_frames(
-    model: nn.Module, tracked_: list[tuple[str, nn.Module]], covered: set[int]
+    model: nn.Module,
+    modules: list[nn.Module],
+    tracked_: list[tuple[str, nn.Module]],
+    covered: set[int],
 ) -> frozenset[int]:
     """The ids of the tracked, unregistered modules whose own code surely starts no
     attention kernel (:func:`attnviz.probes.scan.starts_no_kernel`). Read once per model
@@ -219,13 +222,13 @@ def _quiet_frames(
     key = tuple(
         (id(m), type(m))
         + (tuple(id(v) for v in m.__dict__.values() if callable(v)) if id(m) in frames else ())
-        for m in model.modules()
+        for m in modules  # model.modules(), walked once by the capture
     )
     with _LOCK:
         hit = _QUIET.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
-    methods = method_table(model)
+    methods = method_table(modules)
     quiet = frozenset(
         id(m)
         for _, m in tracked_
@@ -415,7 +418,7 @@ class capture:  # lower case: used like a function, ``with attnviz.capture(model
         ]
         open_ = [n for n, m in self._tracked if id(m) not in self._covered]
         # frames whose own code starts no kernel: no mode while they run (probes.scan)
-        self._quiet_frames = _quiet_frames(model, self._tracked, self._covered)
+        self._quiet_frames = _quiet_frames(model, self._modules, self._tracked, self._covered)
         if not found and not open_:
             raise NoAttentionError(
                 f"{type(model).__name__} has no recognised attention module and no module "

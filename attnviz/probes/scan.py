@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -117,11 +117,13 @@ def _class_methods(klass: type) -> tuple[tuple[str, Any], ...]:
     return found
 
 
-def method_table(model: nn.Module) -> dict[str, list[Any]]:
-    """Every function the classes of ``model``'s modules define, by name: what a forward
-    may call as ``self.attn.attention_map(x)`` (one table per capture)."""
+def method_table(model: nn.Module | Iterable[nn.Module]) -> dict[str, list[Any]]:
+    """Every function the classes of a model's modules define, by name: what a forward may
+    call as ``self.attn.attention_map(x)`` (one table per capture). ``model``: the model,
+    or its modules as ``model.modules()`` gave them."""
+    modules = model.modules() if isinstance(model, nn.Module) else model
     table: dict[str, list[Any]] = {}
-    for klass in {type(m) for m in model.modules()}:
+    for klass in {type(m) for m in modules}:
         for name, value in _class_methods(klass):
             table.setdefault(name, []).append(value)
     return table
