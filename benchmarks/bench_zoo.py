@@ -104,7 +104,7 @@ def run(quick: bool = False) -> dict:
         "table": "\n".join(table),
         "rows": rows,
         "notes": [
-            f"Target: captured / plain <= 1.3x. Medians of {reps} runs, each pair back to "
+            f"Target: captured / plain <= 1.10x. Medians of {reps} runs, each pair back to "
             "back in alternating order; the ratio is the median of each pair's own ratio. "
             f"Random weights; {torch.get_num_threads()} torch threads. " + meter.note()
         ],

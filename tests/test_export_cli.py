@@ -99,7 +99,7 @@ def small_vit(monkeypatch):
     def network() -> Pretrained:
         return Pretrained(_small_vit(), None, transforms, [], cli.VIT_MODEL, False)
 
-    monkeypatch.setattr(cli, "_vit_network", network)
+    monkeypatch.setattr(cli.export, "_vit_network", network)
     return transforms
 
 
@@ -159,7 +159,7 @@ def nothing_built(monkeypatch):
         raise AssertionError("a model was built for arguments that should be refused")
 
     monkeypatch.setattr(attnviz.app, "make_explorer", refuse)
-    monkeypatch.setattr(cli, "_vit_network", refuse)
+    monkeypatch.setattr(cli.export, "_vit_network", refuse)
 
 
 @pytest.mark.parametrize(

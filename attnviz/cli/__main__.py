@@ -1,0 +1,7 @@
+"""``python -m attnviz.cli``: the ``attnviz`` command (what torchrun runs)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

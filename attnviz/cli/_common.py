@@ -1,0 +1,51 @@
+"""What the commands share: argparse types, messages, output checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+__all__ = ["_count", "_int_at_least", "_message", "_positive", "_unwritable"]
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written (its folder is missing or read-only), or None.
+    Every command refuses a missing folder rather than create it."""
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        return f"{path}: no folder {folder} to write it in"
+    if not os.access(folder, os.W_OK):
+        return f"{path}: the folder {folder} is not writable"
+    return None
+
+
+def _message(e: BaseException) -> str:
+    """An exception's message (a KeyError's without the quotes its str() adds)."""
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        return str(e.args[0])
+    return str(e)
+
+
+#: the longest and shortest panel side `attnviz overlay --size` draws (3 panels of 4096
+#: pixels make a 12-megapixel PNG)
+
+
+def _positive(text: str) -> int:
+    """argparse type: an int >= 1 (the message names the value)."""
+    return _int_at_least(text, 1)
+
+
+def _count(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
