@@ -604,11 +604,9 @@ def _check_out(out: str | os.PathLike) -> Path:
     path = Path(out)
     if path.is_dir():
         raise ValueError(f"out={str(out)!r} is a folder; give the statistics file's name")
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise ValueError(f"out={str(out)!r}: no folder {folder} to write it in")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"out={str(out)!r}: the folder {folder} is not writable")
+    why = storage.unwritable(path)
+    if why:
+        raise ValueError(f"out={str(out)!r}: {why}")
     return path
 
 

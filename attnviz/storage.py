@@ -42,6 +42,7 @@ __all__ = [
     "load_strict",
     "read",
     "read_checkpoint",
+    "unwritable",
     "write_checkpoint",
 ]
 
@@ -74,6 +75,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_save` writes tensors."""
     return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def unwritable(path: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at ``path`` (its folder is missing or read-only), or
+    None. Checked before any work by every command that writes (the atomic writes below
+    would make a missing folder; the commands refuse it instead)."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        return f"no folder {folder} to write it in"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder} is not writable"
+    return None
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:

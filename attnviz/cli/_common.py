@@ -1,23 +1,10 @@
-"""What the commands share: argparse types, messages, output checks."""
+"""What the commands share: argparse types and messages."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-__all__ = ["_count", "_int_at_least", "_message", "_positive", "_unwritable"]
-
-
-def _unwritable(path: Path) -> str | None:
-    """Why ``path`` cannot be written (its folder is missing or read-only), or None.
-    Every command refuses a missing folder rather than create it."""
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        return f"{path}: no folder {folder} to write it in"
-    if not os.access(folder, os.W_OK):
-        return f"{path}: the folder {folder} is not writable"
-    return None
+__all__ = ["_count", "_int_at_least", "_message", "_positive"]
 
 
 def _message(e: BaseException) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import _unwritable
+from ..storage import unwritable
 
 __all__ = ["EXPORTS", "VIT_MODEL", "export", "register"]
 
@@ -91,9 +91,9 @@ def _export_error(args: argparse.Namespace) -> str | None:
         return f"--out {out}: the page is HTML; give a file name ending in .html"
     if out.is_dir():
         return f"--out {out} is a folder; give a file name ending in .html"
-    unwritable = _unwritable(out)
-    if unwritable:
-        return f"--out {unwritable}"
+    why = unwritable(out)
+    if why:
+        return f"--out {out}: {why}"
     if args.images is not None and args.images < 1:
         return f"--images must be at least 1, got {args.images}"
     if args.max_mb is not None and not 0 < args.max_mb < float("inf"):

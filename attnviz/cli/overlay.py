@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import _int_at_least, _unwritable
+from ..storage import unwritable
+from ._common import _int_at_least
 
 __all__ = ["PANEL_SIDES", "overlay", "register"]
 
@@ -115,9 +116,9 @@ def _outputs(args: argparse.Namespace):
         if npz.resolve() == out.resolve():
             return f"--npz {npz} is the picture's own path", None
     for path in (out, npz):
-        error = _unwritable(path) if path is not None else None
-        if error:
-            return error, None
+        why = unwritable(path) if path is not None else None
+        if why:  # every command refuses a missing folder rather than create it
+            return f"{path}: {why}", None
     return out, npz
 
 
